@@ -1,0 +1,57 @@
+"""fastnn: train neural networks fast on multicore CPUs.
+
+Native kernels (C with AVX2/FMA intrinsics, Cython + OpenMP, Numba) under a
+small Python API that follows TensorFlow's op names and PyTorch/Keras shapes.
+
+Where the code for a public name lives:
+
+    fastnn.kernels.*           fastnn/kernels/<family>/ (Python) and kernels/<family>/ (C, Cython)
+    one_hot, softmax, ...      fastnn/ops.py
+    layers, Sequential         fastnn/layers.py, fastnn/model.py
+    losses, optim              fastnn/losses.py, fastnn/optim.py
+    models (Perceptron, MLP)   fastnn/models.py
+    datasets                   fastnn/datasets/
+    save, load                 fastnn/serialize.py
+    callbacks                  fastnn/callbacks.py
+    threads                    fastnn/_threads.py
+    show_config                fastnn/_config.py
+    command line               fastnn/cli.py
+
+Submodules load on first use, so ``import fastnn`` stays cheap (Numba is
+imported only when a Numba kernel first runs).
+"""
+import importlib
+
+from ._threads import get_num_threads, set_num_threads, threads  # noqa: F401
+from .errors import (DataFormatError, DatasetNotFoundError, DivergenceError,  # noqa: F401
+                     DTypeError, FastnnError, ShapeError)
+
+__version__ = "0.1.0"
+
+_LAZY_ATTRS = {
+    "show_config": "fastnn._config",
+    "one_hot": "fastnn.ops",
+    "softmax": "fastnn.ops",
+    "log_softmax": "fastnn.ops",
+    "softmax_cross_entropy_with_logits": "fastnn.ops",
+    "sparse_softmax_cross_entropy_with_logits": "fastnn.ops",
+    "argmax": "fastnn.ops",
+    "accuracy": "fastnn.ops",
+    "Sequential": "fastnn.model",
+    "save": "fastnn.serialize",
+    "load": "fastnn.serialize",
+}
+_LAZY_MODULES = ("kernels", "ops", "layers", "losses", "optim", "models", "model",
+                 "datasets", "callbacks", "serialize", "tensorboard", "cli")
+
+
+def __getattr__(name):
+    if name in _LAZY_ATTRS:
+        return getattr(importlib.import_module(_LAZY_ATTRS[name]), name)
+    if name in _LAZY_MODULES:
+        return importlib.import_module("fastnn." + name)
+    raise AttributeError(f"module 'fastnn' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY_ATTRS) | set(_LAZY_MODULES))

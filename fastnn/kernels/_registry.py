@@ -1,0 +1,129 @@
+"""One registry of kernel variants, read by the engine, the tests and the benchmarks.
+
+A *family* (``"matmul"``, ``"xent"``, ...) has variants (``"reference"``,
+``"blas"``, ``"numba"``, ``"cython"``, ``"c"``).  Variants are registered
+with a *loader*: a zero-argument callable that imports and returns the
+kernel function.  Loading is lazy, so ``import fastnn`` never imports Numba
+or compiles anything; a variant whose loader raises ``ImportError`` (for
+example an extension that was not built) is reported as unavailable with
+the reason.
+"""
+import importlib
+import sys
+import threading
+
+__all__ = ["register", "variants", "get", "describe", "set_simd_level", "simd_level",
+           "native_module"]
+
+_lock = threading.RLock()
+_families = {}   # family -> {name: _Variant}
+
+
+class _Variant:
+    __slots__ = ("family", "name", "loader", "description", "simd", "fn", "error")
+
+    def __init__(self, family, name, loader, description, simd):
+        self.family, self.name, self.loader = family, name, loader
+        self.description, self.simd = description, simd
+        self.fn, self.error = None, None
+
+    def load(self):
+        if self.fn is None and self.error is None:
+            with _lock:
+                if self.fn is None and self.error is None:
+                    try:
+                        self.fn = self.loader()
+                    except ImportError as exc:
+                        self.error = f"{type(exc).__name__}: {exc}"
+        return self.fn
+
+
+def register(family, name, loader, *, description="", simd=None):
+    """Register variant ``name`` of ``family``.
+
+    ``simd`` is a zero-argument callable returning a short string naming the
+    code path the variant runs on this CPU (e.g. ``"avx2+fma"``)."""
+    with _lock:
+        _families.setdefault(family, {})[name] = _Variant(family, name, loader, description, simd)
+
+
+def _family(family):
+    try:
+        return _families[family]
+    except KeyError:
+        raise ValueError(f"unknown kernel family {family!r}; known: {sorted(_families)}") from None
+
+
+def variants(family, *, available_only=True):
+    """Names of the variants of ``family`` (by default only those that load)."""
+    fam = _family(family)
+    if not available_only:
+        return list(fam)
+    return [name for name, v in fam.items() if v.load() is not None]
+
+
+def get(family, name):
+    """The kernel function of variant ``name`` of ``family``."""
+    fam = _family(family)
+    if name not in fam:
+        raise ValueError(f"unknown {family} variant {name!r}; known: {list(fam)}")
+    v = fam[name]
+    fn = v.load()
+    if fn is None:
+        raise RuntimeError(f"{family} variant {name!r} is unavailable: {v.error}")
+    return fn
+
+
+def describe(family=None):
+    """One dict per variant: family, name, available, simd, description, error."""
+    fams = [family] if family else sorted(_families)
+    rows = []
+    for f in fams:
+        for name, v in _family(f).items():
+            fn = v.load()
+            simd = None
+            if fn is not None and v.simd is not None:
+                try:
+                    simd = v.simd()
+                except Exception as exc:  # pragma: no cover - diagnostics only
+                    simd = f"? ({exc})"
+            rows.append({"family": f, "name": name, "available": fn is not None,
+                         "simd": simd, "description": v.description, "error": v.error})
+    return rows
+
+
+def native_module(name):
+    """Import ``fastnn._ext.<name>``, with a clear error when it was not built."""
+    try:
+        return importlib.import_module("fastnn._ext." + name)
+    except ImportError as exc:
+        from ..errors import NotBuiltError
+        raise NotBuiltError(
+            f"native module fastnn._ext.{name} is missing ({exc}); "
+            "build it with `pip install .` (or `python setup.py build_ext --inplace`)") from exc
+
+
+def _loaded_native_modules():
+    return [m for n, m in list(sys.modules.items())
+            if n.startswith("fastnn._ext.") and hasattr(m, "set_simd_level")]
+
+
+def set_simd_level(level):
+    """Set the SIMD path of every native module (0 scalar, 1 AVX2+FMA).
+
+    Loads all registered variants first so that modules imported later do not
+    miss the setting.  Returns the level actually set (clamped to the CPU)."""
+    if level not in (0, 1):
+        raise ValueError(f"SIMD level must be 0 (scalar) or 1 (avx2+fma), got {level!r}")
+    for fam in list(_families):
+        variants(fam)
+    got = level
+    for mod in _loaded_native_modules():
+        got = min(got, mod.set_simd_level(level)) if level else mod.set_simd_level(level)
+    return got
+
+
+def simd_level():
+    """The lowest SIMD level among loaded native modules (1 when none is loaded)."""
+    levels = [m.simd_level() for m in _loaded_native_modules()]
+    return min(levels) if levels else None

@@ -1,0 +1,67 @@
+/* A small FMA-throughput probe: how many fp32 FLOP/s this machine can do.
+ * Used by `fastnn bench kernels` to express every figure as a fraction of the
+ * measured peak.  Twelve independent accumulator chains hide the FMA latency
+ * (4 cycles x 2 pipes on Zen 3 need >= 8 chains). */
+#include "cpu.h"
+#include <stddef.h>
+
+#if FNN_X86
+#include <immintrin.h>
+
+FNN_TARGET_AVX2
+static float fma_loop_avx2(long iters, float seed)
+{
+    __m256 a = _mm256_set1_ps(0.999999f), b = _mm256_set1_ps(1e-7f);
+    __m256 c0 = _mm256_set1_ps(seed), c1 = c0, c2 = c0, c3 = c0, c4 = c0, c5 = c0;
+    __m256 c6 = c0, c7 = c0, c8 = c0, c9 = c0, c10 = c0, c11 = c0;
+    for (long i = 0; i < iters; i++) {
+        c0 = _mm256_fmadd_ps(c0, a, b); c1 = _mm256_fmadd_ps(c1, a, b);
+        c2 = _mm256_fmadd_ps(c2, a, b); c3 = _mm256_fmadd_ps(c3, a, b);
+        c4 = _mm256_fmadd_ps(c4, a, b); c5 = _mm256_fmadd_ps(c5, a, b);
+        c6 = _mm256_fmadd_ps(c6, a, b); c7 = _mm256_fmadd_ps(c7, a, b);
+        c8 = _mm256_fmadd_ps(c8, a, b); c9 = _mm256_fmadd_ps(c9, a, b);
+        c10 = _mm256_fmadd_ps(c10, a, b); c11 = _mm256_fmadd_ps(c11, a, b);
+    }
+    __m256 s = _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(c0, c1), _mm256_add_ps(c2, c3)),
+                             _mm256_add_ps(_mm256_add_ps(c4, c5), _mm256_add_ps(c6, c7)));
+    s = _mm256_add_ps(s, _mm256_add_ps(_mm256_add_ps(c8, c9), _mm256_add_ps(c10, c11)));
+    float out[8];
+    _mm256_storeu_ps(out, s);
+    return out[0] + out[7];
+}
+#endif
+
+static float fma_loop_scalar(long iters, float seed)
+{
+    float c[8];
+    for (int j = 0; j < 8; j++) c[j] = seed + j;
+    for (long i = 0; i < iters; i++)
+        for (int j = 0; j < 8; j++) c[j] = c[j] * 0.999999f + 1e-7f;
+    return c[0] + c[7];
+}
+
+/* Runs `iters` iterations on each of `nthreads` threads; returns the FLOPs
+ * executed in total (the caller times it).  *sink defeats dead-code removal. */
+double fnn_fma_probe(long iters, int nthreads, float *sink)
+{
+    int avx2 = fnn_simd_level() >= FNN_SIMD_AVX2;
+    double per_iter = avx2 ? 12.0 * 8.0 * 2.0 : 8.0 * 2.0;
+    float acc = 0.0f;
+    if (nthreads < 1) nthreads = 1;
+#ifdef FASTNN_HAVE_OPENMP
+#pragma omp parallel num_threads(nthreads) reduction(+:acc)
+#endif
+    {
+#if FNN_X86
+        if (avx2) acc += fma_loop_avx2(iters, 1.0f);
+        else
+#endif
+        acc += fma_loop_scalar(iters, 1.0f);
+    }
+    *sink = acc;
+#ifdef FASTNN_HAVE_OPENMP
+    return per_iter * (double)iters * (double)nthreads;
+#else
+    return per_iter * (double)iters;
+#endif
+}

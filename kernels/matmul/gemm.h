@@ -1,0 +1,48 @@
+/* fastnn's GEMM engine: the C entry points every native kernel and the fused
+ * trainer call.
+ *
+ *   C[M,N] = epilogue( op(A)[M,K] @ op(B)[K,N] )
+ *
+ * Operands are described by (pointer, row stride, column stride) in ELEMENTS,
+ * as in BLIS, so transposed, Fortran-ordered and strided operands need no
+ * copy: op(A) = A^T is simply A with its two strides swapped.
+ *
+ * The epilogue is applied while the tile is still in registers/cache, in this
+ * order:
+ *   acc = A@B
+ *   if accumulate: acc += C_old          (backward kernels accumulate: dW += X^T dY)
+ *   if bias:       acc += bias[j]        (bias has N entries, contiguous)
+ *   if relu:       acc  = max(acc, 0)
+ *   if mask:       acc  = mask[i,j] > 0 ? acc : 0   (ReLU backward: dX = (dY W^T) * (Y > 0))
+ *   C = acc
+ *
+ * nthreads <= 1 runs on the calling thread; otherwise an OpenMP team of that
+ * size (never more than requested).  Results for a fixed nthreads are
+ * bitwise repeatable.  M, N or K may be 0 (K == 0 gives C = epilogue(0)).
+ */
+#ifndef FNN_GEMM_H
+#define FNN_GEMM_H
+
+#include <stddef.h>
+
+typedef struct {
+    const void *bias;        /* float* / double* with N entries, or NULL */
+    int relu;                /* nonzero: max(x, 0) after the bias */
+    const void *mask;        /* same dtype as C, M x N, or NULL */
+    ptrdiff_t rs_mask, cs_mask;
+    int accumulate;          /* nonzero: C += result instead of C = result */
+} fnn_epilogue;
+
+void fnn_sgemm(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K,
+               const float *A, ptrdiff_t rsa, ptrdiff_t csa,
+               const float *B, ptrdiff_t rsb, ptrdiff_t csb,
+               float *C, ptrdiff_t rsc, ptrdiff_t csc,
+               const fnn_epilogue *ep, int nthreads);
+
+void fnn_dgemm(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K,
+               const double *A, ptrdiff_t rsa, ptrdiff_t csa,
+               const double *B, ptrdiff_t rsb, ptrdiff_t csb,
+               double *C, ptrdiff_t rsc, ptrdiff_t csc,
+               const fnn_epilogue *ep, int nthreads);
+
+#endif
