@@ -111,7 +111,8 @@ class BuildExt(build_ext):
                 lflags += omp[1]
                 ext.define_macros.append(("FASTNN_HAVE_OPENMP", "1"))
             if SANITIZE and unix:
-                san = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-g", "-O1"]
+                san = ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined",
+                       "-fno-omit-frame-pointer", "-g", "-O1"]
                 cflags += san
                 lflags += san
             ext.extra_compile_args = cflags + list(ext.extra_compile_args or [])
