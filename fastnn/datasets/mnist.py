@@ -1,0 +1,276 @@
+"""MNIST: 70,000 28x28 grey-scale digits (60,000 train, 10,000 test), as uint8.
+
+``load_data()`` looks for the four IDX files, each either raw
+(``train-images-idx3-ubyte``) or gzipped (``train-images-idx3-ubyte.gz``),
+in these directories, in order:
+
+1. the ``path`` argument;
+2. ``$FASTNN_DATA`` (and ``$FASTNN_DATA/mnist``);
+3. ``data/mnist`` under the current directory;
+4. ``data/mnist`` in the source checkout fastnn was imported from (so an
+   editable install finds the committed copy from any directory);
+5. the user cache, ``$XDG_CACHE_HOME/fastnn/mnist`` (default
+   ``~/.cache/fastnn/mnist``);
+
+and, when ``download=True`` and a file is still missing, fetches it from the
+mirrors in ``MIRRORS`` in turn into the user cache (atomically: temporary
+file in the cache directory, fsync, ``os.replace``).
+
+Every file is identified by the MD5 of its *decompressed* content, so a
+re-compressed copy is accepted and a damaged or different one is refused
+with ``DataFormatError`` naming the file and both digests.
+
+Decoded arrays are cached per process (keyed by file, size and mtime); each
+call returns fresh writable copies, so modifying what you got (``x /= 255``
+after ``astype``, in-place shuffles) never leaks into a later call.
+"""
+import hashlib
+import os
+import tempfile
+import threading
+import urllib.request
+import zlib
+
+import numpy as np
+
+from ..errors import DataFormatError, DatasetNotFoundError
+from .idx import _load
+
+__all__ = ["load_data", "FILES", "MIRRORS", "search_dirs"]
+
+#: name -> MD5 of the decompressed canonical file (from the original distribution).
+FILES = {
+    "train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
+    "train-labels-idx1-ubyte": "a25bea736e30d166cdddb491f175f624",
+    "t10k-images-idx3-ubyte": "2646ac647ad5339dbf082846283269ea",
+    "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637",
+}
+
+#: Download mirrors, tried in order (each serves ``<name>.gz``).
+MIRRORS = (
+    "https://ossci-datasets.s3.amazonaws.com/mnist/",      # torchvision's mirror
+    "https://storage.googleapis.com/cvdf-datasets/mnist/",  # Google CVDF mirror
+    "http://yann.lecun.com/exdb/mnist/",                    # the original site, often down
+)
+
+#: Seconds before a mirror that does not answer is skipped.
+TIMEOUT = 30.0
+#: A download larger than this is refused (the largest file is ~10 MB gzipped).
+_MAX_DOWNLOAD = 64 << 20
+
+_EXPECTED = {
+    "train-images-idx3-ubyte": (60000, 28, 28),
+    "train-labels-idx1-ubyte": (60000,),
+    "t10k-images-idx3-ubyte": (10000, 28, 28),
+    "t10k-labels-idx1-ubyte": (10000,),
+}
+
+_cache = {}
+_cache_lock = threading.Lock()
+
+
+def _user_cache_dir():
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "fastnn", "mnist")
+
+
+def _checkout_dir():
+    """``data/mnist`` beside the fastnn package (a source checkout), or None."""
+    pkg_parent = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    d = os.path.join(pkg_parent, "data", "mnist")
+    return d if os.path.isdir(d) else None
+
+
+def search_dirs(path=None):
+    """The directories ``load_data(path)`` searches, in order (duplicates removed)."""
+    dirs = []
+    if path is not None:
+        dirs.append(os.fspath(path))
+    env = os.environ.get("FASTNN_DATA")
+    if env:
+        dirs += [env, os.path.join(env, "mnist")]
+    dirs.append(os.path.join(os.getcwd(), "data", "mnist"))
+    checkout = _checkout_dir()
+    if checkout is not None:
+        dirs.append(checkout)
+    dirs.append(_user_cache_dir())
+    seen, out = set(), []
+    for d in dirs:
+        key = os.path.realpath(d)
+        if key not in seen:
+            seen.add(key)
+            out.append(d)
+    return out
+
+
+def _find(name, dirs):
+    for d in dirs:
+        for fname in (name, name + ".gz"):
+            p = os.path.join(d, fname)
+            if os.path.isfile(p):
+                return p
+    return None
+
+
+def _decode_checked(name, path):
+    """Decode ``path`` and check the MD5 of its decompressed bytes against FILES[name]."""
+    st = os.stat(path)
+    key = (os.path.realpath(path), st.st_size, st.st_mtime_ns)
+    with _cache_lock:
+        hit = _cache.get(key)
+    if hit is not None:
+        return hit
+    md5 = hashlib.md5()
+    arr = _load(path, hasher=md5)
+    if md5.hexdigest() != FILES[name]:
+        raise DataFormatError(
+            f"MNIST file {path!r} is damaged or not the canonical {name}: MD5 of its "
+            f"decompressed content is {md5.hexdigest()}, expected {FILES[name]}. "
+            f"Delete it (a fresh copy will be fetched) or replace it.")
+    if arr.shape != _EXPECTED[name] or arr.dtype != np.uint8:
+        raise DataFormatError(f"MNIST file {path!r}: expected uint8 of shape "
+                              f"{_EXPECTED[name]}, got {arr.dtype} {arr.shape}")
+    arr.setflags(write=False)       # the cached master copy is never handed out
+    with _cache_lock:
+        _cache[key] = arr
+    return arr
+
+
+def _fetch(url, timeout):
+    """Bytes at ``url`` (at most _MAX_DOWNLOAD).  Tests replace this function."""
+    with urllib.request.urlopen(url, timeout=timeout) as resp:
+        data = resp.read(_MAX_DOWNLOAD + 1)
+    if len(data) > _MAX_DOWNLOAD:
+        raise OSError(f"{url}: larger than {_MAX_DOWNLOAD} bytes")
+    return data
+
+
+def _md5_of_content(data):
+    """MD5 of ``data`` after gunzipping it when it is gzip (bounded output)."""
+    if data[:2] == b"\x1f\x8b":
+        d = zlib.decompressobj(wbits=31)
+        md5 = hashlib.md5()
+        total = 0
+        chunk = data
+        while chunk:
+            out = d.decompress(chunk, 1 << 20)
+            total += len(out)
+            if total > 256 << 20:
+                raise DataFormatError("decompresses to more than 256 MB")
+            md5.update(out)
+            chunk = d.unconsumed_tail
+        if not d.eof:
+            raise DataFormatError("truncated gzip stream")
+        return md5.hexdigest()
+    return hashlib.md5(data).hexdigest()
+
+
+def _atomic_write(path, data):
+    d = os.path.dirname(path)
+    os.makedirs(d, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=d)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    try:                            # make the rename itself durable
+        dfd = os.open(d, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError:
+        pass
+
+
+def _download(name, errors):
+    """Fetch ``name`` into the user cache; return its path or None (reasons in ``errors``)."""
+    for mirror in MIRRORS:
+        url = mirror + name + ".gz"
+        try:
+            data = _fetch(url, TIMEOUT)
+            digest = _md5_of_content(data)
+        except (OSError, ValueError, zlib.error, EOFError) as exc:
+            # URLError, HTTPError, timeouts are OSErrors; DataFormatError a ValueError.
+            errors.append(f"{url}: {type(exc).__name__}: {exc}")
+            continue
+        if digest != FILES[name]:
+            errors.append(f"{url}: MD5 of content {digest}, expected {FILES[name]}")
+            continue
+        target = os.path.join(_user_cache_dir(), name + (".gz" if data[:2] == b"\x1f\x8b" else ""))
+        try:
+            _atomic_write(target, data)
+        except OSError as exc:
+            errors.append(f"writing {target}: {exc}")
+            return None
+        return target
+    return None
+
+
+def _not_found(missing, dirs, errors):
+    lines = [
+        "MNIST not found. Put these four files (raw or .gz) in one of the directories below:",
+        "    " + ", ".join(n + "[.gz]" for n in FILES),
+        f"  missing: {', '.join(missing)}",
+        "  searched, in order:",
+    ]
+    lines += [f"    {d}" for d in dirs]
+    lines.append("  or point $FASTNN_DATA at a directory holding them, or pass path=...")
+    if errors:
+        lines.append("  download attempts failed:")
+        lines += [f"    {e}" for e in errors]
+    else:
+        lines.append("  (download=False, or nothing was tried)")
+    return DatasetNotFoundError("\n".join(lines))
+
+
+def load_data(path=None, download=True):
+    """Load MNIST as uint8 arrays: pixels 0..255, labels 0..9.
+
+    Returns ``((x_train, y_train), (x_test, y_test))`` with shapes
+    ``(60000, 28, 28)``, ``(60000,)``, ``(10000, 28, 28)``, ``(10000,)``,
+    fresh writable copies on every call (see the module docstring for the
+    search order, the checksum check and the download).
+
+    Raises ``DatasetNotFoundError`` listing the four files and where to put
+    them when a file cannot be found nor downloaded; ``DataFormatError`` when
+    a file found is damaged (wrong MD5, bad IDX) or the labels are invalid.
+
+    Example::
+
+        >>> from fastnn.datasets import mnist
+        >>> (x_train, y_train), (x_test, y_test) = mnist.load_data()
+        >>> x_train.shape, y_train[:5]
+        ((60000, 28, 28), array([5, 0, 4, 1, 9], dtype=uint8))
+    """
+    dirs = search_dirs(path)
+    found, missing, errors = {}, [], []
+    for name in FILES:
+        p = _find(name, dirs)
+        if p is None and download:
+            p = _download(name, errors)
+        if p is None:
+            missing.append(name)
+        else:
+            found[name] = p
+    if missing:
+        raise _not_found(missing, dirs, errors)
+    arrays = {name: _decode_checked(name, p) for name, p in found.items()}
+    out = []
+    for split in ("train", "t10k"):
+        x = arrays[f"{split}-images-idx3-ubyte"]
+        y = arrays[f"{split}-labels-idx1-ubyte"]
+        if x.shape[0] != y.shape[0]:
+            raise DataFormatError(f"MNIST {split}: {x.shape[0]} images but {y.shape[0]} labels")
+        if y.size and int(y.max()) > 9:
+            raise DataFormatError(f"MNIST {split}: labels must be in 0..9, found {int(y.max())}")
+        out.append((x.copy(), y.copy()))
+    return tuple(out)
