@@ -8,12 +8,19 @@ Nothing is changed at import time.
 
 Default: the CPUs this process may run on, honouring the affinity mask and
 a cgroup CPU quota (containers), or ``$FASTNN_NUM_THREADS`` when set.
+
+Fork: GNU OpenMP (libgomp) cannot start a thread team in a child forked after
+the parent used one; the child would hang.  So in a child forked after fastnn
+ran a multithreaded kernel, every fastnn kernel runs on one thread (a
+RuntimeWarning says so if the child asks for more).  For parallel children use
+``multiprocessing.get_context("spawn")`` or ``"forkserver"``.
 """
 import contextlib
 import math
 import os
 import sys
 import threading
+import warnings
 
 __all__ = ["get_num_threads", "set_num_threads", "threads", "available_cpus"]
 
@@ -22,6 +29,8 @@ _num_threads = None          # None: the default (available_cpus())
 _generation = 0              # bumped on every change; pools re-sync lazily
 _blas_generation = -1
 _blas_limiter = None
+_parallel_used = False       # a count > 1 was handed to a native pool in this process
+_forked_child = False        # this process was forked after that: libgomp is unusable here
 
 
 def _cgroup_cpu_quota():
@@ -72,8 +81,32 @@ def _default_threads():
 
 def get_num_threads():
     """Number of threads fastnn kernels use."""
+    global _parallel_used
+    if _forked_child:
+        return 1
     n = _num_threads
-    return n if n is not None else _default_threads()
+    n = n if n is not None else _default_threads()
+    if n > 1 and not _parallel_used:
+        _parallel_used = True
+    return n
+
+
+def _after_fork_in_child():
+    global _forked_child
+    if _parallel_used:
+        _forked_child = True
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _warn_if_forked(n):
+    if _forked_child and n is not None and n > 1:
+        warnings.warn("fastnn: this process was forked after fastnn used OpenMP threads; "
+                      "GNU OpenMP cannot start threads here, so kernels run on 1 thread. "
+                      "Use the 'spawn' or 'forkserver' multiprocessing start method.",
+                      RuntimeWarning, stacklevel=3)
 
 
 def _check_count(n):
@@ -93,6 +126,7 @@ def set_num_threads(n):
     with _lock:
         _num_threads = None if n is None else _check_count(n)
         _generation += 1
+    _warn_if_forked(_num_threads)
 
 
 @contextlib.contextmanager
@@ -100,6 +134,7 @@ def threads(n):
     """Context manager: ``with fastnn.threads(1): ...`` runs the block on n threads."""
     global _num_threads, _generation
     n = _check_count(n)
+    _warn_if_forked(n)
     with _lock:
         old = _num_threads
         _num_threads = n
@@ -142,7 +177,8 @@ def sync_blas():
 
 def pools():
     """Thread counts as every pool sees them now (for show_config)."""
-    out = {"fastnn": get_num_threads(), "available_cpus": available_cpus()}
+    out = {"fastnn": get_num_threads(), "available_cpus": available_cpus(),
+           "forked_child_single_thread": _forked_child}
     if "numba" in sys.modules:
         import numba
         out["numba"] = numba.get_num_threads()
