@@ -10,3 +10,7 @@ SIMD path each variant runs.
 """
 from ._registry import describe, get, register, set_simd_level, simd_level, variants  # noqa: F401
 from .matmul import matmul  # noqa: F401
+from .xent import log_softmax, softmax, softmax_xent  # noqa: F401
+from .elementwise import activation_backward, activation_forward  # noqa: F401
+from .reduce import column_sums  # noqa: F401
+from .optim import adam_update, sgd_update  # noqa: F401

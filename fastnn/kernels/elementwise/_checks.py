@@ -1,0 +1,123 @@
+"""Argument checks shared by the xent, elementwise, reduce and optim families.
+
+Every check runs in Python before a native call, so a bad argument gives a
+clear exception (naming the function and the argument) instead of a crash.
+"""
+import math
+import numbers
+
+import numpy as np
+
+from ...errors import DTypeError, ShapeError
+
+FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def float_input(x, fn, name, *, ndim=None):
+    """``x`` as a C-contiguous float32/float64 array (copied only when it is not one)."""
+    if not isinstance(x, np.ndarray):
+        x = np.asarray(x)
+    if x.dtype not in FLOATS:
+        raise DTypeError(f"{fn}: {name} must be float32 or float64, got dtype {x.dtype}")
+    if ndim is not None and x.ndim != ndim:
+        raise ShapeError(f"{fn}: {name} must be {ndim}-D, got shape {x.shape}")
+    if not (x.flags.c_contiguous and x.flags.aligned):
+        x = np.ascontiguousarray(x)
+    return x
+
+
+def output(out, fn, name, shape, dtype):
+    """Check a caller-supplied output (or allocate one when ``out`` is None)."""
+    if out is None:
+        return np.empty(shape, dtype=dtype)
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"{fn}: {name} must be a numpy array, got {type(out).__name__}")
+    if out.dtype != dtype:
+        raise DTypeError(f"{fn}: {name} must have dtype {dtype}, got {out.dtype}")
+    if out.shape != tuple(shape):
+        raise ShapeError(f"{fn}: {name} must have shape {tuple(shape)}, got {out.shape}")
+    writable_contiguous(out, fn, name)
+    return out
+
+
+def writable_contiguous(a, fn, name):
+    if not a.flags.writeable:
+        raise ValueError(f"{fn}: {name} is read-only")
+    if not (a.flags.c_contiguous and a.flags.aligned):
+        raise ValueError(f"{fn}: {name} must be C-contiguous and aligned (it is written in place)")
+
+
+def overlaps(a, b):
+    """True when two arrays may share memory (conservative when numpy cannot tell)."""
+    if a is None or b is None:
+        return False
+    try:
+        return bool(np.shares_memory(a, b, max_work=10_000))
+    except np.exceptions.TooHardError:
+        return True
+
+
+def same_buffer(a, b):
+    """True when ``a`` and ``b`` view exactly the same elements in the same order."""
+    return (a.__array_interface__["data"][0] == b.__array_interface__["data"][0]
+            and a.shape == b.shape and a.strides == b.strides and a.dtype == b.dtype)
+
+
+def no_overlap(fn, out, out_name, inputs, *, allow_same=()):
+    """Raise when ``out`` overlaps any of ``inputs`` (a dict name -> array).
+
+    Names in ``allow_same`` may be the very same buffer as ``out`` (an
+    in-place update, safe for element-wise kernels) but not a partial overlap.
+    """
+    for name, arr in inputs.items():
+        if arr is None or not overlaps(out, arr):
+            continue
+        if name in allow_same and same_buffer(out, arr):
+            continue
+        raise ValueError(f"{fn}: {out_name} overlaps {name}; pass a separate array"
+                         + (" (or exactly the same array, for an in-place update)"
+                            if name in allow_same else ""))
+
+
+def real_scalar(value, fn, name, *, lo=None, hi=None, lo_open=False, hi_open=False):
+    """A finite Python float within [lo, hi] (open ends where asked)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{fn}: {name} must be a real number, got {type(value).__name__}")
+    v = float(value)
+    if not math.isfinite(v):
+        raise ValueError(f"{fn}: {name} must be finite, got {v}")
+    lo_bad = lo is not None and (v <= lo if lo_open else v < lo)
+    hi_bad = hi is not None and (v >= hi if hi_open else v > hi)
+    if lo_bad or hi_bad:
+        left = "(" if lo_open else "["
+        right = ")" if hi_open else "]"
+        lo_s = "-inf" if lo is None else f"{lo:g}"
+        hi_s = "inf" if hi is None else f"{hi:g}"
+        raise ValueError(f"{fn}: {name} must be in {left}{lo_s}, {hi_s}{right}, got {v:g}")
+    return v
+
+
+def check_variant(fn, variant):
+    if variant is not None and not isinstance(variant, str):
+        raise TypeError(f"{fn}: variant must be a string or None, got {type(variant).__name__}")
+
+
+_DEFAULT_ORDER = ("c", "cython", "reference")
+_default_cache = {}
+
+
+def pick(family, variant):
+    """The variant function-set to run: ``variant`` if given, else the fastest
+    native one built here (c, then cython), else the numpy reference.
+
+    Numba is never the default so that training never pays Numba's import and
+    compile time unless asked for (``variant="numba"``)."""
+    from .._registry import get, variants
+    if variant is not None:
+        return get(family, variant)
+    name = _default_cache.get(family)
+    if name is None:
+        avail = variants(family)
+        name = next(n for n in _DEFAULT_ORDER if n in avail)
+        _default_cache[family] = name
+    return get(family, name)

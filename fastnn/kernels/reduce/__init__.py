@@ -1,0 +1,65 @@
+"""The reduce family: column sums (the bias gradient), deterministic for any thread count.
+
+Variants (see ``fastnn.kernels.variants("reduce")``); each is a module-like
+object with ``column_sums`` (interface in ``fastnn/kernels/reduce/reference.py``):
+
+    reference  numpy in float64, the specification         fastnn/kernels/reduce/reference.py
+    numba      fixed row blocks, prange, ordered reduce     fastnn/kernels/reduce/numba_impl.py
+    c          fixed row blocks x column tiles, OpenMP       kernels/reduce/reduce.c, reduce_c.pyx
+"""
+from ... import _threads
+from .._registry import native_module, register
+from ..elementwise._checks import check_variant, float_input, no_overlap, output, pick
+
+__all__ = ["column_sums"]
+
+
+def _load_reference():
+    from . import reference
+    return reference
+
+
+def _load_numba():
+    from . import numba_impl
+    return numba_impl
+
+
+def _load_c():
+    return native_module("reduce_c")
+
+
+register("reduce", "reference", _load_reference, description="numpy float64 (specification)",
+         simd=lambda: "numpy float64")
+register("reduce", "numba", _load_numba,
+         description="Numba, fixed row blocks in prange, partials added in order",
+         simd=lambda: "LLVM (host CPU)")
+register("reduce", "c", _load_c,
+         description="C, fixed row blocks x column tiles, OpenMP, partials added in order",
+         simd=lambda: native_module("reduce_c").simd_name())
+
+
+def column_sums(x, out=None, *, accumulate=False, variant=None):
+    """Sums over rows: ``out[j] = sum_i x[i, j]`` (``+=`` with ``accumulate=True``).
+
+    The bias gradient of a dense layer (db = column sums of dY).  Deterministic:
+    the same bits for any thread count (fixed row blocks whose partial sums are
+    added in a fixed order).
+
+    Shapes: x (B, N) float32/float64 (B may be 0: the sum is 0); out (N,) of
+    x's dtype, contiguous, not overlapping x.
+
+    >>> import numpy as np
+    >>> from fastnn.kernels import column_sums
+    >>> column_sums(np.ones((3, 2), np.float32)).tolist()
+    [3.0, 3.0]
+    """
+    fn = "column_sums"
+    check_variant(fn, variant)
+    x = float_input(x, fn, "x", ndim=2)
+    if out is None and accumulate:
+        raise ValueError(f"{fn}: accumulate=True needs an out array to add into")
+    out = output(out, fn, "out", (x.shape[1],), x.dtype)
+    no_overlap(fn, out, "out", {"x": x})
+    impl = pick("reduce", variant)
+    impl.column_sums(x, out, bool(accumulate), _threads.get_num_threads())
+    return out

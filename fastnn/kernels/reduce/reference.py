@@ -1,0 +1,22 @@
+"""The specification of the reduce family, in float64 numpy.
+
+    column_sums:  out[j] (+)= sum_i x[i, j]        (the bias gradient: db = sum over the batch of dY)
+
+Variant interface: ``column_sums(x, out, accumulate, nthreads)`` with x (B, N)
+C-contiguous and out (N,) contiguous of the same dtype.  Fast variants must
+give the same bits for every thread count: rows are cut into fixed blocks of
+ROW_BLOCK (independent of the thread count), each block is summed in row
+order into its own partial row, and the partials are added in block order.
+"""
+import numpy as np
+
+ROW_BLOCK = 256     # rows per partial sum in the fast variants (fixed: determinism)
+
+
+def column_sums(x, out, accumulate=False, nthreads=1):
+    s = np.asarray(x, dtype=np.float64).sum(axis=0)
+    if accumulate:
+        out[...] = np.asarray(out, dtype=np.float64) + s
+    else:
+        out[...] = s
+    return out
