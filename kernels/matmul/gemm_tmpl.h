@@ -1,0 +1,393 @@
+/* The GEMM engine for one element type, included twice by gemm.c (float, double).
+ *
+ * Expects: T (element type), SFX (name suffix), MR, NR (microkernel tile),
+ * MC_MAX, KC_MAX, NC_MAX (cache blocks), and for the AVX2 microkernel VT, VW
+ * (vector type, lanes) with the V* intrinsic macros.
+ *
+ * Goto/BLIS loop nest for one thread's block of C:
+ *
+ *   for jc in N step NC:            B block  KC x NC  lives in L2/L3
+ *     for pc in K step KC:          pack B(pc:pc+kc, jc:jc+nc) into NR-column micro-panels
+ *       for ic in M step MC:        pack A(ic:ic+mc, pc:pc+kc) into MR-row micro-panels (L2)
+ *         for jr in nc step NR:     one B micro-panel (kc x NR) stays in L1
+ *           for ir in mc step MR:   microkernel: MR x NR tile of C in registers
+ *
+ * Every element of C is computed by exactly one microkernel call per K block,
+ * in the same order whatever the thread split, so results do not depend on
+ * the number of threads.  The epilogue (accumulate, bias, ReLU, mask) runs in
+ * the microkernel's store phase of the last K block.
+ */
+
+#define CAT_(a, b) a##b
+#define CAT(a, b) CAT_(a, b)
+#define F(name) CAT(name, SFX)
+#define TILE_EP F(tile_ep_)
+
+/* What the store phase of one microkernel call does. */
+typedef struct {
+    int beta;          /* add the C already there (accumulate, or K block > 0) */
+    int last;          /* last K block: apply bias / ReLU / mask */
+    const T *bias;     /* at this tile's first column, or NULL */
+    int relu;
+    const T *mask;     /* at this tile's (0, 0), or NULL */
+    ptrdiff_t rsm, csm;
+} TILE_EP;
+
+/* Scalar store of an m x n tile held in acc (row-major, leading dim NR).
+ * The arithmetic is exactly the vector store path's, element by element
+ * (add, add, max(0, x), and-mask), so which path runs never changes a bit. */
+static void F(store_tile_)(int m, int n, const T *acc, T *C, ptrdiff_t rsc, ptrdiff_t csc,
+                           const TILE_EP *ep)
+{
+    for (int i = 0; i < m; i++) {
+        for (int j = 0; j < n; j++) {
+            T v = acc[i * NR + j];
+            T *c = &C[i * rsc + j * csc];
+            if (ep->beta)
+                v = v + *c;
+            if (ep->last) {
+                if (ep->bias)
+                    v = v + ep->bias[j];
+                if (ep->relu)
+                    v = v < (T)0 ? (T)0 : v;       /* == max(0, v): keeps NaN and -0 */
+                if (ep->mask && !(ep->mask[i * ep->rsm + j * ep->csm] > (T)0))
+                    v = (T)0;
+            }
+            *c = v;
+        }
+    }
+}
+
+/* ---------------------------------------------------------------- microkernels */
+
+/* Plain C microkernel (fnn_simd_level() == 0): the same tile, no intrinsics. */
+static void F(ukr_scalar_)(ptrdiff_t kc, const T *restrict Ap, const T *restrict Bp,
+                           T *C, ptrdiff_t rsc, ptrdiff_t csc, int m, int n,
+                           const TILE_EP *ep)
+{
+    T acc[MR * NR];
+    for (int t = 0; t < MR * NR; t++)
+        acc[t] = 0;
+    for (ptrdiff_t k = 0; k < kc; k++) {
+        for (int i = 0; i < MR; i++) {
+            T a = Ap[k * MR + i];
+            for (int j = 0; j < NR; j++)
+                acc[i * NR + j] += a * Bp[k * NR + j];
+        }
+    }
+    F(store_tile_)(m, n, acc, C, rsc, csc, ep);
+}
+
+#if FNN_X86
+/* MR x (2 vectors) register tile: 12 accumulators, 2 B vectors, 1 broadcast,
+ * so 15 of the 16 ymm registers; 12 independent FMA chains cover Zen's
+ * 2 pipes x 4 cycles latency. */
+FNN_TARGET_AVX2
+static void F(ukr_avx2_)(ptrdiff_t kc, const T *restrict Ap, const T *restrict Bp,
+                         T *C, ptrdiff_t rsc, ptrdiff_t csc, int m, int n,
+                         const TILE_EP *ep)
+{
+    VT c00 = VZERO(), c01 = VZERO(), c10 = VZERO(), c11 = VZERO();
+    VT c20 = VZERO(), c21 = VZERO(), c30 = VZERO(), c31 = VZERO();
+    VT c40 = VZERO(), c41 = VZERO(), c50 = VZERO(), c51 = VZERO();
+    int full = (m == MR && n == NR && csc == 1);
+    if (full) {
+        /* the C tile is read (beta) or written soon: fetch its lines early */
+        for (int i = 0; i < MR; i++) {
+            _mm_prefetch((const char *)(C + i * rsc), _MM_HINT_T0);
+            _mm_prefetch((const char *)(C + i * rsc + NR - 1), _MM_HINT_T0);
+        }
+    }
+#pragma GCC unroll 4
+    for (ptrdiff_t k = 0; k < kc; k++) {
+        VT b0 = VLOAD(Bp), b1 = VLOAD(Bp + VW), a;
+        a = VBCAST(Ap + 0); c00 = VFMA(a, b0, c00); c01 = VFMA(a, b1, c01);
+        a = VBCAST(Ap + 1); c10 = VFMA(a, b0, c10); c11 = VFMA(a, b1, c11);
+        a = VBCAST(Ap + 2); c20 = VFMA(a, b0, c20); c21 = VFMA(a, b1, c21);
+        a = VBCAST(Ap + 3); c30 = VFMA(a, b0, c30); c31 = VFMA(a, b1, c31);
+        a = VBCAST(Ap + 4); c40 = VFMA(a, b0, c40); c41 = VFMA(a, b1, c41);
+        a = VBCAST(Ap + 5); c50 = VFMA(a, b0, c50); c51 = VFMA(a, b1, c51);
+        Ap += MR;
+        Bp += NR;
+    }
+    if (full && (!ep->last || !ep->mask || ep->csm == 1)) {
+        const VT zero = VZERO();
+#define FNN_STORE_ROW(i, x0, x1)                                                   \
+        do {                                                                       \
+            T *cr = C + (i) * rsc;                                                 \
+            if (ep->beta) {                                                        \
+                x0 = VADD(x0, VLOADU(cr));                                         \
+                x1 = VADD(x1, VLOADU(cr + VW));                                    \
+            }                                                                      \
+            if (ep->last) {                                                        \
+                if (ep->bias) {                                                    \
+                    x0 = VADD(x0, VLOADU(ep->bias));                               \
+                    x1 = VADD(x1, VLOADU(ep->bias + VW));                          \
+                }                                                                  \
+                if (ep->relu) {                                                    \
+                    x0 = VMAX(zero, x0);                                           \
+                    x1 = VMAX(zero, x1);                                           \
+                }                                                                  \
+                if (ep->mask) {                                                    \
+                    const T *mr_ = ep->mask + (i) * ep->rsm;                       \
+                    x0 = VAND(x0, VCMPGT(VLOADU(mr_), zero));                      \
+                    x1 = VAND(x1, VCMPGT(VLOADU(mr_ + VW), zero));                 \
+                }                                                                  \
+            }                                                                      \
+            VSTOREU(cr, x0);                                                       \
+            VSTOREU(cr + VW, x1);                                                  \
+        } while (0)
+        FNN_STORE_ROW(0, c00, c01);
+        FNN_STORE_ROW(1, c10, c11);
+        FNN_STORE_ROW(2, c20, c21);
+        FNN_STORE_ROW(3, c30, c31);
+        FNN_STORE_ROW(4, c40, c41);
+        FNN_STORE_ROW(5, c50, c51);
+#undef FNN_STORE_ROW
+    } else {
+        /* edge tile or strided C: spill the tile and store element-wise */
+        T acc[MR * NR] __attribute__((aligned(32)));
+        VSTOREU(acc + 0 * NR, c00); VSTOREU(acc + 0 * NR + VW, c01);
+        VSTOREU(acc + 1 * NR, c10); VSTOREU(acc + 1 * NR + VW, c11);
+        VSTOREU(acc + 2 * NR, c20); VSTOREU(acc + 2 * NR + VW, c21);
+        VSTOREU(acc + 3 * NR, c30); VSTOREU(acc + 3 * NR + VW, c31);
+        VSTOREU(acc + 4 * NR, c40); VSTOREU(acc + 4 * NR + VW, c41);
+        VSTOREU(acc + 5 * NR, c50); VSTOREU(acc + 5 * NR + VW, c51);
+        F(store_tile_)(m, n, acc, C, rsc, csc, ep);
+    }
+}
+#endif
+
+/* ---------------------------------------------------------------- packing */
+
+/* A (mc x kc, strides rsa/csa) -> ceil(mc/MR) micro-panels, each kc x MR
+ * (k-major: the MR values of one k are adjacent), zero-padded to MR rows. */
+static void F(pack_a_)(ptrdiff_t mc, ptrdiff_t kc, const T *A, ptrdiff_t rsa, ptrdiff_t csa,
+                       T *restrict Ap)
+{
+    for (ptrdiff_t ir = 0; ir < mc; ir += MR) {
+        int mr = (int)(mc - ir < MR ? mc - ir : MR);
+        const T *a = A + ir * rsa;
+        T *d = Ap + ir * kc;
+        if (mr == MR && csa == 1) {
+            /* C-ordered A: MR row streams, each contiguous in k */
+            const T *r0 = a, *r1 = a + rsa, *r2 = a + 2 * rsa, *r3 = a + 3 * rsa;
+            const T *r4 = a + 4 * rsa, *r5 = a + 5 * rsa;
+            for (ptrdiff_t k = 0; k < kc; k++) {
+                d[0] = r0[k]; d[1] = r1[k]; d[2] = r2[k];
+                d[3] = r3[k]; d[4] = r4[k]; d[5] = r5[k];
+                d += MR;
+            }
+        } else if (mr == MR && rsa == 1) {
+            /* transposed / Fortran A: the MR values of one k are contiguous */
+            for (ptrdiff_t k = 0; k < kc; k++) {
+                const T *s = a + k * csa;
+                for (int i = 0; i < MR; i++)
+                    d[i] = s[i];
+                d += MR;
+            }
+        } else {
+            for (ptrdiff_t k = 0; k < kc; k++) {
+                int i = 0;
+                for (; i < mr; i++)
+                    d[i] = a[i * rsa + k * csa];
+                for (; i < MR; i++)
+                    d[i] = 0;
+                d += MR;
+            }
+        }
+    }
+}
+
+/* B (kc x nc, strides rsb/csb) -> ceil(nc/NR) micro-panels, each kc x NR
+ * (the NR values of one k are adjacent), zero-padded to NR columns. */
+static void F(pack_b_)(ptrdiff_t kc, ptrdiff_t nc, const T *B, ptrdiff_t rsb, ptrdiff_t csb,
+                       T *restrict Bp)
+{
+    for (ptrdiff_t jr = 0; jr < nc; jr += NR) {
+        int nr = (int)(nc - jr < NR ? nc - jr : NR);
+        const T *b = B + jr * csb;
+        T *d = Bp + jr * kc;
+        if (nr == NR && csb == 1) {
+            /* C-ordered B: each k row of the panel is one contiguous copy */
+            for (ptrdiff_t k = 0; k < kc; k++)
+                memcpy(d + k * NR, b + k * rsb, NR * sizeof(T));
+        } else if (rsb == 1) {
+            /* transposed / Fortran B: columns are contiguous in k; the panel
+             * (kc x NR) is small enough that the strided writes hit L1 */
+            int j = 0;
+            for (; j < nr; j++) {
+                const T *s = b + j * csb;
+                for (ptrdiff_t k = 0; k < kc; k++)
+                    d[k * NR + j] = s[k];
+            }
+            for (; j < NR; j++)
+                for (ptrdiff_t k = 0; k < kc; k++)
+                    d[k * NR + j] = 0;
+        } else {
+            for (ptrdiff_t k = 0; k < kc; k++) {
+                int j = 0;
+                for (; j < nr; j++)
+                    d[k * NR + j] = b[k * rsb + j * csb];
+                for (; j < NR; j++)
+                    d[k * NR + j] = 0;
+            }
+        }
+    }
+}
+
+/* ---------------------------------------------------------------- drivers */
+
+typedef void (*F(ukr_fn_))(ptrdiff_t, const T *, const T *, T *, ptrdiff_t, ptrdiff_t,
+                           int, int, const TILE_EP *);
+
+/* Straightforward triple loop with the same epilogue: used for K == 0 and
+ * when a packing buffer cannot be allocated (slow, but never wrong). */
+static void F(naive_)(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K,
+                      const T *A, ptrdiff_t rsa, ptrdiff_t csa,
+                      const T *B, ptrdiff_t rsb, ptrdiff_t csb,
+                      T *C, ptrdiff_t rsc, ptrdiff_t csc, const fnn_epilogue *ep)
+{
+    TILE_EP t;
+    t.beta = ep && ep->accumulate;
+    t.last = 1;
+    t.relu = ep && ep->relu;
+    t.rsm = ep ? ep->rs_mask : 0;
+    t.csm = ep ? ep->cs_mask : 0;
+    T acc[NR];
+    for (ptrdiff_t i = 0; i < M; i++) {
+        for (ptrdiff_t j0 = 0; j0 < N; j0 += NR) {
+            int n = (int)(N - j0 < NR ? N - j0 : NR);
+            for (int j = 0; j < n; j++) {
+                T s = 0;
+                for (ptrdiff_t k = 0; k < K; k++)
+                    s += A[i * rsa + k * csa] * B[k * rsb + (j0 + j) * csb];
+                acc[j] = s;
+            }
+            t.bias = (ep && ep->bias) ? (const T *)ep->bias + j0 : NULL;
+            t.mask = (ep && ep->mask) ? (const T *)ep->mask + i * t.rsm + j0 * t.csm : NULL;
+            F(store_tile_)(1, n, acc, C + i * rsc + j0 * csc, rsc, csc, &t);
+        }
+    }
+}
+
+/* One thread's block of C (already offset to the block), serially. */
+static void F(gemm_block_)(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K,
+                           const T *A, ptrdiff_t rsa, ptrdiff_t csa,
+                           const T *B, ptrdiff_t rsb, ptrdiff_t csb,
+                           T *C, ptrdiff_t rsc, ptrdiff_t csc,
+                           const T *bias, int relu, const T *mask, ptrdiff_t rsm, ptrdiff_t csm,
+                           int accumulate, ptrdiff_t kcb, ptrdiff_t mcb, ptrdiff_t ncb,
+                           F(ukr_fn_) ukr)
+{
+    if (M <= 0 || N <= 0)
+        return;
+    ptrdiff_t mcap = mcb < M ? mcb : M, ncap = ncb < N ? ncb : N, kcap = kcb < K ? kcb : K;
+    mcap = (mcap + MR - 1) / MR * MR;
+    ncap = (ncap + NR - 1) / NR * NR;
+    T *Abuf = (T *)fnn_gemm_buffer(0, (size_t)mcap * (size_t)kcap * sizeof(T));
+    T *Bbuf = (T *)fnn_gemm_buffer(1, (size_t)ncap * (size_t)kcap * sizeof(T));
+    if (!Abuf || !Bbuf) {
+        fnn_epilogue e = {bias, relu, mask, rsm, csm, accumulate};
+        F(naive_)(M, N, K, A, rsa, csa, B, rsb, csb, C, rsc, csc, &e);
+        return;
+    }
+    TILE_EP t;
+    t.relu = relu;
+    t.rsm = rsm;
+    t.csm = csm;
+    for (ptrdiff_t jc = 0; jc < N; jc += ncb) {
+        ptrdiff_t nc = N - jc < ncb ? N - jc : ncb;
+        for (ptrdiff_t pc = 0; pc < K; pc += kcb) {
+            ptrdiff_t kc = K - pc < kcb ? K - pc : kcb;
+            F(pack_b_)(kc, nc, B + pc * rsb + jc * csb, rsb, csb, Bbuf);
+            t.beta = accumulate || pc > 0;
+            t.last = pc + kc >= K;
+            for (ptrdiff_t ic = 0; ic < M; ic += mcb) {
+                ptrdiff_t mc = M - ic < mcb ? M - ic : mcb;
+                F(pack_a_)(mc, kc, A + ic * rsa + pc * csa, rsa, csa, Abuf);
+                for (ptrdiff_t jr = 0; jr < nc; jr += NR) {
+                    int nr = (int)(nc - jr < NR ? nc - jr : NR);
+                    ptrdiff_t j = jc + jr;
+                    t.bias = bias ? bias + j : NULL;
+                    for (ptrdiff_t ir = 0; ir < mc; ir += MR) {
+                        int mr = (int)(mc - ir < MR ? mc - ir : MR);
+                        ptrdiff_t i = ic + ir;
+                        t.mask = mask ? mask + i * rsm + j * csm : NULL;
+                        ukr(kc, Abuf + ir * kc, Bbuf + jr * kc, C + i * rsc + j * csc,
+                            rsc, csc, mr, nr, &t);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/* The public entry point for this type. */
+static void F(fnn_gemm_)(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K,
+                         const T *A, ptrdiff_t rsa, ptrdiff_t csa,
+                         const T *B, ptrdiff_t rsb, ptrdiff_t csb,
+                         T *C, ptrdiff_t rsc, ptrdiff_t csc,
+                         const fnn_epilogue *ep, int nthreads)
+{
+    if (M <= 0 || N <= 0)
+        return;
+    if (K <= 0) {
+        F(naive_)(M, N, 0, A, rsa, csa, B, rsb, csb, C, rsc, csc, ep);
+        return;
+    }
+    const T *bias = ep ? (const T *)ep->bias : NULL;
+    const T *mask = ep ? (const T *)ep->mask : NULL;
+    int relu = ep ? ep->relu != 0 : 0;
+    int accumulate = ep ? ep->accumulate != 0 : 0;
+    ptrdiff_t rsm = ep ? ep->rs_mask : 0, csm = ep ? ep->cs_mask : 0;
+
+    F(ukr_fn_) ukr = F(ukr_scalar_);
+#if FNN_X86
+    if (fnn_simd_level() >= FNN_SIMD_AVX2)
+        ukr = F(ukr_avx2_);
+#endif
+    /* Block sizes depend on the shape only (never on the thread count), and
+     * split K and M into near-equal blocks so that no block is a sliver. */
+    ptrdiff_t kcb = fnn_even_block(K, KC_MAX, 1);
+    ptrdiff_t mcb = fnn_even_block(M, MC_MAX, MR);
+    ptrdiff_t ncb = NC_MAX;
+
+    fnn_thread_plan plan;
+    fnn_plan_threads(M, N, K, MR, NR, nthreads, &plan);
+    if (plan.nt <= 1) {
+        F(gemm_block_)(M, N, K, A, rsa, csa, B, rsb, csb, C, rsc, csc,
+                       bias, relu, mask, rsm, csm, accumulate, kcb, mcb, ncb, ukr);
+        return;
+    }
+#ifdef FASTNN_HAVE_OPENMP
+#pragma omp parallel num_threads(plan.nt)
+    {
+        int team = omp_get_num_threads(), me = omp_get_thread_num();
+        /* a smaller team than asked (nested region, OMP limits) still covers
+         * every block: the split itself never depends on the team size */
+        for (int t = me; t < plan.nt; t += team) {
+            ptrdiff_t i0, i1, j0, j1;
+            fnn_plan_block(&plan, t, &i0, &i1, &j0, &j1);
+            F(gemm_block_)(i1 - i0, j1 - j0, K, A + i0 * rsa, rsa, csa, B + j0 * csb, rsb, csb,
+                           C + i0 * rsc + j0 * csc, rsc, csc, bias ? bias + j0 : NULL, relu,
+                           mask ? mask + i0 * rsm + j0 * csm : NULL, rsm, csm, accumulate,
+                           kcb, mcb, ncb, ukr);
+        }
+    }
+#else
+    for (int t = 0; t < plan.nt; t++) {
+        ptrdiff_t i0, i1, j0, j1;
+        fnn_plan_block(&plan, t, &i0, &i1, &j0, &j1);
+        F(gemm_block_)(i1 - i0, j1 - j0, K, A + i0 * rsa, rsa, csa, B + j0 * csb, rsb, csb,
+                       C + i0 * rsc + j0 * csc, rsc, csc, bias ? bias + j0 : NULL, relu,
+                       mask ? mask + i0 * rsm + j0 * csm : NULL, rsm, csm, accumulate,
+                       kcb, mcb, ncb, ukr);
+    }
+#endif
+}
+
+#undef TILE_EP
+#undef F
+#undef CAT
+#undef CAT_
