@@ -1,0 +1,417 @@
+"""Checkpoints: a model's architecture and weights, optionally the optimizer state and extras.
+
+File layout: a plain ``.npz`` (a zip of ``.npy`` members, readable with
+``np.load(path, allow_pickle=False)``), never pickle::
+
+    format.npy     uint8   b"fastnn-checkpoint"               the marker
+    version.npy    int64   1                                   format version
+    meta.npy       uint8   UTF-8 JSON: {"model": get_config(), "params": [{key, name, shape,
+                           dtype}], "optimizer": {class, hyper, step, buffers: [...]} | null,
+                           "extra": ... | null}
+    param.000.npy  ...     one member per parameter, in model.parameters() order
+    optim.000.npy  ...     one member per optimizer buffer (when saved)
+    sha256.npy     uint8   SHA-256 over every other member (key, dtype, shape, bytes)
+
+The hash detects damage and edits made without recomputing it (it is an
+integrity check, not a signature).  Files are written atomically (temporary
+file in the same directory, flush, fsync, ``os.replace``, fsync of the
+directory), so a crash mid-save leaves the previous checkpoint intact.
+
+Loading checks everything before building anything: zip structure (stored
+members only, sizes within the file), marker, version, JSON, the exact set
+of members, each member's shape and dtype (read from the ``.npy`` header
+before any data, so a forged header cannot cause a large allocation), the
+hash, then that the rebuilt model has exactly these parameters.  Any
+failure raises ``DataFormatError`` saying what is wrong.
+"""
+import collections
+import hashlib
+import json
+import os
+import struct
+import tempfile
+import zipfile
+import zlib
+
+import numpy as np
+
+from .errors import DataFormatError
+
+__all__ = ["save", "load", "Checkpoint", "FORMAT", "VERSION"]
+
+FORMAT = "fastnn-checkpoint"
+VERSION = 1
+
+#: What ``load(path, with_optimizer=True)`` returns.
+#: ``model``: the rebuilt model with the saved weights; ``optimizer_state``:
+#: the dict ``optimizer.state_dict()`` gave (``{"class", "hyper", "step",
+#: "buffers": {name: ndarray}}``; pass it to ``optimizer.load_state_dict``),
+#: or None if no optimizer was saved; ``extra``: the JSON value passed as
+#: ``extra`` to ``save`` (None if none).
+Checkpoint = collections.namedtuple("Checkpoint", ["model", "optimizer_state", "extra"])
+
+_FIXED_KEYS = ("format", "version", "meta", "sha256")
+# Numeric dtypes only: anything else could need pickle.
+_OK_KINDS = "biuf"
+# A fixed timestamp makes two saves of the same state byte-identical.
+_ZIP_DATE = (1980, 1, 1, 0, 0, 0)
+
+
+def _json_default(obj):
+    if isinstance(obj, np.generic):
+        return obj.item()
+    raise TypeError(f"value of type {type(obj).__name__} is not JSON-serialisable")
+
+
+def _dumps(value, what):
+    try:
+        return json.dumps(value, default=_json_default, sort_keys=True)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"save: {what} must be JSON-serialisable (dicts, lists, str, numbers, "
+                        f"bool, None): {exc}") from None
+
+
+def _contig(a):
+    # Not np.ascontiguousarray: it turns 0-d arrays into 1-d ones.
+    a = np.asarray(a)
+    return a if a.flags.c_contiguous else np.array(a, order="C")
+
+
+def _digest(arrays):
+    """SHA-256 over every member except sha256 itself, in key order."""
+    h = hashlib.sha256(FORMAT.encode() + b"\0")
+    for key in sorted(arrays):
+        if key == "sha256":
+            continue
+        a = _contig(arrays[key])
+        h.update(f"{key}\0{a.dtype.str}\0{a.shape}\0{a.nbytes}\0".encode())
+        h.update(a.tobytes())
+    return h.digest()
+
+
+def _array_entry(key, name, arr, what):
+    arr = np.asarray(arr)
+    if arr.dtype.kind not in _OK_KINDS:
+        raise TypeError(f"save: {what} {name!r} has dtype {arr.dtype}; only numeric arrays "
+                        f"can be saved")
+    return arr, {"key": key, "name": name, "shape": list(arr.shape), "dtype": arr.dtype.str}
+
+
+def _model_arrays(model):
+    if hasattr(model, "named_parameters"):
+        named = list(model.named_parameters())
+    else:
+        named = [(p.name, p) for p in model.parameters()]
+    arrays, entries = {}, []
+    for i, (name, p) in enumerate(named):
+        arr, entry = _array_entry(f"param.{i:03d}", name, p.data, "parameter")
+        arrays[entry["key"]] = arr
+        entries.append(entry)
+    return arrays, entries
+
+
+def _optimizer_arrays(optimizer):
+    if not hasattr(optimizer, "state_dict"):
+        raise TypeError(f"save: optimizer must have state_dict(), got {type(optimizer).__name__}")
+    state = optimizer.state_dict()
+    buffers = state.get("buffers", {}) or {}
+    arrays, entries = {}, []
+    for i, name in enumerate(buffers):
+        arr, entry = _array_entry(f"optim.{i:03d}", name, buffers[name], "optimizer buffer")
+        arrays[entry["key"]] = arr
+        entries.append(entry)
+    meta = {"class": state.get("class"), "hyper": state.get("hyper"),
+            "step": state.get("step"), "buffers": entries}
+    return arrays, meta
+
+
+def _fsync_dir(d):
+    try:
+        fd = os.open(d, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _write_npz(path, arrays):
+    path = os.fspath(path)
+    d = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=d)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            with zipfile.ZipFile(fh, "w", compression=zipfile.ZIP_STORED) as zf:
+                for key, arr in arrays.items():
+                    info = zipfile.ZipInfo(key + ".npy", date_time=_ZIP_DATE)
+                    info.compress_type = zipfile.ZIP_STORED
+                    # force_zip64 so members over 2 GiB work without a second pass.
+                    with zf.open(info, "w", force_zip64=arr.nbytes > (1 << 30)) as member:
+                        np.lib.format.write_array(member, _contig(arr),
+                                                  allow_pickle=False)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    _fsync_dir(d)
+
+
+def save(model, path, optimizer=None, extra=None):
+    """Write ``model`` (architecture + weights) to ``path`` as a fastnn checkpoint.
+
+    ``checkpoint = {config: model.get_config(), params: [p.data for p in
+    model.parameters()], optimizer: optimizer.state_dict(), extra}`` plus a
+    SHA-256 over all of it, as a pickle-free ``.npz`` written atomically.
+
+    * ``model``: has ``get_config()`` (JSON-able) and ``named_parameters()``
+      (or ``parameters()``, items with ``.name`` and ``.data``).
+    * ``optimizer``: optional; its ``state_dict()`` ``{"class", "hyper",
+      "step", "buffers": {name: ndarray}}`` is stored.
+    * ``extra``: optional JSON-able value (epoch, history, RNG state...).
+      Numpy scalars are converted to Python numbers; tuples come back as lists.
+
+    The exact ``path`` is used (no suffix is added).  Returns ``path``.
+
+    Example::
+
+        >>> fastnn.save(model, "mnist.npz", optimizer=opt, extra={"epoch": 3})
+        >>> model2 = fastnn.load("mnist.npz")
+    """
+    if not hasattr(model, "get_config"):
+        raise TypeError(f"save: model must have get_config(), got {type(model).__name__}")
+    arrays, param_entries = _model_arrays(model)
+    opt_meta = None
+    if optimizer is not None:
+        opt_arrays, opt_meta = _optimizer_arrays(optimizer)
+        arrays.update(opt_arrays)
+    meta = {"model": model.get_config(), "params": param_entries,
+            "optimizer": opt_meta, "extra": extra}
+    meta_json = _dumps(meta, "the model config, the optimizer state and extra")
+    _dumps(extra, "extra")
+    out = {"format": np.frombuffer(FORMAT.encode(), np.uint8),
+           "version": np.array(VERSION, np.int64),
+           "meta": np.frombuffer(meta_json.encode("utf-8"), np.uint8)}
+    out.update(arrays)
+    out["sha256"] = np.frombuffer(_digest(out), np.uint8)
+    _write_npz(path, out)
+    return path
+
+
+# ----------------------------------------------------------------------------- load
+
+def _bad(path, what):
+    return DataFormatError(f"checkpoint {os.fspath(path)!r}: {what}")
+
+
+def _check_zip(path):
+    """Structural checks on the archive; returns {key: (shape, dtype)} from the .npy headers."""
+    size = os.path.getsize(path)
+    try:
+        zf = zipfile.ZipFile(path)
+    except zipfile.BadZipFile:
+        raise _bad(path, "not a fastnn checkpoint (not an .npz/zip archive; truncated or "
+                         "foreign file)") from None
+    headers = {}
+    with zf:
+        infos = zf.infolist()
+        names = [i.filename for i in infos]
+        if len(set(names)) != len(names):
+            raise _bad(path, "duplicate members in the archive")
+        total = 0
+        for info in infos:
+            if not info.filename.endswith(".npy"):
+                raise _bad(path, f"unexpected member {info.filename!r} (not an .npy array)")
+            if info.compress_type != zipfile.ZIP_STORED or info.file_size != info.compress_size:
+                raise _bad(path, f"member {info.filename!r} is compressed; fastnn checkpoints "
+                                 f"store members uncompressed")
+            total += info.file_size
+            if total > size:
+                raise _bad(path, f"members declare {total} bytes but the file has {size} "
+                                 f"(truncated or corrupt)")
+        for info in infos:
+            with zf.open(info) as member:
+                try:
+                    version = np.lib.format.read_magic(member)
+                    if version == (1, 0):
+                        shape, fortran, dtype = np.lib.format.read_array_header_1_0(member)
+                    elif version == (2, 0):
+                        shape, fortran, dtype = np.lib.format.read_array_header_2_0(member)
+                    else:
+                        raise ValueError(f"unsupported .npy version {version}")
+                    header_len = member.tell()
+                except ValueError as exc:
+                    raise _bad(path, f"member {info.filename!r}: bad .npy header: {exc}") from None
+            if dtype.hasobject or dtype.kind not in _OK_KINDS:
+                raise _bad(path, f"member {info.filename!r} has dtype {dtype}; only numeric "
+                                 f"arrays are allowed (no pickled objects)")
+            n = dtype.itemsize
+            for s in shape:
+                n *= s
+            if header_len + n != info.file_size:
+                raise _bad(path, f"member {info.filename!r}: header declares {shape} {dtype} "
+                                 f"({n} bytes) but the member holds {info.file_size - header_len}")
+            headers[info.filename[:-4]] = (tuple(shape), dtype)
+    return headers
+
+
+def _read_all(path):
+    headers = _check_zip(path)
+    for key in ("format", "version", "meta", "sha256"):
+        if key not in headers:
+            raise _bad(path, f"not a fastnn checkpoint (no {key!r} member)")
+    with np.load(path, allow_pickle=False) as npz:
+        if not hasattr(npz, "files"):
+            raise _bad(path, "not a fastnn checkpoint (a single .npy, not an .npz)")
+        arrays = {key: npz[key] for key in npz.files}
+    return headers, arrays
+
+
+def _text(path, arr, key):
+    if arr.dtype != np.uint8 or arr.ndim != 1:
+        raise _bad(path, f"member {key!r} must be 1-D uint8, got {arr.dtype} {arr.shape}")
+    return arr.tobytes()
+
+
+def _check_entries(path, entries, headers, prefix, what):
+    if not isinstance(entries, list):
+        raise _bad(path, f"metadata: {what} must be a list")
+    out = []
+    for i, e in enumerate(entries):
+        if not (isinstance(e, dict) and isinstance(e.get("name"), str)
+                and isinstance(e.get("shape"), list) and isinstance(e.get("dtype"), str)
+                and e.get("key") == f"{prefix}.{i:03d}"):
+            raise _bad(path, f"metadata: {what}[{i}] is malformed: {e!r:.200}")
+        key = e["key"]
+        if key not in headers:
+            raise _bad(path, f"{what} {e['name']!r}: member {key!r} is missing")
+        shape, dtype = headers[key]
+        try:
+            want_dtype = np.dtype(e["dtype"])
+        except TypeError:
+            raise _bad(path, f"metadata: {what}[{i}] has invalid dtype {e['dtype']!r}") from None
+        if shape != tuple(e["shape"]) or dtype != want_dtype:
+            raise _bad(path, f"{what} {e['name']!r}: stored as {dtype} {shape}, metadata says "
+                             f"{want_dtype} {tuple(e['shape'])}")
+        out.append(e)
+    return out
+
+
+def _parse(path):
+    """Everything validated: (meta dict, arrays dict)."""
+    headers, arrays = _read_all(path)
+    if _text(path, arrays["format"], "format") != FORMAT.encode():
+        raise _bad(path, f"not a fastnn checkpoint (marker is not {FORMAT!r})")
+    version = arrays["version"]
+    if version.shape != () or version.dtype.kind not in "iu":
+        raise _bad(path, f"member 'version' must be an integer scalar, got {version.dtype} "
+                         f"{version.shape}")
+    if int(version) != VERSION:
+        raise _bad(path, f"format version {int(version)} is not supported (this fastnn reads "
+                         f"version {VERSION}); upgrade fastnn")
+    try:
+        meta = json.loads(_text(path, arrays["meta"], "meta").decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise _bad(path, f"metadata is not valid JSON: {exc}") from None
+    if not isinstance(meta, dict) or not {"model", "params", "optimizer", "extra"} <= set(meta):
+        raise _bad(path, "metadata lacks model/params/optimizer/extra")
+    params = _check_entries(path, meta["params"], headers, "param", "parameter")
+    opt = meta["optimizer"]
+    bufs = []
+    if opt is not None:
+        if not isinstance(opt, dict) or "buffers" not in opt:
+            raise _bad(path, "metadata: optimizer must be null or a dict with buffers")
+        bufs = _check_entries(path, opt["buffers"], headers, "optim", "optimizer buffer")
+    expected = set(_FIXED_KEYS) | {e["key"] for e in params} | {e["key"] for e in bufs}
+    unexpected = sorted(set(arrays) - expected)
+    if unexpected:
+        raise _bad(path, f"unexpected members {unexpected}")
+    sha = _text(path, arrays["sha256"], "sha256")
+    if sha != _digest(arrays):
+        raise _bad(path, "SHA-256 mismatch: the file was damaged or edited after it was saved")
+    return meta, arrays
+
+
+def _model_class(name):
+    # Only fastnn's own model classes: the file chooses among them, never imports code.
+    from . import model as model_mod
+    cls = getattr(model_mod, name, None) if isinstance(name, str) else None
+    if cls is None and isinstance(name, str):
+        try:
+            from . import models as models_mod
+        except ImportError:
+            models_mod = None
+        cls = getattr(models_mod, name, None)
+    if not isinstance(cls, type) or not hasattr(cls, "from_config"):
+        return None
+    return cls
+
+
+def _build_model(path, meta, arrays):
+    cfg = meta["model"]
+    cls = _model_class(cfg.get("class") if isinstance(cfg, dict) else None)
+    if cls is None:
+        raise _bad(path, f"unknown model class in the architecture: {cfg!r:.200}")
+    try:
+        model = cls.from_config(cfg)
+    except (ValueError, TypeError, KeyError) as exc:
+        raise _bad(path, f"the saved architecture cannot be rebuilt: {exc}") from None
+    named = list(model.named_parameters())
+    saved = [(e["name"], arrays[e["key"]]) for e in meta["params"]]
+    if [n for n, _ in named] != [n for n, _ in saved]:
+        raise _bad(path, f"parameters {[n for n, _ in saved]} do not match the rebuilt model's "
+                         f"{[n for n, _ in named]}")
+    for (name, p), (_, arr) in zip(named, saved):
+        if p.data.shape != arr.shape or p.data.dtype != arr.dtype:
+            raise _bad(path, f"parameter {name!r}: saved {arr.dtype} {arr.shape}, the model "
+                             f"expects {p.data.dtype} {p.data.shape}")
+        # In place: parameters are views into the model's flat buffer.
+        p.data[...] = arr
+    return model
+
+
+def load(path, with_optimizer=False):
+    """Read a checkpoint written by ``save``; rebuild the model with its weights.
+
+    ``model = Class.from_config(config); p.data[...] = saved[p.name] for p``.
+
+    Returns the model, or with ``with_optimizer=True`` a ``Checkpoint(model,
+    optimizer_state, extra)`` namedtuple (``optimizer_state`` is None when no
+    optimizer was saved).  Raises ``DataFormatError`` for a truncated,
+    damaged, edited or foreign file; ``FileNotFoundError`` if it is missing.
+
+    Example::
+
+        >>> model, opt_state, extra = fastnn.load("mnist.npz", with_optimizer=True)
+        >>> optimizer.load_state_dict(opt_state)
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"checkpoint {path!r} does not exist")
+    try:
+        meta, arrays = _parse(path)
+    except DataFormatError:
+        raise
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error, KeyError,
+            struct.error) as exc:
+        # Anything numpy or zipfile raises on a damaged archive (a bad CRC, a
+        # short read) is a format error, never a raw traceback.
+        if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError)):
+            raise
+        raise _bad(path, f"corrupt archive ({type(exc).__name__}: {exc})") from None
+    model = _build_model(path, meta, arrays)
+    if not with_optimizer:
+        return model
+    opt_state = None
+    if meta["optimizer"] is not None:
+        o = meta["optimizer"]
+        opt_state = {"class": o.get("class"), "hyper": o.get("hyper"), "step": o.get("step"),
+                     "buffers": {e["name"]: arrays[e["key"]] for e in o["buffers"]}}
+    return Checkpoint(model, opt_state, meta["extra"])
