@@ -212,11 +212,14 @@ class Dense(Layer):
         self._y = y
         return y
 
-    def backward(self, dout, dx=None, *, input_grad=True, premasked=False):
+    def backward(self, dout, dx=None, *, input_grad=True, premasked=False, dx_mask=None):
         """Accumulate dW, db; return dx = dz W^T (None when ``input_grad`` is False).
 
         ``premasked=True`` says ``dout`` is already dL/dz (the caller fused the
-        activation's derivative, e.g. a ReLU mask in the next layer's GEMM)."""
+        activation's derivative, e.g. a ReLU mask in the next layer's GEMM).
+        ``dx_mask`` (N, in_features): return ``dx = (dz W^T) * (dx_mask > 0)``
+        instead -- the previous layer's ReLU backward fused into this GEMM's
+        epilogue (``Sequential`` does this for Dense(relu) -> Dense)."""
         self._need_forward(self._x, "Dense")
         x, y = self._x, self._y
         _check_batch(dout, "Dense.backward", self.dtype, self.out_features, name="dout")
@@ -235,6 +238,17 @@ class Dense(Layer):
         if not input_grad:
             return None
         dx = _out_buffer(dx, x.shape, self.dtype)
+        if dx_mask is not None:
+            if dx_mask.shape != x.shape or dx_mask.dtype != self.dtype:
+                raise ShapeError(f"Dense.backward: dx_mask must be a {self.dtype} array of "
+                                 f"shape {x.shape}, got {dx_mask.dtype} {dx_mask.shape}")
+            ex = _gemm_ex()
+            if ex is not None:
+                from . import _threads
+                return ex(dz, self.weight.data.T, dx, None, False, dx_mask, False,
+                          _threads.get_num_threads())
+            k.matmul(dz, self.weight.data, trans_b=True, out=dx)
+            return k.activation_backward("relu", dx_mask, dx, dx=dx)
         return k.matmul(dz, self.weight.data, trans_b=True, out=dx)
 
     def get_config(self):

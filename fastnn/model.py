@@ -334,13 +334,23 @@ class Sequential:
                              f"got {dout.dtype}")
         g = dout
         n = dout.shape[0]
+        premasked = False
         for i in range(len(self.layers) - 1, -1, -1):
             layer = self.layers[i]
             ws = _slice_buffer(self._bwd_ws[i], n)
             if isinstance(layer, Dense):
-                g_new = layer.backward(g, dx=ws, input_grad=input_grad or i > 0)
+                prev = self.layers[i - 1] if i > 0 else None
+                # Dense(relu) -> Dense: the ReLU's backward (dz = dx * (y > 0)) runs in
+                # this layer's dx GEMM epilogue; the previous layer then skips it.
+                fuse = (isinstance(prev, Dense) and prev.activation == "relu"
+                        and prev._y is not None)
+                g_new = layer.backward(g, dx=ws, input_grad=input_grad or i > 0,
+                                       premasked=premasked,
+                                       dx_mask=prev._y if fuse else None)
+                premasked = fuse
             else:
                 g_new = layer.backward(g, dx=ws)
+                premasked = False
             if g_new is not None and g_new is not ws and g_new is not g and g_new.base is None:
                 self._bwd_ws[i] = g_new
             g = g_new
