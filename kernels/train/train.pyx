@@ -1,0 +1,131 @@
+# The fused native training loop (trainer.c) does not call the GEMM engine:
+# its 6x16 tile kernel reads operands in place with the epilogues (optimizer,
+# softmax cross-entropy) that the engine's API cannot express.
+# The fused native training loop (trainer.c): an epoch of Dense/ReLU layers,
+# softmax cross-entropy and the optimizer update in one call.  Arrays arrive
+# validated by fastnn/_fused.py (dtype, contiguity, label range, index range);
+# this wrapper only collects pointers.
+cimport numpy as cnp
+from libc.stdint cimport int64_t, uint8_t
+
+include "simd_api.pxi"
+
+cnp.import_array()
+
+cdef extern from "trainer.h" nogil:
+    int FNN_TR_MAXL
+    int FNN_OPT_SGD
+    int FNN_OPT_ADAM
+    int FNN_OPT_ADAMW
+    ctypedef struct fnn_train_opt:
+        int kind
+        float lr, weight_decay
+        float momentum, dampening
+        int nesterov
+        float beta1, beta2, eps
+        int64_t step
+    ctypedef struct fnn_trainer:
+        pass
+    fnn_trainer *fnn_trainer_new(int nlayers, const int *dims, const int *relu,
+                                 const int *has_bias, int batch)
+    void fnn_trainer_free(fnn_trainer *tr)
+    int64_t fnn_trainer_run(fnn_trainer *tr, float **W, float **b,
+                            float **s1W, float **s1b, float **s2W, float **s2b,
+                            const void *x, int x_u8, Py_ssize_t x_ld,
+                            const int64_t *y, const int64_t *idx, Py_ssize_t n,
+                            const fnn_train_opt *opt, int nthreads,
+                            double *loss_sum, int64_t *correct)
+    void fnn_trainer_u8_to_f32(const uint8_t *src, float *dst, Py_ssize_t n)
+
+MAX_LAYERS = FNN_TR_MAXL
+OPT_KINDS = {"sgd": FNN_OPT_SGD, "adam": FNN_OPT_ADAM, "adamw": FNN_OPT_ADAMW}
+
+
+cdef float *_fptr(a) except? NULL:
+    if a is None:
+        return NULL
+    return <float *> cnp.PyArray_DATA(<cnp.ndarray> a)
+
+
+def u8_to_f32(cnp.ndarray src, cnp.ndarray dst):
+    """dst = src / 255 (float32), the scalar conversion the trainer uses."""
+    fnn_trainer_u8_to_f32(<const uint8_t *> cnp.PyArray_DATA(src),
+                          <float *> cnp.PyArray_DATA(dst), src.size)
+
+
+cdef class Trainer:
+    """Workspace of the fused loop for one (architecture, batch size).
+
+    ``Trainer(dims, relu, has_bias, batch)``: ``dims`` the L+1 layer widths,
+    ``relu[l]`` / ``has_bias[l]`` per Dense layer.  Everything a step needs is
+    allocated here, once."""
+    cdef fnn_trainer *tr
+    cdef int nlayers
+    cdef readonly int batch
+    cdef readonly tuple dims
+
+    def __cinit__(self, dims, relu, has_bias, int batch):
+        cdef int L = len(dims) - 1
+        cdef int cdims[65]
+        cdef int crelu[64]
+        cdef int cbias[64]
+        if L < 1 or L > FNN_TR_MAXL:
+            raise ValueError(f"the fused trainer takes 1..{FNN_TR_MAXL} layers, got {L}")
+        for i in range(L + 1):
+            cdims[i] = dims[i]
+        for i in range(L):
+            crelu[i] = 1 if relu[i] else 0
+            cbias[i] = 1 if has_bias[i] else 0
+        self.tr = fnn_trainer_new(L, cdims, crelu, cbias, batch)
+        if self.tr == NULL:
+            raise MemoryError("could not allocate the fused trainer's workspace")
+        self.nlayers = L
+        self.batch = batch
+        self.dims = tuple(int(d) for d in dims)
+
+    def __dealloc__(self):
+        fnn_trainer_free(self.tr)
+
+    def run(self, W, b, s1W, s1b, s2W, s2b, cnp.ndarray x, bint x_u8, Py_ssize_t x_ld,
+            cnp.ndarray y, cnp.ndarray idx, str kind, float lr, float weight_decay=0.0,
+            float momentum=0.0, float dampening=0.0, bint nesterov=False,
+            float beta1=0.9, float beta2=0.999, float eps=1e-8, int64_t step=0,
+            int nthreads=1):
+        """Train on the rows idx (int64) of x; see trainer.h.  Returns
+        (loss_sum, correct, steps)."""
+        cdef float *pW[64]
+        cdef float *pb[64]
+        cdef float *ps1W[64]
+        cdef float *ps1b[64]
+        cdef float *ps2W[64]
+        cdef float *ps2b[64]
+        cdef int L = self.nlayers
+        for l in range(L):
+            pW[l] = _fptr(W[l])
+            pb[l] = _fptr(b[l])
+            ps1W[l] = _fptr(s1W[l])
+            ps1b[l] = _fptr(s1b[l])
+            ps2W[l] = _fptr(s2W[l])
+            ps2b[l] = _fptr(s2b[l])
+        cdef fnn_train_opt opt
+        opt.kind = OPT_KINDS[kind]
+        opt.lr = lr
+        opt.weight_decay = weight_decay
+        opt.momentum = momentum
+        opt.dampening = dampening
+        opt.nesterov = nesterov
+        opt.beta1 = beta1
+        opt.beta2 = beta2
+        opt.eps = eps
+        opt.step = step
+        cdef double loss_sum = 0.0
+        cdef int64_t correct = 0, steps = 0
+        cdef const void *px = cnp.PyArray_DATA(x)
+        cdef const int64_t *py = <const int64_t *> cnp.PyArray_DATA(y)
+        cdef const int64_t *pidx = <const int64_t *> cnp.PyArray_DATA(idx)
+        cdef Py_ssize_t n = idx.shape[0]
+        with nogil:
+            steps = fnn_trainer_run(self.tr, pW, pb, ps1W, ps1b, ps2W, ps2b,
+                                    px, x_u8, x_ld, py, pidx, n, &opt, nthreads,
+                                    &loss_sum, &correct)
+        return loss_sum, int(correct), int(steps)
