@@ -1,0 +1,576 @@
+"""The ``fastnn`` command line.
+
+    fastnn train --preset mlp [--epochs 3] [--save ckpt.npz] [--resume ckpt.npz] [--json]
+    fastnn evaluate MODEL.npz [--json]
+    fastnn predict MODEL.npz digit.png ... | --index 0 7 42
+    fastnn info [--json]
+    fastnn bench kernels [--threads N] [--json]
+    fastnn bench train --preset mlp --epochs 3 --threads 2 --json
+    fastnn plot LOGDIR -o curves.png
+
+Exit codes: 0 success, 1 an error the message explains (data missing,
+training diverged, unreadable model file), 2 a bad command line, 130
+interrupted by Ctrl-C.
+
+Wall time "since process start" (the speedrun figure) is measured from the
+kernel's record of when this process started (``/proc/self/stat`` field 22,
+on the boot-time clock), so it includes the interpreter start-up and every
+import; where /proc is missing it falls back to the moment this module was
+imported.
+"""
+import time
+
+_IMPORTED_AT = time.time()          # first thing: the fallback origin of "process start"
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import math  # noqa: E402
+import os  # noqa: E402
+import statistics  # noqa: E402
+import sys  # noqa: E402
+
+__all__ = ["main", "process_start_time"]
+
+
+def process_start_time():
+    """Unix time at which this process started (see the module docstring)."""
+    try:
+        with open("/proc/self/stat", "rb") as fh:
+            stat = fh.read().decode()
+        # the command name (field 2) may hold spaces: parse after its closing ')'
+        fields = stat[stat.rindex(")") + 2:].split()
+        start_ticks = int(fields[19])            # field 22 overall
+        age = time.clock_gettime(time.CLOCK_BOOTTIME) - start_ticks / os.sysconf("SC_CLK_TCK")
+        if 0.0 <= age < 1e7:
+            return time.time() - age
+    except (OSError, ValueError, IndexError, AttributeError):
+        pass
+    return _IMPORTED_AT
+
+
+# ------------------------------------------------------------------ argument types
+
+def _positive_int(text):
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
+    return v
+
+
+def _nonneg_int(text):
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
+    return v
+
+
+def _finite_float(text, lo=None, hi=None, lo_open=False, hi_open=False):
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(v):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    if lo is not None and (v < lo or (lo_open and v == lo)):
+        raise argparse.ArgumentTypeError(f"must be {'>' if lo_open else '>='} {lo}, got {v}")
+    if hi is not None and (v > hi or (hi_open and v == hi)):
+        raise argparse.ArgumentTypeError(f"must be {'<' if hi_open else '<='} {hi}, got {v}")
+    return v
+
+
+def _lr(text):
+    return _finite_float(text, lo=0.0, lo_open=True)
+
+
+def _momentum(text):
+    return _finite_float(text, lo=0.0, hi=1.0, hi_open=True)
+
+
+def _weight_decay(text):
+    return _finite_float(text, lo=0.0)
+
+
+def _hidden(text):
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    if not parts:
+        raise argparse.ArgumentTypeError(f"expected widths like 512,512, got {text!r}")
+    out = []
+    for p in parts:
+        try:
+            v = int(p)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected widths like 512,512, got {text!r}") \
+                from None
+        if v < 1:
+            raise argparse.ArgumentTypeError(f"hidden widths must be >= 1, got {v}")
+        out.append(v)
+    return tuple(out)
+
+
+def _preset_name(text):
+    from .presets import PRESETS
+    if text not in PRESETS:
+        raise argparse.ArgumentTypeError(f"unknown preset {text!r} (choose from "
+                                         f"{', '.join(PRESETS)})")
+    return text
+
+
+# ------------------------------------------------------------------ parser
+
+def build_parser():
+    from .presets import OPTIMIZERS
+    p = argparse.ArgumentParser(prog="fastnn", description="Fast neural-network training on "
+                                "multicore CPUs (MNIST presets, benchmarks, tools).")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    t = sub.add_parser("train", help="train a preset on MNIST (test set = validation data)")
+    t.add_argument("--preset", type=_preset_name, default=None,
+                   help="recipe: softmax, mlp, mlp-keras, speedrun (default mlp)")
+    t.add_argument("--hidden", type=_hidden, default=None, help="hidden widths, e.g. 512,512")
+    t.add_argument("--epochs", type=_nonneg_int, default=None)
+    t.add_argument("--batch-size", type=_positive_int, default=None)
+    t.add_argument("--lr", type=_lr, default=None, help="learning rate (> 0)")
+    t.add_argument("--optimizer", choices=OPTIMIZERS, default=None)
+    t.add_argument("--momentum", type=_momentum, default=None, help="SGD momentum in [0, 1)")
+    t.add_argument("--weight-decay", type=_weight_decay, default=None)
+    t.add_argument("--threads", type=_positive_int, default=None)
+    t.add_argument("--seed", type=_nonneg_int, default=None, help="default 0")
+    t.add_argument("--data", default=None, help="directory holding the MNIST IDX files")
+    t.add_argument("--logdir", default=None,
+                   help="write TensorBoard events (train/, validation/) and log.csv here")
+    t.add_argument("--save", default=None, help="checkpoint (.npz) written after every epoch")
+    t.add_argument("--resume", default=None, help="continue from a checkpoint")
+    t.add_argument("--json", action="store_true", help="one JSON object per epoch + a summary")
+
+    e = sub.add_parser("evaluate", help="test-set loss and accuracy of a saved model")
+    e.add_argument("model")
+    e.add_argument("--data", default=None)
+    e.add_argument("--threads", type=_positive_int, default=None)
+    e.add_argument("--json", action="store_true")
+
+    pr = sub.add_parser("predict", help="classify image files or test-set samples")
+    pr.add_argument("model")
+    pr.add_argument("images", nargs="*", help="PNG/JPEG files (grey-scaled, resized to 28x28)")
+    pr.add_argument("--index", type=_nonneg_int, nargs="+", default=[],
+                    help="indices into the MNIST test set")
+    pr.add_argument("--data", default=None)
+    pr.add_argument("--json", action="store_true")
+
+    i = sub.add_parser("info", help="build, CPU features, kernels and thread pools")
+    i.add_argument("--json", action="store_true")
+
+    b = sub.add_parser("bench", help="benchmarks")
+    bsub = b.add_subparsers(dest="bench_command", metavar="WHAT")
+    bsub.required = True
+    bk = bsub.add_parser("kernels", help="GFLOP/s of every kernel variant")
+    bk.add_argument("--threads", type=_positive_int, default=None)
+    bk.add_argument("--json", action="store_true")
+    bt = bsub.add_parser("train", help="time a preset's epochs (one JSON line with --json)")
+    bt.add_argument("--preset", type=_preset_name, default="mlp")
+    bt.add_argument("--epochs", type=_positive_int, default=3)
+    bt.add_argument("--threads", type=_positive_int, default=None)
+    bt.add_argument("--seed", type=_nonneg_int, default=0)
+    bt.add_argument("--data", default=None)
+    bt.add_argument("--engine", choices=("auto", "fused", "general"), default="auto",
+                    help="training path (default: the fused native loop when it applies)")
+    bt.add_argument("--json", action="store_true")
+
+    pl = sub.add_parser("plot", help="loss/accuracy curves from a --logdir or a CSV log")
+    pl.add_argument("logdir")
+    pl.add_argument("-o", "--output", default="curves.png")
+    return p
+
+
+class _Fail(Exception):
+    """An error already explained to the user: print the message, exit with ``code``."""
+
+    def __init__(self, message, code=1):
+        super().__init__(message)
+        self.code = code
+
+
+def _set_threads(n):
+    if n is not None:
+        from . import _threads
+        _threads.set_num_threads(n)
+
+
+def _load_mnist(data):
+    from .datasets import mnist
+    return mnist.load_data(path=data)
+
+
+def _flat(x):
+    return x.reshape(x.shape[0], -1)
+
+
+def _print_json(obj, file=None):
+    print(json.dumps(obj, sort_keys=False), file=file or sys.stdout, flush=True)
+
+
+# ------------------------------------------------------------------ train
+
+def _resolve_preset(args, stored=None):
+    """Preset + command-line overrides; a resumed run starts from the checkpoint's recipe."""
+    from .presets import Preset, get_preset
+    if stored is not None:
+        base = Preset.from_dict(stored)
+        if args.preset is not None and args.preset != base.name:
+            raise _Fail(f"--resume: the checkpoint was trained with preset {base.name!r}, "
+                        f"not {args.preset!r}", code=2)
+    else:
+        base = get_preset(args.preset or "mlp")
+    changes = {}
+    if args.hidden is not None:
+        changes["sizes"] = (base.sizes[0],) + args.hidden + (base.sizes[-1],)
+    for arg, field in (("epochs", "epochs"), ("batch_size", "batch_size"), ("lr", "lr"),
+                       ("optimizer", "optimizer"), ("momentum", "momentum"),
+                       ("weight_decay", "weight_decay")):
+        v = getattr(args, arg)
+        if v is not None:
+            changes[field] = v
+    if stored is not None and "sizes" in changes and tuple(changes["sizes"]) != base.sizes:
+        raise _Fail(f"--resume: --hidden differs from the checkpoint's layers {base.sizes}", 2)
+    if changes.get("optimizer", base.optimizer) != "sgd" and changes.get("momentum"):
+        raise _Fail("--momentum applies to --optimizer sgd only", code=2)
+    return base.replace(**changes)
+
+
+class _EpochPrinter:
+    """--json: one object per epoch on stdout."""
+
+    step_freq = None
+
+    def __init__(self, epochs):
+        self.epochs = epochs
+
+    def set_state(self, state):
+        self.state = state
+
+    def on_train_begin(self, logs):
+        pass
+
+    def on_epoch_begin(self, epoch, logs):
+        pass
+
+    def on_batch_end(self, step, logs):
+        pass
+
+    def on_epoch_end(self, epoch, logs):
+        _print_json({"epoch": epoch + 1, "epochs": self.epochs, **logs})
+
+    def on_train_end(self, logs):
+        pass
+
+
+def _cmd_train(args):
+    t_start = process_start_time()
+    from . import callbacks as cbs
+    from . import presets, training
+    from .errors import DivergenceError
+
+    _set_threads(args.threads)
+    from ._threads import get_num_threads
+
+    resume_extra = None
+    if args.resume is not None:
+        if not os.path.exists(args.resume):
+            raise _Fail(f"--resume: no such checkpoint: {args.resume}", code=1)
+        model, optimizer, resume_extra = _load_checkpoint(args.resume, with_optimizer=True)
+        stored = (resume_extra or {}).get("cli", {}) if isinstance(resume_extra, dict) else {}
+        if "preset" not in stored or "rng_state" not in resume_extra or optimizer is None:
+            raise _Fail(f"--resume: {args.resume} was not written by `fastnn train --save` "
+                        f"(no training state in it)", code=1)
+        preset = _resolve_preset(args, stored["preset"])
+        seed = stored.get("seed", 0)
+        if args.seed is not None and args.seed != seed:
+            raise _Fail(f"--resume: the checkpoint was trained with --seed {seed}", code=2)
+        if args.batch_size is not None and args.batch_size != stored["preset"]["batch_size"]:
+            raise _Fail("--resume: --batch-size must match the checkpoint's "
+                        f"({stored['preset']['batch_size']})", code=2)
+        for field in ("lr", "momentum", "weight_decay"):
+            v = getattr(args, field)
+            if v is not None:
+                setattr(optimizer, field, v) if hasattr(optimizer, field) else None
+    else:
+        preset = _resolve_preset(args)
+        seed = 0 if args.seed is None else args.seed
+
+    (x_train, y_train), (x_test, y_test) = _load_mnist(args.data)
+    x_train, x_test = _flat(x_train), _flat(x_test)
+
+    if resume_extra is None:
+        model = presets.build_model(preset, seed=seed)
+        optimizer = presets.build_optimizer(preset, model)
+    loss = presets.build_loss(preset)
+    steps_per_epoch = -(-x_train.shape[0] // preset.batch_size)
+    schedule = presets.build_schedule(preset, optimizer, steps_per_epoch)
+
+    callbacks = []
+    stop_at = None
+    if preset.target_accuracy:
+        stop_at = cbs.StopAtAccuracy(preset.target_accuracy, monitor="val_accuracy")
+        callbacks.append(stop_at)
+    if args.logdir:
+        callbacks.append(cbs.TensorBoard(args.logdir))
+        callbacks.append(cbs.CSVLogger(os.path.join(args.logdir, "log.csv"),
+                                       append=resume_extra is not None))
+    ckpt = None
+    if args.save:
+        ckpt = cbs.ModelCheckpoint(args.save, save_initial=resume_extra is None,
+                                   extra={"cli": {"preset": preset.to_dict(), "seed": seed}})
+        callbacks.append(ckpt)
+    if args.json:
+        callbacks.append(_EpochPrinter(preset.epochs))
+
+    if not args.json:
+        print(f"fastnn train: preset {preset.name} {'-'.join(map(str, preset.sizes))}, "
+              f"batch {preset.batch_size}, {preset.optimizer} lr {preset.lr}"
+              + (f" momentum {preset.momentum}" if preset.optimizer == "sgd" else "")
+              + f", {preset.epochs} epochs, {get_num_threads()} threads, seed {seed}", flush=True)
+    t_fit = time.time()
+    try:
+        hist = training.fit(model, x_train, y_train, epochs=preset.epochs,
+                            batch_size=preset.batch_size, loss=loss, optimizer=optimizer,
+                            validation_data=(x_test, y_test), shuffle=True, seed=seed,
+                            callbacks=callbacks, verbose=0 if args.json else 1,
+                            schedule=schedule, resume=resume_extra)
+    except KeyboardInterrupt:
+        msg = "\nInterrupted."
+        if ckpt is not None and ckpt.last_saved:
+            done = ckpt.epochs_done
+            msg += (f" The checkpoint {ckpt.last_saved} holds {done} completed epoch(s); "
+                    f"resume with:\n    fastnn train --resume {ckpt.last_saved}"
+                    + (f" --save {args.save}" if args.save else "")
+                    + (f" --threads {args.threads}" if args.threads else ""))
+        else:
+            msg += " Nothing was saved (pass --save PATH to checkpoint every epoch)."
+        print(msg, file=sys.stderr, flush=True)
+        return 130
+    except DivergenceError as exc:
+        where = f" Last good checkpoint: {ckpt.last_saved}." if ckpt and ckpt.last_saved else ""
+        raise _Fail(f"{exc}.{where}", code=1) from None
+    t_end = time.time()
+    h = hist.history
+    epochs_run = len(hist.epoch)
+    summary = {
+        "summary": True, "preset": preset.name, "sizes": list(preset.sizes),
+        "batch_size": preset.batch_size, "threads": get_num_threads(), "seed": seed,
+        "epochs_run": epochs_run, "engine": hist.params.get("engine"),
+        "test_loss": h["val_loss"][-1] if h.get("val_loss") else None,
+        "test_accuracy": h["val_accuracy"][-1] if h.get("val_accuracy") else None,
+        "train_s": t_end - t_fit,
+        "wall_s_since_process_start": t_end - t_start,
+        "epoch_time": h.get("epoch_time", []),
+    }
+    if stop_at is not None:
+        summary["target_accuracy"] = stop_at.target
+        summary["target_reached_epoch"] = stop_at.reached_epoch
+    if ckpt is not None:
+        summary["checkpoint"] = ckpt.last_saved
+    if args.json:
+        _print_json(summary)
+    else:
+        if summary["test_accuracy"] is not None:
+            print(f"test accuracy {summary['test_accuracy']:.4f}, loss {summary['test_loss']:.4f}"
+                  f" after {epochs_run} epoch(s); training {summary['train_s']:.2f}s, "
+                  f"{summary['wall_s_since_process_start']:.2f}s since process start")
+        if stop_at is not None:
+            if stop_at.reached_epoch:
+                print(f"reached {stop_at.target:.2%} test accuracy in epoch "
+                      f"{stop_at.reached_epoch}: {summary['wall_s_since_process_start']:.2f}s "
+                      f"wall time from process start")
+            else:
+                print(f"did NOT reach {stop_at.target:.2%} test accuracy in {epochs_run} epochs")
+        if ckpt is not None:
+            print(f"checkpoint: {ckpt.last_saved}")
+    return 0
+
+
+def _load_checkpoint(path, with_optimizer=False):
+    """(model, optimizer or None, extra or None) from a checkpoint; _Fail when unreadable."""
+    from . import serialize
+    from .errors import FastnnError
+    try:
+        if not with_optimizer:
+            return serialize.load(path), None, None
+        ck = serialize.load(path, with_optimizer=True)
+        optimizer = None
+        if ck.optimizer_state is not None:
+            from .optim import optimizer_from_state
+            optimizer = optimizer_from_state(ck.model.parameters(), ck.optimizer_state)
+        return ck.model, optimizer, ck.extra
+    except FileNotFoundError:
+        raise _Fail(f"no such model file: {path}", code=1) from None
+    except IsADirectoryError:
+        raise _Fail(f"{path} is a directory, not a model file", code=1) from None
+    except (FastnnError, ValueError, TypeError, OSError, KeyError) as exc:
+        raise _Fail(f"cannot load {path}: {exc}", code=1) from None
+
+
+# ------------------------------------------------------------------ evaluate / predict
+
+def _cmd_evaluate(args):
+    from . import training
+    _set_threads(args.threads)
+    model, _, _ = _load_checkpoint(args.model)
+    (_, _), (x_test, y_test) = _load_mnist(args.data)
+    t0 = time.perf_counter()
+    res = training.evaluate(model, _flat(x_test), y_test)
+    dt = time.perf_counter() - t0
+    if args.json:
+        _print_json({"model": args.model, "test_loss": res["loss"],
+                     "test_accuracy": res["accuracy"], "samples": int(x_test.shape[0]),
+                     "seconds": dt})
+    else:
+        print(f"{args.model}: test accuracy {res['accuracy']:.4f}, loss {res['loss']:.4f} "
+              f"({x_test.shape[0]} images, {dt:.2f}s)")
+    return 0
+
+
+def _read_image(path):
+    """A 28x28 uint8 digit, white on black like MNIST (dark-on-light images are inverted)."""
+    import numpy as np
+    try:
+        from PIL import Image
+    except ImportError:
+        raise _Fail("reading image files needs Pillow (pip install pillow); "
+                    "or use --index N for test-set samples", code=1) from None
+    try:
+        with Image.open(path) as im:
+            im = im.convert("L")
+            if im.size != (28, 28):
+                im = im.resize((28, 28), Image.BILINEAR)
+            a = np.asarray(im, dtype=np.uint8).copy()
+    except FileNotFoundError:
+        raise _Fail(f"no such image file: {path}", code=1) from None
+    except OSError as exc:
+        raise _Fail(f"cannot read image {path}: {exc}", code=1) from None
+    border = np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]])
+    if border.mean() > 127:               # paper-like background: invert to MNIST's convention
+        a = 255 - a
+    return a
+
+
+def _softmax(z):
+    import numpy as np
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _cmd_predict(args, parser):
+    import numpy as np
+
+    from . import training
+    if not args.images and not args.index:
+        parser.error("predict: give image files or --index N")
+    model, _, _ = _load_checkpoint(args.model)
+    items = []
+    for path in args.images:
+        items.append((path, _read_image(path), None))
+    if args.index:
+        (_, _), (x_test, y_test) = _load_mnist(args.data)
+        for i in args.index:
+            if i >= x_test.shape[0]:
+                raise _Fail(f"--index {i} is out of range: the test set has {x_test.shape[0]} "
+                            f"images (0..{x_test.shape[0] - 1})", code=2)
+            items.append((f"test[{i}]", x_test[i], int(y_test[i])))
+    x = np.stack([it[1] for it in items]).reshape(len(items), -1)
+    probs = _softmax(training.predict(model, x).astype(np.float64))
+    for (name, _, label), p in zip(items, probs):
+        digit = int(np.argmax(p))
+        if args.json:
+            obj = {"input": name, "digit": digit, "probabilities": [round(float(v), 6) for v in p]}
+            if label is not None:
+                obj["label"] = label
+            _print_json(obj)
+        else:
+            lab = f" (label {label})" if label is not None else ""
+            print(f"{name}: {digit}{lab}  p={p[digit]:.4f}   "
+                  + " ".join(f"{k}:{v:.3f}" for k, v in enumerate(p)))
+    return 0
+
+
+# ------------------------------------------------------------------ info / bench / plot
+
+def _cmd_info(args):
+    from ._config import show_config
+    show_config(as_json=args.json)
+    return 0
+
+
+def _cmd_bench_kernels(args):
+    from .bench import bench_kernels
+    bench_kernels(threads=args.threads, as_json=args.json)
+    return 0
+
+
+def _cmd_bench_train(args):
+    from .bench_train import bench_train
+    _set_threads(args.threads)
+    res = bench_train(args.preset, epochs=args.epochs, seed=args.seed, data=args.data,
+                      engine=args.engine)
+    if args.json:
+        _print_json(res)
+    else:
+        print(f"fastnn {res['model']}: {res['threads']} threads, batch {res['batch']}, "
+              f"{res['epochs']} epochs: median epoch {res['epoch_s']:.3f}s (first "
+              f"{res['first_epoch_s']:.3f}s), test accuracy {res['test_acc']:.4f}")
+    return 0
+
+
+def _cmd_plot(args):
+    from .plot import plot_curves
+    if not os.path.exists(args.logdir):
+        raise _Fail(f"no such log directory or CSV file: {args.logdir}", code=1)
+    plot_curves(args.logdir, args.output)
+    print(f"wrote {args.output}")
+    return 0
+
+
+def main(argv=None):
+    """Entry point of the ``fastnn`` console script; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from .errors import DatasetNotFoundError
+    try:
+        if args.command == "train":
+            return _cmd_train(args)
+        if args.command == "evaluate":
+            return _cmd_evaluate(args)
+        if args.command == "predict":
+            return _cmd_predict(args, parser)
+        if args.command == "info":
+            return _cmd_info(args)
+        if args.command == "bench":
+            if args.bench_command == "kernels":
+                return _cmd_bench_kernels(args)
+            return _cmd_bench_train(args)
+        if args.command == "plot":
+            return _cmd_plot(args)
+    except _Fail as exc:
+        if exc.code == 2:
+            parser.print_usage(sys.stderr)
+            print(f"fastnn: error: {exc}", file=sys.stderr)
+        else:
+            print(f"fastnn: {exc}", file=sys.stderr)
+        return exc.code
+    except DatasetNotFoundError as exc:
+        print(f"fastnn: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\nInterrupted.", file=sys.stderr)
+        return 130
+    parser.error(f"unknown command {args.command!r}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

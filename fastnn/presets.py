@@ -1,0 +1,137 @@
+"""Named training recipes for ``fastnn train --preset`` and the comparison bench.
+
+Every preset is float32, pixels / 255, PyTorch's default initialisation
+(``init="torch"``: W, b ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in))), softmax
+cross-entropy on the logits, a fresh permutation each epoch and the last
+partial batch kept.  ``bench/compare.py`` replays exactly these recipes in
+PyTorch, so changing a number here changes the comparison.
+
+    softmax     784-10 (the TensorFlow tutorial's softmax regression), batch 100, SGD lr 0.5
+    mlp         784-128-10 ReLU, batch 64, SGD lr 0.05 momentum 0.9 (>= 97% in 3 epochs)
+    mlp-keras   784-512-512-10 ReLU, batch 128, SGD lr 0.05 momentum 0.9
+    speedrun    the fastest recipe found to 98% test accuracy; stops as soon as it gets there
+
+>>> from fastnn.presets import get_preset, build_model
+>>> p = get_preset("mlp")
+>>> p.sizes, p.batch_size, p.lr
+((784, 128, 10), 64, 0.05)
+>>> build_model(p, seed=0).count_params()
+101770
+"""
+import dataclasses
+from typing import Optional, Tuple
+
+__all__ = ["Preset", "PRESETS", "get_preset", "build_model", "build_optimizer",
+           "build_schedule", "build_loss"]
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+
+
+@dataclasses.dataclass(frozen=True)
+class Preset:
+    """A complete training recipe (architecture, batches, optimizer, schedule)."""
+
+    name: str
+    sizes: Tuple[int, ...]            # layer widths, input first, classes last
+    batch_size: int
+    lr: float
+    optimizer: str = "sgd"
+    momentum: float = 0.0
+    nesterov: bool = False
+    weight_decay: float = 0.0
+    epochs: int = 3
+    activation: str = "relu"
+    init: str = "torch"
+    label_smoothing: float = 0.0
+    # learning-rate schedule over the whole run: None (constant), or
+    # ("onecycle", pct_start) -- fastnn.optim.OneCycle over the whole run
+    schedule: Optional[Tuple] = None
+    target_accuracy: Optional[float] = None   # stop when test accuracy reaches it
+    description: str = ""
+
+    def replace(self, **changes):
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self):
+        d = dataclasses.asdict(self)
+        d["sizes"] = list(self.sizes)
+        d["schedule"] = list(self.schedule) if self.schedule else None
+        return d
+
+    @classmethod
+    def from_dict(cls, d):
+        d = dict(d)
+        d["sizes"] = tuple(int(s) for s in d["sizes"])
+        d["schedule"] = tuple(d["schedule"]) if d.get("schedule") else None
+        return cls(**d)
+
+
+PRESETS = {p.name: p for p in (
+    Preset("softmax", (784, 10), batch_size=100, lr=0.5, epochs=3,
+           description="softmax regression 784-10 (TensorFlow MNIST tutorial)"),
+    Preset("mlp", (784, 128, 10), batch_size=64, lr=0.05, momentum=0.9, epochs=3,
+           description="MLP 784-128-10 ReLU, SGD momentum"),
+    Preset("mlp-keras", (784, 512, 512, 10), batch_size=128, lr=0.05, momentum=0.9, epochs=3,
+           description="Keras mnist_mlp shape 784-512-512-10 ReLU, SGD momentum"),
+    Preset("speedrun", (784, 256, 10), batch_size=128, lr=0.1, momentum=0.9, nesterov=True,
+           epochs=4, schedule=("onecycle", 0.15), target_accuracy=0.98,
+           description="fastest recipe to 98% test accuracy (stops when reached)"),
+)}
+
+
+def get_preset(name):
+    """The preset called ``name``; ValueError listing the choices otherwise."""
+    try:
+        return PRESETS[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}") from None
+
+
+def build_model(preset, seed=None, dtype="float32"):
+    """A ``Sequential`` of Dense layers for ``preset.sizes`` (ReLU between, logits last)."""
+    from .layers import Dense
+    from .model import Sequential
+    sizes = preset.sizes
+    if len(sizes) < 2 or any(int(s) < 1 for s in sizes):
+        raise ValueError(f"sizes must list at least input and output widths >= 1, got {sizes}")
+    layers = []
+    for i in range(len(sizes) - 1):
+        last = i == len(sizes) - 2
+        layers.append(Dense(sizes[i], sizes[i + 1], activation=None if last else preset.activation,
+                            init=preset.init, dtype=dtype))
+    return Sequential(layers, dtype=dtype, seed=seed)
+
+
+def build_optimizer(preset, model):
+    from . import optim
+    params = model.parameters()
+    if preset.optimizer == "sgd":
+        return optim.SGD(params, lr=preset.lr, momentum=preset.momentum,
+                         nesterov=preset.nesterov, weight_decay=preset.weight_decay)
+    if preset.optimizer == "adam":
+        return optim.Adam(params, lr=preset.lr, weight_decay=preset.weight_decay)
+    if preset.optimizer == "adamw":
+        return optim.AdamW(params, lr=preset.lr, weight_decay=preset.weight_decay)
+    raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {preset.optimizer!r}")
+
+
+def build_loss(preset):
+    from .losses import SoftmaxCrossEntropy
+    return SoftmaxCrossEntropy(label_smoothing=preset.label_smoothing)
+
+
+def build_schedule(preset, optimizer, steps_per_epoch):
+    """The learning-rate schedule of ``preset`` over its whole run (None: constant lr).
+
+    ``("onecycle", pct_start)``: ``fastnn.optim.OneCycle`` (PyTorch's
+    OneCycleLR, cosine) peaking at ``preset.lr`` after ``pct_start`` of the
+    ``epochs * steps_per_epoch`` steps; bench/compare.py replays it with
+    ``torch.optim.lr_scheduler.OneCycleLR``."""
+    if not preset.schedule:
+        return None
+    kind = preset.schedule[0]
+    if kind == "onecycle":
+        from .optim import OneCycle
+        return OneCycle(optimizer, max_lr=preset.lr, total_steps=preset.epochs * steps_per_epoch,
+                        pct_start=float(preset.schedule[1]))
+    raise ValueError(f"unknown schedule {kind!r} in preset {preset.name!r}")

@@ -1,0 +1,615 @@
+"""Training loop: ``fit``, ``evaluate``, ``predict`` and ``History``.
+
+One epoch is mini-batch gradient descent over a fresh permutation of the data:
+
+    perm ~ rng.permutation(N)                    rng = np.random.default_rng(seed)
+    for each batch B = perm[k*b : (k+1)*b]       (the last, partial batch is kept)
+        L = loss(model(x[B]), y[B]);  g = dL/dtheta;  theta <- optimizer(theta, g)
+
+Two engines run an epoch and give the same weights (to rounding):
+
+* the fused plan (``fastnn._fused.plan``): the whole epoch in native code, one
+  call per epoch, or one call per ``n`` steps when a callback or the progress
+  bar needs Python every ``n`` steps;
+* the general path: ``model(x) -> loss -> backward -> optimizer.step`` per
+  batch in Python, used for every model the fused plan does not cover.
+
+uint8 images are scaled by 1/255 a batch at a time (the dataset is never
+copied to float).  The generator state is recorded after every epoch, so a
+run resumed from a checkpoint (``resume=``) replays the same permutations and
+ends on bitwise the same weights as an uninterrupted run on the same threads.
+
+Shapes: ``x`` (N, ...) uint8 or float, ``y`` (N,) integer class labels,
+outputs (N, C).
+
+>>> from fastnn.models import MLP                        # doctest: +SKIP
+>>> from fastnn.losses import SoftmaxCrossEntropy
+>>> from fastnn.optim import SGD
+>>> model = MLP([784, 128, 10], seed=0)
+>>> opt = SGD(model.parameters(), lr=0.05, momentum=0.9)
+>>> h = fit(model, x, y, epochs=3, batch_size=64, loss=SoftmaxCrossEntropy(), optimizer=opt)
+>>> h.history["accuracy"][-1] > 0.9
+True
+"""
+import inspect
+import math
+import numbers
+import sys
+import time
+
+import numpy as np
+
+from .errors import DivergenceError, DTypeError, ShapeError
+
+__all__ = ["History", "fit", "evaluate", "predict", "TrainState"]
+
+_EVAL_BATCH = 1000          # forward-only batches: big enough to amortise per-call costs
+
+
+class History:
+    """What ``fit`` returns, as in Keras.
+
+    ``history``: dict name -> list with one value per epoch run (loss, accuracy,
+    val_loss, val_accuracy when validation data is given, epoch_time in seconds
+    of training, samples_per_s).  ``epoch``: the epoch indices (0-based).
+    ``params``: epochs, batch_size, steps (per epoch), samples, engine."""
+
+    def __init__(self, history=None, epoch=None, params=None):
+        self.history = {k: list(v) for k, v in (history or {}).items()}
+        self.epoch = list(epoch or [])
+        self.params = dict(params or {})
+
+    def append(self, epoch, logs):
+        self.epoch.append(int(epoch))
+        for k, v in logs.items():
+            self.history.setdefault(k, []).append(float(v))
+
+    def to_dict(self):
+        """JSON-ready copy (used by checkpoints and --json)."""
+        return {"history": {k: list(v) for k, v in self.history.items()},
+                "epoch": list(self.epoch), "params": dict(self.params)}
+
+    @classmethod
+    def from_dict(cls, d):
+        d = d or {}
+        return cls(d.get("history"), d.get("epoch"), d.get("params"))
+
+    def __repr__(self):
+        return f"History(epochs={len(self.epoch)}, keys={sorted(self.history)})"
+
+
+class TrainState:
+    """Shared by ``fit`` and its callbacks: what a callback may read or set.
+
+    ``stop_training`` set to True by a callback ends training after the
+    current epoch (or the current chunk of steps)."""
+
+    def __init__(self, model, optimizer, loss, history, rng, params):
+        self.model = model
+        self.optimizer = optimizer
+        self.loss = loss
+        self.history = history
+        self.rng = rng
+        self.params = params
+        self.epoch = 0               # the epoch being run (0-based)
+        self.global_step = 0         # optimizer steps taken since the first epoch
+        self.stop_training = False
+        self.rng_state = rng.bit_generator.state   # state at the start of the next epoch
+        self.engine = None
+
+    def resume_extra(self):
+        """The checkpoint ``extra`` that lets ``fit(resume=...)`` continue bitwise."""
+        return {"epoch": len(self.history.epoch) and self.history.epoch[-1] + 1,
+                "global_step": self.global_step,
+                "rng_state": _jsonable_state(self.rng_state),
+                "layer_rng_states": layer_rng_states(self.model),
+                "history": self.history.to_dict()}
+
+
+# ---------------------------------------------------------------- validation
+
+def _check_int(name, value, minimum):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__} {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def _check_x(x, name="x"):
+    if not isinstance(x, np.ndarray):
+        raise DTypeError(f"{name} must be a numpy array, got {type(x).__name__}")
+    if x.dtype != np.uint8 and not np.issubdtype(x.dtype, np.floating):
+        raise DTypeError(f"{name} must be uint8 images or a float array, got dtype {x.dtype}")
+    if x.ndim < 2:
+        raise ShapeError(f"{name} must have shape (N, features...), got {x.shape}")
+    if x.shape[0] == 0:
+        raise ShapeError(f"{name} is empty (shape {x.shape}): nothing to train or evaluate on")
+    return x
+
+
+def _check_y(y, n, name="y"):
+    if not isinstance(y, np.ndarray):
+        raise DTypeError(f"{name} must be a numpy array of integer labels, got {type(y).__name__}")
+    if not np.issubdtype(y.dtype, np.integer) or y.dtype == np.bool_:
+        raise DTypeError(f"{name} must hold integer class labels, got dtype {y.dtype}")
+    if y.ndim != 1:
+        raise ShapeError(f"{name} must have shape (N,) of class labels, got {y.shape}")
+    if y.shape[0] != n:
+        raise ShapeError(f"x and {name} have different lengths: {n} vs {y.shape[0]}")
+    return y
+
+
+def _check_labels(y, n_classes, name="y"):
+    lo, hi = int(y.min()), int(y.max())
+    if lo < 0 or hi >= n_classes:
+        raise ValueError(f"{name} holds labels in [{lo}, {hi}] but the model has {n_classes} "
+                         f"outputs: labels must be in [0, {n_classes - 1}]")
+
+
+def _output_dim(model, x):
+    """Number of model outputs, from a forward pass on one sample (also checks x's shape)."""
+    was_training = getattr(model, "training", True)
+    model.eval()
+    try:
+        out = np.asarray(model(x[:1]))
+    finally:
+        if was_training:
+            model.train()
+    if out.ndim != 2:
+        raise ShapeError(f"the model must output (N, classes), got shape {out.shape}")
+    return out.shape[1]
+
+
+def _jsonable_state(state):
+    """Generator states hold plain ints and dicts already; copy them deeply."""
+    if isinstance(state, dict):
+        return {k: _jsonable_state(v) for k, v in state.items()}
+    if isinstance(state, np.ndarray):
+        return state.tolist()
+    if isinstance(state, np.integer):
+        return int(state)
+    return state
+
+
+def _restore_state(state):
+    if isinstance(state, dict):
+        return {k: _restore_state(v) for k, v in state.items()}
+    return state
+
+
+def _layer_rng(layer):
+    for attr in ("_rng", "rng"):
+        rng = getattr(layer, attr, None)
+        if isinstance(rng, np.random.Generator):
+            return rng
+    return None
+
+
+def layer_rng_states(model):
+    """Bit-generator states of every layer that draws random numbers (Dropout)."""
+    out = {}
+    layers = getattr(model, "layers", ()) or ()
+    for i, layer in enumerate(layers):
+        rng = _layer_rng(layer)
+        if rng is not None:
+            out[str(i)] = _jsonable_state(rng.bit_generator.state)
+    return out
+
+
+def set_layer_rng_states(model, states):
+    layers = getattr(model, "layers", ()) or ()
+    for key, st in (states or {}).items():
+        rng = _layer_rng(layers[int(key)])
+        if rng is not None:
+            rng.bit_generator.state = _restore_state(st)
+
+
+def _params_finite(model):
+    flat = getattr(model, "flat_params", None)
+    if flat is not None:
+        return bool(np.isfinite(flat).all())
+    return all(bool(np.isfinite(p).all()) for p in model.parameters())
+
+
+# ---------------------------------------------------------------- batches
+
+class _BatchFeeder:
+    """Gathers a batch ``x[idx]`` into a buffer reused across steps, scaling uint8 by 1/255.
+
+    The scale multiplies in float32/float64 of the model's dtype, per batch,
+    so a float dataset prepared as ``x.astype(dtype) / 255`` gives the same
+    batches to rounding."""
+
+    def __init__(self, x, batch_size, dtype):
+        self.x = x
+        self.dtype = np.dtype(dtype)
+        feat = x.shape[1:]
+        self.raw = np.empty((batch_size,) + feat, x.dtype)
+        self.scaled = (np.empty((batch_size,) + feat, self.dtype)
+                       if x.dtype == np.uint8 or x.dtype != self.dtype else None)
+
+    def __call__(self, idx):
+        b = len(idx)
+        raw = self.raw[:b]
+        np.take(self.x, idx, axis=0, out=raw)
+        if self.scaled is None:
+            return raw
+        out = self.scaled[:b]
+        if self.x.dtype == np.uint8:
+            np.multiply(raw, self.dtype.type(1.0 / 255.0), out=out, dtype=self.dtype)
+        else:
+            out[...] = raw
+        return out
+
+
+def _model_dtype(model, x):
+    dt = getattr(model, "dtype", None)
+    if dt is not None:
+        return np.dtype(dt)
+    flat = getattr(model, "flat_params", None)
+    if flat is not None:
+        return flat.dtype
+    return np.dtype(np.float32) if x.dtype == np.uint8 else x.dtype
+
+
+# ---------------------------------------------------------------- engines
+
+class _GeneralEngine:
+    """Layer-by-layer path: forward, loss, backward, optimizer step per batch in Python."""
+
+    name = "general"
+
+    def __init__(self, model, loss, optimizer, x, y, batch_size, schedule):
+        self.model, self.loss, self.optimizer = model, loss, optimizer
+        self.x, self.y, self.batch_size = x, y, batch_size
+        self.schedule = schedule
+        self.feed = _BatchFeeder(x, batch_size, _model_dtype(model, x))
+        # Sequential.backward(input_grad=False) skips dL/dx of the first layer (unused here)
+        try:
+            params = inspect.signature(model.backward).parameters
+        except (TypeError, ValueError):
+            params = {}
+        self.backward_kw = {"input_grad": False} if "input_grad" in params else {}
+
+    def run(self, perm, start, stop, state):
+        """Steps [start, stop) of the epoch ordered by ``perm``; returns the chunk's sums."""
+        model, loss, opt, b = self.model, self.loss, self.optimizer, self.batch_size
+        loss_sum, correct, count = 0.0, 0, 0
+        for step in range(start, stop):
+            idx = perm[step * b:(step + 1) * b]
+            xb = self.feed(idx)
+            yb = self.y[idx]
+            if self.schedule is not None:
+                _apply_schedule(self.schedule, opt, state.global_step)
+            model.zero_grad()
+            out = model(xb)
+            batch_loss = float(loss(out, yb))
+            if not math.isfinite(batch_loss):
+                raise _Diverged(step, batch_loss)
+            model.backward(loss.backward(), **self.backward_kw)
+            opt.step()
+            state.global_step += 1
+            nb = len(idx)
+            loss_sum += batch_loss * nb
+            correct += int(np.count_nonzero(np.argmax(out, axis=1) == yb))
+            count += nb
+        return {"loss_sum": loss_sum, "correct": correct, "count": count, "steps": stop - start}
+
+
+class _FusedEngine:
+    """The native whole-epoch loop of ``fastnn._fused``, run in chunks of steps."""
+
+    name = "fused"
+
+    def __init__(self, plan, optimizer, x, y, schedule):
+        self.plan, self.optimizer, self.x, self.y = plan, optimizer, x, y
+        self.schedule = schedule
+
+    def run(self, perm, start, stop, state):
+        if self.schedule is not None:
+            _apply_schedule(self.schedule, self.optimizer, state.global_step)
+        res = self.plan.run(self.x, self.y, perm, start, stop)
+        steps = int(res.get("steps", stop - start))
+        state.global_step += steps
+        loss_sum = float(res["loss_sum"])
+        if steps < stop - start or not math.isfinite(loss_sum):
+            # the plan stops at the first non-finite loss; steps says where
+            raise _Diverged(start + min(steps, stop - start - 1), loss_sum)
+        return {"loss_sum": loss_sum, "correct": int(res["correct"]),
+                "count": int(res["count"]), "steps": steps}
+
+
+class _Diverged(Exception):
+    def __init__(self, step, value, what="loss"):
+        super().__init__(step, value)
+        self.step, self.value, self.what = step, value, what
+
+
+def _apply_schedule(schedule, optimizer, global_step):
+    """Set the optimizer's learning rate for ``global_step`` (0-based)."""
+    lr = schedule(global_step) if callable(schedule) else schedule.lr_at(global_step)
+    optimizer.lr = float(lr)
+
+
+def _schedule_per_step(schedule):
+    """True when the learning rate changes within an epoch (the fused plan must stop each step)."""
+    return schedule is not None and not getattr(schedule, "constant", False)
+
+
+def _make_engine(model, loss, optimizer, x, y, batch_size, schedule, fused):
+    if fused is not False:
+        plan = None
+        try:
+            from . import _fused
+        except ImportError:
+            _fused = None
+        if _fused is not None:
+            plan = _fused.plan(model, loss, optimizer, batch_size)
+        if plan is not None:
+            return _FusedEngine(plan, optimizer, x, y, schedule)
+        if fused is True:
+            raise ValueError("fused=True but fastnn._fused has no plan for this model, "
+                             "loss and optimizer")
+    return _GeneralEngine(model, loss, optimizer, x, y, batch_size, schedule)
+
+
+# ---------------------------------------------------------------- progress output
+
+def format_epoch_line(epoch, epochs, logs):
+    """Keras verbose=2 style: ``Epoch 1/3 - 0.21s - loss: 0.2934 - accuracy: 0.9151 - ...``."""
+    parts = [f"Epoch {epoch + 1}/{epochs}", f"{logs['epoch_time']:.2f}s"]
+    for k in ("loss", "accuracy", "val_loss", "val_accuracy"):
+        if k in logs:
+            parts.append(f"{k}: {logs[k]:.4f}")
+    parts.append(f"{logs['samples_per_s']:.0f} samples/s")
+    return " - ".join(parts)
+
+
+class _Bar:
+    """A tqdm bar per epoch when stdout is a terminal and tqdm is installed."""
+
+    def __init__(self, enabled):
+        self.tqdm = None
+        if enabled and sys.stdout.isatty():
+            try:
+                from tqdm import tqdm
+                self.tqdm = tqdm
+            except ImportError:
+                pass
+        self.bar = None
+
+    @property
+    def active(self):
+        return self.tqdm is not None
+
+    def start(self, epoch, epochs, steps):
+        if self.tqdm:
+            self.bar = self.tqdm(total=steps, desc=f"Epoch {epoch + 1}/{epochs}", leave=False,
+                                 unit="step", file=sys.stdout)
+
+    def update(self, n, loss):
+        if self.bar is not None:
+            self.bar.update(n)
+            self.bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+# ---------------------------------------------------------------- fit
+
+def _chunk_steps(callbacks, bar, steps_per_epoch):
+    """How many steps to run before returning to Python (gcd of what callbacks ask)."""
+    freqs = [int(f) for f in (getattr(cb, "step_freq", None) for cb in callbacks) if f]
+    if bar.active:
+        freqs.append(max(1, steps_per_epoch // 50))
+    if not freqs:
+        return None
+    g = 0
+    for f in freqs:
+        g = math.gcd(g, f)
+    return max(1, g)
+
+
+def fit(model, x, y, *, epochs, batch_size, loss, optimizer, validation_data=None,
+        shuffle=True, seed=None, callbacks=(), verbose=1, schedule=None, initial_epoch=0,
+        resume=None, fused=None):
+    """Train ``model`` on (x, y); returns a :class:`History`.
+
+    Arguments follow Keras: ``epochs`` is the index of the last epoch to run
+    (so a resumed run passes the same ``epochs``), ``validation_data`` a pair
+    (x_val, y_val) evaluated after each epoch, ``verbose`` 0 (silent), 1 (a
+    progress bar on a terminal, plus the epoch line) or 2 (the epoch line).
+    ``schedule``: a callable global_step -> learning rate (or an object with
+    ``lr_at(step)``), applied before every step.  ``resume``: the ``extra``
+    dict of a checkpoint written by ``ModelCheckpoint`` (epoch, rng state,
+    history); the model and optimizer must already hold its weights and state.
+    ``fused``: None picks the native plan when there is one, False forces the
+    layer-by-layer path, True requires the plan.
+
+    Raises DivergenceError when the loss or the weights become NaN/inf,
+    naming the epoch and step; callbacks have not seen that epoch, so the
+    last checkpoint on disk is the last good one."""
+    epochs = _check_int("epochs", epochs, 0)
+    batch_size = _check_int("batch_size", batch_size, 1)
+    initial_epoch = _check_int("initial_epoch", initial_epoch, 0)
+    if verbose not in (0, 1, 2, True, False):
+        raise ValueError(f"verbose must be 0, 1 or 2, got {verbose!r}")
+    if seed is not None:
+        seed = _check_int("seed", seed, 0)
+    x = _check_x(x)
+    y = _check_y(y, x.shape[0])
+    n = x.shape[0]
+    if validation_data is not None:
+        if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
+            raise TypeError("validation_data must be a pair (x_val, y_val)")
+        xv = _check_x(validation_data[0], "validation x")
+        yv = _check_y(validation_data[1], xv.shape[0], "validation y")
+    callbacks = list(callbacks or ())
+    for cb in callbacks:
+        if not hasattr(cb, "on_epoch_end"):
+            raise TypeError(f"callbacks must be fastnn.callbacks.Callback objects, got {cb!r}")
+
+    n_classes = _output_dim(model, x)
+    _check_labels(y, n_classes)
+    if validation_data is not None:
+        _check_labels(yv, n_classes, "validation y")
+
+    rng = np.random.default_rng(seed)
+    history = History()
+    if resume is not None:
+        initial_epoch = int(resume.get("epoch", initial_epoch))
+        rng.bit_generator.state = _restore_state(resume["rng_state"])
+        set_layer_rng_states(model, resume.get("layer_rng_states"))
+        history = History.from_dict(resume.get("history"))
+
+    steps_per_epoch = -(-n // batch_size)
+    engine = _make_engine(model, loss, optimizer, x, y, batch_size, schedule, fused)
+    history.params.update({"epochs": epochs, "batch_size": batch_size, "steps": steps_per_epoch,
+                           "samples": n, "engine": engine.name})
+    state = TrainState(model, optimizer, loss, history, rng, history.params)
+    state.engine = engine.name
+    state.global_step = int(resume.get("global_step", initial_epoch * steps_per_epoch)) \
+        if resume is not None else initial_epoch * steps_per_epoch
+    for cb in callbacks:
+        cb.set_state(state)
+
+    bar = _Bar(verbose == 1)
+    chunk = _chunk_steps(callbacks, bar, steps_per_epoch)
+    if _schedule_per_step(schedule):
+        chunk = 1 if engine.name == "fused" else chunk
+    step_cbs = [cb for cb in callbacks if getattr(cb, "step_freq", None)]
+
+    model.train()
+    for cb in callbacks:
+        cb.on_train_begin({})
+    try:
+        for epoch in range(initial_epoch, epochs):
+            state.epoch = epoch
+            for cb in callbacks:
+                cb.on_epoch_begin(epoch, {})
+            perm = rng.permutation(n) if shuffle else np.arange(n)
+            bar.start(epoch, epochs, steps_per_epoch)
+            totals = {"loss_sum": 0.0, "correct": 0, "count": 0}
+            t0 = time.perf_counter()
+            step = 0
+            try:
+                while step < steps_per_epoch:
+                    stop = steps_per_epoch if chunk is None else min(steps_per_epoch, step + chunk)
+                    res = engine.run(perm, step, stop, state)
+                    for k in totals:
+                        totals[k] += res[k]
+                    step = stop
+                    if chunk is not None and not _params_finite(model):
+                        raise _Diverged(step - 1, float("nan"), "weights")
+                    if step_cbs:
+                        logs = {"loss": res["loss_sum"] / max(res["count"], 1),
+                                "accuracy": res["correct"] / max(res["count"], 1)}
+                        for cb in step_cbs:
+                            if state.global_step % cb.step_freq == 0 or step == steps_per_epoch:
+                                cb.on_batch_end(state.global_step, logs)
+                    bar.update(res["steps"], res["loss_sum"] / max(res["count"], 1))
+                    if state.stop_training and step_cbs:
+                        break
+                if chunk is None and not _params_finite(model):
+                    raise _Diverged(steps_per_epoch - 1, float("nan"), "weights")
+            except _Diverged as d:
+                what = "weights became non-finite" if d.what == "weights" else f"loss became {d.value}"
+                err = DivergenceError(
+                    f"training diverged in epoch {epoch + 1} at step {d.step + 1} of "
+                    f"{steps_per_epoch} (global step {epoch * steps_per_epoch + d.step + 1}): "
+                    f"the {what}; lower the learning rate. Checkpoints on disk hold the "
+                    f"last good epoch ({len(history.epoch)} completed)")
+                err.epoch, err.step = epoch, d.step
+                raise err from None
+            finally:
+                bar.close()
+            elapsed = time.perf_counter() - t0
+            count = max(totals["count"], 1)
+            logs = {"loss": totals["loss_sum"] / count, "accuracy": totals["correct"] / count}
+            if validation_data is not None:
+                ev = evaluate(model, xv, yv, loss=loss, _checked=True)
+                logs["val_loss"], logs["val_accuracy"] = ev["loss"], ev["accuracy"]
+                model.train()
+            logs["epoch_time"] = elapsed
+            logs["samples_per_s"] = totals["count"] / elapsed if elapsed > 0 else float("inf")
+            history.append(epoch, logs)
+            state.rng_state = rng.bit_generator.state
+            if verbose:
+                print(format_epoch_line(epoch, epochs, logs), flush=True)
+            for cb in callbacks:
+                cb.on_epoch_end(epoch, dict(logs))
+            if state.stop_training:
+                break
+    finally:
+        model.eval()
+    for cb in callbacks:
+        cb.on_train_end({})
+    return history
+
+
+# ---------------------------------------------------------------- evaluate / predict
+
+def _forward_batches(model, x, batch_size):
+    """Yield (start, stop, outputs) over x in eval mode, uint8 scaled per batch."""
+    feed = _BatchFeeder(x, min(batch_size, x.shape[0]), _model_dtype(model, x))
+    n = x.shape[0]
+    for s in range(0, n, batch_size):
+        e = min(n, s + batch_size)
+        xb = x[s:e]
+        if xb.dtype == np.uint8 or feed.scaled is not None:
+            xb = feed(np.arange(s, e))
+        yield s, e, np.asarray(model(xb))
+
+
+def _default_loss():
+    from .losses import SoftmaxCrossEntropy
+    return SoftmaxCrossEntropy()
+
+
+def evaluate(model, x, y, loss=None, batch_size=_EVAL_BATCH, _checked=False):
+    """Mean loss and accuracy of ``model`` on (x, y) in eval mode.
+
+    accuracy = mean(argmax(model(x), 1) == y); loss defaults to softmax
+    cross-entropy.  Returns ``{"loss": float, "accuracy": float}``."""
+    if not _checked:
+        batch_size = _check_int("batch_size", batch_size, 1)
+        x = _check_x(x)
+        y = _check_y(y, x.shape[0])
+    loss = loss if loss is not None else _default_loss()
+    was_training = getattr(model, "training", False)
+    model.eval()
+    loss_sum, correct = 0.0, 0
+    try:
+        for s, e, out in _forward_batches(model, x, batch_size):
+            if not _checked and s == 0:
+                _check_labels(y, out.shape[1])
+            yb = y[s:e]
+            loss_sum += float(loss(out, yb)) * (e - s)
+            correct += int(np.count_nonzero(np.argmax(out, axis=1) == yb))
+    finally:
+        if was_training:
+            model.train()
+    n = x.shape[0]
+    return {"loss": loss_sum / n, "accuracy": correct / n}
+
+
+def predict(model, x, batch_size=_EVAL_BATCH):
+    """Model outputs (N, C) for x, computed in eval mode in batches (uint8 scaled by 1/255)."""
+    batch_size = _check_int("batch_size", batch_size, 1)
+    x = _check_x(x)
+    was_training = getattr(model, "training", False)
+    model.eval()
+    result = None
+    try:
+        for s, e, out in _forward_batches(model, x, batch_size):
+            if result is None:
+                result = np.empty((x.shape[0],) + out.shape[1:], out.dtype)
+            result[s:e] = out
+    finally:
+        if was_training:
+            model.train()
+    return result
