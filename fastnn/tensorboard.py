@@ -143,7 +143,7 @@ _DEFAULT_BUCKETS = None
 
 
 def default_buckets():
-    """TensorFlow's default histogram bucket limits (a float64 array of 1549 edges).
+    """TensorFlow's default histogram bucket limits (a float64 array of 1551 edges).
 
     ``±1e-12 * 1.1**k`` up to 1e20, ``±DBL_MAX`` at the ends and 0 in the
     middle; bucket ``i`` counts values ``v`` with ``limit[i-1] <= v < limit[i]``.
