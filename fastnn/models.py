@@ -8,7 +8,7 @@ them with ``SoftmaxCrossEntropy`` and any optimizer, or ``model.fit``).
 >>> from fastnn.models import MLP, SoftmaxRegression
 >>> MLP([784, 128, 10], seed=0).count_params()
 101770
->>> SoftmaxRegression(784, 10).flat_params.any()     # zeros, as in the tutorial
+>>> bool(SoftmaxRegression(784, 10).flat_params.any())     # zeros, as in the tutorial
 False
 """
 import math
