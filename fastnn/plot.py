@@ -143,9 +143,10 @@ def _import_matplotlib():
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
+        from matplotlib.ticker import MaxNLocator
     except ImportError as exc:
         raise ImportError("plot_curves needs matplotlib: pip install fastnn[plot]") from exc
-    return Figure, FigureCanvasAgg
+    return Figure, FigureCanvasAgg, MaxNLocator
 
 
 def plot_curves(source, out_png, title=None, dpi=100):
@@ -168,7 +169,7 @@ def plot_curves(source, out_png, title=None, dpi=100):
     if not loss_keys and not acc_keys:
         raise DataFormatError(f"{os.fspath(source)!r}: nothing to plot; columns are "
                               f"{sorted(cols)} (expected loss / accuracy columns)")
-    Figure, FigureCanvasAgg = _import_matplotlib()
+    Figure, FigureCanvasAgg, MaxNLocator = _import_matplotlib()
     panels = [(keys, label) for keys, label in ((loss_keys, "loss"), (acc_keys, "accuracy"))
               if keys]
     fig = Figure(figsize=(5.5 * len(panels), 4.0), dpi=dpi)
@@ -178,6 +179,7 @@ def plot_curves(source, out_png, title=None, dpi=100):
         for k in keys:
             style = "--" if k.lower().startswith("val") else "-"
             ax.plot(x[:len(cols[k])], cols[k], style, marker="o", markersize=3, label=k)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))   # epochs are whole numbers
         ax.set_xlabel("epoch")
         ax.set_ylabel(label)
         ax.grid(True, alpha=0.3)
