@@ -185,10 +185,130 @@ static void fnn_plan_block(const fnn_thread_plan *p, int t, ptrdiff_t *i0, ptrdi
     *j1 = d * p->NR < p->N ? d * p->NR : p->N;
 }
 
+/* ---------------------------------------------------------------- A packing, C-ordered rows */
+
+/* Six rows of a C-ordered A, k-major into d (d[k*6 + i] = row_i[k]).  The
+ * scalar gather costs as much as a fifth of a small-M GEMM, so full groups
+ * of k go through SSE transposes (SSE2 is baseline x86-64; the plain loop
+ * stays for the tail and for the scalar SIMD level). */
+static void pack_a_rows6_s(ptrdiff_t kc, const float *a, ptrdiff_t rsa, float *restrict d,
+                           int vec)
+{
+    const float *r0 = a, *r1 = a + rsa, *r2 = a + 2 * rsa, *r3 = a + 3 * rsa;
+    const float *r4 = a + 4 * rsa, *r5 = a + 5 * rsa;
+    ptrdiff_t k = 0;
+#if FNN_X86
+    if (vec) {
+        for (; k + 4 <= kc; k += 4) {
+            __m128 x0 = _mm_loadu_ps(r0 + k), x1 = _mm_loadu_ps(r1 + k);
+            __m128 x2 = _mm_loadu_ps(r2 + k), x3 = _mm_loadu_ps(r3 + k);
+            __m128 x4 = _mm_loadu_ps(r4 + k), x5 = _mm_loadu_ps(r5 + k);
+            _MM_TRANSPOSE4_PS(x0, x1, x2, x3);
+            __m128 lo = _mm_unpacklo_ps(x4, x5), hi = _mm_unpackhi_ps(x4, x5);
+            _mm_storeu_ps(d + 0, x0);
+            _mm_storel_pi((__m64 *)(d + 4), lo);
+            _mm_storeu_ps(d + 6, x1);
+            _mm_storeh_pi((__m64 *)(d + 10), lo);
+            _mm_storeu_ps(d + 12, x2);
+            _mm_storel_pi((__m64 *)(d + 16), hi);
+            _mm_storeu_ps(d + 18, x3);
+            _mm_storeh_pi((__m64 *)(d + 22), hi);
+            d += 24;
+        }
+    }
+#else
+    (void)vec;
+#endif
+    for (; k < kc; k++) {
+        d[0] = r0[k]; d[1] = r1[k]; d[2] = r2[k];
+        d[3] = r3[k]; d[4] = r4[k]; d[5] = r5[k];
+        d += 6;
+    }
+}
+
+static void pack_a_rows6_d(ptrdiff_t kc, const double *a, ptrdiff_t rsa, double *restrict d,
+                           int vec)
+{
+    const double *r0 = a, *r1 = a + rsa, *r2 = a + 2 * rsa, *r3 = a + 3 * rsa;
+    const double *r4 = a + 4 * rsa, *r5 = a + 5 * rsa;
+    ptrdiff_t k = 0;
+#if FNN_X86
+    if (vec) {
+        for (; k + 2 <= kc; k += 2) {
+            __m128d x0 = _mm_loadu_pd(r0 + k), x1 = _mm_loadu_pd(r1 + k);
+            __m128d x2 = _mm_loadu_pd(r2 + k), x3 = _mm_loadu_pd(r3 + k);
+            __m128d x4 = _mm_loadu_pd(r4 + k), x5 = _mm_loadu_pd(r5 + k);
+            _mm_storeu_pd(d + 0, _mm_unpacklo_pd(x0, x1));
+            _mm_storeu_pd(d + 2, _mm_unpacklo_pd(x2, x3));
+            _mm_storeu_pd(d + 4, _mm_unpacklo_pd(x4, x5));
+            _mm_storeu_pd(d + 6, _mm_unpackhi_pd(x0, x1));
+            _mm_storeu_pd(d + 8, _mm_unpackhi_pd(x2, x3));
+            _mm_storeu_pd(d + 10, _mm_unpackhi_pd(x4, x5));
+            d += 12;
+        }
+    }
+#else
+    (void)vec;
+#endif
+    for (; k < kc; k++) {
+        d[0] = r0[k]; d[1] = r1[k]; d[2] = r2[k];
+        d[3] = r3[k]; d[4] = r4[k]; d[5] = r5[k];
+        d += 6;
+    }
+}
+
+/* ---------------------------------------------------------------- B packing, columns contiguous */
+
+/* One full NR-column panel of a B whose columns are contiguous in k (a
+ * transposed or Fortran operand: rsb == 1): d[k*NR + j] = col_j[k].  SSE
+ * 4x4 (float) / 2x2 (double) transposes turn the strided scalar writes into
+ * vector stores; the scalar loop handles the k tail. */
+static void pack_b_cols16_s(ptrdiff_t kc, const float *b, ptrdiff_t csb, float *restrict d)
+{
+    ptrdiff_t k = 0;
+#if FNN_X86
+    for (; k + 4 <= kc; k += 4) {
+        for (int j = 0; j < 16; j += 4) {
+            __m128 x0 = _mm_loadu_ps(b + (j + 0) * csb + k);
+            __m128 x1 = _mm_loadu_ps(b + (j + 1) * csb + k);
+            __m128 x2 = _mm_loadu_ps(b + (j + 2) * csb + k);
+            __m128 x3 = _mm_loadu_ps(b + (j + 3) * csb + k);
+            _MM_TRANSPOSE4_PS(x0, x1, x2, x3);
+            _mm_storeu_ps(d + (k + 0) * 16 + j, x0);
+            _mm_storeu_ps(d + (k + 1) * 16 + j, x1);
+            _mm_storeu_ps(d + (k + 2) * 16 + j, x2);
+            _mm_storeu_ps(d + (k + 3) * 16 + j, x3);
+        }
+    }
+#endif
+    for (; k < kc; k++)
+        for (int j = 0; j < 16; j++)
+            d[k * 16 + j] = b[j * csb + k];
+}
+
+static void pack_b_cols8_d(ptrdiff_t kc, const double *b, ptrdiff_t csb, double *restrict d)
+{
+    ptrdiff_t k = 0;
+#if FNN_X86
+    for (; k + 2 <= kc; k += 2) {
+        for (int j = 0; j < 8; j += 2) {
+            __m128d x0 = _mm_loadu_pd(b + (j + 0) * csb + k);
+            __m128d x1 = _mm_loadu_pd(b + (j + 1) * csb + k);
+            _mm_storeu_pd(d + (k + 0) * 8 + j, _mm_unpacklo_pd(x0, x1));
+            _mm_storeu_pd(d + (k + 1) * 8 + j, _mm_unpackhi_pd(x0, x1));
+        }
+    }
+#endif
+    for (; k < kc; k++)
+        for (int j = 0; j < 8; j++)
+            d[k * 8 + j] = b[j * csb + k];
+}
+
 /* ---------------------------------------------------------------- float */
 
 #define T float
 #define SFX s
+#define PACK_B_COLS pack_b_cols16_s
 #define MR 6
 #define NR 16
 #define MC_MAX 144
@@ -211,6 +331,7 @@ static void fnn_plan_block(const fnn_thread_plan *p, int t, ptrdiff_t *i0, ptrdi
 #include "gemm_tmpl.h"
 #undef T
 #undef SFX
+#undef PACK_B_COLS
 #undef MR
 #undef NR
 #undef MC_MAX
@@ -235,6 +356,7 @@ static void fnn_plan_block(const fnn_thread_plan *p, int t, ptrdiff_t *i0, ptrdi
 
 #define T double
 #define SFX d
+#define PACK_B_COLS pack_b_cols8_d
 #define MR 6
 #define NR 8
 #define MC_MAX 72

@@ -27,7 +27,8 @@
 typedef struct {
     int beta;          /* add the C already there (accumulate, or K block > 0) */
     int last;          /* last K block: apply bias / ReLU / mask */
-    const T *bias;     /* at this tile's first column, or NULL */
+    const T *bias;     /* at this tile's first column (or row), or NULL */
+    int bias_row;      /* bias indexed by row (transposed orientation) */
     int relu;
     const T *mask;     /* at this tile's (0, 0), or NULL */
     ptrdiff_t rsm, csm;
@@ -47,7 +48,7 @@ static void F(store_tile_)(int m, int n, const T *acc, T *C, ptrdiff_t rsc, ptrd
                 v = v + *c;
             if (ep->last) {
                 if (ep->bias)
-                    v = v + ep->bias[j];
+                    v = v + ep->bias[ep->bias_row ? i : j];
                 if (ep->relu)
                     v = v < (T)0 ? (T)0 : v;       /* == max(0, v): keeps NaN and -0 */
                 if (ep->mask && !(ep->mask[i * ep->rsm + j * ep->csm] > (T)0))
@@ -120,7 +121,11 @@ static void F(ukr_avx2_)(ptrdiff_t kc, const T *restrict Ap, const T *restrict B
                 x1 = VADD(x1, VLOADU(cr + VW));                                    \
             }                                                                      \
             if (ep->last) {                                                        \
-                if (ep->bias) {                                                    \
+                if (ep->bias && ep->bias_row) {                                    \
+                    VT b_ = VBCAST(ep->bias + (i));                                \
+                    x0 = VADD(x0, b_);                                             \
+                    x1 = VADD(x1, b_);                                             \
+                } else if (ep->bias) {                                             \
                     x0 = VADD(x0, VLOADU(ep->bias));                               \
                     x1 = VADD(x1, VLOADU(ep->bias + VW));                          \
                 }                                                                  \
@@ -163,7 +168,7 @@ static void F(ukr_avx2_)(ptrdiff_t kc, const T *restrict Ap, const T *restrict B
 /* A (mc x kc, strides rsa/csa) -> ceil(mc/MR) micro-panels, each kc x MR
  * (k-major: the MR values of one k are adjacent), zero-padded to MR rows. */
 static void F(pack_a_)(ptrdiff_t mc, ptrdiff_t kc, const T *A, ptrdiff_t rsa, ptrdiff_t csa,
-                       T *restrict Ap)
+                       T *restrict Ap, int vec)
 {
     for (ptrdiff_t ir = 0; ir < mc; ir += MR) {
         int mr = (int)(mc - ir < MR ? mc - ir : MR);
@@ -171,13 +176,7 @@ static void F(pack_a_)(ptrdiff_t mc, ptrdiff_t kc, const T *A, ptrdiff_t rsa, pt
         T *d = Ap + ir * kc;
         if (mr == MR && csa == 1) {
             /* C-ordered A: MR row streams, each contiguous in k */
-            const T *r0 = a, *r1 = a + rsa, *r2 = a + 2 * rsa, *r3 = a + 3 * rsa;
-            const T *r4 = a + 4 * rsa, *r5 = a + 5 * rsa;
-            for (ptrdiff_t k = 0; k < kc; k++) {
-                d[0] = r0[k]; d[1] = r1[k]; d[2] = r2[k];
-                d[3] = r3[k]; d[4] = r4[k]; d[5] = r5[k];
-                d += MR;
-            }
+            F(pack_a_rows6_)(kc, a, rsa, d, vec);
         } else if (mr == MR && rsa == 1) {
             /* transposed / Fortran A: the MR values of one k are contiguous */
             for (ptrdiff_t k = 0; k < kc; k++) {
@@ -202,16 +201,36 @@ static void F(pack_a_)(ptrdiff_t mc, ptrdiff_t kc, const T *A, ptrdiff_t rsa, pt
 /* B (kc x nc, strides rsb/csb) -> ceil(nc/NR) micro-panels, each kc x NR
  * (the NR values of one k are adjacent), zero-padded to NR columns. */
 static void F(pack_b_)(ptrdiff_t kc, ptrdiff_t nc, const T *B, ptrdiff_t rsb, ptrdiff_t csb,
-                       T *restrict Bp)
+                       T *restrict Bp, int vec)
 {
+    if (csb == 1) {
+        /* C-ordered B: read each k row once, front to back (the hardware
+         * prefetcher follows one stream; reading panel by panel would jump
+         * a whole row stride every NR elements), and scatter NR-wide pieces
+         * into the panels, which stay in L2 */
+        ptrdiff_t nfull = nc / NR * NR;
+        for (ptrdiff_t k = 0; k < kc; k++) {
+            const T *s = B + k * rsb;
+            T *d = Bp + k * NR;
+            for (ptrdiff_t jr = 0; jr < nfull; jr += NR)
+                memcpy(d + jr * kc, s + jr, NR * sizeof(T));
+            if (nfull < nc) {
+                T *e = d + nfull * kc;
+                int j = 0;
+                for (; j < nc - nfull; j++)
+                    e[j] = s[nfull + j];
+                for (; j < NR; j++)
+                    e[j] = 0;
+            }
+        }
+        return;
+    }
     for (ptrdiff_t jr = 0; jr < nc; jr += NR) {
         int nr = (int)(nc - jr < NR ? nc - jr : NR);
         const T *b = B + jr * csb;
         T *d = Bp + jr * kc;
-        if (nr == NR && csb == 1) {
-            /* C-ordered B: each k row of the panel is one contiguous copy */
-            for (ptrdiff_t k = 0; k < kc; k++)
-                memcpy(d + k * NR, b + k * rsb, NR * sizeof(T));
+        if (rsb == 1 && nr == NR && vec) {
+            PACK_B_COLS(kc, b, csb, d);
         } else if (rsb == 1) {
             /* transposed / Fortran B: columns are contiguous in k; the panel
              * (kc x NR) is small enough that the strided writes hit L1 */
@@ -241,86 +260,104 @@ static void F(pack_b_)(ptrdiff_t kc, ptrdiff_t nc, const T *B, ptrdiff_t rsb, pt
 typedef void (*F(ukr_fn_))(ptrdiff_t, const T *, const T *, T *, ptrdiff_t, ptrdiff_t,
                            int, int, const TILE_EP *);
 
-/* Straightforward triple loop with the same epilogue: used for K == 0 and
- * when a packing buffer cannot be allocated (slow, but never wrong). */
-static void F(naive_)(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K,
-                      const T *A, ptrdiff_t rsa, ptrdiff_t csa,
-                      const T *B, ptrdiff_t rsb, ptrdiff_t csb,
-                      T *C, ptrdiff_t rsc, ptrdiff_t csc, const fnn_epilogue *ep)
+/* One call, after the orientation is fixed: C = epilogue(A @ B). */
+typedef struct {
+    ptrdiff_t M, N, K;
+    const T *A; ptrdiff_t rsa, csa;
+    const T *B; ptrdiff_t rsb, csb;
+    T *C; ptrdiff_t rsc, csc;
+    const T *bias; int bias_row;        /* bias per column of C, or per row */
+    int relu;
+    const T *mask; ptrdiff_t rsm, csm;
+    int accumulate;
+    ptrdiff_t kcb, mcb, ncb;            /* cache blocks */
+    F(ukr_fn_) ukr;
+    int vec;                            /* SIMD packing allowed */
+} F(prob_);
+
+/* Straightforward loop with the same epilogue: used for K == 0 and when a
+ * packing buffer cannot be allocated (slow, but never wrong). */
+static void F(naive_)(const F(prob_) *p, ptrdiff_t i0, ptrdiff_t i1, ptrdiff_t j0, ptrdiff_t j1)
 {
     TILE_EP t;
-    t.beta = ep && ep->accumulate;
+    t.beta = p->accumulate;
     t.last = 1;
-    t.relu = ep && ep->relu;
-    t.rsm = ep ? ep->rs_mask : 0;
-    t.csm = ep ? ep->cs_mask : 0;
+    t.relu = p->relu;
+    t.bias_row = p->bias_row;
+    t.rsm = p->rsm;
+    t.csm = p->csm;
     T acc[NR];
-    for (ptrdiff_t i = 0; i < M; i++) {
-        for (ptrdiff_t j0 = 0; j0 < N; j0 += NR) {
-            int n = (int)(N - j0 < NR ? N - j0 : NR);
-            for (int j = 0; j < n; j++) {
+    for (ptrdiff_t i = i0; i < i1; i++) {
+        for (ptrdiff_t j = j0; j < j1; j += NR) {
+            int n = (int)(j1 - j < NR ? j1 - j : NR);
+            for (int jj = 0; jj < n; jj++) {
                 T s = 0;
-                for (ptrdiff_t k = 0; k < K; k++)
-                    s += A[i * rsa + k * csa] * B[k * rsb + (j0 + j) * csb];
-                acc[j] = s;
+                for (ptrdiff_t k = 0; k < p->K; k++)
+                    s += p->A[i * p->rsa + k * p->csa] * p->B[k * p->rsb + (j + jj) * p->csb];
+                acc[jj] = s;
             }
-            t.bias = (ep && ep->bias) ? (const T *)ep->bias + j0 : NULL;
-            t.mask = (ep && ep->mask) ? (const T *)ep->mask + i * t.rsm + j0 * t.csm : NULL;
-            F(store_tile_)(1, n, acc, C + i * rsc + j0 * csc, rsc, csc, &t);
+            t.bias = p->bias ? p->bias + (p->bias_row ? i : j) : NULL;
+            t.mask = p->mask ? p->mask + i * p->rsm + j * p->csm : NULL;
+            F(store_tile_)(1, n, acc, p->C + i * p->rsc + j * p->csc, p->rsc, p->csc, &t);
         }
     }
 }
 
-/* One thread's block of C (already offset to the block), serially. */
-static void F(gemm_block_)(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K,
-                           const T *A, ptrdiff_t rsa, ptrdiff_t csa,
-                           const T *B, ptrdiff_t rsb, ptrdiff_t csb,
-                           T *C, ptrdiff_t rsc, ptrdiff_t csc,
-                           const T *bias, int relu, const T *mask, ptrdiff_t rsm, ptrdiff_t csm,
-                           int accumulate, ptrdiff_t kcb, ptrdiff_t mcb, ptrdiff_t ncb,
-                           F(ukr_fn_) ukr)
+/* Rows [i0, i1) x columns [j0, j1) of C, on the calling thread. */
+static void F(gemm_block_)(const F(prob_) *p, ptrdiff_t i0, ptrdiff_t i1, ptrdiff_t j0,
+                           ptrdiff_t j1)
 {
+    ptrdiff_t M = i1 - i0, N = j1 - j0, K = p->K;
     if (M <= 0 || N <= 0)
         return;
+    ptrdiff_t mcb = p->mcb, kcb = p->kcb, ncb = p->ncb;
     ptrdiff_t mcap = mcb < M ? mcb : M, ncap = ncb < N ? ncb : N, kcap = kcb < K ? kcb : K;
     mcap = (mcap + MR - 1) / MR * MR;
     ncap = (ncap + NR - 1) / NR * NR;
     T *Abuf = (T *)fnn_gemm_buffer(0, (size_t)mcap * (size_t)kcap * sizeof(T));
     T *Bbuf = (T *)fnn_gemm_buffer(1, (size_t)ncap * (size_t)kcap * sizeof(T));
     if (!Abuf || !Bbuf) {
-        fnn_epilogue e = {bias, relu, mask, rsm, csm, accumulate};
-        F(naive_)(M, N, K, A, rsa, csa, B, rsb, csb, C, rsc, csc, &e);
+        F(naive_)(p, i0, i1, j0, j1);
         return;
     }
+    const ptrdiff_t rsa = p->rsa, csa = p->csa, rsb = p->rsb, csb = p->csb;
+    const ptrdiff_t rsc = p->rsc, csc = p->csc;
     TILE_EP t;
-    t.relu = relu;
-    t.rsm = rsm;
-    t.csm = csm;
-    for (ptrdiff_t jc = 0; jc < N; jc += ncb) {
-        ptrdiff_t nc = N - jc < ncb ? N - jc : ncb;
+    t.relu = p->relu;
+    t.bias_row = p->bias_row;
+    t.rsm = p->rsm;
+    t.csm = p->csm;
+    for (ptrdiff_t jc = j0; jc < j1; jc += ncb) {
+        ptrdiff_t nc = j1 - jc < ncb ? j1 - jc : ncb;
         for (ptrdiff_t pc = 0; pc < K; pc += kcb) {
             ptrdiff_t kc = K - pc < kcb ? K - pc : kcb;
-            F(pack_b_)(kc, nc, B + pc * rsb + jc * csb, rsb, csb, Bbuf);
-            t.beta = accumulate || pc > 0;
+            F(pack_b_)(kc, nc, p->B + pc * rsb + jc * csb, rsb, csb, Bbuf, p->vec);
+            t.beta = p->accumulate || pc > 0;
             t.last = pc + kc >= K;
-            for (ptrdiff_t ic = 0; ic < M; ic += mcb) {
-                ptrdiff_t mc = M - ic < mcb ? M - ic : mcb;
-                F(pack_a_)(mc, kc, A + ic * rsa + pc * csa, rsa, csa, Abuf);
+            for (ptrdiff_t ic = i0; ic < i1; ic += mcb) {
+                ptrdiff_t mc = i1 - ic < mcb ? i1 - ic : mcb;
+                F(pack_a_)(mc, kc, p->A + ic * rsa + pc * csa, rsa, csa, Abuf, p->vec);
                 for (ptrdiff_t jr = 0; jr < nc; jr += NR) {
                     int nr = (int)(nc - jr < NR ? nc - jr : NR);
                     ptrdiff_t j = jc + jr;
-                    t.bias = bias ? bias + j : NULL;
                     for (ptrdiff_t ir = 0; ir < mc; ir += MR) {
                         int mr = (int)(mc - ir < MR ? mc - ir : MR);
                         ptrdiff_t i = ic + ir;
-                        t.mask = mask ? mask + i * rsm + j * csm : NULL;
-                        ukr(kc, Abuf + ir * kc, Bbuf + jr * kc, C + i * rsc + j * csc,
-                            rsc, csc, mr, nr, &t);
+                        t.bias = p->bias ? p->bias + (p->bias_row ? i : j) : NULL;
+                        t.mask = p->mask ? p->mask + i * p->rsm + j * p->csm : NULL;
+                        p->ukr(kc, Abuf + ir * kc, Bbuf + jr * kc, p->C + i * rsc + j * csc,
+                               rsc, csc, mr, nr, &t);
                     }
                 }
             }
         }
     }
+}
+
+/* Rows (or columns) of C computed but thrown away by partial tiles. */
+static double F(padded_)(ptrdiff_t M, ptrdiff_t N)
+{
+    return (double)((M + MR - 1) / MR * MR) * (double)((N + NR - 1) / NR * NR);
 }
 
 /* The public entry point for this type. */
@@ -332,32 +369,51 @@ static void F(fnn_gemm_)(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K,
 {
     if (M <= 0 || N <= 0)
         return;
+    F(prob_) p;
+    p.bias = ep ? (const T *)ep->bias : NULL;
+    p.bias_row = 0;
+    p.mask = ep ? (const T *)ep->mask : NULL;
+    p.rsm = ep ? ep->rs_mask : 0;
+    p.csm = ep ? ep->cs_mask : 0;
+    p.relu = ep ? ep->relu != 0 : 0;
+    p.accumulate = ep ? ep->accumulate != 0 : 0;
+    /* Orientation: C^T = B^T A^T is the same product with every operand's
+     * strides swapped; take it when it wastes less of the MR x NR tiles
+     * (e.g. N = 10 outputs: 10 of 16 lanes busy, but transposed the 10
+     * rows fill 10 of 12).  Depends on the shape only. */
+    if (F(padded_)(N, M) < F(padded_)(M, N) * 0.97) {
+        p.M = N; p.N = M; p.K = K;
+        p.A = B; p.rsa = csb; p.csa = rsb;
+        p.B = A; p.rsb = csa; p.csb = rsa;
+        p.C = C; p.rsc = csc; p.csc = rsc;
+        p.bias_row = 1;
+        ptrdiff_t tmp = p.rsm; p.rsm = p.csm; p.csm = tmp;
+    } else {
+        p.M = M; p.N = N; p.K = K;
+        p.A = A; p.rsa = rsa; p.csa = csa;
+        p.B = B; p.rsb = rsb; p.csb = csb;
+        p.C = C; p.rsc = rsc; p.csc = csc;
+    }
     if (K <= 0) {
-        F(naive_)(M, N, 0, A, rsa, csa, B, rsb, csb, C, rsc, csc, ep);
+        F(naive_)(&p, 0, p.M, 0, p.N);
         return;
     }
-    const T *bias = ep ? (const T *)ep->bias : NULL;
-    const T *mask = ep ? (const T *)ep->mask : NULL;
-    int relu = ep ? ep->relu != 0 : 0;
-    int accumulate = ep ? ep->accumulate != 0 : 0;
-    ptrdiff_t rsm = ep ? ep->rs_mask : 0, csm = ep ? ep->cs_mask : 0;
-
-    F(ukr_fn_) ukr = F(ukr_scalar_);
+    p.vec = fnn_simd_level() >= FNN_SIMD_AVX2;
+    p.ukr = F(ukr_scalar_);
 #if FNN_X86
-    if (fnn_simd_level() >= FNN_SIMD_AVX2)
-        ukr = F(ukr_avx2_);
+    if (p.vec)
+        p.ukr = F(ukr_avx2_);
 #endif
     /* Block sizes depend on the shape only (never on the thread count), and
      * split K and M into near-equal blocks so that no block is a sliver. */
-    ptrdiff_t kcb = fnn_even_block(K, KC_MAX, 1);
-    ptrdiff_t mcb = fnn_even_block(M, MC_MAX, MR);
-    ptrdiff_t ncb = NC_MAX;
+    p.kcb = fnn_even_block(K, KC_MAX, 1);
+    p.mcb = fnn_even_block(p.M, MC_MAX, MR);
+    p.ncb = NC_MAX;
 
     fnn_thread_plan plan;
-    fnn_plan_threads(M, N, K, MR, NR, nthreads, &plan);
+    fnn_plan_threads(p.M, p.N, K, MR, NR, nthreads, &plan);
     if (plan.nt <= 1) {
-        F(gemm_block_)(M, N, K, A, rsa, csa, B, rsb, csb, C, rsc, csc,
-                       bias, relu, mask, rsm, csm, accumulate, kcb, mcb, ncb, ukr);
+        F(gemm_block_)(&p, 0, p.M, 0, p.N);
         return;
     }
 #ifdef FASTNN_HAVE_OPENMP
@@ -369,20 +425,14 @@ static void F(fnn_gemm_)(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K,
         for (int t = me; t < plan.nt; t += team) {
             ptrdiff_t i0, i1, j0, j1;
             fnn_plan_block(&plan, t, &i0, &i1, &j0, &j1);
-            F(gemm_block_)(i1 - i0, j1 - j0, K, A + i0 * rsa, rsa, csa, B + j0 * csb, rsb, csb,
-                           C + i0 * rsc + j0 * csc, rsc, csc, bias ? bias + j0 : NULL, relu,
-                           mask ? mask + i0 * rsm + j0 * csm : NULL, rsm, csm, accumulate,
-                           kcb, mcb, ncb, ukr);
+            F(gemm_block_)(&p, i0, i1, j0, j1);
         }
     }
 #else
     for (int t = 0; t < plan.nt; t++) {
         ptrdiff_t i0, i1, j0, j1;
         fnn_plan_block(&plan, t, &i0, &i1, &j0, &j1);
-        F(gemm_block_)(i1 - i0, j1 - j0, K, A + i0 * rsa, rsa, csa, B + j0 * csb, rsb, csb,
-                       C + i0 * rsc + j0 * csc, rsc, csc, bias ? bias + j0 : NULL, relu,
-                       mask ? mask + i0 * rsm + j0 * csm : NULL, rsm, csm, accumulate,
-                       kcb, mcb, ncb, ukr);
+        F(gemm_block_)(&p, i0, i1, j0, j1);
     }
 #endif
 }
