@@ -400,7 +400,10 @@ def load(path, with_optimizer=False):
     except DataFormatError:
         raise
     except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error, KeyError,
-            struct.error) as exc:
+            struct.error, RuntimeError, NotImplementedError, OverflowError) as exc:
+        # RuntimeError: zipfile's "encrypted member" (a flipped flag bit) and a
+        # RecursionError from absurdly nested JSON; NotImplementedError: an
+        # unknown compression method.
         # Anything numpy or zipfile raises on a damaged archive (a bad CRC, a
         # short read) is a format error, never a raw traceback.
         if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError)):
