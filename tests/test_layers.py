@@ -167,3 +167,61 @@ def test_layer_bad_calls():
         L.layer_from_config({"class": "Conv2D"})
     with pytest.raises(ValueError, match="bad config for Dense"):
         L.layer_from_config({"class": "Dense", "in_features": 3})
+
+
+# ============================================================================ losses
+
+def test_loss_bad_calls():
+    from fastnn import losses
+    sce = losses.SoftmaxCrossEntropy()
+    z = np.zeros((3, 4), np.float32)
+    with pytest.raises(RuntimeError, match="backward called before the loss"):
+        losses.SoftmaxCrossEntropy().backward()
+    with pytest.raises(ValueError, match=r"labels\[1\] = 4 is not a class index in \[0, 4\)"):
+        sce(z, np.array([0, 4, 1]))
+    with pytest.raises(ValueError, match=r"labels\[0\] = -1"):
+        sce(z, np.array([-1, 0, 1]))
+    with pytest.raises(ShapeError, match="labels has 2 entries but logits has 3 rows"):
+        sce(z, np.array([0, 1]))
+    with pytest.raises(DTypeError, match="integer class indices"):
+        sce(z, np.array([0.0, 1.0, 2.0]))
+    with pytest.raises(ShapeError, match="probability labels must have the logits' shape"):
+        sce(z, np.zeros((3, 5)))
+    with pytest.raises(ShapeError, match="empty batch"):
+        sce(np.zeros((0, 4), np.float32), np.zeros(0, int))
+    with pytest.raises(DTypeError, match="float32 or float64"):
+        sce(np.zeros((3, 4), np.int32), np.array([0, 1, 2]))
+    with pytest.raises(ShapeError, match="2-D"):
+        sce(np.zeros(4, np.float32), np.array([0]))
+    with pytest.raises(ValueError, match=r"label_smoothing must be in \[0, 1\]"):
+        losses.SoftmaxCrossEntropy(label_smoothing=1.5)
+    with pytest.raises(ShapeError, match=r"targets must have the outputs' shape \(3, 4\)"):
+        losses.MeanSquaredError()(z, np.zeros((3, 3)))
+    with pytest.raises(ValueError, match=r"targets must lie in \[0, 1\]"):
+        losses.BinaryCrossEntropyWithLogits()(z, np.full((3, 4), 2.0))
+    with pytest.raises(ValueError, match="unknown loss 'hinge'"):
+        losses.get_loss("hinge")
+
+
+def test_loss_configs_and_dtypes():
+    from fastnn import losses
+    for name, cls in (("mse", losses.MeanSquaredError), ("cross_entropy", losses.SoftmaxCrossEntropy),
+                      ("bce", losses.BinaryCrossEntropyWithLogits)):
+        f = losses.get_loss(name)
+        assert type(f) is cls
+        assert type(losses.loss_from_config(json.loads(json.dumps(f.get_config())))) is cls
+    f = losses.loss_from_config({"class": "SoftmaxCrossEntropy", "label_smoothing": 0.1})
+    assert f.label_smoothing == 0.1
+    rng = np.random.default_rng(0)
+    z64 = rng.standard_normal((5, 3))
+    y = rng.integers(0, 3, 5)
+    for cls, t in ((losses.SoftmaxCrossEntropy, y), (losses.MeanSquaredError, z64[::-1]),
+                   (losses.BinaryCrossEntropyWithLogits, rng.random((5, 3)))):
+        a, b = cls(), cls()
+        la, lb = a(z64, t), b(z64.astype(np.float32), t)
+        assert isinstance(la, float) and la == pytest.approx(lb, rel=1e-5)
+        assert b.backward().dtype == np.float32
+        np.testing.assert_allclose(a.backward(), b.backward(), rtol=1e-4, atol=1e-6)
+    # MSE / BCE accept (N,) targets for a single output column
+    one = z64[:, :1]
+    assert losses.MeanSquaredError()(one, np.zeros(5)) == pytest.approx(np.mean(one ** 2))
