@@ -143,6 +143,8 @@ def build_parser():
     t.add_argument("--threads", type=_positive_int, default=None)
     t.add_argument("--seed", type=_nonneg_int, default=None, help="default 0")
     t.add_argument("--data", default=None, help="directory holding the MNIST IDX files")
+    t.add_argument("--subset", type=_positive_int, default=None,
+                   help="train on the first N training images only (quick runs, tests)")
     t.add_argument("--logdir", default=None,
                    help="write TensorBoard events (train/, validation/) and log.csv here")
     t.add_argument("--save", default=None, help="checkpoint (.npz) written after every epoch")
@@ -302,9 +304,14 @@ def _cmd_train(args):
     else:
         preset = _resolve_preset(args)
         seed = 0 if args.seed is None else args.seed
+        stored = {}
 
     (x_train, y_train), (x_test, y_test) = _load_mnist(args.data)
     x_train, x_test = _flat(x_train), _flat(x_test)
+    subset = args.subset if args.subset is not None else (
+        stored.get("subset") if resume_extra is not None else None)
+    if subset is not None:
+        x_train, y_train = x_train[:subset], y_train[:subset]
 
     if resume_extra is None:
         model = presets.build_model(preset, seed=seed)
@@ -325,7 +332,8 @@ def _cmd_train(args):
     ckpt = None
     if args.save:
         ckpt = cbs.ModelCheckpoint(args.save, save_initial=resume_extra is None,
-                                   extra={"cli": {"preset": preset.to_dict(), "seed": seed}})
+                                   extra={"cli": {"preset": preset.to_dict(), "seed": seed,
+                                                  "subset": subset}})
         callbacks.append(ckpt)
     if args.json:
         callbacks.append(_EpochPrinter(preset.epochs))

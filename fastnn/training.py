@@ -307,9 +307,14 @@ class _FusedEngine:
         self.schedule = schedule
 
     def run(self, perm, start, stop, state):
+        kw = {}
         if self.schedule is not None:
-            _apply_schedule(self.schedule, self.optimizer, state.global_step)
-        res = self.plan.run(self.x, self.y, perm, start, stop)
+            # one learning rate per step of the chunk; the plan applies them in order
+            g0 = state.global_step
+            kw["lrs"] = np.array([_schedule_lr(self.schedule, g0 + i)
+                                  for i in range(stop - start)], np.float64)
+            self.optimizer.lr = float(kw["lrs"][-1]) if stop > start else self.optimizer.lr
+        res = self.plan.run(self.x, self.y, perm, start, stop, **kw)
         steps = int(res.get("steps", stop - start))
         state.global_step += steps
         loss_sum = float(res["loss_sum"])
@@ -321,20 +326,22 @@ class _FusedEngine:
 
 
 class _Diverged(Exception):
-    def __init__(self, step, value, what="loss"):
+    """Non-finite loss at ``step`` (0-based, in the epoch), or non-finite weights found
+    after a chunk of steps ending at ``step`` that began at ``first``."""
+
+    def __init__(self, step, value, what="loss", first=None):
         super().__init__(step, value)
         self.step, self.value, self.what = step, value, what
+        self.first = step if first is None else first
+
+
+def _schedule_lr(schedule, global_step):
+    """Learning rate of ``global_step`` (0-based): ``schedule(t)`` or ``schedule.lr_at(t)``."""
+    return float(schedule(global_step) if callable(schedule) else schedule.lr_at(global_step))
 
 
 def _apply_schedule(schedule, optimizer, global_step):
-    """Set the optimizer's learning rate for ``global_step`` (0-based)."""
-    lr = schedule(global_step) if callable(schedule) else schedule.lr_at(global_step)
-    optimizer.lr = float(lr)
-
-
-def _schedule_per_step(schedule):
-    """True when the learning rate changes within an epoch (the fused plan must stop each step)."""
-    return schedule is not None and not getattr(schedule, "constant", False)
+    optimizer.lr = _schedule_lr(schedule, global_step)
 
 
 def _make_engine(model, loss, optimizer, x, y, batch_size, schedule, fused):
@@ -433,6 +440,9 @@ def fit(model, x, y, *, epochs, batch_size, loss, optimizer, validation_data=Non
     Raises DivergenceError when the loss or the weights become NaN/inf,
     naming the epoch and step; callbacks have not seen that epoch, so the
     last checkpoint on disk is the last good one."""
+    if schedule is not None and not callable(schedule) and not hasattr(schedule, "lr_at"):
+        raise TypeError(f"schedule must be a callable step -> lr or an LRSchedule, "
+                        f"got {type(schedule).__name__}")
     epochs = _check_int("epochs", epochs, 0)
     batch_size = _check_int("batch_size", batch_size, 1)
     initial_epoch = _check_int("initial_epoch", initial_epoch, 0)
@@ -479,8 +489,6 @@ def fit(model, x, y, *, epochs, batch_size, loss, optimizer, validation_data=Non
 
     bar = _Bar(verbose == 1)
     chunk = _chunk_steps(callbacks, bar, steps_per_epoch)
-    if _schedule_per_step(schedule):
-        chunk = 1 if engine.name == "fused" else chunk
     step_cbs = [cb for cb in callbacks if getattr(cb, "step_freq", None)]
 
     model.train()
@@ -498,13 +506,17 @@ def fit(model, x, y, *, epochs, batch_size, loss, optimizer, validation_data=Non
             step = 0
             try:
                 while step < steps_per_epoch:
-                    stop = steps_per_epoch if chunk is None else min(steps_per_epoch, step + chunk)
+                    if chunk is None:
+                        stop = steps_per_epoch
+                    else:   # chunk boundaries fall on multiples of `chunk` global steps
+                        stop = min(steps_per_epoch, step + chunk - state.global_step % chunk)
+                    chunk_start = step
                     res = engine.run(perm, step, stop, state)
                     for k in totals:
                         totals[k] += res[k]
                     step = stop
                     if chunk is not None and not _params_finite(model):
-                        raise _Diverged(step - 1, float("nan"), "weights")
+                        raise _Diverged(step - 1, float("nan"), "weights", first=chunk_start)
                     if step_cbs:
                         logs = {"loss": res["loss_sum"] / max(res["count"], 1),
                                 "accuracy": res["correct"] / max(res["count"], 1)}
@@ -515,14 +527,19 @@ def fit(model, x, y, *, epochs, batch_size, loss, optimizer, validation_data=Non
                     if state.stop_training and step_cbs:
                         break
                 if chunk is None and not _params_finite(model):
-                    raise _Diverged(steps_per_epoch - 1, float("nan"), "weights")
+                    raise _Diverged(steps_per_epoch - 1, float("nan"), "weights", first=0)
             except _Diverged as d:
-                what = "weights became non-finite" if d.what == "weights" else f"loss became {d.value}"
+                if d.what == "weights":
+                    where = (f"at step {d.step + 1}" if d.first == d.step else
+                             f"in steps {d.first + 1}-{d.step + 1}")
+                    what = "the weights became non-finite (the loss stayed finite)"
+                else:
+                    where, what = f"at step {d.step + 1}", f"the loss became {d.value}"
                 err = DivergenceError(
-                    f"training diverged in epoch {epoch + 1} at step {d.step + 1} of "
-                    f"{steps_per_epoch} (global step {epoch * steps_per_epoch + d.step + 1}): "
-                    f"the {what}; lower the learning rate. Checkpoints on disk hold the "
-                    f"last good epoch ({len(history.epoch)} completed)")
+                    f"training diverged in epoch {epoch + 1} {where} of {steps_per_epoch} "
+                    f"(global step {epoch * steps_per_epoch + d.step + 1}): {what}; lower "
+                    f"the learning rate or check the data for NaN/inf. Checkpoints on disk "
+                    f"hold the last good epoch ({len(history.epoch)} completed)")
                 err.epoch, err.step = epoch, d.step
                 raise err from None
             finally:
