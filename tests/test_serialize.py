@@ -321,3 +321,32 @@ def test_unknown_model_class(ckpt, cls):
     rewrite(path, edit)
     with pytest.raises(DataFormatError):
         serialize.load(path)
+
+
+# ----------------------------------------------------------------------------- real optimizers
+
+@pytest.mark.parametrize("opt_name, kwargs", [("Adam", {"lr": 0.01}),
+                                              ("SGD", {"lr": 0.1, "momentum": 0.9})])
+def test_resume_with_real_optimizer_is_bitwise(tmp_path, opt_name, kwargs):
+    optim = pytest.importorskip("fastnn.optim")
+    model = make_model(np.float64, seed=3)
+    opt = getattr(optim, opt_name)(model, **kwargs)
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        model.flat_grads[:] = rng.standard_normal(model.flat_grads.size)
+        opt.step()
+    path = tmp_path / "resume.npz"
+    serialize.save(model, path, optimizer=opt, extra={"epoch": 3})
+    ck = serialize.load(path, with_optimizer=True)
+    assert ck.optimizer_state["class"] == opt_name and ck.optimizer_state["step"] == 3
+    # Same kind of optimizer, another lr: the saved hyper-parameters come back too.
+    opt2 = getattr(optim, opt_name)(ck.model, **{**kwargs, "lr": 123.0})
+    opt2.load_state_dict(ck.optimizer_state)
+    assert opt2.lr == kwargs["lr"]
+    for _ in range(2):
+        g = rng.standard_normal(model.flat_grads.size)
+        model.flat_grads[:] = g
+        ck.model.flat_grads[:] = g
+        opt.step()
+        opt2.step()
+    np.testing.assert_array_equal(ck.model.flat_params, model.flat_params)
