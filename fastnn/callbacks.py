@@ -133,7 +133,7 @@ class TensorBoard(Callback):
             val.add_scalar("epoch_accuracy", logs["val_accuracy"], step)
         if self.histogram_freq and (epoch + 1) % self.histogram_freq == 0:
             for name, p in self.model.named_parameters():
-                train.add_histogram(name, np.asarray(p), step)
+                train.add_histogram(name, p.data, step)
         train.flush()
         val.flush()
 
