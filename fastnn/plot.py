@@ -18,6 +18,8 @@ __all__ = ["plot_curves", "read_history"]
 
 # Event-file run directories whose scalars are validation metrics.
 _VAL_RUNS = ("validation", "val", "valid", "test", "eval")
+# History files looked for, in order, when the source is a directory.
+_HISTORY_FILES = ("log.csv", "history.csv", "log.json", "history.json")
 
 
 def _float(v):
@@ -93,7 +95,7 @@ def _read_events_dir(path):
         is_val = run.split("/")[-1].lower() in _VAL_RUNS
         for tag, points in read_scalars(root, strict=False).items():
             key = tag
-            if key.startswith("epoch_"):
+            if key.startswith("epoch_") and key != "epoch_time":
                 key = key[len("epoch_"):]
             elif key.startswith("batch_"):
                 continue                      # per-batch: a different x axis
@@ -117,11 +119,18 @@ def read_history(source):
 
     ``source``: a CSV file with a header row (``CSVLogger``), a JSON file
     (``{key: [...]}``, a list of per-epoch dicts, or ``History.to_dict()``),
-    or a directory of TensorBoard event files (``epoch_loss`` in a
-    ``validation`` run becomes ``val_loss``; ``batch_*`` tags are skipped).
+    or a directory: its ``log.csv`` / ``history.csv`` / ``log.json`` /
+    ``history.json`` if present, else the TensorBoard event files below it
+    (``epoch_loss`` in a ``validation`` run becomes ``val_loss``; ``batch_*``
+    tags are skipped).
     """
     source = os.fspath(source)
     if os.path.isdir(source):
+        # A training log dir (fastnn train --logdir): the CSV/JSON history holds
+        # exact float64 values, so prefer it over the float32 event scalars.
+        for name in _HISTORY_FILES:
+            if os.path.isfile(os.path.join(source, name)):
+                return read_history(os.path.join(source, name))
         return _read_events_dir(source)
     if not os.path.exists(source):
         raise FileNotFoundError(f"history source {source!r} does not exist")

@@ -131,3 +131,41 @@ def test_missing_source(tmp_path):
         plot.plot_curves(tmp_path / "nope.csv", tmp_path / "x.png")
     with pytest.raises(DataFormatError, match="no scalar events"):
         plot.read_history(tmp_path)
+
+
+def test_logdir_prefers_csv_history(tmp_path):
+    # fastnn train --logdir writes both: log.csv (float64) and train/validation events.
+    write_csv(tmp_path / "log.csv")
+    with SummaryWriter(tmp_path / "train") as tr:
+        tr.add_scalar("epoch_loss", 99.0, 1)
+        tr.add_scalar("epoch_time", 0.5, 1)
+    assert plot.read_history(tmp_path)["loss"] == HIST["loss"]
+    (tmp_path / "log.csv").unlink()
+    cols = plot.read_history(tmp_path)
+    assert cols["loss"] == [99.0] and cols["epoch_time"] == [0.5]
+
+
+def test_real_training_logdir(tmp_path):
+    """End to end with the training engineer's callbacks, when they are importable."""
+    callbacks = pytest.importorskip("fastnn.callbacks")
+    optim = pytest.importorskip("fastnn.optim")
+    losses = pytest.importorskip("fastnn.losses")
+    import numpy as np
+    from fastnn import layers
+    from fastnn.model import Sequential
+    model = Sequential([layers.Dense(4, 2)], seed=0)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((32, 4)).astype(np.float32)
+    y = np.arange(32) % 2
+    model.fit(x, y, epochs=2, batch_size=8, loss=losses.SoftmaxCrossEntropy(),
+              optimizer=optim.SGD(model, lr=0.1), validation_data=(x, y), verbose=0,
+              callbacks=[callbacks.TensorBoard(tmp_path),
+                         callbacks.CSVLogger(tmp_path / "log.csv")])
+    from_csv = plot.read_history(tmp_path)
+    (tmp_path / "log.csv").unlink()
+    (tmp_path / "log.json").unlink()
+    from_events = plot.read_history(tmp_path)
+    for k in ("loss", "accuracy", "val_loss", "val_accuracy"):
+        np.testing.assert_allclose(from_events[k], from_csv[k], rtol=1e-6)
+    pytest.importorskip("matplotlib")
+    png_size(plot.plot_curves(tmp_path, tmp_path / "c.png"))
