@@ -195,7 +195,8 @@ LOSS_CLASSES = {cls.__name__: cls for cls in (SoftmaxCrossEntropy, MeanSquaredEr
                                               BinaryCrossEntropyWithLogits)}
 _ALIASES = {"softmax_cross_entropy": "SoftmaxCrossEntropy", "cross_entropy": "SoftmaxCrossEntropy",
             "sce": "SoftmaxCrossEntropy", "mse": "MeanSquaredError",
-            "bce": "BinaryCrossEntropyWithLogits", "bce_with_logits": "BinaryCrossEntropyWithLogits"}
+            "bce": "BinaryCrossEntropyWithLogits",
+            "bce_with_logits": "BinaryCrossEntropyWithLogits"}
 
 
 def loss_from_config(cfg):

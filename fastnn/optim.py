@@ -460,8 +460,9 @@ class LinearWarmup(LRSchedule):
 class OneCycle(LRSchedule):
     """The one-cycle policy (Smith & Topin), as PyTorch's OneCycleLR with cosine annealing:
 
-        phase 1, t in [0, p T - 1]:     lr rises  max_lr / div_factor  ->  max_lr
-        phase 2, t in [p T - 1, T - 1]: lr falls  max_lr  ->  max_lr / (div_factor * final_div_factor)
+        initial = max_lr / div_factor
+        phase 1, t in [0, p T - 1]:     lr rises  initial  ->  max_lr
+        phase 2, t in [p T - 1, T - 1]: lr falls  max_lr   ->  initial / final_div_factor
 
     each by ``cos_anneal(a, b, f) = b + (a - b) (1 + cos(pi f)) / 2`` where f
     is the fraction of the phase done; p = pct_start, T = total_steps.  Stays

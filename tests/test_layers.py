@@ -205,7 +205,8 @@ def test_loss_bad_calls():
 
 def test_loss_configs_and_dtypes():
     from fastnn import losses
-    for name, cls in (("mse", losses.MeanSquaredError), ("cross_entropy", losses.SoftmaxCrossEntropy),
+    for name, cls in (("mse", losses.MeanSquaredError),
+                      ("cross_entropy", losses.SoftmaxCrossEntropy),
                       ("bce", losses.BinaryCrossEntropyWithLogits)):
         f = losses.get_loss(name)
         assert type(f) is cls

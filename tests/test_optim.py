@@ -7,7 +7,6 @@ import math
 import numpy as np
 import pytest
 
-import fastnn
 from fastnn import kernels, optim
 from fastnn.layers import Dense
 from fastnn.model import Sequential
@@ -211,7 +210,8 @@ def test_schedules_match_torch():
         return out
 
     cases = [
-        (lambda o: optim.StepDecay(o, 3, 0.5), lambda o: torch.optim.lr_scheduler.StepLR(o, 3, 0.5), 9),
+        (lambda o: optim.StepDecay(o, 3, 0.5),
+         lambda o: torch.optim.lr_scheduler.StepLR(o, 3, 0.5), 9),
         (lambda o: optim.CosineDecay(o, 8, 0.01),
          lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, 8, eta_min=0.01), 8),
         (lambda o: optim.OneCycle(o, 0.7, 20, pct_start=0.25),
