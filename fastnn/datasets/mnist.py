@@ -28,7 +28,6 @@ import hashlib
 import os
 import tempfile
 import threading
-import urllib.request
 import zlib
 
 import numpy as np
@@ -138,6 +137,7 @@ def _decode_checked(name, path):
 
 def _fetch(url, timeout):
     """Bytes at ``url`` (at most _MAX_DOWNLOAD).  Tests replace this function."""
+    import urllib.request           # only when downloading: keeps import cheap
     with urllib.request.urlopen(url, timeout=timeout) as resp:
         data = resp.read(_MAX_DOWNLOAD + 1)
     if len(data) > _MAX_DOWNLOAD:
