@@ -178,10 +178,7 @@ class Sequential:
         self.training = True
         self._check_chain()
         if seed is not None:
-            from .initializers import as_rng
-            rng = as_rng(seed)
-            for layer in layers:
-                layer.reset_parameters(rng)
+            self.reset_parameters(seed)
         self._allocate_flat()
         self._fwd_ws = [None] * len(layers)
         self._bwd_ws = [None] * len(layers)
@@ -232,6 +229,14 @@ class Sequential:
     def count_params(self):
         """Total number of scalar parameters (= ``flat_params.size``)."""
         return int(self.flat_params.size)
+
+    def reset_parameters(self, seed=None):
+        """Re-draw every layer's parameters (in place, in the flat buffer) from one
+        generator seeded with ``seed``, in layer order."""
+        from .initializers import as_rng
+        rng = as_rng(seed)
+        for layer in self.layers:
+            layer.reset_parameters(rng)
 
     def zero_grad(self):
         """Set every gradient to zero: one fill of ``flat_grads``."""
@@ -312,7 +317,8 @@ class Sequential:
         self._last_out_shape = x.shape
         return x
 
-    __call__ = forward
+    def __call__(self, x):
+        return self.forward(x)
 
     def backward(self, dout, *, input_grad=True):
         """Back-propagate dL/d(output); gradients ACCUMULATE into every ``.grad``.

@@ -42,6 +42,10 @@ def test_flat_buffers_alias_every_parameter():
     with pytest.raises(ShapeError, match="must have shape"):
         p.data = np.ones((2, 2))
     assert dict(m.named_parameters())["3.weight"] is m[3].weight
+    # re-initialising writes into the flat buffer too, reproducibly
+    m.reset_parameters(5)
+    assert np.shares_memory(m[0].weight.data, m.flat_params)
+    np.testing.assert_array_equal(m.flat_params, mlp(seed=5).flat_params)
 
 
 def test_backward_accumulates_and_zero_grad_is_one_fill(monkeypatch):
