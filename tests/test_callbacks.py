@@ -211,8 +211,8 @@ def test_early_stopping_rules():
     # accuracy-like metrics maximise in auto mode
     es = cbs.EarlyStopping("val_accuracy", patience=1)
     assert es.mode == "max"
-    assert _drive(es, [0.5, 0.6, 0.55, 0.58], monitor="val_accuracy") == 4
-    assert es.stopped_epoch == 4 and es.best == 0.6
+    assert _drive(es, [0.5, 0.6, 0.55, 0.58], monitor="val_accuracy") == 3
+    assert es.stopped_epoch == 3 and es.best == 0.6
 
 
 def test_early_stopping_in_fit_restores_best(data):
