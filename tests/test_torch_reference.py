@@ -2,8 +2,9 @@
 
 The committed fixture tests/fixtures/mlp_torch.npz (bench/make_torch_fixture.py)
 holds torch's loss, every gradient, dL/dx and the weights after 3 steps of
-five optimizer settings; these tests need no torch.  ``test_live_torch``
-recomputes the fixture with the installed torch when it imports.
+five optimizer settings; these tests need no torch.  Every test runs a
+second time against torch itself when it imports (the ``ref`` fixture's
+"live" parameter), and ``test_fixture_is_current`` checks the file.
 
 Tolerances: float64 agrees to rtol 1e-10 (same formulas, different summation
 order); float32 runs against the float64 reference to rtol 2e-4, atol 1e-5.
@@ -30,8 +31,22 @@ OPT_SETTINGS = {
 TOL = {np.float64: dict(rtol=1e-10, atol=1e-12), np.float32: dict(rtol=2e-4, atol=1e-5)}
 
 
-@pytest.fixture(scope="module")
-def ref():
+def _live_reference():
+    pytest.importorskip("torch")
+    import sys
+    sys.path.insert(0, os.path.join(HERE, "..", "bench"))
+    try:
+        import make_torch_fixture as mk
+    finally:
+        sys.path.pop(0)
+    return mk.torch_reference()
+
+
+@pytest.fixture(scope="module", params=["fixture", "live"])
+def ref(request):
+    """The committed fixture, then the same numbers from the installed torch (if any)."""
+    if request.param == "live":
+        return _live_reference()
     with np.load(FIXTURE, allow_pickle=False) as f:
         return {k: f[k] for k in f.files}
 
@@ -99,14 +114,9 @@ def test_optimizer_float32(ref):
     np.testing.assert_allclose(model.flat_params, ref["adam_params"][-1], rtol=1e-3, atol=1e-4)
 
 
-def test_live_torch(ref):
-    pytest.importorskip("torch")
-    import sys
-    sys.path.insert(0, os.path.join(HERE, "..", "bench"))
-    try:
-        import make_torch_fixture as mk
-    finally:
-        sys.path.pop(0)
-    live = mk.torch_reference()
-    for k, v in live.items():
-        np.testing.assert_allclose(v, ref[k], rtol=1e-12, atol=1e-14, err_msg=k)
+def test_fixture_is_current():
+    """The committed file still matches what the script computes with this torch."""
+    live = _live_reference()
+    with np.load(FIXTURE, allow_pickle=False) as f:
+        for k, v in live.items():
+            np.testing.assert_allclose(v, f[k], rtol=1e-9, atol=1e-12, err_msg=k)
