@@ -328,8 +328,11 @@ def http_mirror(tmp_path):
     (root / "good").mkdir(parents=True)
     for name in mnist.FILES:
         shutil.copy(os.path.join(MNIST_DIR, name + ".gz"), root / "good")
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
-    handler.log_message = lambda *a, **k: None
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    handler = functools.partial(Quiet, directory=str(root))
     srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     th = threading.Thread(target=srv.serve_forever, daemon=True)
     th.start()
