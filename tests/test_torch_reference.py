@@ -120,3 +120,32 @@ def test_fixture_is_current():
     with np.load(FIXTURE, allow_pickle=False) as f:
         for k, v in live.items():
             np.testing.assert_allclose(v, f[k], rtol=1e-9, atol=1e-12, err_msg=k)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_scalar_path_and_thread_counts_agree(dtype):
+    """The same training steps on the scalar fallback (SIMD level 0) and with
+    1 or 2 threads: each matches the PyTorch fixture, and 1 vs 2 threads agree."""
+    from fastnn import kernels
+    with np.load(FIXTURE, allow_pickle=False) as f:
+        ref = {k: f[k] for k in f.files}
+    results = {}
+    old = kernels.simd_level()
+    try:
+        for level in (0, 1):
+            kernels.set_simd_level(level)
+            for nthreads in (1, 2):
+                with fastnn.threads(nthreads):
+                    model = build(ref, dtype)
+                    opt = optim.Adam(model, lr=0.01)
+                    for _ in range(3):
+                        forward_backward(model, ref["x"].astype(dtype), ref["y"])
+                        opt.step()
+                results[level, nthreads] = model.flat_params.copy()
+    finally:
+        kernels.set_simd_level(1 if old is None else old)
+    tol = dict(rtol=1e-9, atol=1e-12) if dtype == np.float64 else dict(rtol=1e-3, atol=1e-4)
+    for key, params in results.items():
+        np.testing.assert_allclose(params, ref["adam_params"][-1], **tol, err_msg=str(key))
+    for level in (0, 1):
+        np.testing.assert_array_equal(results[level, 1], results[level, 2])
