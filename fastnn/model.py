@@ -313,7 +313,12 @@ class Sequential:
             y = layer.forward(x, out=out)
             if i != last and y is not out and y is not x and y.base is None:
                 self._fwd_ws[i] = y          # a fresh array the layer owns: reuse next time
-            x = y
+            x_in, x = x, y
+        if x is x_in or not x.flags.owndata:
+            # The last layer passed its input through (or a view of it), e.g. a
+            # trailing Dropout in eval mode: copy so that the result is never a
+            # workspace the next call overwrites, nor the caller's own array.
+            x = x.copy()
         self._last_out_shape = x.shape
         return x
 

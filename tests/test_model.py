@@ -139,6 +139,15 @@ def test_outputs_are_fresh_but_workspaces_reused():
     assert m._fwd_ws[0] is ws
 
 
+def test_trailing_passthrough_layer_output_is_fresh():
+    m = Sequential([L.Dense(4, 3), L.Dense(3, 2), L.Dropout(0.5)]).eval()
+    x = np.ones((2, 4), np.float32)
+    a = m(x)
+    keep = a.copy()
+    m(2 * x)
+    np.testing.assert_array_equal(a, keep)
+
+
 def test_train_eval_dropout():
     m = mlp()
     x = np.ones((4, 8), np.float32)
