@@ -257,13 +257,19 @@ class Dense(Layer):
                 "use_bias": self.use_bias, "init": self.init, "dtype": self.dtype.name}
 
 
+_GEMM_EX = []          # [fn or None] once looked up
+
+
 def _gemm_ex():
-    """The C engine's full-epilogue entry point (accumulate, mask), or None."""
-    try:
-        from ._ext import matmul_c
-    except ImportError:
-        return None
-    return getattr(matmul_c, "gemm_ex", None)
+    """The C engine's full-epilogue entry point (accumulate, mask), or None when
+    the extension is not built (then numpy-side fallbacks run)."""
+    if not _GEMM_EX:
+        try:
+            from ._ext import matmul_c
+            _GEMM_EX.append(getattr(matmul_c, "gemm_ex", None))
+        except ImportError:
+            _GEMM_EX.append(None)
+    return _GEMM_EX[0]
 
 
 def _gemm_accumulate(layer, x, dz):

@@ -159,9 +159,15 @@ def test_loss_values_closed_form():
     assert losses.BinaryCrossEntropyWithLogits()(zz, tt) == pytest.approx(ref, rel=1e-12)
 
 
-def test_whole_model_gradient_with_fused_relu_mask():
-    """Dense(relu) -> Dense(tanh) -> Dense with dropout off: the Sequential's
-    backward (which fuses the ReLU mask into the next GEMM) vs finite differences."""
+@pytest.mark.parametrize("engine", ["gemm_ex", "fallback"])
+def test_whole_model_gradient_with_fused_relu_mask(engine, monkeypatch):
+    """Dense(relu) -> Dense(tanh) -> Dense: the Sequential's backward (which fuses
+    the ReLU mask into the next GEMM and accumulates dW in the GEMM epilogue) vs
+    finite differences; "fallback" is the path without the C engine's gemm_ex."""
+    if engine == "fallback":
+        monkeypatch.setattr(L, "_GEMM_EX", [None])
+    elif L._gemm_ex() is None:
+        pytest.skip("the C matmul engine is not built")
     rng = np.random.default_rng(8)
     model = fastnn.Sequential([L.Dense(6, 5, activation="relu", dtype=np.float64),
                                L.Dense(5, 4, activation="tanh", dtype=np.float64),
