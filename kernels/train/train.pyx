@@ -24,6 +24,7 @@ cdef extern from "trainer.h" nogil:
         int nesterov
         float beta1, beta2, eps
         int64_t step
+        const float *lrs
     ctypedef struct fnn_trainer:
         pass
     fnn_trainer *fnn_trainer_new(int nlayers, const int *dims, const int *relu,
@@ -90,9 +91,10 @@ cdef class Trainer:
             cnp.ndarray y, cnp.ndarray idx, str kind, float lr, float weight_decay=0.0,
             float momentum=0.0, float dampening=0.0, bint nesterov=False,
             float beta1=0.9, float beta2=0.999, float eps=1e-8, int64_t step=0,
-            int nthreads=1):
-        """Train on the rows idx (int64) of x; see trainer.h.  Returns
-        (loss_sum, correct, steps)."""
+            int nthreads=1, lrs=None):
+        """Train on the rows idx (int64) of x; see trainer.h.  ``lrs``: None or
+        a float32 array with one learning rate per step (replaces ``lr``).
+        Returns (loss_sum, correct, steps)."""
         cdef float *pW[64]
         cdef float *pb[64]
         cdef float *ps1W[64]
@@ -118,6 +120,7 @@ cdef class Trainer:
         opt.beta2 = beta2
         opt.eps = eps
         opt.step = step
+        opt.lrs = <const float *> _fptr(lrs)
         cdef double loss_sum = 0.0
         cdef int64_t correct = 0, steps = 0
         cdef const void *px = cnp.PyArray_DATA(x)

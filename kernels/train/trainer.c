@@ -20,6 +20,7 @@
 #include "cpu.h"
 
 #include <math.h>
+#include <sched.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -69,11 +70,6 @@ static void *zalloc(size_t nfloat)
     return p;
 }
 
-static void split_range(ptrdiff_t n, int t, int nt, ptrdiff_t *lo, ptrdiff_t *hi)
-{
-    *lo = n * t / nt;
-    *hi = n * (t + 1) / nt;
-}
 
 /* --------------------------------------------------------- microkernels */
 
@@ -261,62 +257,61 @@ void epilogue(const tile_ep *e, ptrdiff_t i0, ptrdiff_t j0, int mr, float *T)
     }
 }
 
-/* The team's share of C = epilogue(A @ B): tiles of 6 rows x 16 columns,
- * numbered column-panel-major and split in contiguous ranges, so a thread
- * reuses one B panel across consecutive tiles. */
-#define TEAM_GEMM_BODY(MK)                                                          \
-    ptrdiff_t ntm = (M + MR - 1) / MR, ntn = (N + NR - 1) / NR, lo, hi;             \
+/* One task of C = epilogue(A @ B): row tiles [ip_lo, ip_hi) of column panel
+ * jp (consecutive tiles reuse the B panel from cache). */
+#define GEMM_TILES_BODY(MK)                                                         \
     float T[MR * NR] __attribute__((aligned(64)));                                  \
-    split_range(ntm * ntn, tid, nt, &lo, &hi);                                      \
-    for (ptrdiff_t t = lo; t < hi; t++) {                                           \
-        ptrdiff_t jp = t / ntm, ip = t % ntm;                                       \
-        ptrdiff_t i0 = ip * MR, j0 = jp * NR;                                       \
+    ptrdiff_t ntm = (M + MR - 1) / MR, j0 = jp * NR;                                \
+    if (ip_hi > ntm) ip_hi = ntm;                                                   \
+    for (ptrdiff_t ip = ip_lo; ip < ip_hi; ip++) {                                  \
+        ptrdiff_t i0 = ip * MR;                                                     \
         int mr = M - i0 < MR ? (int)(M - i0) : MR;                                  \
         MK(K, A + i0 * rsa, rsa, csa, B + j0, ldb, T);                              \
         epilogue(e, i0, j0, mr, T);                                                 \
     }
 
-static void team_gemm_scalar(int tid, int nt, ptrdiff_t M, ptrdiff_t N, ptrdiff_t K,
-                             const float *A, ptrdiff_t rsa, ptrdiff_t csa,
-                             const float *B, ptrdiff_t ldb, const tile_ep *e)
+static void gemm_tiles_scalar(ptrdiff_t M, ptrdiff_t K, const float *A, ptrdiff_t rsa,
+                              ptrdiff_t csa, const float *B, ptrdiff_t ldb, const tile_ep *e,
+                              ptrdiff_t jp, ptrdiff_t ip_lo, ptrdiff_t ip_hi)
 {
-    TEAM_GEMM_BODY(mk_scalar)
+    GEMM_TILES_BODY(mk_scalar)
 }
 
 #if FNN_X86
 FNN_TARGET_AVX2
-static void team_gemm_avx2(int tid, int nt, ptrdiff_t M, ptrdiff_t N, ptrdiff_t K,
-                           const float *A, ptrdiff_t rsa, ptrdiff_t csa,
-                           const float *B, ptrdiff_t ldb, const tile_ep *e)
+static void gemm_tiles_avx2(ptrdiff_t M, ptrdiff_t K, const float *A, ptrdiff_t rsa,
+                            ptrdiff_t csa, const float *B, ptrdiff_t ldb, const tile_ep *e,
+                            ptrdiff_t jp, ptrdiff_t ip_lo, ptrdiff_t ip_hi)
 {
-    TEAM_GEMM_BODY(mk_avx2)
+    GEMM_TILES_BODY(mk_avx2)
 }
 #endif
 
-static void team_gemm(int avx2, int tid, int nt, ptrdiff_t M, ptrdiff_t N, ptrdiff_t K,
-                      const float *A, ptrdiff_t rsa, ptrdiff_t csa,
-                      const float *B, ptrdiff_t ldb, const tile_ep *e)
+static void gemm_tiles(int avx2, ptrdiff_t M, ptrdiff_t K, const float *A, ptrdiff_t rsa,
+                       ptrdiff_t csa, const float *B, ptrdiff_t ldb, const tile_ep *e,
+                       ptrdiff_t jp, ptrdiff_t ip_lo, ptrdiff_t ip_hi)
 {
 #if FNN_X86
     if (avx2) {
-        team_gemm_avx2(tid, nt, M, N, K, A, rsa, csa, B, ldb, e);
+        gemm_tiles_avx2(M, K, A, rsa, csa, B, ldb, e, jp, ip_lo, ip_hi);
         return;
     }
 #endif
     (void)avx2;
-    team_gemm_scalar(tid, nt, M, N, K, A, rsa, csa, B, ldb, e);
+    gemm_tiles_scalar(M, K, A, rsa, csa, B, ldb, e, jp, ip_lo, ip_hi);
 }
 
 /* ------------------------------------------------- bias gradient + update */
 
+/* Column panels [p_lo, p_hi) of db = sum_rows g, each followed by its update. */
 static inline __attribute__((always_inline))
-void bias_body(int tid, int nt, const float *g, ptrdiff_t ldg, int rows, int N,
+void bias_body(const float *g, ptrdiff_t ldg, int rows, int N, ptrdiff_t p_lo, ptrdiff_t p_hi,
                float *bias, float *s1, float *s2, const opt_sc *o)
 {
-    ptrdiff_t np = (N + NR - 1) / NR, lo, hi;
     float acc[NR];
-    split_range(np, tid, nt, &lo, &hi);
-    for (ptrdiff_t p = lo; p < hi; p++) {
+    ptrdiff_t np = (N + NR - 1) / NR;
+    if (p_hi > np) p_hi = np;
+    for (ptrdiff_t p = p_lo; p < p_hi; p++) {
         ptrdiff_t j0 = p * NR;
         int nc = N - (int)j0 < NR ? N - (int)j0 : NR;
         for (int j = 0; j < NR; j++) acc[j] = 0.0f;
@@ -326,55 +321,49 @@ void bias_body(int tid, int nt, const float *g, ptrdiff_t ldg, int rows, int N,
     }
 }
 
-static void bias_scalar(int tid, int nt, const float *g, ptrdiff_t ldg, int rows, int N,
-                        float *bias, float *s1, float *s2, const opt_sc *o)
+static void bias_scalar(const float *g, ptrdiff_t ldg, int rows, int N, ptrdiff_t p_lo,
+                        ptrdiff_t p_hi, float *bias, float *s1, float *s2, const opt_sc *o)
 {
-    bias_body(tid, nt, g, ldg, rows, N, bias, s1, s2, o);
+    bias_body(g, ldg, rows, N, p_lo, p_hi, bias, s1, s2, o);
 }
 
 #if FNN_X86
 FNN_TARGET_AVX2
-static void bias_avx2(int tid, int nt, const float *g, ptrdiff_t ldg, int rows, int N,
-                      float *bias, float *s1, float *s2, const opt_sc *o)
+static void bias_avx2(const float *g, ptrdiff_t ldg, int rows, int N, ptrdiff_t p_lo,
+                      ptrdiff_t p_hi, float *bias, float *s1, float *s2, const opt_sc *o)
 {
-    bias_body(tid, nt, g, ldg, rows, N, bias, s1, s2, o);
+    bias_body(g, ldg, rows, N, p_lo, p_hi, bias, s1, s2, o);
 }
 #endif
 
 /* ------------------------------------------------------------- gather */
 
+/* x * (1/255) in float32, as fastnn.Sequential scales uint8 images (the same
+ * rounding, so the fused and the layer-by-layer paths see identical inputs). */
 void fnn_trainer_u8_to_f32(const uint8_t *src, float *dst, ptrdiff_t n)
 {
-    for (ptrdiff_t i = 0; i < n; i++) dst[i] = (float)src[i] / 255.0f;
+    const float r = 1.0f / 255.0f;
+    for (ptrdiff_t i = 0; i < n; i++) dst[i] = (float)src[i] * r;
 }
 
 #if FNN_X86
-/* x / 255 correctly rounded without a division: q = x * (1/255) is within an
- * ulp; one Newton correction with the exact residual x - 255 q (an FMA)
- * gives the rounded quotient (checked exhaustively against x / 255.0f for
- * all 256 values in tests/test_fused.py). */
 FNN_TARGET_AVX2
 static void u8_to_f32_avx2(const uint8_t *src, float *dst, ptrdiff_t n)
 {
-    const __m256 r = _mm256_set1_ps(1.0f / 255.0f), c = _mm256_set1_ps(255.0f);
+    const __m256 r = _mm256_set1_ps(1.0f / 255.0f);
     ptrdiff_t i = 0;
     for (; i + 8 <= n; i += 8) {
         __m128i b = _mm_loadl_epi64((const __m128i *)(src + i));
         __m256 x = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(b));
-        __m256 q = _mm256_mul_ps(x, r);
-        __m256 res = _mm256_fnmadd_ps(q, c, x);
-        q = _mm256_fmadd_ps(res, r, q);
-        _mm256_storeu_ps(dst + i, q);
+        _mm256_storeu_ps(dst + i, _mm256_mul_ps(x, r));
     }
-    for (; i < n; i++) dst[i] = (float)src[i] / 255.0f;
+    for (; i < n; i++) dst[i] = (float)src[i] * (1.0f / 255.0f);
 }
 #endif
 
-static void gather_rows(int avx2, int tid, int nt, float *a0, ptrdiff_t lda, int rows, int D,
+static void gather_rows(int avx2, float *a0, ptrdiff_t lda, ptrdiff_t lo, ptrdiff_t hi, int D,
                         const void *x, int x_u8, ptrdiff_t x_ld, const int64_t *idx)
 {
-    ptrdiff_t lo, hi;
-    split_range(rows, tid, nt, &lo, &hi);
     for (ptrdiff_t r = lo; r < hi; r++) {
         float *dst = a0 + r * lda;
         if (x_u8) {
@@ -475,11 +464,13 @@ static void copy_out(float *dst, const float *src, ptrdiff_t lds, int rows, int 
         memcpy(dst + (ptrdiff_t)r * cols, src + (ptrdiff_t)r * lds, (size_t)cols * sizeof(float));
 }
 
-static void opt_step_scalars(const fnn_train_opt *opt, int64_t t, opt_sc *o)
+static void opt_step_scalars(const fnn_train_opt *opt, int64_t s, opt_sc *o)
 {
+    const int64_t t = opt->step + s + 1;      /* Adam's t counts updates from 1 */
+    const float lr = opt->lrs ? opt->lrs[s] : opt->lr;
     memset(o, 0, sizeof(*o));
     o->kind = opt->kind;
-    o->lr = opt->lr;
+    o->lr = lr;
     o->wd = opt->weight_decay;
     o->mu = opt->momentum;
     o->damp1 = 1.0f - opt->dampening;
@@ -491,16 +482,248 @@ static void opt_step_scalars(const fnn_train_opt *opt, int64_t t, opt_sc *o)
         o->b1 = opt->beta1;
         o->b2 = opt->beta2;
         o->eps = opt->eps;
-        o->step_size = (float)((double)opt->lr / bc1);
+        o->step_size = (float)((double)lr / bc1);
         o->bc2_sqrt = (float)sqrt(bc2);
         if (opt->kind == FNN_OPT_ADAMW) {
-            o->decay = 1.0f - opt->lr * opt->weight_decay;
+            o->decay = 1.0f - lr * opt->weight_decay;
             o->wd = 0.0f;
         }
     }
 }
 
+/* -------------------------------------------------------------- scheduler
+ *
+ * A step is a fixed sequence of phases (gather, forward per layer, loss,
+ * backward per layer); each phase is a fixed list of independent tasks (runs
+ * of GEMM tiles, row chunks, bias panels).  Tasks of the whole call are
+ * numbered once (ticket = step * tasks_per_step + position) and threads take
+ * tickets from one atomic counter; a task starts when every task of the
+ * earlier phases is done (counted by a second atomic).  So there is no
+ * barrier: a thread that the OS deschedules (2 cores shared with other work)
+ * only delays the task it holds, its share of the phase is taken by the
+ * others.  Which thread runs a task never changes what the task computes:
+ * results are bitwise identical for every thread count.
+ */
+#define ROWS_PER_TASK 16
+#define FLOPS_PER_TASK 131072.0      /* ~2-4 us of work: the atomics stay < 5 % */
+#define MAX_PHASES (2 * FNN_TR_MAXL + 3)
+
+enum { PH_GATHER, PH_FWD, PH_XENT, PH_BWD };
+
+typedef struct {               /* tasks of one GEMM: column panels x chunks of row tiles */
+    int64_t per, nchunks, ntasks;
+} grid_t;
+
+typedef struct {
+    int kind, layer;
+    grid_t gx, gw;             /* FWD: gw; BWD: gx (dX, layer > 0) and gw (dW) */
+    int64_t nbias, ntasks, first;
+} phase_t;
+
+static grid_t grid_make(int64_t M, int64_t N, int64_t K)
+{
+    grid_t g;
+    int64_t ntm = (M + MR - 1) / MR, ntn = (N + NR - 1) / NR;
+    double tile = 2.0 * MR * NR * (double)(K > 0 ? K : 1);
+    g.per = (int64_t)ceil(FLOPS_PER_TASK / tile);
+    if (g.per < 1) g.per = 1;
+    if (g.per > ntm) g.per = ntm;
+    g.nchunks = (ntm + g.per - 1) / g.per;
+    g.ntasks = g.nchunks * ntn;
+    return g;
+}
+
+typedef struct {
+    int64_t *next, *done, *stop_step;   /* accessed with __atomic builtins */
+} sched_t;
+
+static inline void cpu_relax(void)
+{
+#if FNN_X86
+    _mm_pause();
+#endif
+}
+
+/* Waits until `target` tasks are done; 0 when the run stopped before step s. */
+static int wait_done(const sched_t *sc, int64_t target, int64_t s)
+{
+    unsigned spins = 0;
+    while (__atomic_load_n(sc->done, __ATOMIC_ACQUIRE) < target) {
+        if (__atomic_load_n(sc->stop_step, __ATOMIC_RELAXED) < s) return 0;
+        if (++spins < 2048) {
+            cpu_relax();
+        } else {
+            spins = 0;
+            sched_yield();          /* the thread we wait for may need this core */
+        }
+    }
+    return __atomic_load_n(sc->stop_step, __ATOMIC_ACQUIRE) >= s;
+}
+
 /* ---------------------------------------------------------------- run */
+
+typedef struct {
+    fnn_trainer *tr;
+    const void *x; int x_u8; ptrdiff_t x_ld;
+    const int64_t *y, *idx; ptrdiff_t n;
+    const fnn_train_opt *opt;
+    int avx2, fuse_xent;
+    phase_t ph[MAX_PHASES]; int nph;
+    int64_t per_step;
+    double loss_sum; int64_t correct, done_steps;
+} run_t;
+
+typedef struct {                /* what a thread knows about the step it is in */
+    int64_t s; int bs; ptrdiff_t off; float inv_b; opt_sc o;
+} step_ctx;
+
+static void run_task(run_t *R, const sched_t *sc, const phase_t *ph, int64_t t, const step_ctx *c)
+{
+    fnn_trainer *tr = R->tr;
+    const int l = ph->layer, L = tr->L, bs = c->bs;
+    tile_ep e;
+    memset(&e, 0, sizeof(e));
+    switch (ph->kind) {
+    case PH_GATHER: {
+        ptrdiff_t lo = t * ROWS_PER_TASK, hi = lo + ROWS_PER_TASK;
+        if (hi > bs) hi = bs;
+        gather_rows(R->avx2, tr->a[0], tr->ld[0], lo, hi, tr->dims[0], R->x, R->x_u8, R->x_ld,
+                    R->idx + c->off);
+        for (ptrdiff_t r = lo; r < hi; r++) tr->rowy[r] = R->y[c->off + r];
+        break;
+    }
+    case PH_FWD:
+        e.N = tr->dims[l + 1];
+        e.bias = tr->has_bias[l] ? tr->b[l] : NULL;
+        if (l == L - 1 && R->fuse_xent) {
+            e.kind = EP_XENT;
+            e.C = tr->g[L]; e.ldc = tr->ld[L];
+            e.y = tr->rowy; e.inv_b = c->inv_b;
+            e.rowloss = tr->rowloss; e.rowok = tr->rowok;
+        } else {
+            e.kind = EP_FWD;
+            e.C = tr->a[l + 1]; e.ldc = tr->ld[l + 1];
+            e.relu = tr->relu[l];
+        }
+        gemm_tiles(R->avx2, bs, tr->dims[l], tr->a[l], tr->ld[l], 1, tr->W[l], tr->ld[l + 1], &e,
+                   t / ph->gw.nchunks, t % ph->gw.nchunks * ph->gw.per,
+                   (t % ph->gw.nchunks + 1) * ph->gw.per);
+        break;
+    case PH_XENT: {
+        ptrdiff_t lo = t * ROWS_PER_TASK, hi = lo + ROWS_PER_TASK;
+        if (hi > bs) hi = bs;
+        for (ptrdiff_t r = lo; r < hi; r++)
+            tr->rowloss[r] = xent_row(tr->a[L] + r * tr->ld[L], tr->dims[L], tr->rowy[r],
+                                      c->inv_b, tr->g[L] + r * tr->ld[L], &tr->rowok[r]);
+        break;
+    }
+    case PH_BWD:
+        if (l == L - 1 && t == 0) {
+            /* the batch's loss, summed in row order: the same for any thread count */
+            double step_loss = 0.0;
+            for (int r = 0; r < bs; r++) {
+                step_loss += tr->rowloss[r];
+                R->correct += tr->rowok[r];
+            }
+            R->loss_sum += step_loss;
+            if (isfinite(step_loss)) R->done_steps = c->s + 1;
+            else __atomic_store_n(sc->stop_step, c->s, __ATOMIC_RELEASE);
+        }
+        if (t < ph->gx.ntasks) {
+            /* g[l] = (g[l+1] W[l]^T) * (a[l] > 0), from this step's copy of W^T */
+            e.kind = EP_DX;
+            e.C = tr->g[l]; e.ldc = tr->ld[l];
+            e.mask = tr->relu[l - 1] ? tr->a[l] : NULL; e.ldm = tr->ld[l];
+            e.N = tr->dims[l];
+            gemm_tiles(R->avx2, bs, tr->dims[l + 1], tr->g[l + 1], tr->ld[l + 1], 1,
+                       tr->WT[c->s & 1][l], tr->ld[l], &e,
+                       t / ph->gx.nchunks, t % ph->gx.nchunks * ph->gx.per,
+                       (t % ph->gx.nchunks + 1) * ph->gx.per);
+            break;
+        }
+        t -= ph->gx.ntasks;
+        if (t < ph->gw.ntasks) {
+            /* dW[l] = a[l]^T g[l+1], consumed by the update (and the next W^T copy) */
+            e.kind = EP_DW;
+            e.N = tr->dims[l + 1];
+            e.W = tr->W[l]; e.s1 = tr->s1W[l]; e.s2 = tr->s2W[l]; e.ldw = tr->ld[l + 1];
+            e.WT = l > 0 ? tr->WT[(c->s + 1) & 1][l] : NULL; e.ldwt = tr->ld[l];
+            e.o = &c->o;
+            gemm_tiles(R->avx2, tr->dims[l], bs, tr->a[l], 1, tr->ld[l], tr->g[l + 1],
+                       tr->ld[l + 1], &e, t / ph->gw.nchunks, t % ph->gw.nchunks * ph->gw.per,
+                       (t % ph->gw.nchunks + 1) * ph->gw.per);
+            break;
+        }
+        t -= ph->gw.ntasks;
+        {
+            ptrdiff_t p_lo = t * 8, p_hi = p_lo + 8;
+#if FNN_X86
+            if (R->avx2)
+                bias_avx2(tr->g[l + 1], tr->ld[l + 1], bs, tr->dims[l + 1], p_lo, p_hi,
+                          tr->b[l], tr->s1b[l], tr->s2b[l], &c->o);
+            else
+#endif
+            bias_scalar(tr->g[l + 1], tr->ld[l + 1], bs, tr->dims[l + 1], p_lo, p_hi,
+                        tr->b[l], tr->s1b[l], tr->s2b[l], &c->o);
+        }
+        break;
+    }
+}
+
+static void plan_phases(run_t *R)
+{
+    fnn_trainer *tr = R->tr;
+    const int L = tr->L, B = tr->batch;
+    const int64_t row_tasks = (B + ROWS_PER_TASK - 1) / ROWS_PER_TASK;
+    phase_t *ph = R->ph;
+    int n = 0;
+    memset(ph, 0, sizeof(R->ph));
+    ph[n].kind = PH_GATHER; ph[n].ntasks = row_tasks; n++;
+    for (int l = 0; l < L; l++) {
+        ph[n].kind = PH_FWD; ph[n].layer = l;
+        ph[n].gw = grid_make(B, tr->dims[l + 1], tr->dims[l]);
+        ph[n].ntasks = ph[n].gw.ntasks;
+        n++;
+    }
+    if (!R->fuse_xent) { ph[n].kind = PH_XENT; ph[n].ntasks = row_tasks; n++; }
+    for (int l = L - 1; l >= 0; l--) {
+        ph[n].kind = PH_BWD; ph[n].layer = l;
+        if (l > 0) ph[n].gx = grid_make(B, tr->dims[l], tr->dims[l + 1]);
+        ph[n].gw = grid_make(tr->dims[l], tr->dims[l + 1], B);
+        ph[n].nbias = tr->has_bias[l] ? ((tr->dims[l + 1] + NR - 1) / NR + 7) / 8 : 0;
+        ph[n].ntasks = ph[n].gx.ntasks + ph[n].gw.ntasks + ph[n].nbias;
+        n++;
+    }
+    int64_t first = 0;
+    for (int p = 0; p < n; p++) { ph[p].first = first; first += ph[p].ntasks; }
+    R->nph = n;
+    R->per_step = first;
+}
+
+static void worker(run_t *R, const sched_t *sc)
+{
+    const int64_t B = R->tr->batch;
+    const int64_t nsteps = (R->n + B - 1) / B, total = nsteps * R->per_step;
+    step_ctx c;
+    c.s = -1;
+    for (;;) {
+        int64_t tk = __atomic_fetch_add(sc->next, 1, __ATOMIC_RELAXED);
+        if (tk >= total) break;
+        int64_t s = tk / R->per_step, loc = tk % R->per_step;
+        int p = 0;
+        while (p + 1 < R->nph && R->ph[p + 1].first <= loc) p++;
+        if (!wait_done(sc, s * R->per_step + R->ph[p].first, s)) break;
+        if (s != c.s) {
+            c.s = s;
+            c.off = (ptrdiff_t)(s * B);
+            c.bs = (int)(R->n - c.off < B ? R->n - c.off : B);
+            c.inv_b = 1.0f / (float)c.bs;
+            opt_step_scalars(R->opt, s, &c.o);
+        }
+        run_task(R, sc, &R->ph[p], loc - R->ph[p].first, &c);
+        __atomic_fetch_add(sc->done, 1, __ATOMIC_RELEASE);
+    }
+}
 
 int64_t fnn_trainer_run(fnn_trainer *tr,
                         float *const *W, float *const *b,
@@ -511,12 +734,14 @@ int64_t fnn_trainer_run(fnn_trainer *tr,
                         const fnn_train_opt *opt, int nthreads,
                         double *loss_sum_out, int64_t *correct_out)
 {
-    const int L = tr->L, B = tr->batch;
-    const int64_t nsteps = n > 0 ? (n + B - 1) / B : 0;
-    const int avx2 = fnn_simd_level() >= FNN_SIMD_AVX2;
-    const int fuse_xent = tr->dims[L] <= NR;     /* one column panel: rows are whole */
-    double loss_sum = 0.0;
-    int64_t correct = 0;
+    const int L = tr->L;
+    run_t R;
+    memset(&R, 0, sizeof(R));
+    R.tr = tr; R.x = x; R.x_u8 = x_u8; R.x_ld = x_ld; R.y = y; R.idx = idx; R.n = n;
+    R.opt = opt;
+    R.avx2 = fnn_simd_level() >= FNN_SIMD_AVX2;
+    R.fuse_xent = tr->dims[L] <= NR;     /* one column panel: each tile holds whole rows */
+    plan_phases(&R);
 
     for (int l = 0; l < L; l++) {
         int in = tr->dims[l], out = tr->dims[l + 1];
@@ -534,107 +759,16 @@ int64_t fnn_trainer_run(fnn_trainer *tr,
                     tr->WT[0][l][(ptrdiff_t)j * tr->ld[l] + i] = W[l][(ptrdiff_t)i * out + j];
     }
     if (nthreads < 1) nthreads = 1;
-    if (nsteps < 1) goto done;
 
+    if (n > 0) {
+        int64_t next = 0, done = 0, stop_step = INT64_MAX;
+        sched_t sc = {&next, &done, &stop_step};
 #ifdef FASTNN_HAVE_OPENMP
 #pragma omp parallel num_threads(nthreads)
 #endif
-    {
-#ifdef FASTNN_HAVE_OPENMP
-        const int tid = omp_get_thread_num(), nt = omp_get_num_threads();
-#define BARRIER _Pragma("omp barrier")
-#else
-        const int tid = 0, nt = 1;
-#define BARRIER
-#endif
-        int wcur = 0;
-        opt_sc o;
-        for (int64_t s = 0; s < nsteps; s++) {
-            const ptrdiff_t off = (ptrdiff_t)(s * B);
-            const int bs = (int)(n - off < B ? n - off : B);
-            const int64_t *bidx = idx + off;
-            const float inv_b = 1.0f / (float)bs;
-            opt_step_scalars(opt, opt->step + s + 1, &o);
-
-            gather_rows(avx2, tid, nt, tr->a[0], tr->ld[0], bs, tr->dims[0], x, x_u8, x_ld, bidx);
-            {
-                ptrdiff_t lo, hi;
-                split_range(bs, tid, nt, &lo, &hi);
-                for (ptrdiff_t r = lo; r < hi; r++) tr->rowy[r] = y[bidx[r]];
-            }
-            BARRIER
-
-            for (int l = 0; l < L; l++) {
-                tile_ep e;
-                memset(&e, 0, sizeof(e));
-                e.N = tr->dims[l + 1];
-                e.bias = tr->has_bias[l] ? tr->b[l] : NULL;
-                if (l == L - 1 && fuse_xent) {
-                    e.kind = EP_XENT;
-                    e.C = tr->g[L]; e.ldc = tr->ld[L];
-                    e.y = tr->rowy; e.inv_b = inv_b;
-                    e.rowloss = tr->rowloss; e.rowok = tr->rowok;
-                } else {
-                    e.kind = EP_FWD;
-                    e.C = tr->a[l + 1]; e.ldc = tr->ld[l + 1];
-                    e.relu = tr->relu[l];
-                }
-                team_gemm(avx2, tid, nt, bs, tr->dims[l + 1], tr->dims[l],
-                          tr->a[l], tr->ld[l], 1, tr->W[l], tr->ld[l + 1], &e);
-                BARRIER
-            }
-            if (!fuse_xent) {
-                ptrdiff_t lo, hi;
-                split_range(bs, tid, nt, &lo, &hi);
-                for (ptrdiff_t r = lo; r < hi; r++)
-                    tr->rowloss[r] = xent_row(tr->a[L] + r * tr->ld[L], tr->dims[L], tr->rowy[r],
-                                              inv_b, tr->g[L] + r * tr->ld[L], &tr->rowok[r]);
-                BARRIER
-            }
-            if (tid == 0) {
-                /* fixed summation order: the same totals for any thread count */
-                for (int r = 0; r < bs; r++) {
-                    loss_sum += tr->rowloss[r];
-                    correct += tr->rowok[r];
-                }
-            }
-
-            for (int l = L - 1; l >= 0; l--) {
-                tile_ep e;
-                if (l > 0) {
-                    memset(&e, 0, sizeof(e));
-                    e.kind = EP_DX;
-                    e.C = tr->g[l]; e.ldc = tr->ld[l];
-                    e.mask = tr->relu[l - 1] ? tr->a[l] : NULL; e.ldm = tr->ld[l];
-                    e.N = tr->dims[l];
-                    team_gemm(avx2, tid, nt, bs, tr->dims[l], tr->dims[l + 1],
-                              tr->g[l + 1], tr->ld[l + 1], 1, tr->WT[wcur][l], tr->ld[l], &e);
-                }
-                memset(&e, 0, sizeof(e));
-                e.kind = EP_DW;
-                e.N = tr->dims[l + 1];
-                e.W = tr->W[l]; e.s1 = tr->s1W[l]; e.s2 = tr->s2W[l]; e.ldw = tr->ld[l + 1];
-                e.WT = l > 0 ? tr->WT[wcur ^ 1][l] : NULL; e.ldwt = tr->ld[l];
-                e.o = &o;
-                team_gemm(avx2, tid, nt, tr->dims[l], tr->dims[l + 1], bs,
-                          tr->a[l], 1, tr->ld[l], tr->g[l + 1], tr->ld[l + 1], &e);
-                if (tr->has_bias[l]) {
-#if FNN_X86
-                    if (avx2)
-                        bias_avx2(tid, nt, tr->g[l + 1], tr->ld[l + 1], bs, tr->dims[l + 1],
-                                  tr->b[l], tr->s1b[l], tr->s2b[l], &o);
-                    else
-#endif
-                    bias_scalar(tid, nt, tr->g[l + 1], tr->ld[l + 1], bs, tr->dims[l + 1],
-                                tr->b[l], tr->s1b[l], tr->s2b[l], &o);
-                }
-                BARRIER
-            }
-            wcur ^= 1;
-        }
-#undef BARRIER
+        worker(&R, &sc);
     }
-done:
+
     for (int l = 0; l < L; l++) {
         int in = tr->dims[l], out = tr->dims[l + 1];
         copy_out(W[l], tr->W[l], tr->ld[l + 1], in, out);
@@ -646,7 +780,7 @@ done:
             if (s2b[l]) memcpy(s2b[l], tr->s2b[l], (size_t)out * sizeof(float));
         }
     }
-    *loss_sum_out = loss_sum;
-    *correct_out = correct;
-    return nsteps;
+    *loss_sum_out = R.loss_sum;
+    *correct_out = R.correct;
+    return R.done_steps;
 }

@@ -4,7 +4,7 @@
  * identity, the last layer gives logits; loss = mean over the batch of the
  * softmax cross-entropy.  Per step (batch = perm[s : s + B]):
  *
- *   gather   a[0][r, :] = x[perm[s + r], :] (uint8 pixels / 255, or float copy)
+ *   gather   a[0][r, :] = x[perm[s + r], :] (uint8 pixels * float32(1/255), or float copy)
  *   forward  a[l+1] = act(a[l] W[l] + b[l])                       (bias/ReLU in the tile epilogue)
  *   loss     g[L] = (softmax(a[L]) - onehot(y)) / B,  loss_sum += -log p[y], correct += argmax == y
  *   backward g[l] = (g[l+1] W[l]^T) * (a[l] > 0)                  (mask in the tile epilogue)
@@ -42,6 +42,7 @@ typedef struct {
     float lr, weight_decay;
     float momentum, dampening; int nesterov;     /* SGD */
     float beta1, beta2, eps; int64_t step;       /* Adam: step = updates done before this call */
+    const float *lrs;        /* NULL, or one learning rate per step of the call (a schedule) */
 } fnn_train_opt;
 
 typedef struct fnn_trainer fnn_trainer;
@@ -55,8 +56,10 @@ void fnn_trainer_free(fnn_trainer *tr);
  * one partial).  W[l] (dims[l] x dims[l+1], row-major), b[l] (or NULL) and
  * the optimizer state arrays of the same shapes (s1: momentum / Adam m,
  * s2: Adam v; NULL when unused) are read at the start and written back at
- * the end.  x: n_rows x x_ld, uint8 (x_u8) or float.  y: labels in
- * [0, dims[L]).  Returns the number of steps; fills loss_sum and correct. */
+ * the end.  x: n_rows x x_ld, uint8 (x_u8) or float.  y[0:n]: the labels
+ * of the rows idx[0:n], in that order, in [0, dims[L]).  Fills loss_sum and correct; returns the number of steps
+ * whose batch loss was finite.  A non-finite batch loss ends the run after
+ * that step (the caller reports divergence at step = the returned count). */
 int64_t fnn_trainer_run(fnn_trainer *tr,
                         float *const *W, float *const *b,
                         float *const *s1W, float *const *s1b,
@@ -66,7 +69,7 @@ int64_t fnn_trainer_run(fnn_trainer *tr,
                         const fnn_train_opt *opt, int nthreads,
                         double *loss_sum, int64_t *correct);
 
-/* x / 255 rounded like the float32 division, for uint8 x (exposed for tests). */
+/* dst = src * float32(1/255), the scaling of uint8 pixels (exposed for tests). */
 void fnn_trainer_u8_to_f32(const uint8_t *src, float *dst, ptrdiff_t n);
 
 #endif

@@ -1,0 +1,204 @@
+"""Epoch time of the fused native training loop (fastnn._fused) on MNIST.
+
+For each preset and thread count: build the model (PyTorch's default init,
+seed 0), then run ``epochs`` epochs, each a fresh permutation through ONE
+``FusedPlan.run`` call (the last partial batch kept); report the median
+epoch time over the epochs after the first, the GFLOP/s across the whole
+step (forward + backward + update: 2*B*sum(in*out) for the forward and for
+dW, the same for dX of every layer but the first), the test accuracy, and,
+with --torch, PyTorch running the same recipe in the same process (same
+thread count, float32 data pre-scaled to [0, 1], i.e. its best case).
+
+    python bench/bench_train_native.py                       # softmax, mlp, mlp-keras at 1 and 2 threads
+    python bench/bench_train_native.py --preset mlp-keras --threads 2 --epochs 5 --torch
+    python bench/bench_train_native.py --speedrun            # time to 98% test accuracy
+"""
+import argparse
+import os
+import statistics
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+import fastnn                                  # noqa: E402
+from fastnn import _fused                      # noqa: E402
+from fastnn.kernels import set_simd_level      # noqa: E402
+from fastnn.layers import Dense                # noqa: E402
+from fastnn.losses import SoftmaxCrossEntropy  # noqa: E402
+from fastnn.optim import SGD, Adam             # noqa: E402
+
+PRESETS = {
+    # name: (sizes, batch, lr, momentum)
+    "softmax": ((784, 10), 100, 0.5, 0.0),
+    "mlp": ((784, 128, 10), 64, 0.05, 0.9),
+    "mlp-keras": ((784, 512, 512, 10), 128, 0.05, 0.9),
+}
+
+
+def load_mnist():
+    from fastnn.datasets import mnist
+    (xtr, ytr), (xte, yte) = mnist.load_data()
+    return xtr, ytr, xte, yte
+
+
+def build(sizes, seed):
+    layers = [Dense(sizes[i], sizes[i + 1], activation="relu" if i < len(sizes) - 2 else None,
+                    init="torch") for i in range(len(sizes) - 1)]
+    return fastnn.Sequential(layers, seed=seed)
+
+
+def step_flops(sizes, n):
+    mm = [a * b for a, b in zip(sizes[:-1], sizes[1:])]
+    return 2.0 * n * (2 * sum(mm) + sum(mm[1:]))
+
+
+def test_accuracy(model, xte, yte):
+    out = model(xte)
+    return float(np.mean(np.argmax(out, axis=1) == yte))
+
+
+def bench_fastnn(sizes, batch, lr, momentum, threads, epochs, data, seed=0):
+    xtr, ytr, xte, yte = data
+    model = build(sizes, seed)
+    opt = SGD(model, lr=lr, momentum=momentum)
+    plan = _fused.plan(model, SoftmaxCrossEntropy(), opt, batch)
+    assert plan is not None
+    rng = np.random.default_rng(seed)
+    times, last = [], None
+    with fastnn.threads(threads):
+        for _ in range(epochs):
+            perm = rng.permutation(len(xtr))
+            t0 = time.perf_counter()
+            last = plan.run(xtr, ytr, perm)
+            times.append(time.perf_counter() - t0)
+    return times, last["loss_sum"] / last["count"], test_accuracy(model, xte, yte)
+
+
+def bench_torch(sizes, batch, lr, momentum, threads, epochs, data, seed=0):
+    import torch
+    torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    xtr, ytr, xte, yte = data
+    x = torch.from_numpy(xtr.reshape(len(xtr), -1).astype(np.float32) / 255)
+    y = torch.from_numpy(ytr.astype(np.int64))
+    mods = []
+    for i in range(len(sizes) - 1):
+        mods.append(torch.nn.Linear(sizes[i], sizes[i + 1]))
+        if i < len(sizes) - 2:
+            mods.append(torch.nn.ReLU())
+    net = torch.nn.Sequential(*mods)
+    opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=momentum)
+    lossf = torch.nn.CrossEntropyLoss()
+    g = torch.Generator().manual_seed(seed)
+    times = []
+    for _ in range(epochs):
+        perm = torch.randperm(len(x), generator=g)
+        t0 = time.perf_counter()
+        for s in range(0, len(x), batch):
+            idx = perm[s:s + batch]
+            opt.zero_grad(set_to_none=True)
+            loss = lossf(net(x[idx]), y[idx])
+            loss.backward()
+            opt.step()
+        times.append(time.perf_counter() - t0)
+    with torch.no_grad():
+        xt = torch.from_numpy(xte.reshape(len(xte), -1).astype(np.float32) / 255)
+        acc = float((net(xt).argmax(1).numpy() == yte).mean())
+    return times, acc
+
+
+def med(times):
+    return statistics.median(times[1:] if len(times) > 1 else times)
+
+
+def speedrun(data, threads, seed=0, verbose=True):
+    """The speedrun recipe: 784-256-10 ReLU... see BENCHMARKS.md; times the
+    training wall time (plans, epochs, per-epoch test evaluation) until the
+    test accuracy first reaches 98%."""
+    xtr, ytr, xte, yte = data
+    sizes, batch, epochs, peak, pct = SPEEDRUN["sizes"], SPEEDRUN["batch"], SPEEDRUN["epochs"], \
+        SPEEDRUN["lr"], SPEEDRUN["pct_start"]
+    rng = np.random.default_rng(seed)
+    with fastnn.threads(threads):
+        t0 = time.perf_counter()
+        model = build(sizes, seed)
+        opt = make_speedrun_opt(model)
+        plan = _fused.plan(model, SoftmaxCrossEntropy(), opt, batch)
+        steps = -(-len(xtr) // batch)
+        lrs = onecycle(peak, epochs * steps, pct)
+        acc = 0.0
+        for ep in range(epochs):
+            perm = rng.permutation(len(xtr))
+            plan.run(xtr, ytr, perm, lrs=lrs[ep * steps:(ep + 1) * steps])
+            acc = test_accuracy(model, xte, yte)
+            if verbose:
+                print(f"  speedrun epoch {ep + 1}: test accuracy {acc:.4f} at "
+                      f"{time.perf_counter() - t0:.3f} s")
+            if acc >= 0.98:
+                break
+        return time.perf_counter() - t0, acc, ep + 1
+
+
+SPEEDRUN = {"sizes": (784, 512, 10), "batch": 128, "lr": 0.1, "momentum": 0.9, "nesterov": True,
+            "epochs": 4, "pct_start": 0.25}
+
+
+def make_speedrun_opt(model):
+    return SGD(model, lr=SPEEDRUN["lr"], momentum=SPEEDRUN["momentum"],
+               nesterov=SPEEDRUN["nesterov"])
+
+
+def onecycle(peak, total, pct_start, div=25.0, final_div=1e4):
+    """PyTorch's OneCycleLR (cosine, no momentum cycling) as one lr per step."""
+    up = max(1, int(pct_start * total) - 1)
+    lrs = np.empty(total)
+    lo, end = peak / div, peak / div / final_div
+    for t in range(total):
+        if t <= up:
+            lrs[t] = lo + (peak - lo) * (1 - np.cos(np.pi * t / up)) / 2
+        else:
+            f = (t - up) / max(1, total - 1 - up)
+            lrs[t] = end + (peak - end) * (1 + np.cos(np.pi * f)) / 2
+    return lrs.astype(np.float32)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--preset", default="softmax,mlp,mlp-keras")
+    ap.add_argument("--threads", default="1,2")
+    ap.add_argument("--epochs", type=int, default=4)
+    ap.add_argument("--torch", action="store_true", help="also time PyTorch on the same recipe")
+    ap.add_argument("--scalar", action="store_true", help="use the scalar C fallback")
+    ap.add_argument("--speedrun", action="store_true", help="time the speedrun recipe instead")
+    args = ap.parse_args()
+    if args.scalar:
+        set_simd_level(0)
+    data = load_mnist()
+    cpu = fastnn.show_config if False else None   # noqa: F841 (the CPU line is printed below)
+    from fastnn._ext import train
+    print(f"# fastnn fused trainer, SIMD {train.simd_name()}, MNIST 60000, float32")
+    threads = [int(t) for t in args.threads.split(",")]
+    if args.speedrun:
+        for t in threads:
+            wall, acc, ep = speedrun(data, t)
+            print(f"speedrun threads={t}: {wall:.3f} s to test accuracy {acc:.4f} ({ep} epochs)")
+        return
+    for name in args.preset.split(","):
+        sizes, batch, lr, mom = PRESETS[name]
+        flops = step_flops(sizes, 60000)
+        for t in threads:
+            times, loss, acc = bench_fastnn(sizes, batch, lr, mom, t, args.epochs, data)
+            m = med(times)
+            line = (f"{name:10s} threads={t}  fastnn {m:.3f} s/epoch  {flops / m / 1e9:6.1f} GFLOP/s"
+                    f"  loss {loss:.4f}  test acc {acc:.4f}")
+            if args.torch:
+                ttimes, tacc = bench_torch(sizes, batch, lr, mom, t, args.epochs, data)
+                line += f"  | torch {med(ttimes):.3f} s/epoch  test acc {tacc:.4f}"
+            print(line, flush=True)
+
+
+if __name__ == "__main__":
+    main()

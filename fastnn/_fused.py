@@ -1,0 +1,286 @@
+"""The fused native training path: a whole epoch of an MLP in one native call.
+
+For a batch of rows ``idx`` (one slice of the epoch's permutation) each step
+computes, in float32 inside one OpenMP region (kernels/train/trainer.c)::
+
+    a0 = x[idx] (uint8 * float32(1/255), or the float rows)
+    a_{l+1} = act_l(a_l @ W_l + b_l)                 act_l = ReLU or identity, logits last
+    loss = mean_r( logsumexp(z_r) - z_r[y_r] ),  g_L = (softmax(z) - onehot(y)) / B
+    g_l = (g_{l+1} @ W_l^T) * (a_l > 0),  dW_l = a_l^T g_{l+1},  db_l = sum_r g_{l+1}
+    W_l, b_l <- optimizer(W_l, b_l, dW_l, db_l)      SGD (momentum, nesterov, weight decay),
+                                                     Adam, AdamW: PyTorch's formulas
+
+with the optimizer update applied in the epilogue of the GEMM tile that
+computed each gradient (gradients are never stored).  ``reference_run`` below
+is the float64 numpy spec of exactly these steps.
+
+Used by ``fastnn.training.fit``::
+
+    plan = fastnn._fused.plan(model, loss, optimizer, batch_size)  # None: not supported
+    res = plan.run(x, y, perm, start, stop)   # steps [start, stop) of the epoch ordered by perm
+
+Supported: ``Sequential`` (float32) of an optional leading ``Flatten``, then
+``Dense`` layers with activation None or "relu" (a ``ReLU`` layer right after
+a ``Dense`` without activation is folded into it), the last one giving the
+logits; ``SoftmaxCrossEntropy(label_smoothing=0)``; ``SGD``, ``Adam`` or
+``AdamW`` created on the whole model (flat state buffers).
+
+>>> import numpy as np, fastnn
+>>> from fastnn.layers import Dense
+>>> from fastnn.losses import SoftmaxCrossEntropy
+>>> from fastnn.optim import SGD
+>>> model = fastnn.Sequential([Dense(4, 8, activation="relu"), Dense(8, 3)], seed=0)
+>>> opt = SGD(model, lr=0.1, momentum=0.9)
+>>> p = plan(model, SoftmaxCrossEntropy(), opt, batch_size=2)
+>>> x = np.random.default_rng(0).random((5, 4), dtype=np.float32)
+>>> res = p.run(x, np.array([0, 1, 2, 0, 1]), np.arange(5))
+>>> res["steps"], res["count"], opt.step_count
+(3, 5, 3)
+"""
+import math
+import numbers
+
+import numpy as np
+
+from . import _threads
+from .errors import DTypeError, ShapeError
+
+__all__ = ["plan", "FusedPlan", "reference_run"]
+
+
+def _native():
+    try:
+        from ._ext import train
+    except ImportError:
+        return None
+    return train
+
+
+def _architecture(model):
+    """[(Dense layer, relu flag), ...] when the model is a supported MLP, else None."""
+    from .layers import Dense, Flatten, ReLU
+    from .model import Sequential
+    if type(model) is not Sequential or model.dtype != np.float32:
+        return None
+    layers = list(model.layers)
+    while layers and type(layers[0]) is Flatten:
+        layers.pop(0)
+    arch = []
+    for layer in layers:
+        if type(layer) is Dense:
+            if layer.activation not in (None, "relu"):
+                return None
+            arch.append([layer, layer.activation == "relu"])
+        elif type(layer) is ReLU and arch and not arch[-1][1]:
+            arch[-1][1] = True
+        else:
+            return None
+    if not arch or arch[-1][1]:            # the last layer must give the logits
+        return None
+    if len(arch) > _native().MAX_LAYERS:
+        return None
+    return [(layer, relu) for layer, relu in arch]
+
+
+def plan(model, loss, optimizer, batch_size):
+    """A ``FusedPlan`` for (model, loss, optimizer, batch_size), or None when the
+    combination is not supported (the caller then uses the layer-by-layer path)."""
+    from .losses import SoftmaxCrossEntropy
+    from .optim import SGD, Adam, AdamW
+    if _native() is None:
+        return None
+    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) \
+            or batch_size < 1:
+        return None
+    if type(loss) is not SoftmaxCrossEntropy or loss.label_smoothing != 0.0:
+        return None
+    if type(optimizer) not in (SGD, Adam, AdamW) or getattr(optimizer, "_model", None) is not model:
+        return None
+    arch = _architecture(model)
+    if arch is None:
+        return None
+    return FusedPlan(model, optimizer, arch, int(batch_size))
+
+
+class FusedPlan:
+    """The native epoch loop for one (model, optimizer, batch size); the
+    workspace (activations, gradients, padded weight copies) is allocated once
+    here.  See the module docstring for the math."""
+
+    def __init__(self, model, optimizer, arch, batch_size):
+        self.model, self.optimizer, self.batch_size = model, optimizer, batch_size
+        self.layers = [layer for layer, _ in arch]
+        self.relu = [bool(r) for _, r in arch]
+        self.dims = [self.layers[0].in_features] + [layer.out_features for layer in self.layers]
+        self.n_classes = self.dims[-1]
+        self._trainer = _native().Trainer(self.dims, self.relu,
+                                          [layer.bias is not None for layer in self.layers],
+                                          batch_size)
+
+    def _state_views(self, name):
+        """Per-layer (W, b) views of one of the optimizer's flat state buffers."""
+        buf = self.optimizer._buffers.get(name)
+        ws, bs = [], []
+        for layer in self.layers:
+            for p, out in ((layer.weight, ws), (layer.bias, bs)):
+                if p is None or buf is None:
+                    out.append(None)
+                else:
+                    out.append(buf[p.offset:p.offset + p.size].reshape(p.shape))
+        return ws, bs
+
+    def _check_x(self, x):
+        if not isinstance(x, np.ndarray):
+            raise DTypeError(f"FusedPlan.run: x must be a numpy array, got {type(x).__name__}")
+        if x.dtype != np.uint8 and x.dtype != np.float32:
+            raise DTypeError(f"FusedPlan.run: x must be uint8 images or float32 (the model's "
+                             f"dtype), got dtype {x.dtype}")
+        if x.ndim < 2 or math.prod(x.shape[1:]) != self.dims[0]:
+            raise ShapeError(f"FusedPlan.run: x must have shape (N, {self.dims[0]}) or "
+                             f"(N, ...) with {self.dims[0]} features per row, got {x.shape}")
+        x2 = x.reshape(x.shape[0], self.dims[0]) if x.flags.c_contiguous else None
+        if x2 is None or x2.strides[1] != x2.itemsize:
+            x2 = np.ascontiguousarray(x).reshape(x.shape[0], self.dims[0])
+        return x2
+
+    def run(self, x, y, perm, start=0, stop=None, lrs=None):
+        """Train on steps [start, stop) of the epoch ordered by ``perm``: step s
+        uses the rows perm[s*B:(s+1)*B] (the last batch may be partial).
+
+        Updates the model's parameters, the optimizer's buffers and its
+        ``step_count`` in place; reads ``optimizer.lr`` now, or takes step s's
+        learning rate from ``lrs[s - start]`` (a schedule, one value per step,
+        so that a per-step schedule still runs as one native call).  Returns
+        ``{"loss_sum", "correct", "count", "steps"}``; a non-finite batch loss
+        stops the run after that step and ``steps`` counts the finite ones.
+
+        x: uint8 (N, ...) images or float32 (N, features); y: integer labels (N,)
+        in [0, classes); perm: integer row indices (any length)."""
+        x2 = self._check_x(x)
+        n = x2.shape[0]
+        y = np.asarray(y)
+        if y.ndim != 1 or y.shape[0] != n:
+            raise ShapeError(f"FusedPlan.run: y must have shape ({n},) (one label per row of x), "
+                             f"got {y.shape}")
+        if y.dtype.kind not in "iu":
+            raise DTypeError(f"FusedPlan.run: y must hold integer class labels, got dtype "
+                             f"{y.dtype}")
+        perm = np.asarray(perm)
+        if perm.ndim != 1 or perm.dtype.kind not in "iu":
+            raise DTypeError(f"FusedPlan.run: perm must be a 1-D integer array, got dtype "
+                             f"{perm.dtype} and shape {perm.shape}")
+        b = self.batch_size
+        total_steps = -(-perm.shape[0] // b)
+        stop = total_steps if stop is None else stop
+        for name, v in (("start", start), ("stop", stop)):
+            if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+                raise TypeError(f"FusedPlan.run: {name} must be an integer, got {type(v).__name__}")
+        if not 0 <= start <= stop <= total_steps:
+            raise ValueError(f"FusedPlan.run: need 0 <= start <= stop <= {total_steps} "
+                             f"(steps of batch {b} in perm), got start={start}, stop={stop}")
+        idx = np.ascontiguousarray(perm[start * b:stop * b], dtype=np.int64)
+        if idx.size and (idx.min() < 0 or idx.max() >= n):
+            raise ValueError(f"FusedPlan.run: perm holds row indices outside [0, {n}) "
+                             f"(min {idx.min()}, max {idx.max()})")
+        labels = np.ascontiguousarray(y[idx], dtype=np.int64)
+        if labels.size and (labels.min() < 0 or labels.max() >= self.n_classes):
+            raise ValueError(f"FusedPlan.run: y holds labels outside [0, {self.n_classes}) "
+                             f"(min {labels.min()}, max {labels.max()})")
+        if lrs is not None:
+            lrs = np.ascontiguousarray(lrs, dtype=np.float32)
+            if lrs.shape != (stop - start,):
+                raise ShapeError(f"FusedPlan.run: lrs must hold one learning rate per step, "
+                                 f"shape ({stop - start},), got {lrs.shape}")
+            if not (np.all(np.isfinite(lrs)) and np.all(lrs >= 0)):
+                raise ValueError("FusedPlan.run: lrs must be finite and >= 0")
+        if idx.size == 0:
+            return {"loss_sum": 0.0, "correct": 0, "count": 0, "steps": 0}
+
+        opt = self.optimizer
+        W = [layer.weight.data for layer in self.layers]
+        bias = [layer.bias.data if layer.bias is not None else None for layer in self.layers]
+        for a in W + [v for v in bias if v is not None]:
+            if not a.flags.c_contiguous or a.dtype != np.float32:    # views of flat_params
+                raise DTypeError("FusedPlan.run: parameters must be C-contiguous float32")
+        kind = type(opt).__name__.lower()
+        kw = {"weight_decay": opt.weight_decay}
+        if kind == "sgd":
+            s1W, s1b = self._state_views("velocity")
+            s2W, s2b = [None] * len(W), [None] * len(W)
+            kw.update(momentum=opt.momentum, nesterov=opt.nesterov)
+        else:
+            s1W, s1b = self._state_views("m")
+            s2W, s2b = self._state_views("v")
+            kw.update(beta1=opt.betas[0], beta2=opt.betas[1], eps=opt.eps, step=opt.step_count)
+        loss_sum, correct, steps = self._trainer.run(
+            W, bias, s1W, s1b, s2W, s2b, x2, x2.dtype == np.uint8, x2.shape[1], labels, idx,
+            kind, float(opt.lr), nthreads=_threads.get_num_threads(), lrs=lrs, **kw)
+        requested = stop - start
+        ran = steps if steps == requested else steps + 1     # the diverging step ran too
+        opt.step_count += ran
+        count = min(ran * b, idx.size)
+        return {"loss_sum": float(loss_sum), "correct": int(correct), "count": int(count),
+                "steps": int(steps)}
+
+
+def reference_run(W, b, relu, x, y, idx, batch_size, kind="sgd", lr=0.1, momentum=0.0,
+                  nesterov=False, weight_decay=0.0, beta1=0.9, beta2=0.999, eps=1e-8, step=0,
+                  state=None):
+    """The float64 numpy spec of ``FusedPlan.run``'s steps (also PyTorch's semantics).
+
+    W, b: per-layer weights (in, out) and biases (or None); relu[l]: ReLU after
+    layer l; x uint8 or float rows (N, D); y labels (N,); idx the rows in step
+    order.  ``state``: optimizer buffers (dict name -> list per parameter),
+    created as zeros when None.  Returns (W, b, state, loss_sum, correct, steps)
+    with float64 arrays."""
+    W = [np.asarray(w, np.float64).copy() for w in W]
+    b = [None if v is None else np.asarray(v, np.float64).copy() for v in b]
+    params = [p for l in range(len(W)) for p in (W[l], b[l]) if p is not None]
+    if state is None:
+        state = {"s1": [np.zeros_like(p) for p in params], "s2": [np.zeros_like(p) for p in params]}
+    loss_sum, correct, steps = 0.0, 0, 0
+    for s0 in range(0, len(idx), batch_size):
+        rows = np.asarray(idx[s0:s0 + batch_size])
+        nb = len(rows)
+        xb = np.asarray(x)[rows].reshape(nb, -1)
+        a = [xb.astype(np.float32) * np.float32(1 / 255) if xb.dtype == np.uint8
+             else xb.astype(np.float64)]
+        a[0] = a[0].astype(np.float64)
+        for l in range(len(W)):
+            z = a[-1] @ W[l] + (b[l] if b[l] is not None else 0.0)
+            a.append(np.maximum(z, 0.0) if relu[l] else z)
+        z = a[-1]
+        e = np.exp(z - z.max(axis=1, keepdims=True))
+        p = e / e.sum(axis=1, keepdims=True)
+        yb = np.asarray(y)[rows]
+        loss_sum += float(-np.log(p[np.arange(nb), yb]).sum())
+        correct += int((z.argmax(axis=1) == yb).sum())
+        g = p
+        g[np.arange(nb), yb] -= 1.0
+        g /= nb
+        grads = []
+        for l in range(len(W) - 1, -1, -1):
+            gl = [a[l].T @ g] + ([g.sum(axis=0)] if b[l] is not None else [])
+            if l > 0:
+                g = g @ W[l].T
+                if relu[l - 1]:
+                    g = g * (a[l] > 0)
+            grads = gl + grads
+        steps += 1
+        t = step + steps
+        for p_, g_, m1, m2 in zip(params, grads, state["s1"], state["s2"]):
+            if kind == "sgd":
+                g_ = g_ + weight_decay * p_
+                if momentum:
+                    m1[...] = momentum * m1 + g_
+                    g_ = g_ + momentum * m1 if nesterov else m1
+                p_ -= lr * g_
+            else:
+                if kind == "adamw":
+                    p_ *= 1.0 - lr * weight_decay
+                else:
+                    g_ = g_ + weight_decay * p_
+                m1[...] = beta1 * m1 + (1 - beta1) * g_
+                m2[...] = beta2 * m2 + (1 - beta2) * g_ * g_
+                p_ -= (lr / (1 - beta1 ** t)) * m1 / (np.sqrt(m2) / math.sqrt(1 - beta2 ** t) + eps)
+    return W, b, state, loss_sum, correct, steps
