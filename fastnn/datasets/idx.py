@@ -115,9 +115,10 @@ def _read_gzip(path, fh, hasher):
         buf += piece
     if len(buf) != nbytes:
         if len(buf) > nbytes:
+            # Stop here: decompressing the rest of a bomb just to count it is the attack.
             _fail(path, f"trailing bytes after the data: header declares shape {shape} of "
                         f"{dtype.name}, i.e. {nbytes} payload bytes, but the decompressed "
-                        f"stream holds more")
+                        f"stream holds more than {nbytes} (reading stopped there)")
         _fail(path, f"truncated: header declares shape {shape} of {dtype.name}, i.e. "
                     f"{nbytes} payload bytes, but the decompressed stream holds {len(buf)}")
     # Reading one more byte makes gzip check the CRC and length trailer and
