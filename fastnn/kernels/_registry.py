@@ -12,7 +12,7 @@ import importlib
 import sys
 import threading
 
-__all__ = ["register", "variants", "get", "describe", "set_simd_level", "simd_level",
+__all__ = ["register", "variants", "available", "get", "describe", "set_simd_level", "simd_level",
            "native_module"]
 
 _lock = threading.RLock()
@@ -60,6 +60,12 @@ def variants(family, *, available_only=True):
     if not available_only:
         return list(fam)
     return [name for name, v in fam.items() if v.load() is not None]
+
+
+def available(family, name):
+    """Whether variant ``name`` of ``family`` loads here (loads only that one)."""
+    v = _family(family).get(name)
+    return v is not None and v.load() is not None
 
 
 def get(family, name):

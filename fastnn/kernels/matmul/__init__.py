@@ -17,7 +17,7 @@ import numpy as np
 
 from ... import _threads
 from ...errors import DTypeError, ShapeError
-from .._registry import get, native_module, register, variants
+from .._registry import available, get, native_module, register
 
 __all__ = ["matmul"]
 
@@ -152,7 +152,7 @@ def _choose(a, b, out, bias, relu, nthreads):
     forced = os.environ.get(_FORCE_ENV)
     if forced:
         return forced
-    avail = [v for v in _CANDIDATES if v in variants("matmul")]
+    avail = [v for v in _CANDIDATES if available("matmul", v)]   # never loads numba
     if not avail:
         return "reference"
     m, k = a.shape
