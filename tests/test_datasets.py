@@ -370,3 +370,23 @@ def test_label_and_count_checks(isolated, monkeypatch):
     monkeypatch.setattr(mnist, "FILES", {n: hashlib.md5(b).hexdigest() for n, b in files.items()})
     with pytest.raises(DataFormatError, match="2 images but 3 labels"):
         mnist.load_data(path=str(d), download=False)
+
+
+def test_damaged_cache_copy_is_replaced_by_download(isolated, monkeypatch):
+    cache = isolated / "cache" / "fastnn" / "mnist"
+    _recompressed_copy(str(cache), raw=("t10k-labels-idx1-ubyte",))
+    p = cache / "t10k-labels-idx1-ubyte"
+    p.write_bytes(p.read_bytes()[:-1] + b"\x0a")              # last label 6 -> 10
+    payloads = _gz_payloads()
+    calls = []
+
+    def fetch(url, timeout):
+        calls.append(url)
+        return payloads[url.rsplit("/", 1)[1][:-3]]
+
+    monkeypatch.setattr(mnist, "_fetch", fetch)
+    with pytest.raises(DataFormatError, match="MD5"):
+        mnist.load_data(download=False)                       # no download: reported
+    _, (_, yt) = mnist.load_data()
+    assert calls == [mnist.MIRRORS[0] + "t10k-labels-idx1-ubyte.gz"]
+    assert yt[-1] == 6 and not p.exists() and (cache / "t10k-labels-idx1-ubyte.gz").exists()

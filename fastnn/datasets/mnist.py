@@ -12,9 +12,10 @@ in these directories, in order:
 5. the user cache, ``$XDG_CACHE_HOME/fastnn/mnist`` (default
    ``~/.cache/fastnn/mnist``);
 
-and, when ``download=True`` and a file is still missing, fetches it from the
-mirrors in ``MIRRORS`` in turn into the user cache (atomically: temporary
-file in the cache directory, fsync, ``os.replace``).
+and, when ``download=True`` and a file is still missing (or its copy in the
+user cache is damaged), fetches it from the mirrors in ``MIRRORS`` in turn
+into the user cache (atomically: temporary file in the cache directory,
+fsync, ``os.replace``).
 
 Every file is identified by the MD5 of its *decompressed* content, so a
 re-compressed copy is accepted and a damaged or different one is refused
@@ -263,7 +264,22 @@ def load_data(path=None, download=True):
             found[name] = p
     if missing:
         raise _not_found(missing, dirs, errors)
-    arrays = {name: _decode_checked(name, p) for name, p in found.items()}
+    arrays = {}
+    for name, p in found.items():
+        try:
+            arrays[name] = _decode_checked(name, p)
+        except DataFormatError:
+            # A damaged copy in our own cache is replaced; anywhere else it is
+            # the user's file, and silently ignoring it would hide the problem.
+            in_cache = os.path.dirname(os.path.realpath(p)) == os.path.realpath(_user_cache_dir())
+            if not (in_cache and download):
+                raise
+            fresh = _download(name, errors)
+            if fresh is None:
+                raise _not_found([name], dirs, errors) from None
+            if os.path.realpath(fresh) != os.path.realpath(p):
+                os.unlink(p)         # e.g. a raw damaged file beside the new .gz
+            arrays[name] = _decode_checked(name, fresh)
     out = []
     for split in ("train", "t10k"):
         x = arrays[f"{split}-images-idx3-ubyte"]
