@@ -1,0 +1,302 @@
+"""The fused native training loop (fastnn._fused, kernels/train/trainer.c)
+against its float64 numpy spec (``_fused.reference_run``) and the
+layer-by-layer path, for both SIMD levels, 1 and 2 threads, awkward shapes."""
+import numpy as np
+import pytest
+
+import fastnn
+from fastnn import _fused
+from fastnn.errors import DTypeError, ShapeError
+from fastnn.layers import Dense, Flatten, ReLU, Sigmoid
+from fastnn.losses import SoftmaxCrossEntropy
+from fastnn.optim import SGD, Adam, AdamW
+
+train = pytest.importorskip("fastnn._ext.train")
+
+
+@pytest.fixture(params=[0, 1], ids=["scalar", "avx2"])
+def simd(request):
+    from fastnn import kernels as K
+    K.set_simd_level(request.param)
+    if request.param and train.simd_level() < 1:
+        K.set_simd_level(1)
+        pytest.skip("no AVX2+FMA on this CPU")
+    yield request.param
+    K.set_simd_level(1)
+
+
+def make_model(sizes, seed=0, relu=True, bias=True, dtype=np.float32):
+    layers = [Dense(sizes[i], sizes[i + 1], use_bias=bias, init="torch", dtype=dtype,
+                    activation="relu" if relu and i < len(sizes) - 2 else None)
+              for i in range(len(sizes) - 1)]
+    return fastnn.Sequential(layers, seed=seed)
+
+
+def make_opt(model, cfg):
+    kind, kw = cfg
+    return {"sgd": SGD, "adam": Adam, "adamw": AdamW}[kind](model, **kw)
+
+
+def make_data(n, d, classes, u8, seed=1):
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 256, (n, d), dtype=np.uint8) if u8 else \
+        rng.standard_normal((n, d)).astype(np.float32)
+    return x, rng.integers(0, classes, n), rng.permutation(n)
+
+
+def snapshot(model):
+    return [(l.weight.data.copy(), None if l.bias is None else l.bias.data.copy())
+            for l in model.layers if isinstance(l, Dense)]
+
+
+def reference_kwargs(opt):
+    if isinstance(opt, SGD):
+        return dict(kind="sgd", lr=opt.lr, momentum=opt.momentum, nesterov=opt.nesterov,
+                    weight_decay=opt.weight_decay)
+    return dict(kind=type(opt).__name__.lower(), lr=opt.lr, beta1=opt.betas[0],
+                beta2=opt.betas[1], eps=opt.eps, weight_decay=opt.weight_decay)
+
+
+OPTS = [
+    ("sgd", dict(lr=0.1)),
+    ("sgd", dict(lr=0.05, momentum=0.9)),
+    ("sgd", dict(lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-3)),
+    ("adam", dict(lr=1e-2, weight_decay=1e-3)),
+    ("adamw", dict(lr=1e-2, weight_decay=0.1)),
+]
+
+# (sizes, batch, samples): primes, widths around the 16-column panel and the
+# 6-row tile, more than 16 classes (the unfused loss phase), batch 1, partial batches
+SHAPES = [
+    ((784, 10), 100, 250),
+    ((37, 29, 13, 5), 7, 50),
+    ((16, 17, 40), 6, 23),
+    ((5, 3), 1, 4),
+    ((64, 96, 64, 10), 13, 40),
+]
+
+
+@pytest.mark.parametrize("sizes,batch,n", SHAPES, ids=[str(s[0]) for s in SHAPES])
+@pytest.mark.parametrize("cfg", OPTS, ids=[f"{k}-{'-'.join(kw)}" for k, kw in OPTS])
+@pytest.mark.parametrize("u8", [True, False], ids=["uint8", "float32"])
+def test_matches_float64_reference(simd, sizes, batch, n, cfg, u8):
+    model = make_model(sizes)
+    opt = make_opt(model, cfg)
+    x, y, perm = make_data(n, sizes[0], sizes[-1], u8)
+    before = snapshot(model)
+    ref = _fused.reference_run([w for w, _ in before], [b for _, b in before],
+                               [True] * (len(sizes) - 2) + [False], x, y, perm, batch,
+                               **reference_kwargs(opt))
+    plan = _fused.plan(model, SoftmaxCrossEntropy(), opt, batch)
+    assert plan is not None
+    res = plan.run(x, y, perm)
+    steps = -(-n // batch)
+    assert res["steps"] == steps and res["count"] == n and opt.step_count == steps
+    assert res["correct"] == ref[4]
+    np.testing.assert_allclose(res["loss_sum"], ref[3], rtol=1e-5)
+    # Adam divides by sqrt(v): a weight whose gradient is ~0 moves by up to ~lr
+    # on float32 rounding alone, so its tolerance scales with lr
+    atol = 2e-6 if cfg[0] == "sgd" else 5e-3 * cfg[1]["lr"]
+    for (w, b), rw, rb in zip(snapshot(model), ref[0], ref[1]):
+        np.testing.assert_allclose(w, rw, rtol=1e-4, atol=atol)
+        np.testing.assert_allclose(b, rb, rtol=1e-4, atol=atol)
+    # the optimizer's flat state buffers were updated in place too
+    names = ["velocity"] if cfg[0] == "sgd" else ["m", "v"]
+    for name, key in zip(names, ["s1", "s2"]):
+        if name in opt._buffers:
+            flat = np.concatenate([s.ravel() for s in ref[2][key]])
+            np.testing.assert_allclose(opt._buffers[name], flat, rtol=1e-3, atol=1e-6)
+
+
+@pytest.mark.parametrize("cfg", OPTS[1:4], ids=["momentum", "nesterov", "adam"])
+def test_matches_layer_by_layer_path(cfg):
+    sizes, batch, n = (50, 32, 24, 10), 16, 70
+    x, y, perm = make_data(n, sizes[0], sizes[-1], True)
+    general, fused = make_model(sizes, seed=3), make_model(sizes, seed=3)
+    g_opt, f_opt = make_opt(general, cfg), make_opt(fused, cfg)
+    loss = SoftmaxCrossEntropy()
+    total = 0.0
+    for s in range(0, n, batch):
+        idx = perm[s:s + batch]
+        general.zero_grad()
+        total += loss(general(x[idx]), y[idx]) * len(idx)
+        general.backward(loss.backward(), input_grad=False)
+        g_opt.step()
+    res = _fused.plan(fused, SoftmaxCrossEntropy(), f_opt, batch).run(x, y, perm)
+    np.testing.assert_allclose(fused.flat_params, general.flat_params, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(res["loss_sum"], total, rtol=1e-5)
+    assert f_opt.step_count == g_opt.step_count
+
+
+def _train(threads, sizes=(30, 40, 33, 7), batch=9, n=100, cfg=OPTS[2], chunks=None):
+    model = make_model(sizes, seed=5)
+    opt = make_opt(model, cfg)
+    x, y, perm = make_data(n, sizes[0], sizes[-1], True)
+    plan = _fused.plan(model, SoftmaxCrossEntropy(), opt, batch)
+    steps = -(-n // batch)
+    bounds = chunks or [0, steps]
+    out = []
+    with fastnn.threads(threads):
+        for a, b in zip(bounds[:-1], bounds[1:]):
+            out.append(plan.run(x, y, perm, a, b))
+    return model.flat_params.copy(), opt, out
+
+
+def test_bitwise_repeatable_and_thread_independent(simd):
+    p1, _, r1 = _train(1)
+    p1b, _, r1b = _train(1)
+    p2, _, r2 = _train(2)
+    p2b, _, r2b = _train(2)
+    assert np.array_equal(p1, p1b) and r1 == r1b
+    assert np.array_equal(p2, p2b) and r2 == r2b
+    # every task computes the same numbers whichever thread runs it
+    assert np.array_equal(p1, p2) and r1 == r2
+
+
+@pytest.mark.parametrize("cfg", [OPTS[2], OPTS[4]], ids=["nesterov", "adamw"])
+def test_chunks_of_steps_equal_one_call(cfg):
+    whole, opt_a, ra = _train(2, cfg=cfg)
+    parts, opt_b, rb = _train(2, cfg=cfg, chunks=[0, 1, 5, 11, 12])
+    assert np.array_equal(whole, parts)
+    assert opt_a.step_count == opt_b.step_count == 12
+    assert sum(r["steps"] for r in rb) == 12 and sum(r["count"] for r in rb) == 100
+    np.testing.assert_allclose(sum(r["loss_sum"] for r in rb), ra[0]["loss_sum"], rtol=1e-12)
+
+
+def test_lr_per_step_equals_setting_lr_each_step():
+    sizes, batch, n = (20, 16, 4), 8, 40
+    lrs = np.array([0.1, 0.05, 0.2, 0.0, 0.01], np.float32)
+    x, y, perm = make_data(n, sizes[0], sizes[-1], False)
+    a, b = make_model(sizes, seed=2), make_model(sizes, seed=2)
+    oa, ob = SGD(a, lr=1.0, momentum=0.9), SGD(b, lr=1.0, momentum=0.9)
+    pa = _fused.plan(a, SoftmaxCrossEntropy(), oa, batch)
+    pb = _fused.plan(b, SoftmaxCrossEntropy(), ob, batch)
+    pa.run(x, y, perm, lrs=lrs)
+    for s, lr in enumerate(lrs):
+        ob.lr = float(lr)
+        pb.run(x, y, perm, s, s + 1)
+    assert np.array_equal(a.flat_params, b.flat_params)
+
+
+def test_uint8_scaling_matches_sequential():
+    src = np.arange(256, dtype=np.uint8)
+    dst = np.empty(256, np.float32)
+    train.u8_to_f32(src, dst)
+    model = make_model((256, 2))
+    assert np.array_equal(dst, model._prepare_input(src[None])[0])
+
+
+def test_image_shaped_uint8_input_and_folded_relu_layer():
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (30, 4, 5), dtype=np.uint8)
+    y = rng.integers(0, 3, 30)
+    perm = rng.permutation(30)
+    folded = fastnn.Sequential([Flatten(), Dense(20, 8, init="torch"), ReLU(),
+                                Dense(8, 3, init="torch")], seed=1)
+    fused_act = fastnn.Sequential([Dense(20, 8, activation="relu", init="torch"),
+                                   Dense(8, 3, init="torch")], seed=1)
+    assert np.array_equal(folded.flat_params, fused_act.flat_params)
+    outs = []
+    for m in (folded, fused_act):
+        opt = SGD(m, lr=0.1, momentum=0.5)
+        outs.append(_fused.plan(m, SoftmaxCrossEntropy(), opt, 7).run(x, y, perm))
+    assert outs[0] == outs[1]
+    assert np.array_equal(folded.flat_params, fused_act.flat_params)
+
+
+def test_no_bias_layers():
+    model = make_model((12, 10, 4), bias=False)
+    opt = SGD(model, lr=0.1, momentum=0.9)
+    x, y, perm = make_data(20, 12, 4, False)
+    ref = _fused.reference_run([l.weight.data for l in model.layers], [None, None],
+                               [True, False], x, y, perm, 6, kind="sgd", lr=0.1, momentum=0.9)
+    _fused.plan(model, SoftmaxCrossEntropy(), opt, 6).run(x, y, perm)
+    for layer, rw in zip(model.layers, ref[0]):
+        np.testing.assert_allclose(layer.weight.data, rw, rtol=1e-4, atol=1e-6)
+
+
+def test_divergence_stops_after_the_first_non_finite_loss():
+    model = make_model((10, 8, 3))
+    opt = SGD(model, lr=1e30)
+    x, y, perm = make_data(60, 10, 3, False)
+    x *= 1e3
+    res = _fused.plan(model, SoftmaxCrossEntropy(), opt, 5).run(x, y, perm)
+    assert res["steps"] < 12
+    assert not np.isfinite(res["loss_sum"])
+    assert opt.step_count == res["steps"] + 1
+
+
+def test_empty_range_does_nothing():
+    model = make_model((6, 3))
+    before = model.flat_params.copy()
+    opt = SGD(model, lr=0.1)
+    x, y, perm = make_data(10, 6, 3, False)
+    res = _fused.plan(model, SoftmaxCrossEntropy(), opt, 4).run(x, y, perm, 2, 2)
+    assert res == {"loss_sum": 0.0, "correct": 0, "count": 0, "steps": 0}
+    assert np.array_equal(before, model.flat_params) and opt.step_count == 0
+
+
+def test_unsupported_combinations_have_no_plan():
+    loss = SoftmaxCrossEntropy()
+    m = make_model((6, 5, 3))
+    assert _fused.plan(m, loss, SGD(m, lr=0.1), 0) is None
+    assert _fused.plan(m, SoftmaxCrossEntropy(label_smoothing=0.1), SGD(m, lr=0.1), 4) is None
+    assert _fused.plan(m, loss, SGD(m.parameters()[:2], lr=0.1), 4) is None
+    m64 = make_model((6, 5, 3), dtype=np.float64)
+    assert _fused.plan(m64, loss, SGD(m64, lr=0.1), 4) is None
+    sig = fastnn.Sequential([Dense(6, 5, activation="sigmoid"), Dense(5, 3)])
+    assert _fused.plan(sig, loss, SGD(sig, lr=0.1), 4) is None
+    last_relu = fastnn.Sequential([Dense(6, 5), Dense(5, 3, activation="relu")])
+    assert _fused.plan(last_relu, loss, SGD(last_relu, lr=0.1), 4) is None
+    sig2 = fastnn.Sequential([Dense(6, 5), Sigmoid(), Dense(5, 3)])
+    assert _fused.plan(sig2, loss, SGD(sig2, lr=0.1), 4) is None
+
+
+@pytest.fixture
+def plan_and_data():
+    model = make_model((8, 6, 3))
+    opt = SGD(model, lr=0.1)
+    x, y, perm = make_data(20, 8, 3, True)
+    return _fused.plan(model, SoftmaxCrossEntropy(), opt, 4), model, x, y, perm
+
+
+@pytest.mark.parametrize("change,exc,word", [
+    (lambda x, y, p: (x.astype(np.float64), y, p), DTypeError, "x"),
+    (lambda x, y, p: (x.astype(np.int32), y, p), DTypeError, "x"),
+    (lambda x, y, p: (x[:, :5], y, p), ShapeError, "x"),
+    (lambda x, y, p: (x, y.astype(np.float32), p), DTypeError, "y"),
+    (lambda x, y, p: (x, y[:5], p), ShapeError, "y"),
+    (lambda x, y, p: (x, np.where(y == 0, 3, y), p), ValueError, "labels"),
+    (lambda x, y, p: (x, np.where(y == 0, -1, y), p), ValueError, "labels"),
+    (lambda x, y, p: (x, y, p.astype(np.float64)), DTypeError, "perm"),
+    (lambda x, y, p: (x, y, np.where(p == 0, 20, p)), ValueError, "perm"),
+])
+def test_bad_inputs_raise_before_touching_the_model(plan_and_data, change, exc, word):
+    plan, model, x, y, perm = plan_and_data
+    before = model.flat_params.copy()
+    with pytest.raises(exc, match=word):
+        plan.run(*change(x, y, perm))
+    assert np.array_equal(before, model.flat_params)
+    assert plan.optimizer.step_count == 0
+
+
+def test_bad_step_range_and_lrs(plan_and_data):
+    plan, model, x, y, perm = plan_and_data
+    with pytest.raises(ValueError, match="start"):
+        plan.run(x, y, perm, 3, 2)
+    with pytest.raises(ValueError, match="stop"):
+        plan.run(x, y, perm, 0, 6)
+    with pytest.raises(ShapeError, match="lrs"):
+        plan.run(x, y, perm, 0, 2, lrs=[0.1])
+    with pytest.raises(ValueError, match="lrs"):
+        plan.run(x, y, perm, 0, 1, lrs=[float("nan")])
+
+
+def test_non_contiguous_inputs(plan_and_data):
+    plan, model, x, y, perm = plan_and_data
+    wide = np.zeros((20, 16), np.uint8)
+    wide[:, ::2] = x
+    xs = wide[:, ::2]
+    assert not xs.flags.c_contiguous
+    res = plan.run(xs, y, perm)
+    assert res["steps"] == 5
