@@ -119,7 +119,8 @@ def test_idx_truncated_and_trailing(tmp_path, gz):
         load_idx(p)
     assert str(p) in str(ei.value)
     p = write(tmp_path / "g", enc(data + b"xyz"))
-    with pytest.raises(DataFormatError, match=r"trailing.*96 payload bytes.*holds (99|more than 96)"):
+    trailing = r"trailing.*96 payload bytes.*holds (99|more than 96)"
+    with pytest.raises(DataFormatError, match=trailing):
         load_idx(p)
 
 
