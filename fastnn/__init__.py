@@ -42,7 +42,7 @@ _LAZY_ATTRS = {
     "load": "fastnn.serialize",
 }
 _LAZY_MODULES = ("kernels", "ops", "layers", "losses", "optim", "models", "model",
-                 "datasets", "callbacks", "serialize", "tensorboard", "cli")
+                 "datasets", "callbacks", "serialize", "tensorboard", "plot", "training", "cli")
 
 
 def __getattr__(name):
