@@ -66,6 +66,9 @@ def available_cpus():
     return max(1, n)
 
 
+_cpus_cache = None
+
+
 def _default_threads():
     env = os.environ.get("FASTNN_NUM_THREADS")
     if env:
@@ -76,7 +79,10 @@ def _default_threads():
         if n < 1:
             raise ValueError(f"FASTNN_NUM_THREADS must be a positive integer, got {env!r}")
         return n
-    return available_cpus()
+    global _cpus_cache
+    if _cpus_cache is None:      # read once: the cgroup files cost ~40 us per kernel call
+        _cpus_cache = available_cpus()
+    return _cpus_cache
 
 
 def get_num_threads():
