@@ -9,13 +9,14 @@ matmul variant (see reference.py).
 
 How it is blocked: each parallel iteration owns one MB x NB tile of ``out``
 and walks K in KB steps.  The KB x NB slice of ``b`` is copied into a
-contiguous per-thread panel (so the innermost loop is a unit-stride,
-fixed-length loop LLVM vectorises whatever b's strides are), and the tile is
-accumulated in a per-thread MB x NB scratch that stays in L1.  K is summed in
-the same order for every tile, so results do not depend on the thread count.
+contiguous panel (so the innermost loop is a unit-stride, fixed-length loop
+LLVM vectorises whatever b's strides are), and the tile is accumulated in an
+MB x NB scratch that stays in L1.  K is summed in the same order for every
+tile, so results do not depend on the thread count.
 
-No fastmath: reassociation would make results depend on the vector width and
-hide NaN/inf; the inner loop vectorises across j without it.
+fastmath is limited to ``contract`` (fused multiply-add): reassociation
+would make results depend on the vector width, and nnan/ninf would break
+NaN/inf handling.
 
 >>> import numpy as np
 >>> from fastnn.kernels.matmul.numba_impl import matmul
@@ -30,44 +31,54 @@ from numba import njit, prange
 from ... import _threads
 
 MB = 32      # tile rows
-NB = 64      # tile columns (the vectorised loop; 4 x 16 float lanes)
-KB = 256     # k block: a KB x NB panel (64 KiB f32) lives in L2, one row of it in L1
+NB = 64      # tile columns: the vectorised loop (4 x 16 f32 lanes), fixed length
+KB = 256     # k block: the KB x NB panel of b (64 KiB f32) stays in L2
+
+# fastmath: only "contract" (a*b+c -> FMA), which changes no NaN/inf
+# behaviour; reassociation stays off so the summation order is fixed.
+_FM = {"contract"}
 
 
-@njit(parallel=True, cache=True, nogil=True)
+@njit(fastmath=_FM, cache=True, nogil=True)
+def _pack_panel(b, pan, k0, j0, kb, nb):
+    # pan[k, j] = b[k0 + k, j0 + j], zero-padded to NB columns (b: any strides)
+    for k in range(kb):
+        for j in range(nb):
+            pan[k, j] = b[k0 + k, j0 + j]
+        for j in range(nb, NB):
+            pan[k, j] = 0
+
+
+@njit(fastmath=_FM, cache=True, nogil=True)
+def _tile_update(a, pan, acc, i0, k0, mb, kb):
+    # acc[i, :] += a[i0 + i, k0 + k] * pan[k, :]: a unit-stride loop of fixed
+    # length NB that LLVM vectorises (kept in its own function: inlined into
+    # the parallel body it compiled to much slower code)
+    for i in range(mb):
+        for k in range(kb):
+            aik = a[i0 + i, k0 + k]
+            for j in range(NB):
+                acc[i, j] += aik * pan[k, j]
+
+
+@njit(parallel=True, fastmath=_FM, cache=True, nogil=True)
 def _matmul_kernel(a, b, out, bias, has_bias, relu):
     M, K = a.shape
     N = b.shape[1]
     n_ti = (M + MB - 1) // MB
     n_tj = (N + NB - 1) // NB
-    nth = numba.get_num_threads()
-    # per-thread scratch, allocated once per call outside the parallel loop
-    acc_all = np.zeros((nth, MB, NB), dtype=out.dtype)
-    pan_all = np.zeros((nth, KB, NB), dtype=out.dtype)
     for t in prange(n_ti * n_tj):
-        tid = numba.get_thread_id()
-        acc = acc_all[tid]
-        pan = pan_all[tid]
+        # per-tile scratch (L1/L2 sized), one pair per tile, not per k or i
+        acc = np.zeros((MB, NB), dtype=out.dtype)
+        pan = np.empty((KB, NB), dtype=out.dtype)
         i0 = (t // n_tj) * MB
         j0 = (t % n_tj) * NB
         mb = min(MB, M - i0)
         nb = min(NB, N - j0)
-        for i in range(MB):
-            for j in range(NB):
-                acc[i, j] = 0
         for k0 in range(0, K, KB):
             kb = min(KB, K - k0)
-            # contiguous panel of b, zero-padded to NB columns
-            for k in range(kb):
-                for j in range(nb):
-                    pan[k, j] = b[k0 + k, j0 + j]
-                for j in range(nb, NB):
-                    pan[k, j] = 0
-            for i in range(mb):
-                for k in range(kb):
-                    aik = a[i0 + i, k0 + k]
-                    for j in range(NB):
-                        acc[i, j] += aik * pan[k, j]
+            _pack_panel(b, pan, k0, j0, kb, nb)
+            _tile_update(a, pan, acc, i0, k0, mb, kb)
         for i in range(mb):
             for j in range(nb):
                 v = acc[i, j]
