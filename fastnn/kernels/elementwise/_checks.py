@@ -9,6 +9,7 @@ import numbers
 import numpy as np
 
 from ...errors import DTypeError, ShapeError
+from .._registry import get, variants
 
 FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -51,6 +52,8 @@ def overlaps(a, b):
     """True when two arrays may share memory (conservative when numpy cannot tell)."""
     if a is None or b is None:
         return False
+    if not np.may_share_memory(a, b):      # cheap bounds test first: the common case
+        return False
     try:
         return bool(np.shares_memory(a, b, max_work=10_000))
     except np.exceptions.TooHardError:
@@ -81,7 +84,8 @@ def no_overlap(fn, out, out_name, inputs, *, allow_same=()):
 
 def real_scalar(value, fn, name, *, lo=None, hi=None, lo_open=False, hi_open=False):
     """A finite Python float within [lo, hi] (open ends where asked)."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+    if type(value) is not float and (isinstance(value, (bool, np.bool_))
+                                     or not isinstance(value, numbers.Real)):
         raise TypeError(f"{fn}: {name} must be a real number, got {type(value).__name__}")
     v = float(value)
     if not math.isfinite(v):
@@ -112,7 +116,6 @@ def pick(family, variant):
 
     Numba is never the default so that training never pays Numba's import and
     compile time unless asked for (``variant="numba"``)."""
-    from .._registry import get, variants
     if variant is not None:
         return get(family, variant)
     name = _default_cache.get(family)

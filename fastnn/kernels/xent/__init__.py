@@ -53,7 +53,7 @@ def _labels(labels, B, C, dtype, fn):
         if labels.shape[0] != B:
             raise ShapeError(f"{fn}: labels has {labels.shape[0]} entries but logits has "
                              f"{B} rows")
-        if B:
+        if B and (labels.min() < 0 or labels.max() >= C):
             bad = np.flatnonzero((labels < 0) | (labels >= C))
             if bad.size:
                 i = int(bad[0])
