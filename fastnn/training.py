@@ -555,10 +555,10 @@ def fit(model, x, y, *, epochs, batch_size, loss, optimizer, validation_data=Non
             logs["samples_per_s"] = totals["count"] / elapsed if elapsed > 0 else float("inf")
             history.append(epoch, logs)
             state.rng_state = rng.bit_generator.state
-            if verbose:
-                print(format_epoch_line(epoch, epochs, logs), flush=True)
             for cb in callbacks:
                 cb.on_epoch_end(epoch, dict(logs))
+            if verbose:     # after the callbacks: the line means "done, logged and saved"
+                print(format_epoch_line(epoch, epochs, logs), flush=True)
             if state.stop_training:
                 break
     finally:
