@@ -277,8 +277,9 @@ def test_evaluate_and_predict(data):
     _fit(model, x, y, epochs=1)
     out = training.predict(model, xt, batch_size=128)
     assert out.shape == (N_TEST, 10) and out.dtype == np.float32
+    # other batch sizes block the GEMMs differently: equal to float32 rounding
     np.testing.assert_allclose(out, training.predict(model, xt, batch_size=7), rtol=1e-5,
-                               atol=1e-6)
+                               atol=2e-5)
     acc = float(np.mean(out.argmax(1) == yt))
     ev = training.evaluate(model, xt, yt, batch_size=33)
     assert ev["accuracy"] == acc
