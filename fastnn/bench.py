@@ -1,0 +1,255 @@
+"""``fastnn bench kernels``: GFLOP/s of every matmul variant, side by side.
+
+    GFLOP/s = 2 M N K / t        t = median over rounds of one call's time
+
+For each thread count (1 and all) and each shape, every variant is timed in
+interleaved rounds (round r runs variant 1, 2, ... in turn), so drifting
+clocks or a busy neighbour hit all variants alike; the first call of each
+variant (Numba's compile or cache load, first-touch of buffers) is a warm-up
+and not timed, and Numba's first-call time is reported on its own line.
+Each figure is also given as a fraction of the FMA peak measured here by
+``fastnn._ext._common.fma_probe`` at the same thread count, and as a ratio to
+the ``blas`` variant (numpy's ``a @ b``) measured in the same rounds.
+
+Two pools spinning on two cores: OpenBLAS's idle workers spin for ~0.1 s
+after a call and OpenMP's for a few ms; timing one right after the other
+would measure that contention, not the kernels.  At more than one thread the
+blas block therefore runs last in each round followed by a pause, and every
+block is preceded by a short pause.
+
+>>> from fastnn.bench import bench_kernels
+>>> res = bench_kernels(threads=1, repeat=3, variants=["c", "blas"])   # doctest: +SKIP
+"""
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+
+import numpy as np
+
+from . import _threads
+from .kernels import _registry
+
+__all__ = ["bench_kernels", "MATMUL_SHAPES", "fma_peak"]
+
+# (M, K, N, layout): op(a) is (M, K), op(b) is (K, N); "T" means that operand
+# is a transposed view of a C-ordered array (as in a backward pass)
+MATMUL_SHAPES = [
+    (128, 784, 512, "NN"),     # MLP layer 1 forward, batch 128
+    (128, 512, 512, "NN"),     # hidden layer forward
+    (128, 512, 10, "NN"),      # output layer forward
+    (784, 128, 512, "TN"),     # dW = X^T dY
+    (128, 512, 784, "NT"),     # dX = dY W^T
+    (64, 784, 128, "NN"),      # small batch
+    (1024, 1024, 1024, "NN"),  # large square: how close to the FMA peak
+]
+
+# variants that may be skipped on 1024^3 when one call takes longer than this
+_SLOW_SKIP_S = 0.25
+_BLAS_QUIET_S = 0.15       # OpenBLAS workers spin ~0.1 s after a call
+_OMP_QUIET_S = 0.005       # libgomp's default spin is a few ms
+
+
+def fma_peak(nthreads, seconds=0.2):
+    """FLOP/s of the FMA probe on ``nthreads`` threads, timed for about ``seconds``."""
+    common = _registry.native_module("_common")
+    iters = 200_000
+    common.fma_probe(iters, nthreads)                    # wake the team, warm clocks
+    while True:
+        t0 = time.perf_counter()
+        flops = common.fma_probe(iters, nthreads)
+        dt = time.perf_counter() - t0
+        if dt >= seconds / 4 or iters > 10**10:
+            break
+        iters *= 4
+    best = flops / dt
+    for _ in range(2):                                    # best of three: peak, not average
+        t0 = time.perf_counter()
+        flops = common.fma_probe(iters, nthreads)
+        best = max(best, flops / (time.perf_counter() - t0))
+    return best
+
+
+def _operands(m, k, n, layout, dtype, rng):
+    a = rng.standard_normal((k, m) if layout[0] == "T" else (m, k)).astype(dtype)
+    b = rng.standard_normal((n, k) if layout[1] == "T" else (k, n)).astype(dtype)
+    return (a.T if layout[0] == "T" else a), (b.T if layout[1] == "T" else b)
+
+
+def _blas_info():
+    try:
+        from threadpoolctl import threadpool_info
+        for p in threadpool_info():
+            if p.get("user_api") == "blas":
+                return (f"{p.get('internal_api')} {p.get('version')} "
+                        f"kernel={p.get('architecture')} threading={p.get('threading_layer')}")
+    except ImportError:
+        pass
+    return "unknown (threadpoolctl missing)"
+
+
+def _header(nts, peaks, simd, numba_first):
+    from ._config import _cpu_model
+    try:
+        feats = _registry.native_module("_common").cpu_features()
+        feats = ",".join(k for k, v in feats.items() if v)
+    except ImportError:
+        feats = "?"
+    env = {k: os.environ[k] for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE",
+                                      "OMP_WAIT_POLICY", "GOMP_SPINCOUNT") if k in os.environ}
+    return {
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "machine": f"{_cpu_model()} ({platform.machine()}), {os.cpu_count()} logical CPUs, "
+                   f"{_threads.available_cpus()} available",
+        "cpu_features": feats,
+        "blas": _blas_info(),
+        "env": env,
+        "threads": nts,
+        "fma_peak_gflops": {str(nt): peaks[nt] / 1e9 for nt in nts},
+        "simd": simd,
+        "numba_first_call_s": numba_first,
+        "dtype": "float32",
+    }
+
+
+def _time_block(fn, args, calls):
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        fn(*args)
+    return (time.perf_counter() - t0) / calls
+
+
+def bench_kernels(threads=None, as_json=False, repeat=5, variants=None, file=None,
+                  shapes=None):
+    """Time every matmul variant on the MLP shapes at 1 thread and at ``threads``
+    (default: fastnn's thread count); print a table (or JSON) and return the
+    results as a dict.
+
+    ``repeat`` rounds per shape (medians are reported); ``variants`` limits
+    the variants (default: all available); ``shapes`` overrides
+    ``MATMUL_SHAPES`` (tuples (M, K, N, layout))."""
+    file = file or sys.stdout
+    from . import kernels  # noqa: F401  (registers the families)
+    names = variants or _registry.variants("matmul")
+    names = [v for v in names if v in _registry.variants("matmul")]
+    if "blas" in names:                   # blas last: its pool spins after each call
+        names = [v for v in names if v != "blas"] + ["blas"]
+    shapes = shapes or MATMUL_SHAPES
+    nmax = threads or _threads.get_num_threads()
+    nts = [1] if nmax == 1 else [1, nmax]
+    peaks = {nt: fma_peak(nt) for nt in nts}
+    simd = {}
+    for row in _registry.describe("matmul"):
+        if row["name"] in names:
+            simd[row["name"]] = row["simd"]
+    rng = np.random.default_rng(0)
+
+    numba_first = None
+    if "numba" in names:                  # compile (or load from cache) outside the timing
+        a, b = _operands(8, 8, 8, "NN", np.float32, rng)
+        t0 = time.perf_counter()
+        with _threads.threads(1):
+            _registry.get("matmul", "numba")(a, b, np.empty((8, 8), np.float32), None, False, 1)
+        numba_first = time.perf_counter() - t0
+
+    results = []
+    skipped = []
+    for nt in nts:
+        with _threads.threads(nt):
+            for (m, k, n, layout) in shapes:
+                a, b = _operands(m, k, n, layout, np.float32, rng)
+                flops = 2.0 * m * n * k
+                fns, calls, active = {}, {}, []
+                for name in names:
+                    fn = _registry.get("matmul", name)
+                    out = np.empty((m, n), np.float32)
+                    args = (a, b, out, None, False, nt)
+                    t1 = _time_block(fn, args, 1)              # warm-up, not timed
+                    if m * k * n >= 1024**3 and name in ("numba", "cython", "reference") \
+                            and t1 > _SLOW_SKIP_S:
+                        skipped.append((name, m, k, n, nt, t1))
+                        continue
+                    t1 = min(t1, _time_block(fn, args, 1))
+                    fns[name] = (fn, args)
+                    calls[name] = max(1, int(0.01 / max(t1, 1e-7)))   # ~10 ms blocks
+                    active.append(name)
+                times = {name: [] for name in active}
+                for _ in range(repeat):
+                    for name in active:
+                        if nt > 1:
+                            time.sleep(_OMP_QUIET_S)
+                        fn, args = fns[name]
+                        times[name].append(_time_block(fn, args, calls[name]))
+                        if nt > 1 and name == "blas":
+                            time.sleep(_BLAS_QUIET_S)
+                med = {name: statistics.median(ts) for name, ts in times.items()}
+                for name in active:
+                    g = flops / med[name]
+                    results.append({
+                        "variant": name, "M": m, "K": k, "N": n, "layout": layout,
+                        "threads": nt, "median_s": med[name], "gflops": g / 1e9,
+                        "frac_peak": g / peaks[nt],
+                        "vs_blas": (med["blas"] / med[name]) if "blas" in med else None,
+                        "simd": simd.get(name),
+                    })
+    info = _header(nts, peaks, simd, numba_first)
+    info["results"] = results
+    info["skipped"] = [{"variant": s[0], "M": s[1], "K": s[2], "N": s[3], "threads": s[4],
+                        "one_call_s": s[5]} for s in skipped]
+    info["geomean_vs_blas"] = {}
+    for nt in nts:
+        for name in names:
+            r = [x["vs_blas"] for x in results if x["threads"] == nt and x["variant"] == name
+                 and x["vs_blas"]]
+            if r:
+                info["geomean_vs_blas"].setdefault(str(nt), {})[name] = \
+                    math.exp(sum(math.log(v) for v in r) / len(r))
+    if as_json:
+        print(json.dumps(info, indent=2), file=file)
+    else:
+        _print_table(info, names, nts, shapes, file)
+    return info
+
+
+def _print_table(info, names, nts, shapes, file):
+    p = lambda *a: print(*a, file=file)  # noqa: E731
+    p(f"fastnn bench kernels: matmul, float32, GFLOP/s (median of rounds)   {info['date']}")
+    p(f"machine  : {info['machine']}")
+    p(f"features : {info['cpu_features']}")
+    p(f"blas     : {info['blas']}")
+    if info["env"]:
+        p(f"env      : {info['env']}")
+    p("fma peak : " + ", ".join(f"{nt} thread{'s' if nt > 1 else ''} "
+                               f"{info['fma_peak_gflops'][str(nt)]:.1f} GFLOP/s"
+                               for nt in nts) + "  (fma_probe, avx2+fma)")
+    p("variants : " + ", ".join(f"{v} [{info['simd'].get(v)}]" for v in names))
+    if info["numba_first_call_s"] is not None:
+        p(f"numba    : first call {info['numba_first_call_s']:.2f} s "
+          "(compile, or load from the cache), excluded from the timings")
+    p("cell     : GFLOP/s  % of FMA peak  ratio vs blas (numpy a @ b, same rounds)")
+    w = 22
+    for nt in nts:
+        p("")
+        p(f"threads={nt}".ljust(22) + "".join(v.rjust(w) for v in names))
+        for (m, k, n, layout) in shapes:
+            row = f"{m}x{k}x{n} {layout}".ljust(22)
+            for v in names:
+                r = next((x for x in info["results"] if x["threads"] == nt and x["variant"] == v
+                          and (x["M"], x["K"], x["N"], x["layout"]) == (m, k, n, layout)), None)
+                if r is None:
+                    cell = "skipped"
+                else:
+                    ratio = f" {r['vs_blas']:.2f}x" if r["vs_blas"] else ""
+                    cell = f"{r['gflops']:.1f} {100 * r['frac_peak']:.0f}%{ratio}"
+                row += cell.rjust(w)
+            p(row)
+        g = info["geomean_vs_blas"].get(str(nt), {})
+        if g:
+            p("geomean vs blas".ljust(22) + "".join(
+                (f"{g[v]:.2f}x" if v in g else "").rjust(w) for v in names))
+    for s in info["skipped"]:
+        p(f"skipped  : {s['variant']} on {s['M']}x{s['K']}x{s['N']} at {s['threads']} "
+          f"thread(s): one call takes {s['one_call_s']:.2f} s")
