@@ -1,0 +1,376 @@
+"""fastnn against PyTorch (and TensorFlow / JAX when installed) on the same MNIST recipes.
+
+Every engine trains the same preset (fastnn/presets.py) from the SAME initial
+weights (fastnn's seeded PyTorch-default init, copied), on the same batches
+(the same numpy permutation per epoch, last partial batch kept), with the
+same optimizer and learning-rate schedule, at the same thread count.  Each
+engine runs in its own subprocess so thread pools never interfere; all of
+them run in ONE invocation of this script, one after the other.
+
+    fastnn      `fastnn bench train --preset P --epochs E --threads T --json`
+    PyTorch     eager nn.Sequential, torch.set_num_threads(T), float32 data pre-scaled
+                to [0, 1] once (its best case), F.cross_entropy, torch.optim
+    TensorFlow  a tf.function train step (GradientTape), intra-op threads T
+    JAX         the whole epoch as one jitted lax.scan over the batches, XLA CPU threads T
+
+Reported per preset and thread count: the median epoch wall time over the
+epochs after the first, test accuracy after the last epoch, and the ratio
+(other engine's time / fastnn's: > 1 means fastnn is faster).
+
+    python bench/compare.py                                   # mlp, mlp-keras, softmax at 1,2 threads
+    python bench/compare.py --presets mlp,speedrun --threads 2 --epochs 4 --json results.json
+"""
+import argparse
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+ENGINES = ("fastnn", "torch", "tensorflow", "jax")
+
+
+# ------------------------------------------------------------------ shared recipe
+
+def _recipe(preset_name, epochs, seed):
+    """Data, initial weights (fan_in, fan_out) and biases, permutations, per-step lrs."""
+    from fastnn import presets
+    from fastnn.datasets import mnist
+    p = presets.get_preset(preset_name).replace(epochs=epochs)
+    (x, y), (xt, yt) = mnist.load_data()
+    x = x.reshape(x.shape[0], -1)
+    xt = xt.reshape(xt.shape[0], -1)
+    model = presets.build_model(p, seed=seed)
+    Ws = [layer.weight.data.copy() for layer in model.layers]
+    bs = [layer.bias.data.copy() for layer in model.layers]
+    steps = -(-x.shape[0] // p.batch_size)
+    opt = presets.build_optimizer(p, model)
+    sched = presets.build_schedule(p, opt, steps)
+    lrs = np.array([sched.lr_at(t) if sched is not None else p.lr
+                    for t in range(epochs * steps)], np.float64)
+    # fit() draws one permutation per epoch from default_rng(seed), in order
+    rng = np.random.default_rng(seed)
+    perms = [rng.permutation(x.shape[0]) for _ in range(epochs)]
+    return p, (x, y, xt, yt), Ws, bs, perms, lrs
+
+
+def _result(engine, p, threads, epochs, times, acc):
+    return {"engine": engine, "model": p.name, "threads": threads, "batch": p.batch_size,
+            "epochs": epochs, "epoch_s": statistics.median(times[1:]) if len(times) > 1
+            else times[0], "first_epoch_s": times[0], "test_acc": float(acc)}
+
+
+# ------------------------------------------------------------------ workers
+
+def worker_torch(preset, threads, epochs, seed):
+    import torch
+    import torch.nn.functional as F
+    torch.set_num_threads(threads)
+    p, (x, y, xt, yt), Ws, bs, perms, lrs = _recipe(preset, epochs, seed)
+    X = torch.from_numpy(np.multiply(x, np.float32(1 / 255), dtype=np.float32))
+    Y = torch.from_numpy(y.astype(np.int64))
+    Xt = torch.from_numpy(np.multiply(xt, np.float32(1 / 255), dtype=np.float32))
+    mods = []
+    for i, (W, b) in enumerate(zip(Ws, bs)):
+        lin = torch.nn.Linear(W.shape[0], W.shape[1])
+        with torch.no_grad():
+            lin.weight.copy_(torch.from_numpy(W.T.copy()))
+            lin.bias.copy_(torch.from_numpy(b))
+        mods.append(lin)
+        if i < len(Ws) - 1:
+            mods.append(torch.nn.ReLU())
+    net = torch.nn.Sequential(*mods)
+    if p.optimizer == "sgd":
+        opt = torch.optim.SGD(net.parameters(), lr=p.lr, momentum=p.momentum,
+                              nesterov=p.nesterov, weight_decay=p.weight_decay)
+    elif p.optimizer == "adam":
+        opt = torch.optim.Adam(net.parameters(), lr=p.lr, weight_decay=p.weight_decay)
+    else:
+        opt = torch.optim.AdamW(net.parameters(), lr=p.lr, weight_decay=p.weight_decay)
+    b = p.batch_size
+    times, t = [], 0
+    for perm in perms:
+        idx = torch.from_numpy(perm)
+        t0 = time.perf_counter()
+        for s in range(0, len(perm), b):
+            bi = idx[s:s + b]
+            for g in opt.param_groups:
+                g["lr"] = float(lrs[t])
+            out = net(X[bi])
+            loss = F.cross_entropy(out, Y[bi], label_smoothing=p.label_smoothing)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            t += 1
+        times.append(time.perf_counter() - t0)
+    with torch.no_grad():
+        acc = (net(Xt).argmax(1).numpy() == yt).mean()
+    return _result("torch", p, threads, epochs, times, acc)
+
+
+def worker_jax(preset, threads, epochs, seed):
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                               f" --xla_cpu_multi_thread_eigen={'true' if threads > 1 else 'false'}"
+                               f" intra_op_parallelism_threads={threads}")
+    import jax
+    import jax.numpy as jnp
+    p, (x, y, xt, yt), Ws, bs, perms, lrs = _recipe(preset, epochs, seed)
+    if p.optimizer != "sgd":
+        raise NotImplementedError("the JAX replay implements SGD (momentum, nesterov) only")
+    X = jnp.asarray(np.multiply(x, np.float32(1 / 255), dtype=np.float32))
+    Y = jnp.asarray(y.astype(np.int32))
+    params = [(jnp.asarray(W), jnp.asarray(b)) for W, b in zip(Ws, bs)]
+    vel = [(jnp.zeros_like(W), jnp.zeros_like(b)) for W, b in params]
+    mu, nesterov, wd, ls = p.momentum, p.nesterov, p.weight_decay, p.label_smoothing
+
+    def loss_fn(params, xb, yb):
+        a = xb
+        for i, (W, b) in enumerate(params):
+            a = a @ W + b
+            if i < len(params) - 1:
+                a = jax.nn.relu(a)
+        logp = jax.nn.log_softmax(a)
+        nll = -jnp.take_along_axis(logp, yb[:, None], axis=1)[:, 0]
+        return jnp.mean((1 - ls) * nll - ls * logp.mean(axis=1))
+
+    def sgd(params, vel, grads, lr):
+        new_p, new_v = [], []
+        for (W, b), (vW, vb), (gW, gb) in zip(params, vel, grads):
+            pair_p, pair_v = [], []
+            for w, v, g in ((W, vW, gW), (b, vb, gb)):
+                g = g + wd * w
+                v = mu * v + g
+                step = g + mu * v if nesterov else v
+                pair_p.append(w - lr * step)
+                pair_v.append(v)
+            new_p.append(tuple(pair_p))
+            new_v.append(tuple(pair_v))
+        return new_p, new_v
+
+    def step(carry, inp):
+        params, vel = carry
+        idx, lr = inp
+        grads = jax.grad(loss_fn)(params, X[idx], Y[idx])
+        return sgd(params, vel, grads, lr), None
+
+    @jax.jit
+    def full_batches(params, vel, idx, lr):
+        (params, vel), _ = jax.lax.scan(step, (params, vel), (idx, lr))
+        return params, vel
+
+    @jax.jit
+    def one_step(params, vel, idx, lr):
+        return step((params, vel), (idx, lr))[0]
+
+    b = p.batch_size
+    n_full = len(perms[0]) // b
+    times, t = [], 0
+    for perm in perms:
+        full = jnp.asarray(perm[:n_full * b].reshape(n_full, b).astype(np.int32))
+        tail = perm[n_full * b:]
+        t0 = time.perf_counter()
+        params, vel = full_batches(params, vel, full, jnp.asarray(lrs[t:t + n_full], jnp.float32))
+        t += n_full
+        if len(tail):
+            params, vel = one_step(params, vel, jnp.asarray(tail.astype(np.int32)),
+                                   jnp.float32(lrs[t]))
+            t += 1
+        jax.block_until_ready(params)
+        times.append(time.perf_counter() - t0)
+    a = jnp.asarray(np.multiply(xt, np.float32(1 / 255), dtype=np.float32))
+    for i, (W, bb) in enumerate(params):
+        a = a @ W + bb
+        if i < len(params) - 1:
+            a = jax.nn.relu(a)
+    acc = (np.asarray(a).argmax(1) == yt).mean()
+    return _result("jax", p, threads, epochs, times, acc)
+
+
+def worker_tensorflow(preset, threads, epochs, seed):
+    import tensorflow as tf
+    tf.config.threading.set_intra_op_parallelism_threads(threads)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+    p, (x, y, xt, yt), Ws, bs, perms, lrs = _recipe(preset, epochs, seed)
+    if p.optimizer != "sgd":
+        raise NotImplementedError("the TensorFlow replay implements SGD (momentum, nesterov) only")
+    X = tf.constant(np.multiply(x, np.float32(1 / 255), dtype=np.float32))
+    Y = tf.constant(y.astype(np.int32))
+    params = [tf.Variable(a) for W, b in zip(Ws, bs) for a in (W, b)]
+    vel = [tf.Variable(tf.zeros_like(v)) for v in params]
+    mu, nesterov, wd, ls = p.momentum, p.nesterov, p.weight_decay, p.label_smoothing
+    n_layers = len(Ws)
+
+    @tf.function(reduce_retracing=True)
+    def train_step(idx, lr):
+        xb, yb = tf.gather(X, idx), tf.gather(Y, idx)
+        with tf.GradientTape() as tape:
+            a = xb
+            for i in range(n_layers):
+                a = tf.matmul(a, params[2 * i]) + params[2 * i + 1]
+                if i < n_layers - 1:
+                    a = tf.nn.relu(a)
+            labels = tf.one_hot(yb, a.shape[-1]) * (1 - ls) + ls / a.shape[-1]
+            loss = tf.reduce_mean(tf.nn.softmax_cross_entropy_with_logits(labels, a))
+        grads = tape.gradient(loss, params)
+        for w, v, g in zip(params, vel, grads):
+            g = g + wd * w
+            v.assign(mu * v + g)
+            w.assign_sub(lr * (g + mu * v if nesterov else v))
+        return loss
+
+    b = p.batch_size
+    times, t = [], 0
+    for perm in perms:
+        t0 = time.perf_counter()
+        for s in range(0, len(perm), b):
+            train_step(tf.constant(perm[s:s + b].astype(np.int32)), tf.constant(lrs[t], tf.float32))
+            t += 1
+        times.append(time.perf_counter() - t0)
+    a = tf.constant(np.multiply(xt, np.float32(1 / 255), dtype=np.float32))
+    for i in range(n_layers):
+        a = tf.matmul(a, params[2 * i]) + params[2 * i + 1]
+        if i < n_layers - 1:
+            a = tf.nn.relu(a)
+    acc = (a.numpy().argmax(1) == yt).mean()
+    return _result("tensorflow", p, threads, epochs, times, acc)
+
+
+WORKERS = {"torch": worker_torch, "jax": worker_jax, "tensorflow": worker_tensorflow}
+
+
+# ------------------------------------------------------------------ driver
+
+def _available(engine):
+    if engine == "fastnn":
+        return True
+    import importlib.util
+    return importlib.util.find_spec(engine) is not None
+
+
+def _run(cmd, timeout):
+    env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
+           "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "")}
+    if not env["OMP_NUM_THREADS"]:
+        del env["OMP_NUM_THREADS"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        raise RuntimeError(proc.stderr.strip().splitlines()[-1] if proc.stderr.strip()
+                           else f"exit code {proc.returncode}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def run_engine(engine, preset, threads, epochs, seed, timeout):
+    if engine == "fastnn":
+        cmd = [sys.executable, "-m", "fastnn.cli", "bench", "train", "--preset", preset,
+               "--epochs", str(epochs), "--threads", str(threads), "--seed", str(seed), "--json"]
+    else:
+        cmd = [sys.executable, os.path.abspath(__file__), "--worker", engine, "--presets", preset,
+               "--threads", str(threads), "--epochs", str(epochs), "--seed", str(seed)]
+    return _run(cmd, timeout)
+
+
+def _table(rows, engines):
+    head = ["preset", "threads"] + [f"{e} s/epoch" for e in engines] + \
+        [f"{e} acc" for e in engines] + [f"{e}/fastnn" for e in engines if e != "fastnn"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for (preset, threads), res in rows.items():
+        cells = [preset, str(threads)]
+        cells += [f"{res[e]['epoch_s']:.3f}" if e in res else res.get(e + "_error", "n/a")[:40]
+                  for e in engines]
+        cells += [f"{res[e]['test_acc']:.4f}" if e in res else "" for e in engines]
+        for e in engines:
+            if e == "fastnn":
+                continue
+            if e in res and "fastnn" in res:
+                cells.append(f"{res[e]['epoch_s'] / res['fastnn']['epoch_s']:.2f}x")
+            else:
+                cells.append("")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _positive_ints(text):
+    try:
+        vals = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected integers like 1,2, got {text!r}") from None
+    if not vals or min(vals) < 1:
+        raise argparse.ArgumentTypeError(f"expected integers >= 1, got {text!r}")
+    return vals
+
+
+def main(argv=None):
+    from fastnn.presets import PRESETS
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--presets", default="mlp,mlp-keras,softmax",
+                    help=f"comma-separated, from {', '.join(PRESETS)}")
+    ap.add_argument("--threads", type=_positive_ints, default=[1, 2])
+    ap.add_argument("--epochs", type=int, default=3, help="epochs per run (>= 2: the first "
+                    "is reported apart, the median is over the rest)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--engines", default=",".join(ENGINES))
+    ap.add_argument("--timeout", type=float, default=1800, help="seconds per engine run")
+    ap.add_argument("--json", default=None, help="also write all results to this file")
+    ap.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    presets = [s.strip() for s in args.presets.split(",") if s.strip()]
+    for name in presets:
+        if name not in PRESETS:
+            ap.error(f"unknown preset {name!r} (choose from {', '.join(PRESETS)})")
+    if args.epochs < 1:
+        ap.error("--epochs must be >= 1")
+
+    if args.worker:                            # one engine, one preset, one thread count
+        res = WORKERS[args.worker](presets[0], args.threads[0], args.epochs, args.seed)
+        print(json.dumps(res), flush=True)
+        return 0
+
+    engines = [e.strip() for e in args.engines.split(",") if e.strip()]
+    bad = [e for e in engines if e not in ENGINES]
+    if bad:
+        ap.error(f"unknown engine(s) {bad}; choose from {', '.join(ENGINES)}")
+    present = [e for e in engines if _available(e)]
+    for e in engines:
+        if e not in present:
+            print(f"# {e}: not installed, skipped", flush=True)
+    import fastnn
+    from fastnn import _config
+    info = _config.config()
+    print(f"# cpu: {info['cpu']}; features: "
+          f"{', '.join(k for k, v in info.get('cpu_features', {}).items() if v)}; "
+          f"fastnn {fastnn.__version__}; epochs {args.epochs}, seed {args.seed}", flush=True)
+    rows, flat = {}, []
+    for preset in presets:
+        for threads in args.threads:
+            res = rows.setdefault((preset, threads), {})
+            for e in present:
+                t0 = time.perf_counter()
+                try:
+                    r = run_engine(e, preset, threads, args.epochs, args.seed, args.timeout)
+                except (RuntimeError, subprocess.TimeoutExpired, ValueError) as exc:
+                    res[e + "_error"] = f"failed: {exc}"
+                    print(f"# {e} {preset} {threads}T failed: {exc}", flush=True)
+                    continue
+                res[e] = r
+                flat.append(r)
+                print(f"# {e:<10} {preset:<9} {threads}T  epoch {r['epoch_s']:.3f}s "
+                      f"(first {r['first_epoch_s']:.3f}s)  acc {r['test_acc']:.4f}  "
+                      f"[{time.perf_counter() - t0:.0f}s]", flush=True)
+    print()
+    print(_table(rows, present))
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({"results": flat, "cpu": info["cpu"], "epochs": args.epochs}, fh, indent=1)
+    return 0 if all(not math.isnan(r["epoch_s"]) for r in flat) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
