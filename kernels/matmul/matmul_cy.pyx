@@ -27,6 +27,7 @@ cimport cython
 from cython cimport floating
 from cython.parallel cimport parallel, prange
 from libc.stdlib cimport free, malloc
+from libc.string cimport memcpy
 from fnn_common cimport fnn_simd_level
 
 include "simd_api.pxi"
@@ -50,13 +51,13 @@ cdef extern from *:
     typedef double cy_d4 __attribute__((vector_size(32), aligned(8)));
     typedef double cy_d2 __attribute__((vector_size(16), aligned(8)));
     #define CY_TILE(NAME, T, V, ATTR)                                              \
-    ATTR static void NAME(int mb, int kb, const T *restrict ap,                    \
+    ATTR static void NAME(int mb, int kb, int nbw, const T *restrict ap,           \
                           const T *restrict pan, T *restrict acc)                  \
     {                                                                              \
         enum { VN = sizeof(V) / sizeof(T) };                                       \
         int i = 0;                                                                 \
         for (; i + 4 <= mb; i += 4) {                                              \
-            for (int j0 = 0; j0 < CY_NB; j0 += 2 * VN) {                           \
+            for (int j0 = 0; j0 < nbw; j0 += 2 * VN) {                             \
                 T *o = acc + i * CY_NB + j0;                                       \
                 V c00 = *(V *)(o), c01 = *(V *)(o + VN);                           \
                 V c10 = *(V *)(o + CY_NB), c11 = *(V *)(o + CY_NB + VN);           \
@@ -79,7 +80,7 @@ cdef extern from *:
             }                                                                      \
         }                                                                          \
         for (; i < mb; i++) {                                                      \
-            for (int j0 = 0; j0 < CY_NB; j0 += VN) {                               \
+            for (int j0 = 0; j0 < nbw; j0 += VN) {                                 \
                 V c = *(V *)(acc + i * CY_NB + j0);                                \
                 const T *a = ap + i * CY_KB;                                       \
                 for (int k = 0; k < kb; k++)                                       \
@@ -102,24 +103,28 @@ cdef extern from *:
     int CY_MB
     int CY_NB
     int CY_KB
-    void cy_tile_f_plain(int mb, int kb, const float *ap, const float *pan, float *acc) nogil
-    void cy_tile_d_plain(int mb, int kb, const double *ap, const double *pan, double *acc) nogil
-    void cy_tile_f_avx2(int mb, int kb, const float *ap, const float *pan, float *acc) nogil
-    void cy_tile_d_avx2(int mb, int kb, const double *ap, const double *pan, double *acc) nogil
+    void cy_tile_f_plain(int mb, int kb, int nbw, const float *ap, const float *pan,
+                         float *acc) nogil
+    void cy_tile_d_plain(int mb, int kb, int nbw, const double *ap, const double *pan,
+                         double *acc) nogil
+    void cy_tile_f_avx2(int mb, int kb, int nbw, const float *ap, const float *pan,
+                        float *acc) nogil
+    void cy_tile_d_avx2(int mb, int kb, int nbw, const double *ap, const double *pan,
+                        double *acc) nogil
 
 
-cdef inline void _tile(int mb, int kb, floating *ap, floating *pan, floating *acc,
+cdef inline void _tile(int mb, int kb, int nbw, floating *ap, floating *pan, floating *acc,
                        int avx2) noexcept nogil:
     if floating is float:
         if avx2:
-            cy_tile_f_avx2(mb, kb, ap, pan, acc)
+            cy_tile_f_avx2(mb, kb, nbw, ap, pan, acc)
         else:
-            cy_tile_f_plain(mb, kb, ap, pan, acc)
+            cy_tile_f_plain(mb, kb, nbw, ap, pan, acc)
     else:
         if avx2:
-            cy_tile_d_avx2(mb, kb, ap, pan, acc)
+            cy_tile_d_avx2(mb, kb, nbw, ap, pan, acc)
         else:
-            cy_tile_d_plain(mb, kb, ap, pan, acc)
+            cy_tile_d_plain(mb, kb, nbw, ap, pan, acc)
 
 
 cdef int _matmul(const floating[:, :] a, const floating[:, :] b, floating[:, :] out,
@@ -127,7 +132,11 @@ cdef int _matmul(const floating[:, :] a, const floating[:, :] b, floating[:, :] 
     # returns 0, or -1 when a thread could not allocate its buffers
     cdef Py_ssize_t M = a.shape[0], K = a.shape[1], N = b.shape[1]
     cdef Py_ssize_t n_ti = (M + CY_MB - 1) // CY_MB, n_tj = (N + CY_NB - 1) // CY_NB
-    cdef Py_ssize_t t, i, j, k, k0, i0, j0, mb, nb, kb
+    cdef Py_ssize_t t, i, j, k, k0, i0, j0, mb, nb, kb, nbw
+    # element strides: unit-stride rows are copied with memcpy when packing
+    cdef Py_ssize_t sa0 = a.strides[0] // sizeof(floating), sa1 = a.strides[1] // sizeof(floating)
+    cdef Py_ssize_t sb0 = b.strides[0] // sizeof(floating), sb1 = b.strides[1] // sizeof(floating)
+    cdef const floating *src
     cdef floating *ap
     cdef floating *pan
     cdef floating *acc
@@ -152,20 +161,29 @@ cdef int _matmul(const floating[:, :] a, const floating[:, :] b, floating[:, :] 
             j0 = (t % n_tj) * CY_NB
             mb = M - i0 if M - i0 < CY_MB else CY_MB
             nb = N - j0 if N - j0 < CY_NB else CY_NB
+            nbw = (nb + 15) // 16 * 16      # columns the update computes (narrow N)
             for i in range(CY_MB * CY_NB):
                 acc[i] = 0
             k0 = 0
             while k0 < K:
                 kb = K - k0 if K - k0 < CY_KB else CY_KB
                 for i in range(mb):
-                    for k in range(kb):
-                        ap[i * CY_KB + k] = a[i0 + i, k0 + k]
+                    src = &a[i0 + i, k0]
+                    if sa1 == 1:
+                        memcpy(&ap[i * CY_KB], src, kb * sizeof(floating))
+                    else:
+                        for k in range(kb):
+                            ap[i * CY_KB + k] = src[k * sa1]
                 for k in range(kb):
-                    for j in range(nb):
-                        pan[k * CY_NB + j] = b[k0 + k, j0 + j]
-                    for j in range(nb, CY_NB):
+                    src = &b[k0 + k, j0]
+                    if sb1 == 1:
+                        memcpy(&pan[k * CY_NB], src, nb * sizeof(floating))
+                    else:
+                        for j in range(nb):
+                            pan[k * CY_NB + j] = src[j * sb1]
+                    for j in range(nb, nbw):
                         pan[k * CY_NB + j] = 0
-                _tile(<int> mb, <int> kb, ap, pan, acc, avx2)
+                _tile(<int> mb, <int> kb, <int> nbw, ap, pan, acc, avx2)
                 k0 = k0 + kb
             for i in range(mb):
                 for j in range(nb):
