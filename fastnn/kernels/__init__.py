@@ -3,7 +3,15 @@
 
     family      public entry point(s)                       sources
     matmul      fastnn.kernels.matmul                       kernels/matmul/
-    ...
+    xent        softmax_xent, softmax, log_softmax          kernels/xent/
+    elementwise activation_forward, activation_backward     kernels/elementwise/
+    reduce      column_sums                                 kernels/reduce/
+    optim       sgd_update, adam_update                     kernels/optim/
+
+A variant of xent/elementwise/reduce/optim is a module-like object holding
+that family's functions (interfaces in fastnn/kernels/<family>/reference.py);
+``variant=None`` runs the fastest native variant built (c, then cython), else
+the numpy reference; Numba runs only when asked for (``variant="numba"``).
 
 ``variants(family)`` lists what is available here; ``describe()`` says which
 SIMD path each variant runs.
