@@ -40,24 +40,24 @@ _FM = {"contract"}
 
 
 @njit(fastmath=_FM, cache=True, nogil=True)
-def _pack_panel(b, pan, k0, j0, kb, nb):
-    # pan[k, j] = b[k0 + k, j0 + j], zero-padded to NB columns (b: any strides)
+def _pack_panel(b, pan, k0, j0, kb, nb, nbw):
+    # pan[k, j] = b[k0 + k, j0 + j], zero-padded to nbw columns (b: any strides)
     for k in range(kb):
         for j in range(nb):
             pan[k, j] = b[k0 + k, j0 + j]
-        for j in range(nb, NB):
+        for j in range(nb, nbw):
             pan[k, j] = 0
 
 
 @njit(fastmath=_FM, cache=True, nogil=True)
-def _tile_update(a, pan, acc, i0, k0, mb, kb):
-    # acc[i, :] += a[i0 + i, k0 + k] * pan[k, :]: a unit-stride loop of fixed
-    # length NB that LLVM vectorises (kept in its own function: inlined into
-    # the parallel body it compiled to much slower code)
+def _tile_update(a, pan, acc, i0, k0, mb, kb, nbw):
+    # acc[i, :nbw] += a[i0 + i, k0 + k] * pan[k, :nbw]: a unit-stride loop
+    # that LLVM vectorises (kept in its own function: inlined into the
+    # parallel body it compiled to much slower code)
     for i in range(mb):
         for k in range(kb):
             aik = a[i0 + i, k0 + k]
-            for j in range(NB):
+            for j in range(nbw):
                 acc[i, j] += aik * pan[k, j]
 
 
@@ -75,10 +75,11 @@ def _matmul_kernel(a, b, out, bias, has_bias, relu):
         j0 = (t % n_tj) * NB
         mb = min(MB, M - i0)
         nb = min(NB, N - j0)
+        nbw = min(NB, (nb + 15) // 16 * 16)     # narrow N: compute only what is needed
         for k0 in range(0, K, KB):
             kb = min(KB, K - k0)
-            _pack_panel(b, pan, k0, j0, kb, nb)
-            _tile_update(a, pan, acc, i0, k0, mb, kb)
+            _pack_panel(b, pan, k0, j0, kb, nb, nbw)
+            _tile_update(a, pan, acc, i0, k0, mb, kb, nbw)
         for i in range(mb):
             for j in range(nb):
                 v = acc[i, j]
