@@ -304,6 +304,28 @@ static void pack_b_cols8_d(ptrdiff_t kc, const double *b, ptrdiff_t csb, double 
             d[k * 8 + j] = b[j * csb + k];
 }
 
+/* ---------------------------------------------------------------- horizontal sums */
+
+#if FNN_X86
+/* Fixed reduction trees (the dot-product path's last step). */
+FNN_TARGET_AVX2
+static inline float hsum_ps(__m256 v)
+{
+    __m128 x = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    x = _mm_add_ps(x, _mm_movehl_ps(x, x));
+    x = _mm_add_ss(x, _mm_movehdup_ps(x));
+    return _mm_cvtss_f32(x);
+}
+
+FNN_TARGET_AVX2
+static inline double hsum_pd(__m256d v)
+{
+    __m128d x = _mm_add_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
+    x = _mm_add_sd(x, _mm_unpackhi_pd(x, x));
+    return _mm_cvtsd_f64(x);
+}
+#endif
+
 /* ---------------------------------------------------------------- float */
 
 #define T float
@@ -327,6 +349,7 @@ static void pack_b_cols8_d(ptrdiff_t kc, const double *b, ptrdiff_t csb, double 
 #define VMAX(a, b) _mm256_max_ps(a, b)
 #define VAND(a, b) _mm256_and_ps(a, b)
 #define VCMPGT(a, b) _mm256_cmp_ps(a, b, _CMP_GT_OQ)
+#define VHSUM(x) hsum_ps(x)
 #endif
 #include "gemm_tmpl.h"
 #undef T
@@ -350,6 +373,7 @@ static void pack_b_cols8_d(ptrdiff_t kc, const double *b, ptrdiff_t csb, double 
 #undef VMAX
 #undef VAND
 #undef VCMPGT
+#undef VHSUM
 #endif
 
 /* ---------------------------------------------------------------- double */
@@ -375,6 +399,7 @@ static void pack_b_cols8_d(ptrdiff_t kc, const double *b, ptrdiff_t csb, double 
 #define VMAX(a, b) _mm256_max_pd(a, b)
 #define VAND(a, b) _mm256_and_pd(a, b)
 #define VCMPGT(a, b) _mm256_cmp_pd(a, b, _CMP_GT_OQ)
+#define VHSUM(x) hsum_pd(x)
 #endif
 #include "gemm_tmpl.h"
 

@@ -354,6 +354,102 @@ static void F(gemm_block_)(const F(prob_) *p, ptrdiff_t i0, ptrdiff_t i1, ptrdif
     }
 }
 
+/* ---------------------------------------------------------------- narrow outputs */
+
+/* When C has very few columns (an output layer: N = 10) the MR x NR tile
+ * would leave most lanes idle.  Instead each element is a dot product along
+ * k, vectorised over k: a 4 x 3 block of C keeps 12 vector accumulators, the
+ * rows of A are read in place (they must be contiguous in k) and B is copied
+ * once into contiguous rows of B^T.  Every element's sum runs in the same
+ * order (VW strided partial sums, a fixed reduction tree, then the k tail)
+ * whatever the thread split. */
+#define DOT_MR 5
+#define DOT_NR 2
+#define DOT_MAX_N 12
+
+#if FNN_X86
+FNN_TARGET_AVX2
+static void F(dot_tile_avx2_)(ptrdiff_t K, const T *const *a, const T *b0, const T *b1, T *o)
+{
+    const T *a0 = a[0], *a1 = a[1], *a2 = a[2], *a3 = a[3], *a4 = a[4];
+    VT c00 = VZERO(), c01 = VZERO(), c10 = VZERO(), c11 = VZERO(), c20 = VZERO();
+    VT c21 = VZERO(), c30 = VZERO(), c31 = VZERO(), c40 = VZERO(), c41 = VZERO();
+    ptrdiff_t k = 0;
+    for (; k + VW <= K; k += VW) {
+        VT y0 = VLOADU(b0 + k), y1 = VLOADU(b1 + k), x;
+        x = VLOADU(a0 + k); c00 = VFMA(x, y0, c00); c01 = VFMA(x, y1, c01);
+        x = VLOADU(a1 + k); c10 = VFMA(x, y0, c10); c11 = VFMA(x, y1, c11);
+        x = VLOADU(a2 + k); c20 = VFMA(x, y0, c20); c21 = VFMA(x, y1, c21);
+        x = VLOADU(a3 + k); c30 = VFMA(x, y0, c30); c31 = VFMA(x, y1, c31);
+        x = VLOADU(a4 + k); c40 = VFMA(x, y0, c40); c41 = VFMA(x, y1, c41);
+    }
+    o[0] = VHSUM(c00); o[1] = VHSUM(c01); o[2] = VHSUM(c10); o[3] = VHSUM(c11);
+    o[4] = VHSUM(c20); o[5] = VHSUM(c21); o[6] = VHSUM(c30); o[7] = VHSUM(c31);
+    o[8] = VHSUM(c40); o[9] = VHSUM(c41);
+    for (; k < K; k++) {
+        o[0] += a0[k] * b0[k]; o[1] += a0[k] * b1[k];
+        o[2] += a1[k] * b0[k]; o[3] += a1[k] * b1[k];
+        o[4] += a2[k] * b0[k]; o[5] += a2[k] * b1[k];
+        o[6] += a3[k] * b0[k]; o[7] += a3[k] * b1[k];
+        o[8] += a4[k] * b0[k]; o[9] += a4[k] * b1[k];
+    }
+}
+#endif
+
+/* Rows [i0, i1) and all N (<= DOT_MAX_N) columns of C by dot products;
+ * needs p->csa == 1. */
+static void F(dot_block_)(const F(prob_) *p, ptrdiff_t i0, ptrdiff_t i1)
+{
+#if FNN_X86
+    ptrdiff_t K = p->K, N = p->N;
+    if (i1 <= i0)
+        return;
+    T *Bt = (T *)fnn_gemm_buffer(1, (size_t)N * (size_t)K * sizeof(T));
+    if (!Bt) {
+        F(naive_)(p, i0, i1, 0, N);
+        return;
+    }
+    for (ptrdiff_t j = 0; j < N; j++) {
+        const T *s = p->B + j * p->csb;
+        T *d = Bt + j * K;
+        if (p->rsb == 1)
+            memcpy(d, s, (size_t)K * sizeof(T));
+        else
+            for (ptrdiff_t k = 0; k < K; k++)
+                d[k] = s[k * p->rsb];
+    }
+    TILE_EP t;
+    t.beta = p->accumulate;
+    t.last = 1;
+    t.relu = p->relu;
+    t.bias_row = p->bias_row;
+    t.rsm = p->rsm;
+    t.csm = p->csm;
+    T o[DOT_MR * DOT_NR], tmp[MR * NR];
+    for (ptrdiff_t i = i0; i < i1; i += DOT_MR) {
+        int mr = (int)(i1 - i < DOT_MR ? i1 - i : DOT_MR);
+        const T *ar[DOT_MR];
+        for (int r = 0; r < DOT_MR; r++)            /* missing rows re-read row 0 */
+            ar[r] = p->A + (i + (r < mr ? r : 0)) * p->rsa;
+        for (ptrdiff_t j = 0; j < N; j += DOT_NR) {
+            int nr = (int)(N - j < DOT_NR ? N - j : DOT_NR);
+            const T *br[DOT_NR];
+            for (int c = 0; c < DOT_NR; c++)
+                br[c] = Bt + (j + (c < nr ? c : 0)) * K;
+            F(dot_tile_avx2_)(K, ar, br[0], br[1], o);
+            for (int r = 0; r < mr; r++)
+                for (int c = 0; c < nr; c++)
+                    tmp[r * NR + c] = o[r * DOT_NR + c];
+            t.bias = p->bias ? p->bias + (p->bias_row ? i : j) : NULL;
+            t.mask = p->mask ? p->mask + i * p->rsm + j * p->csm : NULL;
+            F(store_tile_)(mr, nr, tmp, p->C + i * p->rsc + j * p->csc, p->rsc, p->csc, &t);
+        }
+    }
+#else
+    F(naive_)(p, i0, i1, 0, p->N);
+#endif
+}
+
 /* Rows (or columns) of C computed but thrown away by partial tiles. */
 static double F(padded_)(ptrdiff_t M, ptrdiff_t N)
 {
@@ -377,11 +473,25 @@ static void F(fnn_gemm_)(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K,
     p.csm = ep ? ep->cs_mask : 0;
     p.relu = ep ? ep->relu != 0 : 0;
     p.accumulate = ep ? ep->accumulate != 0 : 0;
-    /* Orientation: C^T = B^T A^T is the same product with every operand's
-     * strides swapped; take it when it wastes less of the MR x NR tiles
-     * (e.g. N = 10 outputs: 10 of 16 lanes busy, but transposed the 10
-     * rows fill 10 of 12).  Depends on the shape only. */
-    if (F(padded_)(N, M) < F(padded_)(M, N) * 0.97) {
+    /* Path and orientation depend on the shape, layout and SIMD level only
+     * (never on the thread count).  Narrow outputs go to the dot-product path
+     * when A's rows (or, transposed, B's columns) are contiguous in k.
+     * Otherwise C^T = B^T A^T (every operand's strides swapped) is taken
+     * when it wastes less of the MR x NR tiles. */
+    int vec = fnn_simd_level() >= FNN_SIMD_AVX2;
+    int dot = 0, swap = F(padded_)(N, M) < F(padded_)(M, N) * 0.97;
+#if FNN_X86
+    if (vec && K >= 2 * VW) {
+        if (N <= DOT_MAX_N && csa == 1 && N <= M) {
+            dot = 1;
+            swap = 0;
+        } else if (M <= DOT_MAX_N && rsb == 1) {
+            dot = 1;
+            swap = 1;
+        }
+    }
+#endif
+    if (swap) {
         p.M = N; p.N = M; p.K = K;
         p.A = B; p.rsa = csb; p.csa = rsb;
         p.B = A; p.rsb = csa; p.csb = rsa;
@@ -398,7 +508,28 @@ static void F(fnn_gemm_)(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K,
         F(naive_)(&p, 0, p.M, 0, p.N);
         return;
     }
-    p.vec = fnn_simd_level() >= FNN_SIMD_AVX2;
+    p.vec = vec;
+    fnn_thread_plan plan;
+    if (dot) {
+        /* whole rows per thread, in units of DOT_MR rows */
+        fnn_plan_threads(p.M, p.N, K, DOT_MR, (int)p.N, nthreads, &plan);
+        if (plan.nt <= 1) {
+            F(dot_block_)(&p, 0, p.M);
+            return;
+        }
+#ifdef FASTNN_HAVE_OPENMP
+#pragma omp parallel num_threads(plan.nt)
+        {
+            int team = omp_get_num_threads(), me = omp_get_thread_num();
+            for (int t = me; t < plan.nt; t += team) {
+                ptrdiff_t i0, i1, j0, j1;
+                fnn_plan_block(&plan, t, &i0, &i1, &j0, &j1);
+                F(dot_block_)(&p, i0, i1);
+            }
+        }
+#endif
+        return;
+    }
     p.ukr = F(ukr_scalar_);
 #if FNN_X86
     if (p.vec)
@@ -410,7 +541,6 @@ static void F(fnn_gemm_)(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K,
     p.mcb = fnn_even_block(p.M, MC_MAX, MR);
     p.ncb = NC_MAX;
 
-    fnn_thread_plan plan;
     fnn_plan_threads(p.M, p.N, K, MR, NR, nthreads, &plan);
     if (plan.nt <= 1) {
         F(gemm_block_)(&p, 0, p.M, 0, p.N);
@@ -437,6 +567,9 @@ static void F(fnn_gemm_)(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K,
 #endif
 }
 
+#undef DOT_MR
+#undef DOT_NR
+#undef DOT_MAX_N
 #undef TILE_EP
 #undef F
 #undef CAT
