@@ -60,20 +60,31 @@ def test_accuracy(model, xte, yte):
     return float(np.mean(np.argmax(out, axis=1) == yte))
 
 
-def bench_fastnn(sizes, batch, lr, momentum, threads, epochs, data, seed=0):
+def bench_fastnn(sizes, batch, lr, momentum, threads, epochs, data, seed=0, profile=False,
+                 verbose_cpu=False):
     xtr, ytr, xte, yte = data
     model = build(sizes, seed)
     opt = SGD(model, lr=lr, momentum=momentum)
     plan = _fused.plan(model, SoftmaxCrossEntropy(), opt, batch)
     assert plan is not None
     rng = np.random.default_rng(seed)
-    times, last = [], None
+    times, cpu, last = [], [], None
+    prof = plan.new_profile()
     with fastnn.threads(threads):
-        for _ in range(epochs):
+        for ep in range(epochs):
             perm = rng.permutation(len(xtr))
-            t0 = time.perf_counter()
-            last = plan.run(xtr, ytr, perm)
+            c0, t0 = time.process_time(), time.perf_counter()
+            last = plan.run(xtr, ytr, perm, profile=prof if profile and ep > 0 else None)
             times.append(time.perf_counter() - t0)
+            cpu.append(time.process_time() - c0)
+    if verbose_cpu:
+        # CPU seconds of the process: on a machine shared with other jobs this is
+        # what the epoch costs when it has its threads' cores to itself
+        print(f"    cpu seconds per epoch (all threads): {med(cpu):.3f}")
+    if profile and epochs > 1:
+        per = {k: v / (epochs - 1) for k, v in plan.profile_dict(prof).items()}
+        print("    per epoch, task seconds summed over threads: " +
+              "  ".join(f"{k} {v:.3f}" for k, v in per.items()))
     return times, last["loss_sum"] / last["count"], test_accuracy(model, xte, yte)
 
 
@@ -115,24 +126,26 @@ def med(times):
 
 
 def speedrun(data, threads, seed=0, verbose=True):
-    """The speedrun recipe: 784-256-10 ReLU... see BENCHMARKS.md; times the
-    training wall time (plans, epochs, per-epoch test evaluation) until the
-    test accuracy first reaches 98%."""
+    """The speedrun recipe (SPEEDRUN below): wall time from building the model
+    to the first epoch end whose test accuracy is >= 98% (the per-epoch test
+    evaluations included); the one-cycle schedule runs inside the native loop
+    (``lrs=``), so each epoch is still one call."""
+    from fastnn.optim import OneCycle
     xtr, ytr, xte, yte = data
-    sizes, batch, epochs, peak, pct = SPEEDRUN["sizes"], SPEEDRUN["batch"], SPEEDRUN["epochs"], \
-        SPEEDRUN["lr"], SPEEDRUN["pct_start"]
+    r = SPEEDRUN
     rng = np.random.default_rng(seed)
     with fastnn.threads(threads):
         t0 = time.perf_counter()
-        model = build(sizes, seed)
-        opt = make_speedrun_opt(model)
-        plan = _fused.plan(model, SoftmaxCrossEntropy(), opt, batch)
-        steps = -(-len(xtr) // batch)
-        lrs = onecycle(peak, epochs * steps, pct)
+        model = build(r["sizes"], seed)
+        opt = SGD(model, lr=r["lr"], momentum=r["momentum"], nesterov=r["nesterov"])
+        plan = _fused.plan(model, SoftmaxCrossEntropy(), opt, r["batch"])
+        steps = -(-len(xtr) // r["batch"])
+        sched = OneCycle(opt, max_lr=r["lr"], total_steps=r["epochs"] * steps,
+                         pct_start=r["pct_start"])
+        lrs = np.array([sched.lr_at(t) for t in range(r["epochs"] * steps)], np.float32)
         acc = 0.0
-        for ep in range(epochs):
-            perm = rng.permutation(len(xtr))
-            plan.run(xtr, ytr, perm, lrs=lrs[ep * steps:(ep + 1) * steps])
+        for ep in range(r["epochs"]):
+            plan.run(xtr, ytr, rng.permutation(len(xtr)), lrs=lrs[ep * steps:(ep + 1) * steps])
             acc = test_accuracy(model, xte, yte)
             if verbose:
                 print(f"  speedrun epoch {ep + 1}: test accuracy {acc:.4f} at "
@@ -142,27 +155,12 @@ def speedrun(data, threads, seed=0, verbose=True):
         return time.perf_counter() - t0, acc, ep + 1
 
 
-SPEEDRUN = {"sizes": (784, 512, 10), "batch": 128, "lr": 0.1, "momentum": 0.9, "nesterov": True,
-            "epochs": 4, "pct_start": 0.25}
-
-
-def make_speedrun_opt(model):
-    return SGD(model, lr=SPEEDRUN["lr"], momentum=SPEEDRUN["momentum"],
-               nesterov=SPEEDRUN["nesterov"])
-
-
-def onecycle(peak, total, pct_start, div=25.0, final_div=1e4):
-    """PyTorch's OneCycleLR (cosine, no momentum cycling) as one lr per step."""
-    up = max(1, int(pct_start * total) - 1)
-    lrs = np.empty(total)
-    lo, end = peak / div, peak / div / final_div
-    for t in range(total):
-        if t <= up:
-            lrs[t] = lo + (peak - lo) * (1 - np.cos(np.pi * t / up)) / 2
-        else:
-            f = (t - up) / max(1, total - 1 - up)
-            lrs[t] = end + (peak - end) * (1 + np.cos(np.pi * f)) / 2
-    return lrs.astype(np.float32)
+# 784-256-10 ReLU, batch 128, SGD Nesterov momentum 0.9, one-cycle (PyTorch's
+# OneCycleLR, cosine, peak 0.3 after 25 % of the steps) over 3 epochs: 98.13-98.17 %
+# test accuracy after epoch 3 for seeds 0-2 (784-192-10: 97.95-98.19 %, 784-128-10:
+# 97.93 %; 784-512-10 needs the same 3 epochs at twice the cost per epoch)
+SPEEDRUN = {"sizes": (784, 256, 10), "batch": 128, "lr": 0.3, "momentum": 0.9, "nesterov": True,
+            "epochs": 3, "pct_start": 0.25}
 
 
 def main():
@@ -173,11 +171,12 @@ def main():
     ap.add_argument("--torch", action="store_true", help="also time PyTorch on the same recipe")
     ap.add_argument("--scalar", action="store_true", help="use the scalar C fallback")
     ap.add_argument("--speedrun", action="store_true", help="time the speedrun recipe instead")
+    ap.add_argument("--profile", action="store_true", help="print the time per phase of a step")
+    ap.add_argument("--cpu", action="store_true", help="print the CPU seconds per epoch too")
     args = ap.parse_args()
     if args.scalar:
         set_simd_level(0)
     data = load_mnist()
-    cpu = fastnn.show_config if False else None   # noqa: F841 (the CPU line is printed below)
     from fastnn._ext import train
     print(f"# fastnn fused trainer, SIMD {train.simd_name()}, MNIST 60000, float32")
     threads = [int(t) for t in args.threads.split(",")]
@@ -190,7 +189,8 @@ def main():
         sizes, batch, lr, mom = PRESETS[name]
         flops = step_flops(sizes, 60000)
         for t in threads:
-            times, loss, acc = bench_fastnn(sizes, batch, lr, mom, t, args.epochs, data)
+            times, loss, acc = bench_fastnn(sizes, batch, lr, mom, t, args.epochs, data,
+                                            profile=args.profile, verbose_cpu=args.cpu)
             m = med(times)
             line = (f"{name:10s} threads={t}  fastnn {m:.3f} s/epoch  {flops / m / 1e9:6.1f} GFLOP/s"
                     f"  loss {loss:.4f}  test acc {acc:.4f}")

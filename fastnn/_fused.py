@@ -117,6 +117,19 @@ class FusedPlan:
                                           [layer.bias is not None for layer in self.layers],
                                           batch_size)
 
+    def new_profile(self):
+        """A zeroed accumulator for ``run(..., profile=)``."""
+        return np.zeros(_native().PROFILE_SLOTS)
+
+    def phase_names(self):
+        """Names of the profile slots in use: a step's phases, then "wait"."""
+        return self._trainer.phase_names() + ["wait"]
+
+    def profile_dict(self, profile):
+        """{phase name: seconds} from an accumulator filled by ``run``."""
+        names = self.phase_names()
+        return dict(zip(names[:-1], profile[:len(names) - 1].tolist()), wait=float(profile[-1]))
+
     def _state_views(self, name):
         """Per-layer (W, b) views of one of the optimizer's flat state buffers."""
         buf = self.optimizer._buffers.get(name)
@@ -143,7 +156,7 @@ class FusedPlan:
             x2 = np.ascontiguousarray(x).reshape(x.shape[0], self.dims[0])
         return x2
 
-    def run(self, x, y, perm, start=0, stop=None, lrs=None):
+    def run(self, x, y, perm, start=0, stop=None, lrs=None, profile=None):
         """Train on steps [start, stop) of the epoch ordered by ``perm``: step s
         uses the rows perm[s*B:(s+1)*B] (the last batch may be partial).
 
@@ -155,7 +168,9 @@ class FusedPlan:
         stops the run after that step and ``steps`` counts the finite ones.
 
         x: uint8 (N, ...) images or float32 (N, features); y: integer labels (N,)
-        in [0, classes); perm: integer row indices (any length)."""
+        in [0, classes); perm: integer row indices (any length).  ``profile``
+        (benchmarks): a float64 array from ``new_profile()`` that the task
+        seconds per phase are added to (see ``phase_names()``)."""
         x2 = self._check_x(x)
         n = x2.shape[0]
         y = np.asarray(y)
@@ -214,7 +229,7 @@ class FusedPlan:
             kw.update(beta1=opt.betas[0], beta2=opt.betas[1], eps=opt.eps, step=opt.step_count)
         loss_sum, correct, steps = self._trainer.run(
             W, bias, s1W, s1b, s2W, s2b, x2, x2.dtype == np.uint8, x2.shape[1], labels, idx,
-            kind, float(opt.lr), nthreads=_threads.get_num_threads(), lrs=lrs, **kw)
+            kind, float(opt.lr), nthreads=_threads.get_num_threads(), lrs=lrs, profile=profile, **kw)
         requested = stop - start
         ran = steps if steps == requested else steps + 1     # the diverging step ran too
         opt.step_count += ran

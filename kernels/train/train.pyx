@@ -6,6 +6,7 @@
 # validated by fastnn/_fused.py (dtype, contiguity, label range, index range);
 # this wrapper only collects pointers.
 cimport numpy as cnp
+import numpy as np
 from libc.stdint cimport int64_t, uint8_t
 
 include "simd_api.pxi"
@@ -14,6 +15,7 @@ cnp.import_array()
 
 cdef extern from "trainer.h" nogil:
     int FNN_TR_MAXL
+    int FNN_TR_PROFILE_SLOTS
     int FNN_OPT_SGD
     int FNN_OPT_ADAM
     int FNN_OPT_ADAMW
@@ -25,6 +27,7 @@ cdef extern from "trainer.h" nogil:
         float beta1, beta2, eps
         int64_t step
         const float *lrs
+        double *profile
     ctypedef struct fnn_trainer:
         pass
     fnn_trainer *fnn_trainer_new(int nlayers, const int *dims, const int *relu,
@@ -39,6 +42,7 @@ cdef extern from "trainer.h" nogil:
     void fnn_trainer_u8_to_f32(const uint8_t *src, float *dst, Py_ssize_t n)
 
 MAX_LAYERS = FNN_TR_MAXL
+PROFILE_SLOTS = FNN_TR_PROFILE_SLOTS
 OPT_KINDS = {"sgd": FNN_OPT_SGD, "adam": FNN_OPT_ADAM, "adamw": FNN_OPT_ADAMW}
 
 
@@ -84,6 +88,14 @@ cdef class Trainer:
         self.batch = batch
         self.dims = tuple(int(d) for d in dims)
 
+    def phase_names(self):
+        """Names of a step's phases, in the order of trainer.c's plan_phases."""
+        L = self.nlayers
+        names = ["gather"] + [f"forward{l}" for l in range(L)]
+        if self.dims[L] > 16:
+            names.append("loss")
+        return names + [f"backward{l}" for l in range(L - 1, -1, -1)]
+
     def __dealloc__(self):
         fnn_trainer_free(self.tr)
 
@@ -91,9 +103,12 @@ cdef class Trainer:
             cnp.ndarray y, cnp.ndarray idx, str kind, float lr, float weight_decay=0.0,
             float momentum=0.0, float dampening=0.0, bint nesterov=False,
             float beta1=0.9, float beta2=0.999, float eps=1e-8, int64_t step=0,
-            int nthreads=1, lrs=None):
+            int nthreads=1, lrs=None, profile=None):
         """Train on the rows idx (int64) of x; see trainer.h.  ``lrs``: None or
         a float32 array with one learning rate per step (replaces ``lr``).
+        ``profile``: None or a float64 array of PROFILE_SLOTS, to which the
+        task seconds per phase (``phase_names()`` order) and the wait time
+        (last slot) are added.
         Returns (loss_sum, correct, steps)."""
         cdef float *pW[64]
         cdef float *pb[64]
@@ -121,6 +136,11 @@ cdef class Trainer:
         opt.eps = eps
         opt.step = step
         opt.lrs = <const float *> _fptr(lrs)
+        opt.profile = NULL
+        if profile is not None:
+            if profile.dtype != np.float64 or profile.shape != (FNN_TR_PROFILE_SLOTS,):
+                raise ValueError(f"profile must be float64 of shape ({FNN_TR_PROFILE_SLOTS},)")
+            opt.profile = <double *> cnp.PyArray_DATA(<cnp.ndarray> profile)
         cdef double loss_sum = 0.0
         cdef int64_t correct = 0, steps = 0
         cdef const void *px = cnp.PyArray_DATA(x)

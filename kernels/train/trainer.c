@@ -23,6 +23,7 @@
 #include <sched.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #if FNN_X86
 #include <immintrin.h>
@@ -257,6 +258,26 @@ void epilogue(const tile_ep *e, ptrdiff_t i0, ptrdiff_t j0, int mr, float *T)
     }
 }
 
+/* The optimizer epilogue reads and writes W, its state and W^T for the tile:
+ * megabytes per step that live in L3 or DRAM, touched a few lines at a time,
+ * too sparse for the hardware prefetchers.  Asking for them before the tile's
+ * K loop hides the latency behind its FMAs. */
+static inline __attribute__((always_inline))
+void prefetch_tile(const tile_ep *e, ptrdiff_t i0, ptrdiff_t j0, int mr)
+{
+    if (e->kind != EP_DW) return;
+    for (int i = 0; i < mr; i++) {
+        ptrdiff_t off = (i0 + i) * e->ldw + j0;
+        __builtin_prefetch(e->W + off, 1, 3);
+        __builtin_prefetch(e->s1 + off, 1, 3);
+        if (e->o->kind != FNN_OPT_SGD) __builtin_prefetch(e->s2 + off, 1, 3);
+    }
+    if (e->WT) {
+        int nc = e->N - (int)j0 < NR ? e->N - (int)j0 : NR;
+        for (int j = 0; j < nc; j++) __builtin_prefetch(e->WT + (j0 + j) * e->ldwt + i0, 1, 3);
+    }
+}
+
 /* One task of C = epilogue(A @ B): row tiles [ip_lo, ip_hi) of column panel
  * jp (consecutive tiles reuse the B panel from cache). */
 #define GEMM_TILES_BODY(MK)                                                         \
@@ -266,6 +287,7 @@ void epilogue(const tile_ep *e, ptrdiff_t i0, ptrdiff_t j0, int mr, float *T)
     for (ptrdiff_t ip = ip_lo; ip < ip_hi; ip++) {                                  \
         ptrdiff_t i0 = ip * MR;                                                     \
         int mr = M - i0 < MR ? (int)(M - i0) : MR;                                  \
+        prefetch_tile(e, i0, j0, mr);                                               \
         MK(K, A + i0 * rsa, rsa, csa, B + j0, ldb, T);                              \
         epilogue(e, i0, j0, mr, T);                                                 \
     }
@@ -506,7 +528,7 @@ static void opt_step_scalars(const fnn_train_opt *opt, int64_t s, opt_sc *o)
  */
 #define ROWS_PER_TASK 16
 #define FLOPS_PER_TASK 131072.0      /* ~2-4 us of work: the atomics stay < 5 % */
-#define MAX_PHASES (2 * FNN_TR_MAXL + 3)
+#define MAX_PHASES (FNN_TR_PROFILE_SLOTS - 1)
 
 enum { PH_GATHER, PH_FWD, PH_XENT, PH_BWD };
 
@@ -590,6 +612,18 @@ static void run_task(run_t *R, const sched_t *sc, const phase_t *ph, int64_t t, 
         gather_rows(R->avx2, tr->a[0], tr->ld[0], lo, hi, tr->dims[0], R->x, R->x_u8, R->x_ld,
                     R->idx + c->off);
         for (ptrdiff_t r = lo; r < hi; r++) tr->rowy[r] = R->y[c->off + r];
+        /* The rows are scattered over the whole data set (DRAM): start fetching
+         * the same chunk of the next step's rows now, a step ahead. */
+        {
+            ptrdiff_t nlo = c->off + tr->batch + lo, nhi = c->off + tr->batch + hi;
+            size_t esz = R->x_u8 ? 1 : sizeof(float);
+            if (nhi > R->n) nhi = R->n;
+            for (ptrdiff_t r = nlo; r < nhi; r++) {
+                const char *row = (const char *)R->x + (size_t)R->idx[r] * R->x_ld * esz;
+                for (size_t o = 0; o < (size_t)tr->dims[0] * esz; o += 64)
+                    __builtin_prefetch(row + o, 0, 1);
+            }
+        }
         break;
     }
     case PH_FWD:
@@ -700,10 +734,18 @@ static void plan_phases(run_t *R)
     R->per_step = first;
 }
 
-static void worker(run_t *R, const sched_t *sc)
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static void worker(run_t *R, const sched_t *sc, double *prof)
 {
     const int64_t B = R->tr->batch;
     const int64_t nsteps = (R->n + B - 1) / B, total = nsteps * R->per_step;
+    double tprof[MAX_PHASES + 1] = {0}, t0 = 0.0, t1 = 0.0;
     step_ctx c;
     c.s = -1;
     for (;;) {
@@ -712,7 +754,9 @@ static void worker(run_t *R, const sched_t *sc)
         int64_t s = tk / R->per_step, loc = tk % R->per_step;
         int p = 0;
         while (p + 1 < R->nph && R->ph[p + 1].first <= loc) p++;
+        if (prof) t0 = now_s();
         if (!wait_done(sc, s * R->per_step + R->ph[p].first, s)) break;
+        if (prof) { t1 = now_s(); tprof[MAX_PHASES] += t1 - t0; }
         if (s != c.s) {
             c.s = s;
             c.off = (ptrdiff_t)(s * B);
@@ -722,6 +766,13 @@ static void worker(run_t *R, const sched_t *sc)
         }
         run_task(R, sc, &R->ph[p], loc - R->ph[p].first, &c);
         __atomic_fetch_add(sc->done, 1, __ATOMIC_RELEASE);
+        if (prof) tprof[p] += now_s() - t1;
+    }
+    if (prof) {
+#ifdef FASTNN_HAVE_OPENMP
+#pragma omp critical(fnn_trainer_prof)
+#endif
+        for (int p = 0; p <= MAX_PHASES; p++) prof[p] += tprof[p];
     }
 }
 
@@ -766,7 +817,7 @@ int64_t fnn_trainer_run(fnn_trainer *tr,
 #ifdef FASTNN_HAVE_OPENMP
 #pragma omp parallel num_threads(nthreads)
 #endif
-        worker(&R, &sc);
+        worker(&R, &sc, opt->profile);
     }
 
     for (int l = 0; l < L; l++) {

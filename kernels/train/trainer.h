@@ -34,6 +34,7 @@
 #include <stdint.h>
 
 #define FNN_TR_MAXL 16
+#define FNN_TR_PROFILE_SLOTS (2 * FNN_TR_MAXL + 4)
 
 enum { FNN_OPT_SGD = 0, FNN_OPT_ADAM = 1, FNN_OPT_ADAMW = 2 };
 
@@ -43,6 +44,9 @@ typedef struct {
     float momentum, dampening; int nesterov;     /* SGD */
     float beta1, beta2, eps; int64_t step;       /* Adam: step = updates done before this call */
     const float *lrs;        /* NULL, or one learning rate per step of the call (a schedule) */
+    double *profile;         /* NULL, or FNN_TR_PROFILE_SLOTS doubles: seconds of task time per
+                              * phase of a step (summed over threads), the last slot the time
+                              * threads waited for an earlier phase to finish */
 } fnn_train_opt;
 
 typedef struct fnn_trainer fnn_trainer;
