@@ -73,8 +73,11 @@ PRESETS = {p.name: p for p in (
            description="MLP 784-128-10 ReLU, SGD momentum"),
     Preset("mlp-keras", (784, 512, 512, 10), batch_size=128, lr=0.05, momentum=0.9, epochs=3,
            description="Keras mnist_mlp shape 784-512-512-10 ReLU, SGD momentum"),
-    Preset("speedrun", (784, 256, 10), batch_size=128, lr=0.1, momentum=0.9, nesterov=True,
-           epochs=4, schedule=("onecycle", 0.15), target_accuracy=0.98,
+    # 784-256-10, batch 64, OneCycle to lr 0.15 over 3 epochs reached 0.9814 / 0.9821 test
+    # accuracy (seeds 0 / 1) in epoch 3; 784-512-10 at batch 128 (lr 0.1, 4 epochs) stayed at
+    # 0.9794 / 0.9797 and 784-384-10 cost more per epoch for the same accuracy
+    Preset("speedrun", (784, 256, 10), batch_size=64, lr=0.15, momentum=0.9, nesterov=True,
+           epochs=3, schedule=("onecycle", 0.25), target_accuracy=0.98,
            description="fastest recipe to 98% test accuracy (stops when reached)"),
 )}
 
