@@ -6,6 +6,10 @@
  * (block, tile) pairs are spread over the threads, each writing its block
  * sum into a scratch row, and a second loop adds the scratch rows in block
  * order.  Both ways perform exactly the same additions in the same order.
+ *
+ * Sums are kept in double for float32 too (rounded once at the end): a bias
+ * gradient sums many terms of both signs, and float32 partial sums lose
+ * digits to cancellation.  The loop stays memory bound.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -22,18 +26,31 @@
 #define DEFINE_REDUCE(REAL, SFX)                                                              \
 /* blk[0:w] = sum of rows r0 .. r1-1 of x[:, j0:j0+w], in row order */                      \
 INLINE void block_sum_body_##SFX(const REAL *x, ptrdiff_t N, ptrdiff_t r0, ptrdiff_t r1,      \
-                                 ptrdiff_t j0, ptrdiff_t w, REAL *blk)                        \
+                                 ptrdiff_t j0, ptrdiff_t w, double *blk)                      \
 {                                                                                             \
     for (ptrdiff_t j = 0; j < w; j++)                                                         \
         blk[j] = 0;                                                                           \
-    for (ptrdiff_t i = r0; i < r1; i++) {                                                     \
+    ptrdiff_t i = r0;                                                                         \
+    /* four rows per sweep: blk stays in registers; same order of additions as one by one */ \
+    for (; i + 4 <= r1; i += 4) {                                                             \
+        const REAL *a = x + i * N + j0, *b = a + N, *c = b + N, *d = c + N;                   \
+        for (ptrdiff_t j = 0; j < w; j++) {                                                   \
+            double s = blk[j];                                                                \
+            s += (double)a[j];                                                                \
+            s += (double)b[j];                                                                \
+            s += (double)c[j];                                                                \
+            s += (double)d[j];                                                                \
+            blk[j] = s;                                                                       \
+        }                                                                                     \
+    }                                                                                         \
+    for (; i < r1; i++) {                                                                     \
         const REAL *row = x + i * N + j0;                                                     \
         for (ptrdiff_t j = 0; j < w; j++)                                                     \
-            blk[j] += row[j];                                                                 \
+            blk[j] += (double)row[j];                                                         \
     }                                                                                         \
 }                                                                                             \
 static void block_sum_scalar_##SFX(const REAL *x, ptrdiff_t N, ptrdiff_t r0, ptrdiff_t r1,    \
-                                   ptrdiff_t j0, ptrdiff_t w, REAL *blk)                      \
+                                   ptrdiff_t j0, ptrdiff_t w, double *blk)                    \
 {                                                                                             \
     block_sum_body_##SFX(x, N, r0, r1, j0, w, blk);                                           \
 }                                                                                             \
@@ -42,16 +59,16 @@ AVX2_CLONE(REAL, SFX)                                                           
 int fnn_column_sums_##SFX(ptrdiff_t B, ptrdiff_t N, const REAL *x, REAL *out, int accumulate, \
                           int nthreads)                                                       \
 {                                                                                             \
-    void (*bsum)(const REAL *, ptrdiff_t, ptrdiff_t, ptrdiff_t, ptrdiff_t, ptrdiff_t, REAL *) \
+    void (*bsum)(const REAL *, ptrdiff_t, ptrdiff_t, ptrdiff_t, ptrdiff_t, ptrdiff_t, double *) \
         = PICK_BSUM(SFX);                                                                     \
     const ptrdiff_t nb = (B + RB - 1) / RB, nt = (N + COL_TILE - 1) / COL_TILE;               \
     if (nthreads < 1)                                                                         \
         nthreads = 1;                                                                         \
     if (B * N < RED_PAR_MIN)                                                                  \
         nthreads = 1;                                                                         \
-    REAL *scratch = NULL;                                                                     \
+    double *scratch = NULL;                                                                   \
     if (nthreads > 1 && nt < nthreads && nb > 1) {                                            \
-        scratch = (REAL *)malloc((size_t)nb * (size_t)N * sizeof(REAL));                      \
+        scratch = (double *)malloc((size_t)nb * (size_t)N * sizeof(double));                  \
         if (!scratch)                                                                         \
             return -1;                                                                        \
         _Pragma("omp parallel for num_threads(nthreads) schedule(static)")                    \
@@ -64,12 +81,12 @@ int fnn_column_sums_##SFX(ptrdiff_t B, ptrdiff_t N, const REAL *x, REAL *out, in
     }                                                                                         \
     _Pragma("omp parallel for num_threads(nthreads) schedule(static) if (nthreads > 1)")      \
     for (ptrdiff_t t = 0; t < nt; t++) {                                                      \
-        REAL tot[COL_TILE], blk[COL_TILE];                                                    \
+        double tot[COL_TILE], blk[COL_TILE];                                                  \
         ptrdiff_t j0 = t * COL_TILE, w = N - j0 < COL_TILE ? N - j0 : COL_TILE;               \
         for (ptrdiff_t j = 0; j < w; j++)                                                     \
             tot[j] = 0;                                                                       \
         for (ptrdiff_t b = 0; b < nb; b++) {                                                  \
-            const REAL *part = blk;                                                           \
+            const double *part = blk;                                                         \
             if (scratch)                                                                      \
                 part = scratch + b * N + j0;                                                  \
             else                                                                              \
@@ -78,7 +95,7 @@ int fnn_column_sums_##SFX(ptrdiff_t B, ptrdiff_t N, const REAL *x, REAL *out, in
                 tot[j] += part[j];                                                            \
         }                                                                                     \
         for (ptrdiff_t j = 0; j < w; j++)                                                     \
-            out[j0 + j] = accumulate ? out[j0 + j] + tot[j] : tot[j];                         \
+            out[j0 + j] = (REAL)(accumulate ? (double)out[j0 + j] + tot[j] : tot[j]);         \
     }                                                                                         \
     free(scratch);                                                                            \
     return 0;                                                                                 \
@@ -88,7 +105,7 @@ int fnn_column_sums_##SFX(ptrdiff_t B, ptrdiff_t N, const REAL *x, REAL *out, in
 #define AVX2_CLONE(REAL, SFX)                                                                 \
 FNN_TARGET_AVX2 static void block_sum_avx2_##SFX(const REAL *x, ptrdiff_t N, ptrdiff_t r0,    \
                                                  ptrdiff_t r1, ptrdiff_t j0, ptrdiff_t w,     \
-                                                 REAL *blk)                                   \
+                                                 double *blk)                                 \
 {                                                                                             \
     block_sum_body_##SFX(x, N, r0, r1, j0, w, blk);                                           \
 }

@@ -5,6 +5,7 @@
  * sums are added in block order.  Threads only change which core computes
  * which block sum, never the arithmetic, so the bits are the same for 1 or
  * 64 threads (and for the scalar and AVX2 paths: only additions, no FMA).
+ * Sums are accumulated in double and rounded once to the output dtype.
  */
 #ifndef FNN_REDUCE_H
 #define FNN_REDUCE_H

@@ -15,13 +15,13 @@ from .reference import ROW_BLOCK
 def _column_sums(x, out, acc, rb):
     B, N = x.shape
     nb = (B + rb - 1) // rb
-    part = np.zeros((nb, N), x.dtype)
+    part = np.zeros((nb, N), np.float64)     # float64 sums, rounded once (as the C kernel)
     for b in prange(nb):
         r1 = min(B, (b + 1) * rb)
         for i in range(b * rb, r1):
             for j in range(N):
                 part[b, j] += x[i, j]
-    tot = np.zeros(N, x.dtype)
+    tot = np.zeros(N, np.float64)
     for j in prange(N):
         for b in range(nb):
             tot[j] += part[b, j]

@@ -4,7 +4,8 @@
 
 Variant interface: ``column_sums(x, out, accumulate, nthreads)`` with x (B, N)
 C-contiguous and out (N,) contiguous of the same dtype.  Fast variants must
-give the same bits for every thread count: rows are cut into fixed blocks of
+give the same bits for every thread count (they sum in float64 and round
+once to the output dtype): rows are cut into fixed blocks of
 ROW_BLOCK (independent of the thread count), each block is summed in row
 order into its own partial row, and the partials are added in block order.
 """
