@@ -138,6 +138,7 @@ _CANDIDATES = ("c", "blas")
 _tune_lock = threading.Lock()
 _tuned = {}               # key -> variant name
 _SMALL_FLOPS = 2 * 64 * 64 * 64   # below this, timing costs more than it could save
+_SWITCH_MARGIN = 1.10             # another candidate must be >10% faster than the first
 
 
 def _layout(x):
@@ -176,6 +177,12 @@ def _choose(a, b, out, bias, relu, nthreads):
                     fn(a, b, out, bias, relu, nthreads)
                     times.append(time.perf_counter() - t0)
                 t = sorted(times)[1]
+                if cand != avail[0]:
+                    # Hysteresis toward the first candidate (our fused engine):
+                    # another pool must win clearly, because interleaving two
+                    # spinning thread pools (OpenMP and OpenBLAS) on few cores
+                    # costs more than a few percent of kernel speed.
+                    t *= _SWITCH_MARGIN
                 if best is None or t < best[0]:
                     best = (t, cand)
             name = best[1]
