@@ -147,6 +147,31 @@ def _check_labels(y, n_classes, name="y"):
                          f"outputs: labels must be in [0, {n_classes - 1}]")
 
 
+def _check_loss(loss):
+    if not callable(loss) or not hasattr(loss, "backward"):
+        raise TypeError(f"loss must be a fastnn loss (e.g. fastnn.losses.SoftmaxCrossEntropy()), "
+                        f"got {type(loss).__name__} {loss!r:.60}")
+    return loss
+
+
+def _check_optimizer(optimizer, model):
+    """An optimizer (``step()``) whose parameters all belong to ``model``: one built on
+    another model would silently train that model instead."""
+    if not callable(getattr(optimizer, "step", None)):
+        raise TypeError(f"optimizer must be a fastnn optimizer (e.g. fastnn.optim.SGD("
+                        f"model.parameters(), lr=0.1)), got {type(optimizer).__name__}")
+    params = getattr(optimizer, "params", None)
+    own = getattr(model, "parameters", None)
+    if params is not None and callable(own):
+        ids = {id(p) for p in own()}
+        foreign = [p for p in params if id(p) not in ids]
+        if foreign:
+            raise ValueError(f"optimizer updates parameters that are not the model's (e.g. "
+                             f"{getattr(foreign[0], 'name', '?')!r}); build it on this model's "
+                             f"parameters")
+    return optimizer
+
+
 def _output_dim(model, x):
     """Number of model outputs, from a forward pass on one sample (also checks x's shape)."""
     was_training = getattr(model, "training", True)
@@ -347,11 +372,14 @@ def _apply_schedule(schedule, optimizer, global_step):
 def _make_engine(model, loss, optimizer, x, y, batch_size, schedule, fused):
     if fused is not False:
         plan = None
+        # the plan reads uint8 images or rows of the model's float32 as they are; other
+        # float data (float64, float16) is cast batch by batch on the general path
+        rows_ok = x.dtype == np.uint8 or x.dtype == _model_dtype(model, x)
         try:
             from . import _fused
         except ImportError:
             _fused = None
-        if _fused is not None:
+        if _fused is not None and rows_ok:
             plan = _fused.plan(model, loss, optimizer, batch_size)
         if plan is not None:
             return _FusedEngine(plan, optimizer, x, y, schedule)
@@ -450,6 +478,8 @@ def fit(model, x, y, *, epochs, batch_size, loss, optimizer, validation_data=Non
         raise ValueError(f"verbose must be 0, 1 or 2, got {verbose!r}")
     if seed is not None:
         seed = _check_int("seed", seed, 0)
+    _check_loss(loss)
+    _check_optimizer(optimizer, model)
     x = _check_x(x)
     y = _check_y(y, x.shape[0])
     n = x.shape[0]
@@ -596,7 +626,7 @@ def evaluate(model, x, y, loss=None, batch_size=_EVAL_BATCH, _checked=False):
         batch_size = _check_int("batch_size", batch_size, 1)
         x = _check_x(x)
         y = _check_y(y, x.shape[0])
-    loss = loss if loss is not None else _default_loss()
+    loss = _check_loss(loss) if loss is not None else _default_loss()
     was_training = getattr(model, "training", False)
     model.eval()
     loss_sum, correct = 0.0, 0
