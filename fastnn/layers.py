@@ -27,6 +27,7 @@ returns fresh arrays.
 (4, 2)
 """
 import math
+import numbers
 
 import numpy as np
 
@@ -376,6 +377,9 @@ class Dropout(Layer):
 
     def __init__(self, rate, seed=None):
         super().__init__()
+        if isinstance(rate, (bool, np.bool_)) or not isinstance(rate, numbers.Real):
+            raise TypeError(f"Dropout: rate must be a real number in [0, 1), "
+                            f"got {type(rate).__name__}")
         rate = float(rate)
         if not (0.0 <= rate < 1.0):
             raise ValueError(f"Dropout: rate must be in [0, 1), got {rate!r}")
@@ -401,6 +405,12 @@ class Dropout(Layer):
         return np.multiply(x, self._mask, out=y)
 
     def backward(self, dout, dx=None):
+        if not isinstance(dout, np.ndarray):
+            raise TypeError(f"Dropout.backward: dout must be a numpy array, "
+                            f"got {type(dout).__name__}")
+        if dout.dtype not in _FLOATS:
+            raise DTypeError(f"Dropout.backward: dout must be float32 or float64, "
+                             f"got {dout.dtype}")
         if self._mask is None:
             return dout
         if dout.shape != self._mask.shape:
@@ -435,6 +445,9 @@ class Flatten(Layer):
 
     def backward(self, dout, dx=None):
         self._need_forward(self._shape, "Flatten")
+        if not isinstance(dout, np.ndarray):
+            raise TypeError(f"Flatten.backward: dout must be a numpy array, "
+                            f"got {type(dout).__name__}")
         if dout.size != math.prod(self._shape):
             raise ShapeError(f"Flatten.backward: dout of shape {dout.shape} cannot be reshaped "
                              f"to the input's {self._shape}")
