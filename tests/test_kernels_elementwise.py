@@ -156,7 +156,8 @@ def test_validation_errors():
 
 def test_float32_sigmoid_tanh_accuracy_on_a_dense_grid(variant):
     """The AVX2 paths use their own exp / rational tanh: check them everywhere, not
-    only at random points (relative error against float64, a few ulp)."""
+    only at random points (relative error against float64 within 2.5e-7: as good
+    as libm, which matters because backward computes 1 - y*y from y)."""
     grid = np.linspace(-40, 40, 160001)
     small = np.logspace(-9, 0, 5001)
     x = np.concatenate([grid, small, -small]).astype(np.float32)
@@ -164,4 +165,4 @@ def test_float32_sigmoid_tanh_accuracy_on_a_dense_grid(variant):
         want = K.activation_forward(kind, x.astype(np.float64), variant="reference")
         got = K.activation_forward(kind, x, variant=variant)
         # below ~1e-38 sigmoid's true value is subnormal; the vector exp flushes it to 0
-        np.testing.assert_allclose(got, want, rtol=5e-7, atol=2e-38, err_msg=kind)
+        np.testing.assert_allclose(got, want, rtol=2.5e-7, atol=2e-38, err_msg=kind)
