@@ -25,6 +25,8 @@ same pass as the loss (for cross-entropy by the fused kernel), so
 >>> loss_fn.backward().shape
 (2, 4)
 """
+import numbers
+
 import numpy as np
 
 from .errors import DTypeError, ShapeError
@@ -106,6 +108,10 @@ class SoftmaxCrossEntropy(Loss):
 
     def __init__(self, label_smoothing=0.0):
         super().__init__()
+        if isinstance(label_smoothing, (bool, np.bool_)) or \
+                not isinstance(label_smoothing, numbers.Real):
+            raise TypeError(f"SoftmaxCrossEntropy: label_smoothing must be a real number in "
+                            f"[0, 1], got {type(label_smoothing).__name__}")
         ls = float(label_smoothing)
         if not (0.0 <= ls <= 1.0):
             raise ValueError(f"SoftmaxCrossEntropy: label_smoothing must be in [0, 1], "
