@@ -12,6 +12,7 @@ them with ``SoftmaxCrossEntropy`` and any optimizer, or ``model.fit``).
 False
 """
 import math
+import numbers
 
 import numpy as np
 
@@ -46,6 +47,9 @@ def MLP(sizes, activation="relu", init="torch", dtype=np.float32, seed=None):
     """
     from .layers import Dense
     from .model import Sequential
+    if isinstance(sizes, (str, bytes)) or not hasattr(sizes, "__iter__"):
+        raise TypeError(f"MLP: sizes must be a list of layer widths, e.g. [784, 128, 10], "
+                        f"got {type(sizes).__name__} {sizes!r:.40}")
     sizes = list(sizes)
     if len(sizes) < 2:
         raise ValueError(f"MLP: sizes must list at least the input and output widths, "
@@ -139,6 +143,8 @@ class Perceptron:
         for name, v, lo in (("n_features", n_features, 1), ("n_classes", n_classes, 2)):
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
                 raise ValueError(f"Perceptron: {name} must be an integer >= {lo}, got {v!r}")
+        if isinstance(lr, (bool, np.bool_)) or not isinstance(lr, numbers.Real):
+            raise TypeError(f"Perceptron: lr must be a real number > 0, got {type(lr).__name__}")
         lr = float(lr)
         if not math.isfinite(lr) or lr <= 0:
             raise ValueError(f"Perceptron: lr must be a finite number > 0, got {lr!r}")
@@ -189,6 +195,11 @@ class Perceptron:
         """Run up to ``epochs`` passes of the perceptron rule; returns self."""
         x = self._features(x)
         y = self._labels(y, x.shape[0])
+        # NaN/inf would silently turn every weight into NaN (s > 0 is then always False)
+        if not np.isfinite(x).all():
+            bad = np.argwhere(~np.isfinite(x))[0]
+            raise ValueError(f"Perceptron.fit: x holds NaN or inf (first at sample {bad[0]}, "
+                             f"feature {bad[1]})")
         if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 1:
             raise ValueError(f"Perceptron.fit: epochs must be an integer >= 1, got {epochs!r}")
         kernel = _kernel()
