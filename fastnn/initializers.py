@@ -17,6 +17,7 @@ Biases are zero except under ``"torch"``, which draws them like the weights.
 True
 """
 import math
+import numbers
 
 import numpy as np
 
@@ -68,4 +69,10 @@ def as_rng(seed):
     """A numpy Generator from None, an int seed, or a Generator."""
     if isinstance(seed, np.random.Generator):
         return seed
+    if seed is not None and (isinstance(seed, (bool, np.bool_))
+                             or not isinstance(seed, numbers.Integral)):
+        raise TypeError(f"seed must be None, an integer >= 0 or a numpy Generator, "
+                        f"got {type(seed).__name__} {seed!r:.40}")
+    if seed is not None and seed < 0:
+        raise ValueError(f"seed must be an integer >= 0, got {seed}")
     return np.random.default_rng(seed)
