@@ -230,6 +230,8 @@ def accuracy(logits_or_probs, labels):
                              f"[0, {C})")
         target = y
     elif y.ndim == 2:
+        if y.dtype.kind not in "fiub":
+            raise DTypeError(f"{fn}: one-hot labels must be numeric, got dtype {y.dtype}")
         if y.shape != (B, C):
             raise ShapeError(f"{fn}: one-hot labels must have shape {(B, C)}, got {y.shape}")
         target = np.argmax(y, axis=1)
