@@ -292,15 +292,16 @@ def _cmd_train(args):
                         f"(no training state in it)", code=1)
         preset = _resolve_preset(args, stored["preset"])
         seed = stored.get("seed", 0)
-        if args.seed is not None and args.seed != seed:
-            raise _Fail(f"--resume: the checkpoint was trained with --seed {seed}", code=2)
-        if args.batch_size is not None and args.batch_size != stored["preset"]["batch_size"]:
-            raise _Fail("--resume: --batch-size must match the checkpoint's "
-                        f"({stored['preset']['batch_size']})", code=2)
-        for field in ("lr", "momentum", "weight_decay"):
-            v = getattr(args, field)
-            if v is not None:
-                setattr(optimizer, field, v) if hasattr(optimizer, field) else None
+        # Only --epochs may change: everything else would make the resumed run differ
+        # from the one it continues (and the restored optimizer keeps its own settings).
+        recipe = {"seed": (args.seed, seed), "subset": (args.subset, stored.get("subset"))}
+        for field in ("batch_size", "lr", "optimizer", "momentum", "weight_decay"):
+            recipe[field] = (getattr(args, field), stored["preset"][field])
+        for field, (given, saved) in recipe.items():
+            if given is not None and given != saved:
+                raise _Fail(f"--resume: the checkpoint was trained with "
+                            f"--{field.replace('_', '-')} {saved}; only --epochs may change "
+                            f"when resuming", code=2)
     else:
         preset = _resolve_preset(args)
         seed = 0 if args.seed is None else args.seed
@@ -308,8 +309,7 @@ def _cmd_train(args):
 
     (x_train, y_train), (x_test, y_test) = _load_mnist(args.data)
     x_train, x_test = _flat(x_train), _flat(x_test)
-    subset = args.subset if args.subset is not None else (
-        stored.get("subset") if resume_extra is not None else None)
+    subset = stored.get("subset") if resume_extra is not None else args.subset
     if subset is not None:
         x_train, y_train = x_train[:subset], y_train[:subset]
 

@@ -104,6 +104,10 @@ def test_resume_cli_is_bitwise(capsys, tmp_path):
     # the recipe comes from the checkpoint; contradicting it is a usage error
     code, out, err = run_main(["train", "--resume", part, "--preset", "softmax"], capsys)
     assert code == 2 and "preset 'mlp'" in err
+    for flag, value in (("--lr", "0.1"), ("--batch-size", "32"), ("--seed", "0"),
+                        ("--subset", "100")):
+        code, out, err = run_main(["train", "--resume", part, flag, value], capsys)
+        assert code == 2 and f"trained with {flag} " in err and "only --epochs" in err
 
 
 def test_speedrun_preset_reports_target(capsys):
