@@ -80,6 +80,34 @@ static void F(ukr_scalar_)(ptrdiff_t kc, const T *restrict Ap, const T *restrict
 }
 
 #if FNN_X86
+/* Rows 0..3 of a micro-panel (m <= 4): 8 accumulators, still enough FMA
+ * chains to cover the latency.  Per element the same operations as the
+ * 6-row kernel, so which kernel computes a row never changes a bit. */
+FNN_TARGET_AVX2
+static void F(ukr4_avx2_)(ptrdiff_t kc, const T *restrict Ap, const T *restrict Bp,
+                          T *C, ptrdiff_t rsc, ptrdiff_t csc, int m, int n,
+                          const TILE_EP *ep)
+{
+    VT c00 = VZERO(), c01 = VZERO(), c10 = VZERO(), c11 = VZERO();
+    VT c20 = VZERO(), c21 = VZERO(), c30 = VZERO(), c31 = VZERO();
+#pragma GCC unroll 4
+    for (ptrdiff_t k = 0; k < kc; k++) {
+        VT b0 = VLOAD(Bp), b1 = VLOAD(Bp + VW), a;
+        a = VBCAST(Ap + 0); c00 = VFMA(a, b0, c00); c01 = VFMA(a, b1, c01);
+        a = VBCAST(Ap + 1); c10 = VFMA(a, b0, c10); c11 = VFMA(a, b1, c11);
+        a = VBCAST(Ap + 2); c20 = VFMA(a, b0, c20); c21 = VFMA(a, b1, c21);
+        a = VBCAST(Ap + 3); c30 = VFMA(a, b0, c30); c31 = VFMA(a, b1, c31);
+        Ap += MR;
+        Bp += NR;
+    }
+    T acc[MR * NR] __attribute__((aligned(32)));
+    VSTOREU(acc + 0 * NR, c00); VSTOREU(acc + 0 * NR + VW, c01);
+    VSTOREU(acc + 1 * NR, c10); VSTOREU(acc + 1 * NR + VW, c11);
+    VSTOREU(acc + 2 * NR, c20); VSTOREU(acc + 2 * NR + VW, c21);
+    VSTOREU(acc + 3 * NR, c30); VSTOREU(acc + 3 * NR + VW, c31);
+    F(store_tile_)(m, n, acc, C, rsc, csc, ep);
+}
+
 /* MR x (2 vectors) register tile: 12 accumulators, 2 B vectors, 1 broadcast,
  * so 15 of the 16 ymm registers; 12 independent FMA chains cover Zen's
  * 2 pipes x 4 cycles latency. */
@@ -88,6 +116,10 @@ static void F(ukr_avx2_)(ptrdiff_t kc, const T *restrict Ap, const T *restrict B
                          T *C, ptrdiff_t rsc, ptrdiff_t csc, int m, int n,
                          const TILE_EP *ep)
 {
+    if (m <= 4) {
+        F(ukr4_avx2_)(kc, Ap, Bp, C, rsc, csc, m, n, ep);
+        return;
+    }
     VT c00 = VZERO(), c01 = VZERO(), c10 = VZERO(), c11 = VZERO();
     VT c20 = VZERO(), c21 = VZERO(), c30 = VZERO(), c31 = VZERO();
     VT c40 = VZERO(), c41 = VZERO(), c50 = VZERO(), c51 = VZERO();
@@ -165,15 +197,28 @@ static void F(ukr_avx2_)(ptrdiff_t kc, const T *restrict Ap, const T *restrict B
 
 /* ---------------------------------------------------------------- packing */
 
-/* A (mc x kc, strides rsa/csa) -> ceil(mc/MR) micro-panels, each kc x MR
- * (k-major: the MR values of one k are adjacent), zero-padded to MR rows. */
+/* Height of the A micro-panel that starts `rest` rows before the end of an
+ * M block.  Full MR-row panels, except that a tail of 7 or 8 rows becomes
+ * 4 + 3 / 4 + 4 (two 4-row tiles cost 2 x 4/6 of a 6-row one, instead of
+ * one full tile plus a mostly empty one).  M = 128 = 20 x 6 + 4 + 4. */
+static inline int F(panel_h_)(ptrdiff_t rest)
+{
+    if (rest == MR + 1 || rest == MR + 2)
+        return 4;
+    return (int)(rest < MR ? rest : MR);
+}
+
+/* A (mc x kc, strides rsa/csa) -> micro-panels of F(panel_h_) rows, each
+ * kc x MR (k-major: the MR values of one k are adjacent, rows past the
+ * panel's height are zero); panel q starts at Ap + q * MR * kc. */
 static void F(pack_a_)(ptrdiff_t mc, ptrdiff_t kc, const T *A, ptrdiff_t rsa, ptrdiff_t csa,
                        T *restrict Ap, int vec)
 {
-    for (ptrdiff_t ir = 0; ir < mc; ir += MR) {
-        int mr = (int)(mc - ir < MR ? mc - ir : MR);
+    int mr;
+    for (ptrdiff_t ir = 0; ir < mc; ir += mr, Ap += MR * kc) {
+        mr = F(panel_h_)(mc - ir);
         const T *a = A + ir * rsa;
-        T *d = Ap + ir * kc;
+        T *d = Ap;
         if (mr == MR && csa == 1) {
             /* C-ordered A: MR row streams, each contiguous in k */
             F(pack_a_rows6_)(kc, a, rsa, d, vec);
@@ -198,6 +243,19 @@ static void F(pack_a_)(ptrdiff_t mc, ptrdiff_t kc, const T *A, ptrdiff_t rsa, pt
     }
 }
 
+#if FNN_X86
+/* C-ordered B, full panels only: one k row of B, NR = 2 vectors per panel. */
+FNN_TARGET_AVX2
+static void F(pack_b_row_avx2_)(ptrdiff_t nfull, ptrdiff_t kc, const T *s, T *d)
+{
+    for (ptrdiff_t jr = 0; jr < nfull; jr += NR) {
+        VT x0 = VLOADU(s + jr), x1 = VLOADU(s + jr + VW);
+        VSTOREU(d + jr * kc, x0);
+        VSTOREU(d + jr * kc + VW, x1);
+    }
+}
+#endif
+
 /* B (kc x nc, strides rsb/csb) -> ceil(nc/NR) micro-panels, each kc x NR
  * (the NR values of one k are adjacent), zero-padded to NR columns. */
 static void F(pack_b_)(ptrdiff_t kc, ptrdiff_t nc, const T *B, ptrdiff_t rsb, ptrdiff_t csb,
@@ -212,6 +270,11 @@ static void F(pack_b_)(ptrdiff_t kc, ptrdiff_t nc, const T *B, ptrdiff_t rsb, pt
         for (ptrdiff_t k = 0; k < kc; k++) {
             const T *s = B + k * rsb;
             T *d = Bp + k * NR;
+#if FNN_X86
+            if (vec)
+                F(pack_b_row_avx2_)(nfull, kc, s, d);
+            else
+#endif
             for (ptrdiff_t jr = 0; jr < nfull; jr += NR)
                 memcpy(d + jr * kc, s + jr, NR * sizeof(T));
             if (nfull < nc) {
@@ -312,7 +375,7 @@ static void F(gemm_block_)(const F(prob_) *p, ptrdiff_t i0, ptrdiff_t i1, ptrdif
         return;
     ptrdiff_t mcb = p->mcb, kcb = p->kcb, ncb = p->ncb;
     ptrdiff_t mcap = mcb < M ? mcb : M, ncap = ncb < N ? ncb : N, kcap = kcb < K ? kcb : K;
-    mcap = (mcap + MR - 1) / MR * MR;
+    mcap = (mcap + MR - 1) / MR * MR + MR;     /* + one panel: the 4 + 4 tail split */
     ncap = (ncap + NR - 1) / NR * NR;
     T *Abuf = (T *)fnn_gemm_buffer(0, (size_t)mcap * (size_t)kcap * sizeof(T));
     T *Bbuf = (T *)fnn_gemm_buffer(1, (size_t)ncap * (size_t)kcap * sizeof(T));
@@ -340,12 +403,14 @@ static void F(gemm_block_)(const F(prob_) *p, ptrdiff_t i0, ptrdiff_t i1, ptrdif
                 for (ptrdiff_t jr = 0; jr < nc; jr += NR) {
                     int nr = (int)(nc - jr < NR ? nc - jr : NR);
                     ptrdiff_t j = jc + jr;
-                    for (ptrdiff_t ir = 0; ir < mc; ir += MR) {
-                        int mr = (int)(mc - ir < MR ? mc - ir : MR);
+                    const T *ap = Abuf;
+                    int mr;
+                    for (ptrdiff_t ir = 0; ir < mc; ir += mr, ap += MR * kc) {
+                        mr = F(panel_h_)(mc - ir);
                         ptrdiff_t i = ic + ir;
                         t.bias = p->bias ? p->bias + (p->bias_row ? i : j) : NULL;
                         t.mask = p->mask ? p->mask + i * p->rsm + j * p->csm : NULL;
-                        p->ukr(kc, Abuf + ir * kc, Bbuf + jr * kc, p->C + i * rsc + j * csc,
+                        p->ukr(kc, ap, Bbuf + jr * kc, p->C + i * rsc + j * csc,
                                rsc, csc, mr, nr, &t);
                     }
                 }
