@@ -13,7 +13,7 @@ TOL = {np.float32: dict(rtol=2e-5, atol=2e-6), np.float64: dict(rtol=1e-11, atol
 
 
 # (variant, SIMD level): native variants run on both their AVX2 and scalar paths
-PATHS = [(v, lvl) for v in FAST for lvl in ((1, 0) if v in ("c", "cython") else (None,))]
+PATHS = [(v, lvl) for v in FAST for lvl in ((1, 0) if v == "c" else (None,))]
 
 
 @pytest.fixture(params=PATHS, ids=[f"{v}-{'' if l is None else ('avx2', 'scalar')[1 - l]}"

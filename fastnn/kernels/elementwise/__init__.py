@@ -6,6 +6,7 @@ module-like object with ``activation_forward`` and ``activation_backward``
 
     reference  numpy in float64, the specification    fastnn/kernels/elementwise/reference.py
     numba      prange over the flat array              fastnn/kernels/elementwise/numba_impl.py
+    cython     OpenMP prange, libm exp/tanh             kernels/elementwise/elementwise_cy.pyx
     c          OpenMP over chunks, AVX2/FMA exp         kernels/elementwise/elementwise.c (+ _c.pyx)
 """
 import numpy as np
@@ -29,6 +30,10 @@ def _load_numba():
     return numba_impl
 
 
+def _load_cython():
+    return native_module("elementwise_cy")
+
+
 def _load_c():
     return native_module("elementwise_c")
 
@@ -37,6 +42,9 @@ register("elementwise", "reference", _load_reference, description="numpy float64
          simd=lambda: "numpy float64")
 register("elementwise", "numba", _load_numba, description="Numba, prange over the flat array",
          simd=lambda: "LLVM (host CPU)")
+register("elementwise", "cython", _load_cython,
+         description="Cython, OpenMP prange over the flat array, libm exp/tanh",
+         simd=lambda: "compiler (baseline ISA)")
 register("elementwise", "c", _load_c, description="C, OpenMP over chunks, AVX2/FMA exp",
          simd=lambda: native_module("elementwise_c").simd_name())
 

@@ -9,6 +9,7 @@ formulas in ``fastnn/kernels/optim/reference.py``):
 
     reference  numpy in float64, the specification    fastnn/kernels/optim/reference.py
     numba      prange over the flat buffer             fastnn/kernels/optim/numba_impl.py
+    cython     OpenMP prange over the flat buffer      kernels/optim/optim_cy.pyx
     c          OpenMP over chunks, AVX2/FMA             kernels/optim/optim.c, optim_c.pyx
 """
 import numbers
@@ -34,6 +35,10 @@ def _load_numba():
     return numba_impl
 
 
+def _load_cython():
+    return native_module("optim_cy")
+
+
 def _load_c():
     return native_module("optim_c")
 
@@ -42,6 +47,9 @@ register("optim", "reference", _load_reference, description="numpy float64 (spec
          simd=lambda: "numpy float64")
 register("optim", "numba", _load_numba, description="Numba, prange over the flat buffer",
          simd=lambda: "LLVM (host CPU)")
+register("optim", "cython", _load_cython,
+         description="Cython, OpenMP prange over the flat buffer",
+         simd=lambda: "compiler (baseline ISA)")
 register("optim", "c", _load_c, description="C, OpenMP over chunks, AVX2/FMA",
          simd=lambda: native_module("optim_c").simd_name())
 

@@ -5,6 +5,7 @@ object with ``column_sums`` (interface in ``fastnn/kernels/reduce/reference.py``
 
     reference  numpy in float64, the specification         fastnn/kernels/reduce/reference.py
     numba      fixed row blocks, prange, ordered reduce     fastnn/kernels/reduce/numba_impl.py
+    cython     fixed row blocks in prange, same order   kernels/reduce/reduce_cy.pyx
     c          fixed row blocks x column tiles, OpenMP       kernels/reduce/reduce.c, reduce_c.pyx
 """
 from ... import _threads
@@ -24,6 +25,10 @@ def _load_numba():
     return numba_impl
 
 
+def _load_cython():
+    return native_module("reduce_cy")
+
+
 def _load_c():
     return native_module("reduce_c")
 
@@ -33,6 +38,9 @@ register("reduce", "reference", _load_reference, description="numpy float64 (spe
 register("reduce", "numba", _load_numba,
          description="Numba, fixed row blocks in prange, partials added in order",
          simd=lambda: "LLVM (host CPU)")
+register("reduce", "cython", _load_cython,
+         description="Cython, fixed row blocks in prange, partials added in order",
+         simd=lambda: "compiler (baseline ISA)")
 register("reduce", "c", _load_c,
          description="C, fixed row blocks x column tiles, OpenMP, partials added in order",
          simd=lambda: native_module("reduce_c").simd_name())

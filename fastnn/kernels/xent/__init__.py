@@ -7,6 +7,7 @@ object with ``softmax_xent``, ``softmax`` and ``log_softmax`` (interface in
 
     reference  numpy in float64, the specification    fastnn/kernels/xent/reference.py
     numba      prange over rows                        fastnn/kernels/xent/numba_impl.py
+    cython     OpenMP prange over rows, plain C math    kernels/xent/xent_cy.pyx
     c          OpenMP over rows, AVX2/FMA exp           kernels/xent/xent.c, kernels/xent/xent_c.pyx
 """
 import numpy as np
@@ -30,6 +31,10 @@ def _load_numba():
     return numba_impl
 
 
+def _load_cython():
+    return native_module("xent_cy")
+
+
 def _load_c():
     return native_module("xent_c")
 
@@ -38,6 +43,8 @@ register("xent", "reference", _load_reference, description="numpy float64 (speci
          simd=lambda: "numpy float64")
 register("xent", "numba", _load_numba, description="Numba, prange over rows",
          simd=lambda: "LLVM (host CPU)")
+register("xent", "cython", _load_cython, description="Cython, OpenMP prange over rows",
+         simd=lambda: "compiler (baseline ISA)")
 register("xent", "c", _load_c, description="C, OpenMP over rows, AVX2/FMA exp, fused loss+grad",
          simd=lambda: native_module("xent_c").simd_name())
 
