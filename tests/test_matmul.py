@@ -118,7 +118,8 @@ def test_strided_out(variant):
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_threads_bitwise_identical(variant, dtype):
     rng = np.random.default_rng(5)
-    for m, k, n in ((128, 784, 512), (301, 333, 97), (7, 1000, 300), (128, 512, 10)):
+    for m, k, n in ((128, 784, 512), (301, 333, 97), (7, 1000, 300), (128, 512, 10),
+                    (1000, 300, 7), (9, 700, 900)):
         a = rng.standard_normal((m, k)).astype(dtype)
         b = rng.standard_normal((k, n)).astype(dtype)
         bias = rng.standard_normal(n).astype(dtype)

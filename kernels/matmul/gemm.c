@@ -110,9 +110,11 @@ typedef struct {
     ptrdiff_t M, N, MR, NR;
 } fnn_thread_plan;
 
-/* Work below this many multiply-adds per thread runs faster on one thread
- * than it takes to wake a team (a few microseconds). */
-#define FNN_MIN_FMA_PER_THREAD (96 * 1024)
+/* Each thread gets at least this many multiply-adds (~5 us of work at one
+ * thread's speed): below it, waking a team and meeting at the barrier costs
+ * about what the split saves, and on a busy machine (other processes on the
+ * cores) a descheduled team member stalls the whole call for a time slice. */
+#define FNN_MIN_FMA_PER_THREAD (512 * 1024)
 
 static ptrdiff_t ceil_div(ptrdiff_t a, ptrdiff_t b) { return (a + b - 1) / b; }
 
