@@ -182,7 +182,7 @@ def _gemm_ex():
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", [(1, 1, 1), (7, 13, 17), (13, 700, 37), (128, 512, 10),
-                                   (64, 96, 130), (5, 0, 9)])
+                                   (64, 96, 130), (5, 0, 9), (5, 64, 40)])
 @pytest.mark.parametrize("level", [1, 0])
 def test_gemm_ex_mask_accumulate(dtype, shape, level):
     gemm_ex = _gemm_ex()
