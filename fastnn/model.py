@@ -23,6 +23,7 @@ no padding; ``p.offset`` is where ``p`` starts in the flat buffers.
 1.5
 """
 import math
+import threading
 
 import numpy as np
 
@@ -143,6 +144,12 @@ class Sequential:
     (no allocation per step once the batch size is known); the returned
     output is always a fresh array.
 
+    Threads: because those workspaces are shared, ``forward`` and ``backward``
+    hold a per-model lock, so calls on ONE model from several threads (e.g.
+    ``predict`` in a thread pool) are serialised and each gets correct
+    results; different models run in parallel.  A forward followed by its
+    backward is not atomic: train a model from one thread at a time.
+
     >>> import numpy as np, fastnn
     >>> from fastnn.layers import Dense
     >>> model = fastnn.Sequential([Dense(784, 10, init="zeros")])
@@ -183,6 +190,18 @@ class Sequential:
         self._fwd_ws = [None] * len(layers)
         self._bwd_ws = [None] * len(layers)
         self._last_out_shape = None
+        # Workspaces and the layers' forward caches are shared state: concurrent
+        # forwards on one model used to overwrite each other's activations.
+        self._lock = threading.RLock()
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        del state["_lock"]              # locks do not copy; copy.deepcopy(model) gets a new one
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._lock = threading.RLock()
 
     # ----------------------------------------------------------------- construction
     def _check_chain(self):
@@ -305,6 +324,10 @@ class Sequential:
 
     def forward(self, x):
         """Run every layer; returns a fresh output array (N, out_features)."""
+        with self._lock:
+            return self._forward(x)
+
+    def _forward(self, x):
         x = self._prepare_input(x)
         n = x.shape[0]
         last = len(self.layers) - 1
@@ -331,6 +354,10 @@ class Sequential:
         Returns dL/d(input) of shape (N, in_features), or None when
         ``input_grad=False`` -- training loops should pass that: it skips the
         first layer's dx matmul, which nobody reads."""
+        with self._lock:
+            return self._backward(dout, input_grad)
+
+    def _backward(self, dout, input_grad):
         from .layers import Dense
         if self._last_out_shape is None:
             raise RuntimeError("Sequential.backward called before forward")
