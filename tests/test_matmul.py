@@ -307,3 +307,30 @@ def test_validation_errors():
         matmul(f32, w32, activation="tanh")
     with pytest.raises(ValueError, match="unknown matmul variant"):
         matmul(f32, w32, variant="nope")
+
+
+@pytest.mark.parametrize("variant", NATIVE)
+def test_concurrent_python_threads(variant):
+    """Several Python threads in the engine at once (per-thread packing buffers)."""
+    import threading
+    rng = np.random.default_rng(11)
+    cases = []
+    for m, k, n in ((150, 400, 90), (37, 700, 300), (300, 50, 7), (64, 333, 129)):
+        a = rng.standard_normal((m, k)).astype(np.float32)
+        b = rng.standard_normal((k, n)).astype(np.float32)
+        cases.append((a, b, _run(variant, a, b, None, False, 1)))
+    errors = []
+
+    def worker(idx):
+        a, b, expect = cases[idx % len(cases)]
+        for _ in range(5):
+            got = _run(variant, a, b, None, False, 2)
+            if not np.array_equal(got, expect):
+                errors.append(idx)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
