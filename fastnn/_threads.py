@@ -31,6 +31,7 @@ _blas_generation = -1
 _blas_limiter = None
 _parallel_used = False       # a count > 1 was handed to a native pool in this process
 _forked_child = False        # this process was forked after that: libgomp is unusable here
+_numba_pid = None            # the process that last ran a Numba kernel (fork detection)
 
 
 def _cgroup_cpu_quota():
@@ -153,9 +154,40 @@ def threads(n):
             _generation += 1
 
 
-def sync_numba():
-    """Set Numba's thread count (per calling thread) before a Numba kernel runs."""
+def _numba_gnu_omp_started():
+    """Whether Numba's thread pool is up and is GNU OpenMP (not fork safe)."""
     import numba
+    try:
+        layer = numba.threading_layer()
+    except ValueError:                    # no parallel kernel has run yet
+        return False
+    if layer != "omp":
+        return False
+    try:
+        from numba.np.ufunc import omppool
+    except ImportError:                   # pragma: no cover - layer says omp, assume GNU
+        return True
+    return getattr(omppool, "openmp_vendor", "GNU") == "GNU"
+
+
+def sync_numba():
+    """Set Numba's thread count (per calling thread) before a Numba kernel runs.
+
+    In a child forked after Numba started its GNU OpenMP pool, Numba would
+    kill the process (SIGTERM, "fork() called from a process already using
+    GNU OpenMP") on the next parallel kernel whatever the thread count, so
+    raise a RuntimeError saying what to do instead."""
+    global _numba_pid
+    import numba
+    pid = os.getpid()
+    if _numba_pid is not None and _numba_pid != pid:
+        if _numba_gnu_omp_started():
+            raise RuntimeError(
+                "fastnn: this process was forked after Numba started its GNU OpenMP thread "
+                "pool; Numba's parallel kernels cannot run here (Numba would terminate the "
+                "process). Use the native variants (the default, or variant='c'), or the "
+                "'spawn' or 'forkserver' multiprocessing start method.")
+    _numba_pid = pid
     n = min(get_num_threads(), numba.config.NUMBA_NUM_THREADS)
     if numba.get_num_threads() != n:
         numba.set_num_threads(n)
