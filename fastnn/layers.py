@@ -203,10 +203,14 @@ class Dense(Layer):
         k = _kernels()
         y = _out_buffer(out, (x.shape[0], self.out_features), self.dtype)
         bias = self.bias.data if self.bias is not None else None
+        # The C engine when built (backward always uses it), not the timing-based
+        # autotuner: its choice can differ between processes and the variants round
+        # differently, so the same seed gave different weights from run to run.
+        variant = "c" if _gemm_ex() is not None else None
         if self.activation == "relu":
-            k.matmul(x, self.weight.data, out=y, bias=bias, activation="relu")
+            k.matmul(x, self.weight.data, out=y, bias=bias, activation="relu", variant=variant)
         else:
-            k.matmul(x, self.weight.data, out=y, bias=bias)
+            k.matmul(x, self.weight.data, out=y, bias=bias, variant=variant)
             if self.activation is not None:
                 k.activation_forward(self.activation, y, out=y)
         self._x = x
