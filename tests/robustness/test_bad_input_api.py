@@ -14,7 +14,6 @@ what each call really says):
 
 and ``test_errors_doc_lists_every_row`` fails when the document misses a row.
 """
-import math
 import os
 import re
 import sys
@@ -27,8 +26,7 @@ if __name__ == "__main__":      # run as a script: import the checkout's fastnn
 
 import fastnn  # noqa: E402
 from fastnn import kernels as K  # noqa: E402
-from fastnn import training  # noqa: E402
-from fastnn.errors import DivergenceError, DTypeError, ShapeError  # noqa: E402,F401
+from fastnn.errors import DTypeError, ShapeError  # noqa: E402
 from fastnn.layers import (Dense, Dropout, Flatten, ReLU, Sigmoid, Softmax, Tanh,  # noqa: E402
                            layer_from_config)
 from fastnn.losses import (BinaryCrossEntropyWithLogits, MeanSquaredError,  # noqa: E402
@@ -342,7 +340,8 @@ CASES = [
       lambda: K.activation_backward("relu", arr(3), arr(3, F64)), DTypeError,
       r"dout must have y's dtype"),
     C("kernels.activation_backward", "dout of another shape",
-      lambda: K.activation_backward("relu", arr(3), arr(4)), ShapeError, r"dout must have y's shape"),
+      lambda: K.activation_backward("relu", arr(3), arr(4)), ShapeError,
+      r"dout must have y's shape"),
     C("kernels.activation_backward", "accumulate=True without dx",
       lambda: K.activation_backward("relu", arr(3), arr(3), accumulate=True), ValueError,
       r"accumulate=True needs a dx"),
@@ -359,7 +358,7 @@ CASES = [
       lambda: K.column_sums(arr((2, 3)), out=arr(2)), ShapeError, r"out must have shape \(3,\)"),
     C("kernels.column_sums", "read-only out", lambda: K.column_sums(arr((2, 3)), out=ro(arr(3))),
       ValueError, r"out is read-only"),
-    # ---------------------------------------------------------------- kernels.sgd_update / adam_update
+    # ---------------------------------------------------------------- kernels.sgd/adam_update
     C("kernels.sgd_update", "negative lr", lambda: sgd(lr=-0.1), ValueError,
       r"lr must be in \[0, inf\]"),
     C("kernels.sgd_update", "NaN lr", lambda: sgd(lr=NAN), ValueError, r"lr must be finite"),
@@ -442,8 +441,8 @@ CASES = [
     C("Dense.forward", "1-D x", lambda: Dense(3, 2).forward(arr(3)), ShapeError, r"x must be 2-D"),
     C("Dense.forward", "empty batch", lambda: Dense(3, 2).forward(arr((0, 3))), ShapeError,
       r"x is an empty batch"),
-    C("Dense.forward", "float64 x for a float32 layer", lambda: Dense(3, 2).forward(arr((2, 3), F64)),
-      DTypeError, r"x must have dtype float32"),
+    C("Dense.forward", "float64 x for a float32 layer",
+      lambda: Dense(3, 2).forward(arr((2, 3), F64)), DTypeError, r"x must have dtype float32"),
     C("Dense.forward", "int x", lambda: Dense(3, 2).forward(np.ones((2, 3), int)), DTypeError,
       r"x must have dtype float32"),
     C("Dense.backward", "before forward", lambda: Dense(3, 2).backward(arr((2, 2))), RuntimeError,
@@ -479,7 +478,8 @@ CASES = [
     C("layers.Dropout", "NaN rate", lambda: Dropout(NAN), ValueError, r"rate"),
     C("layers.Dropout", "rate a string", lambda: Dropout("half"), TypeError,
       r"rate must be a real number"),
-    C("layers.Dropout", "rate None", lambda: Dropout(None), TypeError, r"rate must be a real number"),
+    C("layers.Dropout", "rate None", lambda: Dropout(None), TypeError,
+      r"rate must be a real number"),
     C("Dropout.forward", "int x", lambda: Dropout(0.5).forward(np.ones((2, 2), int)), DTypeError,
       r"x must be float32"),
     C("Dropout.forward", "empty batch", lambda: Dropout(0.5).forward(arr((0, 2))), ShapeError,
@@ -886,7 +886,8 @@ def render_markdown():
         "or foreign |",
         "| `DatasetNotFoundError` | `FileNotFoundError` | a dataset is neither on disk nor "
         "downloadable |",
-        "| `DivergenceError` | `FloatingPointError` | training produced NaN/inf (loss or weights) |",
+        "| `DivergenceError` | `FloatingPointError` | training produced NaN/inf (loss or "
+        "weights) |",
         "| `NotBuiltError` | `ImportError` | a native extension was not compiled |",
         "",
         "Out-of-range values (a negative learning rate, depth 0, a label >= the number of",
