@@ -864,6 +864,7 @@ def _message(case):
 
 def _cell(text):
     text = " ".join(text.split())
+    text = re.sub(r" at 0x[0-9a-f]+>", ">", text)      # object addresses change every run
     return text.replace("|", "\\|")
 
 
