@@ -317,6 +317,9 @@ def main(argv=None):
                     "is reported apart, the median is over the rest)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--engines", default=",".join(ENGINES))
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="runs per engine, alternating engines; the run with the median epoch "
+                         "time is reported (use 3+ on a shared, noisy machine)")
     ap.add_argument("--timeout", type=float, default=1800, help="seconds per engine run")
     ap.add_argument("--json", default=None, help="also write all results to this file")
     ap.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
@@ -327,6 +330,8 @@ def main(argv=None):
             ap.error(f"unknown preset {name!r} (choose from {', '.join(PRESETS)})")
     if args.epochs < 1:
         ap.error("--epochs must be >= 1")
+    if args.repeat < 1:
+        ap.error("--repeat must be >= 1")
 
     if args.worker:                            # one engine, one preset, one thread count
         res = WORKERS[args.worker](presets[0], args.threads[0], args.epochs, args.seed)
@@ -351,19 +356,24 @@ def main(argv=None):
     for preset in presets:
         for threads in args.threads:
             res = rows.setdefault((preset, threads), {})
-            for e in present:
-                t0 = time.perf_counter()
-                try:
-                    r = run_engine(e, preset, threads, args.epochs, args.seed, args.timeout)
-                except (RuntimeError, subprocess.TimeoutExpired, ValueError) as exc:
-                    res[e + "_error"] = f"failed: {exc}"
-                    print(f"# {e} {preset} {threads}T failed: {exc}", flush=True)
-                    continue
-                res[e] = r
-                flat.append(r)
-                print(f"# {e:<10} {preset:<9} {threads}T  epoch {r['epoch_s']:.3f}s "
-                      f"(first {r['first_epoch_s']:.3f}s)  acc {r['test_acc']:.4f}  "
-                      f"[{time.perf_counter() - t0:.0f}s]", flush=True)
+            runs = {e: [] for e in present}
+            for rep in range(args.repeat):
+                for e in present:       # alternate engines so slow phases of the machine hit all
+                    t0 = time.perf_counter()
+                    try:
+                        r = run_engine(e, preset, threads, args.epochs, args.seed, args.timeout)
+                    except (RuntimeError, subprocess.TimeoutExpired, ValueError) as exc:
+                        res[e + "_error"] = f"failed: {exc}"
+                        print(f"# {e} {preset} {threads}T failed: {exc}", flush=True)
+                        continue
+                    runs[e].append(r)
+                    flat.append(r)
+                    print(f"# {e:<10} {preset:<9} {threads}T  epoch {r['epoch_s']:.3f}s "
+                          f"(first {r['first_epoch_s']:.3f}s)  acc {r['test_acc']:.4f}  "
+                          f"[{time.perf_counter() - t0:.0f}s]", flush=True)
+            for e, rs in runs.items():
+                if rs:
+                    res[e] = sorted(rs, key=lambda r: r["epoch_s"])[(len(rs) - 1) // 2]
     print()
     print(_table(rows, present))
     if args.json:

@@ -233,3 +233,24 @@ def test_full_mlp_three_epochs_reaches_97_percent():
     objs = json_lines(proc.stdout)
     assert len(objs) == 4
     assert objs[-1]["test_accuracy"] >= 0.97
+
+
+@pytest.mark.slow
+@pytest.mark.torch
+def test_compare_bench_replays_the_same_recipe_in_torch(tmp_path):
+    """bench/compare.py: PyTorch from the same weights on the same batches lands on the
+    same test accuracy as fastnn (to float32 rounding of one epoch)."""
+    pytest.importorskip("torch")
+    out = tmp_path / "cmp.json"
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "compare.py"), "--presets",
+                           "mlp", "--threads", "1", "--epochs", "1", "--engines",
+                           "fastnn,torch,jax", "--json", str(out)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=600, env={**os.environ, "PYTHONPATH": ROOT})
+    assert proc.returncode == 0, proc.stderr
+    table = [ln for ln in proc.stdout.splitlines() if ln.startswith("| ")]
+    assert len(table) == 2 and "torch/fastnn" in table[0]
+    res = {(r["engine"], r["model"]): r for r in json.loads(out.read_text())["results"]}
+    for preset in ("mlp",):
+        f, t = res[("fastnn", preset)], res[("torch", preset)]
+        assert f["threads"] == t["threads"] == 1 and f["batch"] == t["batch"]
+        assert abs(f["test_acc"] - t["test_acc"]) <= 0.003, (f, t)
