@@ -212,3 +212,28 @@ def test_default_variant_is_native_when_built():
     avail = K.variants("xent")
     want = "c" if "c" in avail else "cython" if "cython" in avail else "reference"
     assert pick("xent", None) is K.get("xent", want)
+
+
+def test_default_variants_never_import_numba():
+    """Training must not pay Numba's import/compile unless asked: run every public
+    kernel of the four families with variant=None in a fresh interpreter."""
+    import os
+    import subprocess
+    import sys
+    code = (
+        "import sys, numpy as np, fastnn\n"
+        "from fastnn import kernels as K\n"
+        "x = np.ones((4, 3), np.float32)\n"
+        "K.softmax_xent(x, np.array([0, 1, 2, 0]), dlogits=np.empty_like(x))\n"
+        "K.softmax(x); K.log_softmax(x); fastnn.softmax(x)\n"
+        "y = K.activation_forward('tanh', x); K.activation_backward('tanh', y, x)\n"
+        "K.column_sums(x)\n"
+        "p = np.zeros(3); K.sgd_update(p, np.ones(3), lr=0.1)\n"
+        "K.adam_update(p, np.ones(3), np.zeros(3), np.zeros(3), step=1, lr=0.1)\n"
+        "print('numba' in sys.modules)\n")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"

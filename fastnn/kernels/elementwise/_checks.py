@@ -9,7 +9,7 @@ import numbers
 import numpy as np
 
 from ...errors import DTypeError, ShapeError
-from .._registry import get, variants
+from .._registry import get
 
 FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -120,7 +120,12 @@ def pick(family, variant):
         return get(family, variant)
     name = _default_cache.get(family)
     if name is None:
-        avail = variants(family)
-        name = next(n for n in _DEFAULT_ORDER if n in avail)
+        # load the candidates one by one: variants() would load (and import) Numba too
+        for name in _DEFAULT_ORDER:
+            try:
+                get(family, name)
+                break
+            except RuntimeError:        # not built here
+                continue
         _default_cache[family] = name
     return get(family, name)
