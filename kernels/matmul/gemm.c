@@ -326,6 +326,23 @@ static inline double hsum_pd(__m256d v)
     x = _mm_add_sd(x, _mm_unpackhi_pd(x, x));
     return _mm_cvtsd_f64(x);
 }
+
+/* o[0] = sum(a), o[1] = sum(b): two reductions sharing the shuffles. */
+FNN_TARGET_AVX2
+static inline void hsum2_ps(__m256 a, __m256 b, float *o)
+{
+    __m256 t = _mm256_hadd_ps(a, b);
+    __m128 x = _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1));
+    x = _mm_hadd_ps(x, x);
+    _mm_storel_pi((__m64 *)o, x);
+}
+
+FNN_TARGET_AVX2
+static inline void hsum2_pd(__m256d a, __m256d b, double *o)
+{
+    __m256d t = _mm256_hadd_pd(a, b);
+    _mm_storeu_pd(o, _mm_add_pd(_mm256_castpd256_pd128(t), _mm256_extractf128_pd(t, 1)));
+}
 #endif
 
 /* ---------------------------------------------------------------- float */
@@ -352,6 +369,7 @@ static inline double hsum_pd(__m256d v)
 #define VAND(a, b) _mm256_and_ps(a, b)
 #define VCMPGT(a, b) _mm256_cmp_ps(a, b, _CMP_GT_OQ)
 #define VHSUM(x) hsum_ps(x)
+#define VHSUM2(a, b, o) hsum2_ps(a, b, o)
 #endif
 #include "gemm_tmpl.h"
 #undef T
@@ -376,6 +394,7 @@ static inline double hsum_pd(__m256d v)
 #undef VAND
 #undef VCMPGT
 #undef VHSUM
+#undef VHSUM2
 #endif
 
 /* ---------------------------------------------------------------- double */
@@ -402,6 +421,7 @@ static inline double hsum_pd(__m256d v)
 #define VAND(a, b) _mm256_and_pd(a, b)
 #define VCMPGT(a, b) _mm256_cmp_pd(a, b, _CMP_GT_OQ)
 #define VHSUM(x) hsum_pd(x)
+#define VHSUM2(a, b, o) hsum2_pd(a, b, o)
 #endif
 #include "gemm_tmpl.h"
 
