@@ -164,8 +164,11 @@ class FusedPlan:
         ``step_count`` in place; reads ``optimizer.lr`` now, or takes step s's
         learning rate from ``lrs[s - start]`` (a schedule, one value per step,
         so that a per-step schedule still runs as one native call).  Returns
-        ``{"loss_sum", "correct", "count", "steps"}``; a non-finite batch loss
-        stops the run after that step and ``steps`` counts the finite ones.
+        ``{"loss_sum", "correct", "count", "steps", "single_thread_fallback"}``;
+        a non-finite batch loss stops the run after that step and ``steps``
+        counts the finite ones.  ``single_thread_fallback``: the call finished
+        on one thread because another kept losing its core to other jobs
+        (results are the same for any thread count).
 
         x: uint8 (N, ...) images or float32 (N, features); y: integer labels (N,)
         in [0, classes); perm: integer row indices (any length).  ``profile``
@@ -209,7 +212,8 @@ class FusedPlan:
             if not (np.all(np.isfinite(lrs)) and np.all(lrs >= 0)):
                 raise ValueError("FusedPlan.run: lrs must be finite and >= 0")
         if idx.size == 0:
-            return {"loss_sum": 0.0, "correct": 0, "count": 0, "steps": 0}
+            return {"loss_sum": 0.0, "correct": 0, "count": 0, "steps": 0,
+                    "single_thread_fallback": False}
 
         opt = self.optimizer
         W = [layer.weight.data for layer in self.layers]
@@ -227,7 +231,7 @@ class FusedPlan:
             s1W, s1b = self._state_views("m")
             s2W, s2b = self._state_views("v")
             kw.update(beta1=opt.betas[0], beta2=opt.betas[1], eps=opt.eps, step=opt.step_count)
-        loss_sum, correct, steps = self._trainer.run(
+        loss_sum, correct, steps, solo = self._trainer.run(
             W, bias, s1W, s1b, s2W, s2b, x2, x2.dtype == np.uint8, x2.shape[1], labels, idx,
             kind, float(opt.lr), nthreads=_threads.get_num_threads(), lrs=lrs, profile=profile, **kw)
         requested = stop - start
@@ -235,7 +239,7 @@ class FusedPlan:
         opt.step_count += ran
         count = min(ran * b, idx.size)
         return {"loss_sum": float(loss_sum), "correct": int(correct), "count": int(count),
-                "steps": int(steps)}
+                "steps": int(steps), "single_thread_fallback": bool(solo)}
 
 
 def reference_run(W, b, relu, x, y, idx, batch_size, kind="sgd", lr=0.1, momentum=0.0,

@@ -20,7 +20,6 @@
 #include "cpu.h"
 
 #include <math.h>
-#include <sched.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -557,7 +556,15 @@ static grid_t grid_make(int64_t M, int64_t N, int64_t K)
 
 typedef struct {
     int64_t *next, *done, *stop_step;   /* accessed with __atomic builtins */
+    int *solo;                          /* -1, or the one thread that carries on alone */
 } sched_t;
+
+/* A wait this long means the thread we wait for lost its core (a task takes
+ * microseconds); after SOLO_EVENTS of them in one call the waiter carries on
+ * alone and the others leave after their current task.  Results do not
+ * change: no task depends on which thread runs it. */
+#define SOLO_WAIT_S 1e-3
+#define SOLO_EVENTS 2
 
 static inline void cpu_relax(void)
 {
@@ -566,18 +573,40 @@ static inline void cpu_relax(void)
 #endif
 }
 
-/* Waits until `target` tasks are done; 0 when the run stopped before step s. */
-static int wait_done(const sched_t *sc, int64_t target, int64_t s)
+static double mono_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* Waits until `target` tasks are done; 0 when the run stopped before step s.
+ * *long_waits counts this thread's waits longer than SOLO_WAIT_S. */
+static int wait_done(const sched_t *sc, int64_t target, int64_t s, int tid, int *long_waits)
 {
     unsigned spins = 0;
+    double t0 = -1.0;
+    int counted = 0;
     while (__atomic_load_n(sc->done, __ATOMIC_ACQUIRE) < target) {
         if (__atomic_load_n(sc->stop_step, __ATOMIC_RELAXED) < s) return 0;
-        if (++spins < 2048) {
+        if (++spins < 1024) {
             cpu_relax();
-        } else {
-            spins = 0;
-            sched_yield();          /* the thread we wait for may need this core */
+            continue;
         }
+        spins = 0;
+        double t = mono_s();
+        if (t0 < 0.0) {
+            t0 = t;
+        } else if (!counted && t - t0 > SOLO_WAIT_S) {
+            counted = 1;
+            if (++*long_waits >= SOLO_EVENTS) {
+                int none = -1;
+                __atomic_compare_exchange_n(sc->solo, &none, tid, 0, __ATOMIC_ACQ_REL,
+                                            __ATOMIC_RELAXED);
+            }
+        }
+        /* no sched_yield(): on a busy machine it hands this core to another
+         * job for a whole time slice, and then the partner waits for us */
     }
     return __atomic_load_n(sc->stop_step, __ATOMIC_ACQUIRE) >= s;
 }
@@ -734,29 +763,39 @@ static void plan_phases(run_t *R)
     R->per_step = first;
 }
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-static void worker(run_t *R, const sched_t *sc, double *prof)
+static void worker(run_t *R, const sched_t *sc, int tid, double *prof)
 {
     const int64_t B = R->tr->batch;
     const int64_t nsteps = (R->n + B - 1) / B, total = nsteps * R->per_step;
     double tprof[MAX_PHASES + 1] = {0}, t0 = 0.0, t1 = 0.0;
+    int long_waits = 0;
     step_ctx c;
     c.s = -1;
     for (;;) {
+        /* checked before taking a ticket: a ticket taken is always run */
+        int solo = __atomic_load_n(sc->solo, __ATOMIC_ACQUIRE);
+        if (solo >= 0 && solo != tid) {
+            /* Sleep (not spin in OpenMP's closing barrier) until the solo thread
+             * is done, so that this core goes to the other jobs. */
+            struct timespec nap = {0, 200000};
+            while (__atomic_load_n(sc->done, __ATOMIC_ACQUIRE) < total &&
+                   __atomic_load_n(sc->stop_step, __ATOMIC_ACQUIRE) == INT64_MAX)
+                nanosleep(&nap, NULL);
+            break;
+        }
         int64_t tk = __atomic_fetch_add(sc->next, 1, __ATOMIC_RELAXED);
         if (tk >= total) break;
+        if (tk == R->opt->solo_after) {
+            int none = -1;
+            __atomic_compare_exchange_n(sc->solo, &none, tid, 0, __ATOMIC_ACQ_REL,
+                                        __ATOMIC_RELAXED);
+        }
         int64_t s = tk / R->per_step, loc = tk % R->per_step;
         int p = 0;
         while (p + 1 < R->nph && R->ph[p + 1].first <= loc) p++;
-        if (prof) t0 = now_s();
-        if (!wait_done(sc, s * R->per_step + R->ph[p].first, s)) break;
-        if (prof) { t1 = now_s(); tprof[MAX_PHASES] += t1 - t0; }
+        if (prof) t0 = mono_s();
+        if (!wait_done(sc, s * R->per_step + R->ph[p].first, s, tid, &long_waits)) break;
+        if (prof) { t1 = mono_s(); tprof[MAX_PHASES] += t1 - t0; }
         if (s != c.s) {
             c.s = s;
             c.off = (ptrdiff_t)(s * B);
@@ -766,7 +805,7 @@ static void worker(run_t *R, const sched_t *sc, double *prof)
         }
         run_task(R, sc, &R->ph[p], loc - R->ph[p].first, &c);
         __atomic_fetch_add(sc->done, 1, __ATOMIC_RELEASE);
-        if (prof) tprof[p] += now_s() - t1;
+        if (prof) tprof[p] += mono_s() - t1;
     }
     if (prof) {
 #ifdef FASTNN_HAVE_OPENMP
@@ -813,11 +852,15 @@ int64_t fnn_trainer_run(fnn_trainer *tr,
 
     if (n > 0) {
         int64_t next = 0, done = 0, stop_step = INT64_MAX;
-        sched_t sc = {&next, &done, &stop_step};
+        int solo = -1;
+        sched_t sc = {&next, &done, &stop_step, &solo};
 #ifdef FASTNN_HAVE_OPENMP
 #pragma omp parallel num_threads(nthreads)
+        worker(&R, &sc, omp_get_thread_num(), opt->profile);
+#else
+        worker(&R, &sc, 0, opt->profile);
 #endif
-        worker(&R, &sc, opt->profile);
+        if (opt->solo_out) *opt->solo_out = solo >= 0;
     }
 
     for (int l = 0; l < L; l++) {

@@ -22,10 +22,12 @@
  * 256 bytes, which maps every row to the same few L1 sets).  Padding stays
  * zero, so every GEMM tile is a full 6 x 16 tile in the N direction.
  *
- * Threads: one OpenMP region per call; each phase splits its work into
- * disjoint tiles, so every output element (and every weight update) is
- * computed by exactly one thread in a fixed order: results are bitwise
- * identical for any thread count.
+ * Threads: one OpenMP region per call; threads take the tasks of each phase
+ * (runs of tiles, row chunks) from a shared counter, every output element
+ * (and every weight update) is computed by exactly one task in a fixed
+ * order: results are bitwise identical for any thread count.  On a machine
+ * shared with other jobs, a call whose threads keep waiting for a partner
+ * that lost its core finishes on one thread (same results).
  */
 #ifndef FNN_TRAINER_H
 #define FNN_TRAINER_H
@@ -47,6 +49,9 @@ typedef struct {
     double *profile;         /* NULL, or FNN_TR_PROFILE_SLOTS doubles: seconds of task time per
                               * phase of a step (summed over threads), the last slot the time
                               * threads waited for an earlier phase to finish */
+    int *solo_out;           /* NULL, or set to 1 when the call finished on one thread because
+                              * a thread kept losing its core (see trainer.c), else 0 */
+    int64_t solo_after;      /* tests: >= 0 makes the thread taking this ticket go solo */
 } fnn_train_opt;
 
 typedef struct fnn_trainer fnn_trainer;
