@@ -19,10 +19,13 @@ optimizer, the history, and ``stop_training`` to end the run.
 >>> model.fit(x, y, epochs=20, batch_size=64, validation_data=(xt, yt),
 ...           callbacks=[CSVLogger("log.csv"), EarlyStopping("val_loss", patience=2)])
 """
+import contextlib
 import csv
 import json
 import math
 import os
+import signal
+import threading
 import warnings
 
 import numpy as np
@@ -200,6 +203,33 @@ def _fmt(v):
     return repr(float(v)) if isinstance(v, (float, np.floating)) else v
 
 
+@contextlib.contextmanager
+def _sigint_deferred():
+    """Hold Ctrl-C until the block ends, then deliver it.
+
+    A checkpoint save and the bookkeeping after it (``last_saved``) then
+    happen together or not at all, so an interrupted run never reports a
+    checkpoint it did not finish, nor misses one it did."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending = []
+    try:
+        previous = signal.signal(signal.SIGINT, lambda signum, frame: pending.append(signum))
+    except ValueError:              # not the main interpreter: no signal handling here
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if pending:
+            if callable(previous):
+                previous(signal.SIGINT, None)      # default_int_handler: KeyboardInterrupt
+            elif previous == signal.SIG_DFL:
+                os.kill(os.getpid(), signal.SIGINT)
+
+
 class ModelCheckpoint(Callback):
     """Save model, optimizer state and what ``fit(resume=...)`` needs after each epoch.
 
@@ -237,9 +267,10 @@ class ModelCheckpoint(Callback):
         extra.update(self.state.resume_extra())
         extra["monitor"] = self.monitor
         extra["best"] = self.best
-        serialize.save(self.model, path, optimizer=self.state.optimizer, extra=extra)
-        self.last_saved = path
-        self.epochs_done = extra["epoch"]
+        with _sigint_deferred():
+            serialize.save(self.model, path, optimizer=self.state.optimizer, extra=extra)
+            self.last_saved = path
+            self.epochs_done = extra["epoch"]
 
     def on_train_begin(self, logs):
         if self.save_initial and not self.state.history.epoch:

@@ -257,3 +257,23 @@ def test_stop_at_accuracy(data):
     assert len(h.epoch) == 2 and stop.reached_epoch is None
     with pytest.raises(ValueError, match="target"):
         cbs.StopAtAccuracy(1.5)
+
+
+def test_ctrl_c_during_a_checkpoint_save_is_delivered_after_it(tmp_path, data, monkeypatch):
+    """SIGINT in the middle of a save: the save and last_saved complete, then
+    KeyboardInterrupt comes out of fit."""
+    import os
+    import signal
+    real_save = serialize.save
+
+    def save_with_ctrl_c(*args, **kw):
+        os.kill(os.getpid(), signal.SIGINT)          # arrives while the file is being written
+        return real_save(*args, **kw)
+
+    monkeypatch.setattr(serialize, "save", save_with_ctrl_c)
+    mc = cbs.ModelCheckpoint(tmp_path / "ck.npz", save_initial=True)
+    with pytest.raises(KeyboardInterrupt):
+        _fit(_model(), data, [mc], epochs=2)
+    assert mc.last_saved == str(tmp_path / "ck.npz") and mc.epochs_done == 0
+    assert serialize.load(tmp_path / "ck.npz", with_optimizer=True).extra["epoch"] == 0
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
