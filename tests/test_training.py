@@ -396,3 +396,32 @@ def test_divergence_nan_input_names_the_step(data, fused):
         assert info.value.step >= step - 1
         assert f"steps 1-{info.value.step + 1}" in str(info.value) or \
             f"at step {step} of 32" in str(info.value)
+
+
+def test_progress_bar_on_a_terminal(data, monkeypatch):
+    """verbose=1 on a terminal: a tqdm bar (updated in chunks of steps) and the epoch
+    lines; the chunked run ends on the same weights as a silent one."""
+    pytest.importorskip("tqdm")
+    import io
+    import sys
+
+    class FakeTerminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    x, y, _, _ = data
+    quiet = _mlp()
+    _fit(quiet, x, y, verbose=0)
+    term = FakeTerminal()
+    monkeypatch.setattr(sys, "stdout", term)
+    shown = _mlp()
+    _fit(shown, x, y, verbose=1)
+    text = term.getvalue()
+    assert "step" in text and "\r" in text                   # the bar redraws in place
+    assert text.count("Epoch 1/2 - ") == 1 and text.count("Epoch 2/2 - ") == 1
+    np.testing.assert_array_equal(quiet.flat_params, shown.flat_params)
+    # not a terminal: no bar, only the lines
+    plain = io.StringIO()
+    monkeypatch.setattr(sys, "stdout", plain)
+    _fit(_mlp(), x, y, verbose=1)
+    assert "\r" not in plain.getvalue() and plain.getvalue().count("\n") == 2
