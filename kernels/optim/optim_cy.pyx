@@ -38,14 +38,15 @@ cdef void _sgd(floating *p, const floating *g, floating *vel, Py_ssize_t n, floa
 
 cdef void _adam(floating *p, const floating *g, floating *m, floating *v, Py_ssize_t n,
                 floating decay, floating wd_g, floating step_size, floating inv_bc2_sqrt,
-                floating b1, floating b2, floating eps, int nt) noexcept nogil:
+                floating b1, floating b2, floating c1, floating c2, floating eps,
+                int nt) noexcept nogil:
     cdef Py_ssize_t i
     cdef floating pi, gi, mi, vi
     for i in prange(n, num_threads=nt, schedule="static"):
         pi = p[i] * decay
         gi = g[i] + wd_g * pi
-        mi = b1 * m[i] + (1 - b1) * gi
-        vi = b2 * v[i] + (1 - b2) * gi * gi
+        mi = b1 * m[i] + c1 * gi
+        vi = b2 * v[i] + c2 * gi * gi
         m[i] = mi
         v[i] = vi
         p[i] = pi - step_size * mi / (_sqrt(vi) * inv_bc2_sqrt + eps)
@@ -78,6 +79,8 @@ def adam_update(cnp.ndarray p, cnp.ndarray g, cnp.ndarray m, cnp.ndarray v, long
     # AdamW shrinks p before the update; Adam adds wd*p to the gradient instead
     cdef double decay = 1.0 - lr * weight_decay if decoupled else 1.0
     cdef double wd_g = 0.0 if decoupled else weight_decay
+    # 1 - beta in double, rounded once (1 - (float)0.999 is 1.3e-5 off relatively)
+    cdef double c1 = 1.0 - beta1, c2 = 1.0 - beta2
     cdef void *pp = cnp.PyArray_DATA(p)
     cdef void *pg = cnp.PyArray_DATA(g)
     cdef void *pm = cnp.PyArray_DATA(m)
@@ -88,8 +91,8 @@ def adam_update(cnp.ndarray p, cnp.ndarray g, cnp.ndarray m, cnp.ndarray v, long
         with nogil:
             _adam(<float *> pp, <const float *> pg, <float *> pm, <float *> pv, n,
                   <float> decay, <float> wd_g, <float> step_size, <float> inv_bc2_sqrt,
-                  <float> beta1, <float> beta2, <float> eps, nthreads)
+                  <float> beta1, <float> beta2, <float> c1, <float> c2, <float> eps, nthreads)
     else:
         with nogil:
             _adam(<double *> pp, <const double *> pg, <double *> pm, <double *> pv, n, decay,
-                  wd_g, step_size, inv_bc2_sqrt, beta1, beta2, eps, nthreads)
+                  wd_g, step_size, inv_bc2_sqrt, beta1, beta2, c1, c2, eps, nthreads)
