@@ -338,7 +338,7 @@ class _FusedEngine:
             g0 = state.global_step
             kw["lrs"] = np.array([_schedule_lr(self.schedule, g0 + i)
                                   for i in range(stop - start)], np.float64)
-            self.optimizer.lr = float(kw["lrs"][-1]) if stop > start else self.optimizer.lr
+            self.optimizer.lr = float(kw["lrs"][-1])     # what the general path leaves
         res = self.plan.run(self.x, self.y, perm, start, stop, **kw)
         steps = int(res.get("steps", stop - start))
         state.global_step += steps
