@@ -254,3 +254,15 @@ def test_compare_bench_replays_the_same_recipe_in_torch(tmp_path):
         f, t = res[("fastnn", preset)], res[("torch", preset)]
         assert f["threads"] == t["threads"] == 1 and f["batch"] == t["batch"]
         assert abs(f["test_acc"] - t["test_acc"]) <= 0.003, (f, t)
+
+
+def test_process_start_time_precedes_the_first_line_of_the_script():
+    """The speedrun clock starts when the process started (interpreter start-up and imports
+    included), not when fastnn.cli was imported."""
+    code = ("import time; t = time.time(); time.sleep(0.3); "
+            "from fastnn.cli import process_start_time as p; print(t - p())")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                          timeout=60, env={**os.environ, "PYTHONPATH": ROOT})
+    assert proc.returncode == 0, proc.stderr
+    lead = float(proc.stdout)
+    assert 0.0 <= lead < 10.0        # start-up happened before line 1; 10 ms clock ticks
