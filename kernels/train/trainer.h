@@ -46,8 +46,8 @@ typedef struct {
     float momentum, dampening; int nesterov;     /* SGD */
     float beta1, beta2, eps; int64_t step;       /* Adam: step = updates done before this call */
     const float *lrs;        /* NULL, or one learning rate per step of the call (a schedule) */
-    double *profile;         /* NULL, or FNN_TR_PROFILE_SLOTS doubles: seconds of task time per
-                              * phase of a step (summed over threads), the last slot the time
+    double *profile;         /* NULL, or FNN_TR_PROFILE_SLOTS doubles: CPU seconds per phase
+                              * of a step (summed over threads), the last slot the time
                               * threads waited for an earlier phase to finish */
     int *solo_out;           /* NULL, or set to 1 when the call finished on one thread because
                               * a thread kept losing its core (see trainer.c), else 0 */
