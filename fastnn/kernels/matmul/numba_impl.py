@@ -30,9 +30,9 @@ from numba import njit, prange
 
 from ... import _threads
 
-MB = 32      # tile rows
-NB = 64      # tile columns: the vectorised loop (4 x 16 f32 lanes), fixed length
-KB = 256     # k block: the KB x NB panel of b (64 KiB f32) stays in L2
+MB = 16      # tile rows
+NB = 256     # tile columns: the vectorised loop (long: its set-up costs as much as 64 FMAs)
+KB = 128     # k block: the KB x NB panel of b (128 KiB f32) stays in L2
 
 # fastmath: only "contract" (a*b+c -> FMA), which changes no NaN/inf
 # behaviour; reassociation stays off so the summation order is fixed.
@@ -61,33 +61,61 @@ def _tile_update(a, pan, acc, i0, k0, mb, kb, nbw):
                 acc[i, j] += aik * pan[k, j]
 
 
-@njit(parallel=True, fastmath=_FM, cache=True, nogil=True)
-def _matmul_kernel(a, b, out, bias, has_bias, relu):
+@njit(fastmath=_FM, cache=True, nogil=True)
+def _one_tile(a, b, out, bias, has_bias, relu, t, n_tj, acc, pan):
     M, K = a.shape
     N = b.shape[1]
-    n_ti = (M + MB - 1) // MB
+    i0 = (t // n_tj) * MB
+    j0 = (t % n_tj) * NB
+    mb = min(MB, M - i0)
+    nb = min(NB, N - j0)
+    nbw = min(NB, (nb + 15) // 16 * 16)     # narrow N: compute only what is needed
+    for i in range(MB):
+        for j in range(NB):
+            acc[i, j] = 0
+    for k0 in range(0, K, KB):
+        kb = min(KB, K - k0)
+        _pack_panel(b, pan, k0, j0, kb, nb, nbw)
+        _tile_update(a, pan, acc, i0, k0, mb, kb, nbw)
+    for i in range(mb):
+        for j in range(nb):
+            v = acc[i, j]
+            if has_bias:
+                v += bias[j0 + j]
+            if relu and v < 0:
+                v = 0
+            out[i0 + i, j0 + j] = v
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _matmul_kernel(a, b, out, bias, has_bias, relu, nchunks):
+    M = a.shape[0]
+    N = b.shape[1]
+    n_tiles = ((M + MB - 1) // MB) * ((N + NB - 1) // NB)
     n_tj = (N + NB - 1) // NB
-    for t in prange(n_ti * n_tj):
-        # per-tile scratch (L1/L2 sized), one pair per tile, not per k or i
-        acc = np.zeros((MB, NB), dtype=out.dtype)
+    # one chunk per thread: its scratch (acc in L1, pan in L2) is allocated
+    # once per call, not per tile (pan is 128 KiB: a per-tile malloc would be
+    # an mmap + page faults each time); tiles go round-robin to chunks, and
+    # each tile is computed the same way whichever chunk runs it
+    for c in prange(nchunks):
+        acc = np.empty((MB, NB), dtype=out.dtype)
         pan = np.empty((KB, NB), dtype=out.dtype)
-        i0 = (t // n_tj) * MB
-        j0 = (t % n_tj) * NB
-        mb = min(MB, M - i0)
-        nb = min(NB, N - j0)
-        nbw = min(NB, (nb + 15) // 16 * 16)     # narrow N: compute only what is needed
-        for k0 in range(0, K, KB):
-            kb = min(KB, K - k0)
-            _pack_panel(b, pan, k0, j0, kb, nb, nbw)
-            _tile_update(a, pan, acc, i0, k0, mb, kb, nbw)
-        for i in range(mb):
-            for j in range(nb):
-                v = acc[i, j]
-                if has_bias:
-                    v += bias[j0 + j]
-                if relu and v < 0:
-                    v = 0
-                out[i0 + i, j0 + j] = v
+        for t in range(c, n_tiles, nchunks):
+            _one_tile(a, b, out, bias, has_bias, relu, t, n_tj, acc, pan)
+    return out
+
+
+@njit(cache=True, nogil=True)
+def _matmul_serial(a, b, out, bias, has_bias, relu):
+    # one thread: the same tiles on the calling thread, without waking
+    # Numba's pool (its idle workers spin, which costs a busy 2-core machine
+    # more than the kernel itself)
+    n_tj = (b.shape[1] + NB - 1) // NB
+    n_tiles = ((a.shape[0] + MB - 1) // MB) * n_tj
+    acc = np.empty((MB, NB), dtype=out.dtype)
+    pan = np.empty((KB, NB), dtype=out.dtype)
+    for t in range(n_tiles):
+        _one_tile(a, b, out, bias, has_bias, relu, t, n_tj, acc, pan)
     return out
 
 
@@ -102,5 +130,8 @@ def matmul(a, b, out, bias, relu, nthreads=1):
     has_bias = bias is not None
     if not has_bias:
         bias = np.zeros(1, dtype=out.dtype)   # typed placeholder, never read
-    _matmul_kernel(a, b, out, bias, has_bias, bool(relu))
+    if n == 1:
+        _matmul_serial(a, b, out, bias, has_bias, bool(relu))
+    else:
+        _matmul_kernel(a, b, out, bias, has_bias, bool(relu), n)
     return out
