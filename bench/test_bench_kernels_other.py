@@ -194,3 +194,45 @@ def test_adam_update(benchmark, variant):
         _run(benchmark, lambda: numpy_adam(p, g, m, v, 10, 1e-3))
     else:
         _run(benchmark, lambda: K.adam_update(p, g, m, v, step=10, lr=1e-3, variant=variant))
+
+
+# ----------------------------------------------------------------------------- numba compile time
+
+NUMBA_FIRST_CALL = {
+    "xent": "K.softmax_xent(x, np.zeros(4, np.int64), dlogits=np.empty_like(x), variant='numba')",
+    "elementwise": "K.activation_forward('relu', x, variant='numba')",
+    "reduce": "K.column_sums(x, variant='numba')",
+    "optim": "K.sgd_update(x.ravel().copy(), x.ravel(), lr=0.1, variant='numba')",
+}
+
+
+@pytest.mark.parametrize("cache", ["cold", "cached"])
+@pytest.mark.parametrize("family", list(NUMBA_FIRST_CALL))
+def test_numba_first_call(benchmark, family, cache, tmp_path_factory):
+    """What a user feels: a fresh interpreter's first Numba call of one float32 kernel,
+    compiling (cold: empty NUMBA_CACHE_DIR) or loading from the on-disk cache (cached).
+    Timed inside the child, after the imports."""
+    import os
+    import subprocess
+    import sys
+    cache_dir = str(tmp_path_factory.mktemp(f"numba_{family}"))
+    code = ("import time, numpy as np, fastnn\nfrom fastnn import kernels as K\nimport numba\n"
+            "x = np.ones((4, 8), np.float32)\nt0 = time.perf_counter()\n"
+            f"{NUMBA_FIRST_CALL[family]}\nprint(time.perf_counter() - t0)\n")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, NUMBA_CACHE_DIR=cache_dir,
+               PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+
+    def first_call():
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                             text=True, check=True)
+        return float(out.stdout.strip().splitlines()[-1])
+
+    if cache == "cached":
+        first_call()                     # fill the cache
+    seconds = first_call()
+    benchmark.extra_info.update(family=family, variant="numba", cache=cache,
+                                threads=fastnn.get_num_threads(), first_call_s=seconds)
+    benchmark.group = "numba first call"
+    benchmark.pedantic(lambda: None, rounds=1, iterations=1)
+    print(f"\nnumba {family} first call ({cache}): {seconds:.2f} s")
