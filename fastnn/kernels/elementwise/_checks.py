@@ -23,7 +23,9 @@ def float_input(x, fn, name, *, ndim=None):
     if ndim is not None and x.ndim != ndim:
         raise ShapeError(f"{fn}: {name} must be {ndim}-D, got shape {x.shape}")
     if not (x.flags.c_contiguous and x.flags.aligned):
-        x = np.ascontiguousarray(x)
+        # np.require copies a misaligned C-contiguous array too (ascontiguousarray
+        # returned it as is, and the kernels then read misaligned floats: UB)
+        x = np.require(x, requirements=("C", "A"))
     return x
 
 

@@ -78,7 +78,7 @@ def _as_operand(x, name):
     # multiple of the item size or whose data is misaligned.
     item = x.itemsize
     if (not x.flags.aligned) or any(s % item for s in x.strides):
-        x = np.ascontiguousarray(x)
+        x = np.array(x, order="C")      # a copy (ascontiguousarray kept a misaligned C array)
     return x
 
 
@@ -110,7 +110,7 @@ def _validate(a, b, trans_a, trans_b, out, bias, activation):
         if bias.shape != (n,):
             raise ShapeError(f"matmul: bias must have shape ({n},) (one value per output column), "
                              f"got {bias.shape}")
-        bias = np.ascontiguousarray(bias)
+        bias = np.require(bias, requirements=("C", "A"))
     if out is None:
         out = np.empty((m, n), dtype=a.dtype)
     else:

@@ -66,7 +66,7 @@ def _labels(labels, B, C, dtype, fn):
                 i = int(bad[0])
                 raise ValueError(f"{fn}: labels[{i}] = {int(labels[i])} is not a class index "
                                  f"in [0, {C}) ({bad.size} bad label(s) in all)")
-        return np.ascontiguousarray(labels, dtype=np.int64)
+        return np.require(labels, dtype=np.int64, requirements=("C", "A"))
     if labels.ndim == 2:
         if labels.dtype != dtype:
             raise DTypeError(f"{fn}: probability labels must have the logits' dtype {dtype}, "
@@ -74,7 +74,7 @@ def _labels(labels, B, C, dtype, fn):
         if labels.shape != (B, C):
             raise ShapeError(f"{fn}: probability labels must have the logits' shape {(B, C)}, "
                              f"got {labels.shape}")
-        return np.ascontiguousarray(labels)
+        return np.require(labels, requirements=("C", "A"))
     raise ShapeError(f"{fn}: labels must be class indices (B,) or probability rows (B, C), "
                      f"got shape {labels.shape}")
 
