@@ -151,6 +151,14 @@ def make_array(rng, shape, dtype, layout, scale=1.0):
     return view
 
 
+def misaligned(v):
+    """A copy of the 1-D array ``v`` whose data starts one byte off alignment."""
+    raw = np.zeros(v.size * v.itemsize + 1, np.uint8)
+    out = raw[1:].view(v.dtype)
+    out[...] = v
+    return out
+
+
 def make_out(rng, shape, dtype, layout):
     """A writable output array in ``layout`` filled with NaN (so unwritten cells show)."""
     if layout is None:
@@ -169,8 +177,8 @@ def make_out(rng, shape, dtype, layout):
        trans_a=st.booleans(), trans_b=st.booleans(),
        layout_a=st.sampled_from(LAYOUTS), layout_b=st.sampled_from(LAYOUTS),
        out_layout=st.sampled_from([None, "C", "F", "step", "neg", "T"]),
-       bias=st.booleans(), relu=st.booleans(), level=st.sampled_from([0, 1]),
-       seed=st.integers(0, 2**32 - 1))
+       bias=st.sampled_from([None, "C", "misaligned"]), relu=st.booleans(),
+       level=st.sampled_from([0, 1]), seed=st.integers(0, 2**32 - 1))
 def test_matmul_fuzz(m, k, n, dtype, trans_a, trans_b, layout_a, layout_b, out_layout, bias,
                      relu, level, seed):
     """act(op(a) @ op(b) + bias) for every variant, layout and thread count vs the reference."""
@@ -179,6 +187,8 @@ def test_matmul_fuzz(m, k, n, dtype, trans_a, trans_b, layout_a, layout_b, out_l
     a = make_array(rng, (k, m) if trans_a else (m, k), dtype, layout_a)
     b = make_array(rng, (n, k) if trans_b else (k, n), dtype, layout_b)
     bvec = rng.standard_normal(n).astype(dtype) if bias else None
+    if bias == "misaligned":
+        bvec = misaligned(bvec)
     a_before, b_before = a.copy(), b.copy()
 
     def call(variant):
@@ -236,6 +246,8 @@ def test_xent_fuzz(batch, classes, dtype, layout, scale, prob_labels, with_grad,
         t /= np.maximum(t.sum(axis=1, keepdims=True), 1e-3).astype(dtype)
     else:
         t = rng.integers(0, classes, batch)
+    if layout == "misaligned":          # labels too: int64 indices or probability rows
+        t = misaligned(t.reshape(-1)).reshape(t.shape)
     z_before = z.copy()
 
     def call(variant):
