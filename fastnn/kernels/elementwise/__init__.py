@@ -91,7 +91,8 @@ def activation_backward(kind, y, dout, dx=None, *, accumulate=False, variant=Non
     With ``accumulate=True`` the result is added to ``dx`` (``dx += ...``).
 
     Shapes: y, dout, dx the same shape and dtype (float32/float64); dx
-    C-contiguous, may be dout itself but must not overlap y.
+    C-contiguous; it may be dout or y itself (element i is read before it is written)
+    but must not partially overlap them.
 
     >>> import numpy as np
     >>> from fastnn.kernels import activation_backward
@@ -113,7 +114,7 @@ def activation_backward(kind, y, dout, dx=None, *, accumulate=False, variant=Non
         dx = np.empty_like(y)
     else:
         dx = output(dx, fn, "dx", y.shape, y.dtype)
-        no_overlap(fn, dx, "dx", {"y": y, "dout": dout}, allow_same=("dout",))
+        no_overlap(fn, dx, "dx", {"y": y, "dout": dout}, allow_same=("y", "dout"))
     impl = pick("elementwise", variant)
     impl.activation_backward(code, y.reshape(-1), dout.reshape(-1), dx.reshape(-1),
                              bool(accumulate), _threads.get_num_threads())
