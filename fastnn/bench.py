@@ -53,23 +53,24 @@ _BLAS_QUIET_S = 0.15       # OpenBLAS workers spin ~0.1 s after a call
 _OMP_QUIET_S = 0.005       # libgomp's default spin is a few ms
 
 
-def fma_peak(nthreads, seconds=0.2):
-    """FLOP/s of the FMA probe on ``nthreads`` threads, timed for about ``seconds``."""
+def fma_peak(nthreads, seconds=0.2, clock=time.perf_counter):
+    """FLOP/s of the FMA probe on ``nthreads`` threads, timed for about ``seconds``
+    (best of three timings: the peak, not an average)."""
     common = _registry.native_module("_common")
     iters = 200_000
     common.fma_probe(iters, nthreads)                    # wake the team, warm clocks
     while True:
-        t0 = time.perf_counter()
+        t0 = clock()
         flops = common.fma_probe(iters, nthreads)
-        dt = time.perf_counter() - t0
+        dt = clock() - t0
         if dt >= seconds / 4 or iters > 10**10:
             break
         iters *= 4
     best = flops / dt
-    for _ in range(2):                                    # best of three: peak, not average
-        t0 = time.perf_counter()
+    for _ in range(2):
+        t0 = clock()
         flops = common.fma_probe(iters, nthreads)
-        best = max(best, flops / (time.perf_counter() - t0))
+        best = max(best, flops / (clock() - t0))
     return best
 
 
@@ -80,15 +81,20 @@ def _operands(m, k, n, layout, dtype, rng):
 
 
 def _blas_info():
+    """Every BLAS threadpoolctl sees (numpy's is the one whose path is under numpy)."""
     try:
         from threadpoolctl import threadpool_info
-        for p in threadpool_info():
-            if p.get("user_api") == "blas":
-                return (f"{p.get('internal_api')} {p.get('version')} "
-                        f"kernel={p.get('architecture')} threading={p.get('threading_layer')}")
     except ImportError:
-        pass
-    return "unknown (threadpoolctl missing)"
+        return "unknown (threadpoolctl missing)"
+    libs = []
+    for p in threadpool_info():
+        if p.get("user_api") == "blas":
+            owner = "numpy" if "numpy" in (p.get("filepath") or "") else \
+                os.path.basename(os.path.dirname(p.get("filepath") or "?"))
+            libs.append(f"{p.get('internal_api')} {p.get('version')} "
+                        f"kernel={p.get('architecture')} threading={p.get('threading_layer')} "
+                        f"[{owner}]")
+    return "; ".join(libs) or "none visible to threadpoolctl"
 
 
 def _header(nts, peaks, simd, numba_first):
@@ -115,22 +121,32 @@ def _header(nts, peaks, simd, numba_first):
     }
 
 
-def _time_block(fn, args, calls):
-    t0 = time.perf_counter()
+def _time_block(fn, args, calls, clock=time.perf_counter):
+    t0 = clock()
     for _ in range(calls):
         fn(*args)
-    return (time.perf_counter() - t0) / calls
+    return (clock() - t0) / calls
 
 
 def bench_kernels(threads=None, as_json=False, repeat=5, variants=None, file=None,
-                  shapes=None):
+                  shapes=None, clock="wall"):
     """Time every matmul variant on the MLP shapes at 1 thread and at ``threads``
     (default: fastnn's thread count); print a table (or JSON) and return the
     results as a dict.
 
     ``repeat`` rounds per shape (medians are reported); ``variants`` limits
     the variants (default: all available); ``shapes`` overrides
-    ``MATMUL_SHAPES`` (tuples (M, K, N, layout))."""
+    ``MATMUL_SHAPES`` (tuples (M, K, N, layout)).
+
+    ``clock="cpu"`` times one-thread runs with the calling thread's CPU time
+    (``time.thread_time``) instead of the wall clock: on a machine shared
+    with other jobs it leaves out the time the thread sat descheduled (only
+    meaningful at one thread, so ``threads`` is then forced to 1)."""
+    if clock not in ("wall", "cpu"):
+        raise ValueError(f"clock must be 'wall' or 'cpu', got {clock!r}")
+    tclock = time.thread_time if clock == "cpu" else time.perf_counter
+    if clock == "cpu":
+        threads = 1
     file = file or sys.stdout
     from . import kernels  # noqa: F401  (registers the families)
     names = variants or _registry.variants("matmul")
@@ -140,7 +156,7 @@ def bench_kernels(threads=None, as_json=False, repeat=5, variants=None, file=Non
     shapes = shapes or MATMUL_SHAPES
     nmax = threads or _threads.get_num_threads()
     nts = [1] if nmax == 1 else [1, nmax]
-    peaks = {nt: fma_peak(nt) for nt in nts}
+    peaks = {nt: fma_peak(nt, clock=tclock) for nt in nts}
     simd = {}
     for row in _registry.describe("matmul"):
         if row["name"] in names:
@@ -182,7 +198,7 @@ def bench_kernels(threads=None, as_json=False, repeat=5, variants=None, file=Non
                         if nt > 1:
                             time.sleep(_OMP_QUIET_S)
                         fn, args = fns[name]
-                        times[name].append(_time_block(fn, args, calls[name]))
+                        times[name].append(_time_block(fn, args, calls[name], tclock))
                         if nt > 1 and name == "blas":
                             time.sleep(_BLAS_QUIET_S)
                 med = {name: statistics.median(ts) for name, ts in times.items()}
@@ -196,6 +212,7 @@ def bench_kernels(threads=None, as_json=False, repeat=5, variants=None, file=Non
                         "simd": simd.get(name),
                     })
     info = _header(nts, peaks, simd, numba_first)
+    info["clock"] = clock
     info["results"] = results
     info["skipped"] = [{"variant": s[0], "M": s[1], "K": s[2], "N": s[3], "threads": s[4],
                         "one_call_s": s[5]} for s in skipped]
@@ -216,7 +233,8 @@ def bench_kernels(threads=None, as_json=False, repeat=5, variants=None, file=Non
 
 def _print_table(info, names, nts, shapes, file):
     p = lambda *a: print(*a, file=file)  # noqa: E731
-    p(f"fastnn bench kernels: matmul, float32, GFLOP/s (median of rounds)   {info['date']}")
+    p(f"fastnn bench kernels: matmul, float32, GFLOP/s (median of rounds, "
+      f"{'thread CPU time' if info['clock'] == 'cpu' else 'wall clock'})   {info['date']}")
     p(f"machine  : {info['machine']}")
     p(f"features : {info['cpu_features']}")
     p(f"blas     : {info['blas']}")
