@@ -14,7 +14,7 @@ PATHS = [(v, lvl) for v in FAST for lvl in ((1, 0) if v == "c" else (None,))]
 # because 1 - y*y cancels near |y| = 1 (FMA or not changes the last bits)
 FWD_TOL = {np.float32: dict(rtol=1e-6, atol=1e-30), np.float64: dict(rtol=1e-14, atol=1e-300)}
 BWD_TOL = {np.float32: dict(rtol=1e-6, atol=5e-7), np.float64: dict(rtol=1e-14, atol=1e-15)}
-SHAPES = [(0,), (1,), (7,), (9,), (3, 5), (17, 16), (2, 3, 11), (70001,)]
+SHAPES = [(0,), (1,), (7,), (3, 5), (17, 16), (2, 3, 11), (70001,)]
 
 
 @pytest.fixture(params=PATHS, ids=[f"{v}-{'' if l is None else ('avx2', 'scalar')[1 - l]}"

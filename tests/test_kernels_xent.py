@@ -8,7 +8,7 @@ from fastnn import kernels as K
 from fastnn.errors import DTypeError, ShapeError
 
 FAST = [v for v in K.variants("xent") if v != "reference"]
-SHAPES = [(0, 10), (1, 1), (1, 10), (7, 13), (5, 17), (64, 10), (31, 1000), (3, 9)]
+SHAPES = [(0, 10), (1, 1), (1, 10), (7, 13), (64, 10), (31, 1000), (3, 9)]
 TOL = {np.float32: dict(rtol=2e-5, atol=2e-6), np.float64: dict(rtol=1e-11, atol=1e-12)}
 
 
