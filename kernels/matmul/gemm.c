@@ -2,20 +2,28 @@
  * packed GEMM with a register-blocked AVX2+FMA microkernel, a plain C
  * fallback microkernel, a fused epilogue and an OpenMP split over C.
  *
- *   float : 6 x 16 tile (12 ymm accumulators), MC 144, KC <= 320, NC 4080
- *   double: 6 x  8 tile (12 ymm accumulators), MC  72, KC <= 320, NC 4080
+ *   float : 6 x 16 tile (12 ymm accumulators), MC <= 144, KC <= 320, NC 4080
+ *   double: 6 x  8 tile (12 ymm accumulators), MC <=  72, KC <= 320, NC 4080
  *
- * Tile and block sizes were measured on Zen 4 (32 KiB L1d, 1 MiB L2 per
- * core): a kc x NR micro-panel of B (<= 20 KiB) stays in L1 while MR-row
- * micro-panels of A stream from an MC x KC block (<= 180 KiB) kept in L2.
- * BENCHMARKS.md ("Kernels: matmul") has the numbers.
+ * Block sizes were measured on Zen 4 (32 KiB L1d, 1 MiB L2 per core): a
+ * kc x NR micro-panel of B (<= 20 KiB) stays in L1 while MR-row micro-panels
+ * of A stream from an MC x KC block (<= 180 KiB) kept in L2; KC from 256 to
+ * 448 measured within noise, 320 keeps both panels inside L1.  K and M are
+ * cut into near-equal blocks (K = 784 -> 3 x 262, not 320 + 320 + 144).
+ * A tail of 7 or 8 rows runs as two 4-row tiles (M = 128 = 20 x 6 + 4 + 4).
+ *
+ * Narrow outputs (N <= 12 with A's rows contiguous, or M <= 12 with B's
+ * columns contiguous: an output layer with 10 classes) take a dot-product
+ * path instead: 5 x 2 blocks of C, each element a k-vectorised dot product,
+ * A read in place.  Otherwise, if C^T = B^T A^T wastes less of the tiles,
+ * the transposed problem is computed (strides swapped, bias per row).
  *
  * Threads: C is cut into a tm x tn grid of blocks aligned to the tile
  * (fnn_plan_threads picks the grid per shape: MLP shapes have small M and
  * large N, so mostly a split over N); every thread runs the serial loop nest
  * on its block with its own packing buffers.  K is never split across
- * threads, and block sizes depend on the shape only, so a fixed nthreads
- * (indeed any nthreads) gives bitwise identical results.
+ * threads, and the path and block sizes depend on the shape only, so every
+ * nthreads gives bitwise identical results.
  *
  * Packing buffers are per thread (a pthread key, freed when the thread
  * exits), allocated once, 64-byte aligned and grown on demand, so calls from
@@ -110,7 +118,7 @@ typedef struct {
     ptrdiff_t M, N, MR, NR;
 } fnn_thread_plan;
 
-/* Each thread gets at least this many multiply-adds (~5 us of work at one
+/* Each thread gets at least this many multiply-adds (~20 us of work at one
  * thread's speed): below it, waking a team and meeting at the barrier costs
  * about what the split saves, and on a busy machine (other processes on the
  * cores) a descheduled team member stalls the whole call for a time slice. */
