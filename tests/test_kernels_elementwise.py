@@ -129,7 +129,8 @@ def test_strided_input_is_accepted():
 
 def test_validation_errors():
     x = np.zeros((3, 4), np.float32)
-    with pytest.raises(ValueError, match=r"kind must be one of \('relu', 'sigmoid', 'tanh', 'step'\)"):
+    with pytest.raises(ValueError,
+                       match=r"kind must be one of \('relu', 'sigmoid', 'tanh', 'step'\)"):
         K.activation_forward("gelu", x)
     with pytest.raises(DTypeError, match="x must be float32 or float64"):
         K.activation_forward("relu", x.astype(np.int64))

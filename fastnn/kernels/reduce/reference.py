@@ -1,6 +1,6 @@
 """The specification of the reduce family, in float64 numpy.
 
-    column_sums:  out[j] (+)= sum_i x[i, j]        (the bias gradient: db = sum over the batch of dY)
+    column_sums:  out[j] (+)= sum_i x[i, j]     (the bias gradient: db = batch sum of dY)
 
 Variant interface: ``column_sums(x, out, accumulate, nthreads)`` with x (B, N)
 C-contiguous and out (N,) contiguous of the same dtype.  Fast variants must
