@@ -212,6 +212,7 @@ def bench_kernels(threads=None, as_json=False, repeat=5, variants=None, file=Non
                         "simd": simd.get(name),
                     })
     info = _header(nts, peaks, simd, numba_first)
+    info["call_overhead_us"] = _call_overhead(names, tclock)
     info["clock"] = clock
     info["results"] = results
     info["skipped"] = [{"variant": s[0], "M": s[1], "K": s[2], "N": s[3], "threads": s[4],
@@ -229,6 +230,30 @@ def bench_kernels(threads=None, as_json=False, repeat=5, variants=None, file=Non
     else:
         _print_table(info, names, nts, shapes, file)
     return info
+
+
+def _call_overhead(names, clock, sizes=(8, 64)):
+    """Microseconds per call on tiny square shapes at one thread: each variant
+    through the registry, and the C engine alone (``gemm_raw`` loops in C, so
+    no Python call is included) -- what a small layer pays per step."""
+    rows = {}
+    for s in sizes:
+        a = np.ones((s, s), np.float32)
+        out = np.empty((s, s), np.float32)
+        row = {}
+        with _threads.threads(1):
+            for name in names:
+                fn = _registry.get("matmul", name)
+                fn(a, a, out, None, False, 1)
+                row[name] = 1e6 * statistics.median(
+                    _time_block(fn, (a, a, out, None, False, 1), 200, clock) for _ in range(5))
+            if "c" in names:
+                raw = _registry.native_module("matmul_c").gemm_raw
+                raw(a, a, out, 1, 10)
+                row["c engine (gemm_raw)"] = 1e6 * statistics.median(
+                    _time_block(raw, (a, a, out, 1, 1000), 1, clock) / 1000 for _ in range(5))
+        rows[f"{s}x{s}x{s}"] = row
+    return rows
 
 
 def _print_table(info, names, nts, shapes, file):
@@ -268,6 +293,10 @@ def _print_table(info, names, nts, shapes, file):
         if g:
             p("geomean vs blas".ljust(22) + "".join(
                 (f"{g[v]:.2f}x" if v in g else "").rjust(w) for v in names))
+    p("")
+    p("call overhead, 1 thread, microseconds per call:")
+    for shape, row in info["call_overhead_us"].items():
+        p(f"  {shape:<10}" + "  ".join(f"{k} {v:.2f}" for k, v in row.items()))
     for s in info["skipped"]:
         p(f"skipped  : {s['variant']} on {s['M']}x{s['K']}x{s['N']} at {s['threads']} "
           f"thread(s): one call takes {s['one_call_s']:.2f} s")
