@@ -128,7 +128,7 @@ def _time_block(fn, args, calls, clock=time.perf_counter):
     return (clock() - t0) / calls
 
 
-def bench_kernels(threads=None, as_json=False, repeat=5, variants=None, file=None,
+def bench_kernels(threads=None, as_json=False, repeat=9, variants=None, file=None,
                   shapes=None, clock="wall"):
     """Time every matmul variant on the MLP shapes at 1 thread and at ``threads``
     (default: fastnn's thread count); print a table (or JSON) and return the
@@ -190,7 +190,7 @@ def bench_kernels(threads=None, as_json=False, repeat=5, variants=None, file=Non
                         continue
                     t1 = min(t1, _time_block(fn, args, 1))
                     fns[name] = (fn, args)
-                    calls[name] = max(1, int(0.01 / max(t1, 1e-7)))   # ~10 ms blocks
+                    calls[name] = max(1, int(0.004 / max(t1, 1e-7)))  # ~4 ms blocks
                     active.append(name)
                 times = {name: [] for name in active}
                 for _ in range(repeat):
