@@ -502,6 +502,19 @@ static void copy_out(float *dst, const float *src, ptrdiff_t lds, int rows, int 
         memcpy(dst + (ptrdiff_t)r * cols, src + (ptrdiff_t)r * lds, (size_t)cols * sizeof(float));
 }
 
+/* dst[j, i] = src[i, j] for src (rows x cols, dense), in 32 x 32 blocks so
+ * that both sides stay in cache lines already fetched. */
+static void transpose_into(float *dst, ptrdiff_t ldd, const float *src, int rows, int cols)
+{
+    for (int i0 = 0; i0 < rows; i0 += 32)
+        for (int j0 = 0; j0 < cols; j0 += 32) {
+            int i1 = i0 + 32 < rows ? i0 + 32 : rows, j1 = j0 + 32 < cols ? j0 + 32 : cols;
+            for (int j = j0; j < j1; j++)
+                for (int i = i0; i < i1; i++)
+                    dst[(ptrdiff_t)j * ldd + i] = src[(ptrdiff_t)i * cols + j];
+        }
+}
+
 static void opt_step_scalars(const fnn_train_opt *opt, int64_t s, opt_sc *o)
 {
     const int64_t t = opt->step + s + 1;      /* Adam's t counts updates from 1 */
@@ -888,9 +901,7 @@ int64_t fnn_trainer_run(fnn_trainer *tr,
             if (s2b[l]) memcpy(tr->s2b[l], s2b[l], (size_t)out * sizeof(float));
         }
         if (l > 0)
-            for (int i = 0; i < in; i++)
-                for (int j = 0; j < out; j++)
-                    tr->WT[0][l][(ptrdiff_t)j * tr->ld[l] + i] = W[l][(ptrdiff_t)i * out + j];
+            transpose_into(tr->WT[0][l], tr->ld[l], W[l], in, out);
     }
     if (nthreads < 1) nthreads = 1;
 
