@@ -39,6 +39,7 @@ logits; ``SoftmaxCrossEntropy(label_smoothing=0)``; ``SGD``, ``Adam`` or
 """
 import math
 import numbers
+import threading
 
 import numpy as np
 
@@ -116,6 +117,9 @@ class FusedPlan:
         self._trainer = _native().Trainer(self.dims, self.relu,
                                           [layer.bias is not None for layer in self.layers],
                                           batch_size)
+        # the workspace is shared by every call: calls from several Python
+        # threads (the native loop releases the GIL) take turns
+        self._lock = threading.Lock()
 
     def new_profile(self):
         """A zeroed accumulator for ``run(..., profile=)``."""
@@ -214,8 +218,11 @@ class FusedPlan:
         if idx.size == 0:
             return {"loss_sum": 0.0, "correct": 0, "count": 0, "steps": 0,
                     "single_thread_fallback": False}
+        with self._lock:
+            return self._run_native(x2, labels, idx, start, stop, lrs, profile)
 
-        opt = self.optimizer
+    def _run_native(self, x2, labels, idx, start, stop, lrs, profile):
+        opt, b = self.optimizer, self.batch_size
         W = [layer.weight.data for layer in self.layers]
         bias = [layer.bias.data if layer.bias is not None else None for layer in self.layers]
         for a in W + [v for v in bias if v is not None]:
@@ -233,7 +240,8 @@ class FusedPlan:
             kw.update(beta1=opt.betas[0], beta2=opt.betas[1], eps=opt.eps, step=opt.step_count)
         loss_sum, correct, steps, solo = self._trainer.run(
             W, bias, s1W, s1b, s2W, s2b, x2, x2.dtype == np.uint8, x2.shape[1], labels, idx,
-            kind, float(opt.lr), nthreads=_threads.get_num_threads(), lrs=lrs, profile=profile, **kw)
+            kind, float(opt.lr), nthreads=_threads.get_num_threads(), lrs=lrs, profile=profile,
+            **kw)
         requested = stop - start
         ran = steps if steps == requested else steps + 1     # the diverging step ran too
         opt.step_count += ran

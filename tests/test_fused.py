@@ -330,3 +330,20 @@ def test_single_thread_fallback_gives_the_same_numbers(after):
         if solo_after >= 0:
             assert res[3] is True
     assert np.array_equal(outs[0][0], outs[1][0]) and outs[0][1] == outs[1][1]
+
+
+def test_calls_from_two_python_threads_take_turns():
+    import threading
+    model = make_model((12, 16, 4))
+    opt = SGD(model, lr=0.01, momentum=0.9)
+    x, y, perm = make_data(200, 12, 4, True)
+    plan = _fused.plan(model, SoftmaxCrossEntropy(), opt, 8)
+    results = []
+    workers = [threading.Thread(target=lambda: results.append(plan.run(x, y, perm)))
+               for _ in range(2)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    assert [r["steps"] for r in results] == [25, 25] and opt.step_count == 50
+    assert np.all(np.isfinite(model.flat_params))
