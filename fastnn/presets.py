@@ -92,18 +92,10 @@ def get_preset(name):
 
 
 def build_model(preset, seed=None, dtype="float32"):
-    """A ``Sequential`` of Dense layers for ``preset.sizes`` (ReLU between, logits last)."""
-    from .layers import Dense
-    from .model import Sequential
-    sizes = preset.sizes
-    if len(sizes) < 2 or any(int(s) < 1 for s in sizes):
-        raise ValueError(f"sizes must list at least input and output widths >= 1, got {sizes}")
-    layers = []
-    for i in range(len(sizes) - 1):
-        last = i == len(sizes) - 2
-        layers.append(Dense(sizes[i], sizes[i + 1], activation=None if last else preset.activation,
-                            init=preset.init, dtype=dtype))
-    return Sequential(layers, dtype=dtype, seed=seed)
+    """``fastnn.models.MLP(preset.sizes)``: Dense layers, ReLU between, logits last."""
+    from .models import MLP
+    return MLP(list(preset.sizes), activation=preset.activation, init=preset.init, dtype=dtype,
+               seed=seed)
 
 
 def build_optimizer(preset, model):
