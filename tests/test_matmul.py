@@ -334,3 +334,25 @@ def test_concurrent_python_threads(variant):
     for t in threads:
         t.join()
     assert not errors
+
+
+def test_bench_kernels_smoke():
+    """`fastnn bench kernels` machinery on a tiny shape (speed is never asserted)."""
+    import io
+    import json
+
+    from fastnn.bench import bench_kernels
+    names = [v for v in ("c", "blas") if v in AVAILABLE]
+    buf = io.StringIO()
+    info = bench_kernels(threads=1, repeat=1, variants=names, file=buf,
+                         shapes=[(16, 24, 8, "NT")])
+    text = buf.getvalue()
+    assert "threads=1" in text and "16x24x8 NT" in text and "fma peak" in text
+    assert {r["variant"] for r in info["results"]} == set(names)
+    assert all(r["gflops"] > 0 and r["threads"] == 1 for r in info["results"])
+    buf = io.StringIO()
+    bench_kernels(threads=1, repeat=1, variants=names, file=buf, as_json=True,
+                  shapes=[(16, 24, 8, "NN")], clock="cpu")
+    assert json.loads(buf.getvalue())["clock"] == "cpu"
+    with pytest.raises(ValueError, match="clock must be"):
+        bench_kernels(clock="sundial")
