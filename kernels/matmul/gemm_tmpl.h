@@ -34,15 +34,15 @@ typedef struct {
     ptrdiff_t rsm, csm;
 } TILE_EP;
 
-/* Scalar store of an m x n tile held in acc (row-major, leading dim NR).
+/* Scalar store of an m x n tile held in acc (row-major, leading dim ld).
  * The arithmetic is exactly the vector store path's, element by element
  * (add, add, max(0, x), and-mask), so which path runs never changes a bit. */
-static void F(store_tile_)(int m, int n, const T *acc, T *C, ptrdiff_t rsc, ptrdiff_t csc,
-                           const TILE_EP *ep)
+static void F(store_tile_)(int m, int n, const T *acc, int ld, T *C, ptrdiff_t rsc,
+                           ptrdiff_t csc, const TILE_EP *ep)
 {
     for (int i = 0; i < m; i++) {
         for (int j = 0; j < n; j++) {
-            T v = acc[i * NR + j];
+            T v = acc[i * ld + j];
             T *c = &C[i * rsc + j * csc];
             if (ep->beta)
                 v = v + *c;
@@ -76,7 +76,7 @@ static void F(ukr_scalar_)(ptrdiff_t kc, const T *restrict Ap, const T *restrict
                 acc[i * NR + j] += a * Bp[k * NR + j];
         }
     }
-    F(store_tile_)(m, n, acc, C, rsc, csc, ep);
+    F(store_tile_)(m, n, acc, NR, C, rsc, csc, ep);
 }
 
 #if FNN_X86
@@ -105,7 +105,7 @@ static void F(ukr4_avx2_)(ptrdiff_t kc, const T *restrict Ap, const T *restrict 
     VSTOREU(acc + 1 * NR, c10); VSTOREU(acc + 1 * NR + VW, c11);
     VSTOREU(acc + 2 * NR, c20); VSTOREU(acc + 2 * NR + VW, c21);
     VSTOREU(acc + 3 * NR, c30); VSTOREU(acc + 3 * NR + VW, c31);
-    F(store_tile_)(m, n, acc, C, rsc, csc, ep);
+    F(store_tile_)(m, n, acc, NR, C, rsc, csc, ep);
 }
 
 /* MR x (2 vectors) register tile: 12 accumulators, 2 B vectors, 1 broadcast,
@@ -190,7 +190,7 @@ static void F(ukr_avx2_)(ptrdiff_t kc, const T *restrict Ap, const T *restrict B
         VSTOREU(acc + 3 * NR, c30); VSTOREU(acc + 3 * NR + VW, c31);
         VSTOREU(acc + 4 * NR, c40); VSTOREU(acc + 4 * NR + VW, c41);
         VSTOREU(acc + 5 * NR, c50); VSTOREU(acc + 5 * NR + VW, c51);
-        F(store_tile_)(m, n, acc, C, rsc, csc, ep);
+        F(store_tile_)(m, n, acc, NR, C, rsc, csc, ep);
     }
 }
 #endif
@@ -361,7 +361,7 @@ static void F(naive_)(const F(prob_) *p, ptrdiff_t i0, ptrdiff_t i1, ptrdiff_t j
             }
             t.bias = p->bias ? p->bias + (p->bias_row ? i : j) : NULL;
             t.mask = p->mask ? p->mask + i * p->rsm + j * p->csm : NULL;
-            F(store_tile_)(1, n, acc, p->C + i * p->rsc + j * p->csc, p->rsc, p->csc, &t);
+            F(store_tile_)(1, n, acc, NR, p->C + i * p->rsc + j * p->csc, p->rsc, p->csc, &t);
         }
     }
 }
@@ -501,7 +501,7 @@ static void F(dot_block_)(const F(prob_) *p, ptrdiff_t i0, ptrdiff_t i1)
     t.bias_row = p->bias_row;
     t.rsm = p->rsm;
     t.csm = p->csm;
-    T o[DOT_MR * DOT_NR], tmp[MR * NR];
+    T o[DOT_MR * DOT_NR], tmp[DOT_MR * DOT_MAX_N];
     for (ptrdiff_t i = i0; i < i1; i += DOT_MR) {
         int mr = (int)(i1 - i < DOT_MR ? i1 - i : DOT_MR);
         const T *ar[DOT_MR];
@@ -515,12 +515,12 @@ static void F(dot_block_)(const F(prob_) *p, ptrdiff_t i0, ptrdiff_t i1)
             F(dot_tile_avx2_)(K, ar, br[0], br[1], o);
             for (int r = 0; r < mr; r++)
                 for (int c = 0; c < nr; c++)
-                    tmp[r * NR + j + c] = o[r * DOT_NR + c];
+                    tmp[r * DOT_MAX_N + j + c] = o[r * DOT_NR + c];
         }
         /* one store (with the epilogue) for the mr x N strip */
         t.bias = p->bias ? p->bias + (p->bias_row ? i : 0) : NULL;
         t.mask = p->mask ? p->mask + i * p->rsm : NULL;
-        F(store_tile_)(mr, (int)N, tmp, p->C + i * p->rsc, p->rsc, p->csc, &t);
+        F(store_tile_)(mr, (int)N, tmp, DOT_MAX_N, p->C + i * p->rsc, p->rsc, p->csc, &t);
     }
 #else
     F(naive_)(p, i0, i1, 0, p->N);
