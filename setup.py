@@ -62,6 +62,9 @@ def discover_extensions():
             sources=sources,
             include_dirs=[np.get_include(), os.path.join(KERNELS, "common"), folder],
             define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
+            # headers too: an edit to an included .h (gemm_tmpl.h) must rebuild
+            depends=sorted(glob.glob(os.path.join(folder, "*.h"))
+                           + glob.glob(os.path.join(KERNELS, "common", "*.h"))),
         ))
     return exts
 
