@@ -17,7 +17,7 @@ Reported per preset and thread count: the median epoch wall time over the
 epochs after the first, test accuracy after the last epoch, and the ratio
 (other engine's time / fastnn's: > 1 means fastnn is faster).
 
-    python bench/compare.py                                   # mlp, mlp-keras, softmax at 1,2 threads
+    python bench/compare.py                       # mlp, mlp-keras, softmax at 1,2 threads
     python bench/compare.py --presets mlp,speedrun --threads 2 --epochs 4 --json results.json
 """
 import argparse
