@@ -32,6 +32,9 @@ _blas_limiter = None
 _parallel_used = False       # a count > 1 was handed to a native pool in this process
 _forked_child = False        # this process was forked after that: libgomp is unusable here
 _numba_pid = None            # the process that last ran a Numba kernel (fork detection)
+# Asking OpenMP for ~100k threads crashed the process (segfault in libgomp once the
+# system's thread limit is hit); no machine needs more than this.
+MAX_THREADS = 4096
 
 
 def _cgroup_cpu_quota():
@@ -77,8 +80,9 @@ def _default_threads():
             n = int(env)
         except ValueError:
             raise ValueError(f"FASTNN_NUM_THREADS must be a positive integer, got {env!r}") from None
-        if n < 1:
-            raise ValueError(f"FASTNN_NUM_THREADS must be a positive integer, got {env!r}")
+        if n < 1 or n > MAX_THREADS:
+            raise ValueError(f"FASTNN_NUM_THREADS must be an integer in [1, {MAX_THREADS}], "
+                             f"got {env!r}")
         return n
     global _cpus_cache
     if _cpus_cache is None:      # read once: the cgroup files cost ~40 us per kernel call
@@ -122,6 +126,8 @@ def _check_count(n):
     n = int(n.__index__()) if not isinstance(n, int) else n
     if n < 1:
         raise ValueError(f"number of threads must be >= 1, got {n}")
+    if n > MAX_THREADS:
+        raise ValueError(f"number of threads must be <= {MAX_THREADS}, got {n}")
     return n
 
 
