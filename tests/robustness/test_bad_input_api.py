@@ -414,6 +414,8 @@ CASES = [
       r"number of threads must be >= 1"),
     C("fastnn.set_num_threads", "negative", lambda: fastnn.set_num_threads(-2), ValueError,
       r"number of threads must be >= 1"),
+    C("fastnn.set_num_threads", "absurdly many (100000: libgomp crashed)",
+      lambda: fastnn.set_num_threads(100000), ValueError, r"number of threads must be <= 4096"),
     C("fastnn.set_num_threads", "a float", lambda: fastnn.set_num_threads(2.0), TypeError,
       r"number of threads must be an integer"),
     C("fastnn.threads", "0 threads", lambda: fastnn.threads(0).__enter__(), ValueError,
