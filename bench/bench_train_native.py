@@ -60,6 +60,9 @@ def test_accuracy(model, xte, yte):
     return float(np.mean(np.argmax(out, axis=1) == yte))
 
 
+last_fallback = [False]     # set when a timed epoch fell back to one thread
+
+
 def bench_fastnn(sizes, batch, lr, momentum, threads, epochs, data, seed=0, profile=False,
                  verbose_cpu=False):
     xtr, ytr, xte, yte = data
@@ -75,12 +78,15 @@ def bench_fastnn(sizes, batch, lr, momentum, threads, epochs, data, seed=0, prof
             perm = rng.permutation(len(xtr))
             c0, t0 = time.process_time(), time.perf_counter()
             last = plan.run(xtr, ytr, perm, profile=prof if profile and ep > 0 else None)
+            if ep > 0:
+                last_fallback[0] |= last["single_thread_fallback"]
             times.append(time.perf_counter() - t0)
             cpu.append(time.process_time() - c0)
     if verbose_cpu:
         # CPU seconds of the process: on a machine shared with other jobs this is
         # what the epoch costs when it has its threads' cores to itself
-        print(f"    cpu seconds per epoch (all threads): {med(cpu):.3f}")
+        print(f"    cpu seconds per epoch (all threads): {med(cpu):.3f} "
+              f"({step_flops(sizes, len(xtr)) / med(cpu) / 1e9:.1f} GFLOP per cpu-second)")
     if profile and epochs > 1:
         per = {k: v / (epochs - 1) for k, v in plan.profile_dict(prof).items()}
         print("    per epoch, task seconds summed over threads: " +
@@ -189,11 +195,14 @@ def main():
         sizes, batch, lr, mom = PRESETS[name]
         flops = step_flops(sizes, 60000)
         for t in threads:
+            last_fallback[0] = False
             times, loss, acc = bench_fastnn(sizes, batch, lr, mom, t, args.epochs, data,
                                             profile=args.profile, verbose_cpu=args.cpu)
             m = med(times)
             line = (f"{name:10s} threads={t}  fastnn {m:.3f} s/epoch  {flops / m / 1e9:6.1f} GFLOP/s"
                     f"  loss {loss:.4f}  test acc {acc:.4f}")
+            if last_fallback[0]:
+                line += "  (finished on 1 thread: busy machine)"
             if args.torch:
                 ttimes, tacc = bench_torch(sizes, batch, lr, mom, t, args.epochs, data)
                 line += f"  | torch {med(ttimes):.3f} s/epoch  test acc {tacc:.4f}"
