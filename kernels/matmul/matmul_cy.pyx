@@ -174,15 +174,25 @@ cdef int _matmul(const floating[:, :] a, const floating[:, :] b, floating[:, :] 
                     else:
                         for k in range(kb):
                             ap[i * CY_KB + k] = src[k * sa1]
-                for k in range(kb):
-                    src = &b[k0 + k, j0]
-                    if sb1 == 1:
-                        memcpy(&pan[k * CY_NB], src, nb * sizeof(floating))
-                    else:
-                        for j in range(nb):
-                            pan[k * CY_NB + j] = src[j * sb1]
-                    for j in range(nb, nbw):
-                        pan[k * CY_NB + j] = 0
+                if sb1 != 1 and sb0 == 1:
+                    # transposed b (columns contiguous in k): read down columns
+                    for j in range(nb):
+                        src = &b[k0, j0 + j]
+                        for k in range(kb):
+                            pan[k * CY_NB + j] = src[k]
+                    for k in range(kb):
+                        for j in range(nb, nbw):
+                            pan[k * CY_NB + j] = 0
+                else:
+                    for k in range(kb):
+                        src = &b[k0 + k, j0]
+                        if sb1 == 1:
+                            memcpy(&pan[k * CY_NB], src, nb * sizeof(floating))
+                        else:
+                            for j in range(nb):
+                                pan[k * CY_NB + j] = src[j * sb1]
+                        for j in range(nb, nbw):
+                            pan[k * CY_NB + j] = 0
                 _tile(<int> mb, <int> kb, <int> nbw, ap, pan, acc, avx2)
                 k0 = k0 + kb
             for i in range(mb):

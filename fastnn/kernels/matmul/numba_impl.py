@@ -41,10 +41,17 @@ _FM = {"contract"}
 
 @njit(fastmath=_FM, cache=True, nogil=True)
 def _pack_panel(b, pan, k0, j0, kb, nb, nbw):
-    # pan[k, j] = b[k0 + k, j0 + j], zero-padded to nbw columns (b: any strides)
-    for k in range(kb):
+    # pan[k, j] = b[k0 + k, j0 + j], zero-padded to nbw columns (b: any
+    # strides); read along b's contiguous axis (a transposed b: down columns)
+    if abs(b.strides[0]) < abs(b.strides[1]):
         for j in range(nb):
-            pan[k, j] = b[k0 + k, j0 + j]
+            for k in range(kb):
+                pan[k, j] = b[k0 + k, j0 + j]
+    else:
+        for k in range(kb):
+            for j in range(nb):
+                pan[k, j] = b[k0 + k, j0 + j]
+    for k in range(kb):
         for j in range(nb, nbw):
             pan[k, j] = 0
 
