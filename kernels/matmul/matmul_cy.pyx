@@ -11,7 +11,7 @@ view).  Same signature as every matmul variant (see reference.py).
 Blocking: a parallel iteration owns one MB x NB tile of ``out``.  For each
 KB block of K it copies the MB x KB slice of ``a`` and the KB x NB slice of
 ``b`` into contiguous per-thread buffers (allocated once per thread per call,
-outside the loop over tiles), then runs a 4-row x 2-vector register-blocked
+outside the loop over tiles), then runs a 6-row x 2-vector register-blocked
 update written in C with GCC vector types.  That update is compiled twice:
 for AVX2+FMA (``FNN_TARGET_AVX2``) and for baseline x86-64; ``fnn_simd_level()``
 picks one at run time.  Every element's K sum runs in the same order
@@ -36,12 +36,13 @@ cdef extern from *:
     """
     #include "cpu.h"
     /* Tile sizes: MB x NB of C per parallel iteration, KB deep. */
-    #define CY_MB 64
+    #define CY_MB 72
     #define CY_NB 128
     #define CY_KB 256
 
     /* acc[MB x NB] += ap[mb x KB] . pan[KB x NB] on contiguous buffers, in
-     * 4-row x 2-vector register blocks (8 accumulators).  Written with GCC
+     * 6-row x 2-vector register blocks (12 accumulators; 4-row and 1-row
+     * blocks for the tail).  Written with GCC
      * vector types (not intrinsics) so one source serves both builds: 32-byte
      * vectors under AVX2+FMA, 16-byte (SSE2) vectors on baseline x86-64.
      * Left to the auto-vectoriser, GCC vectorised the wrong loop (a gather
@@ -56,6 +57,36 @@ cdef extern from *:
     {                                                                              \
         enum { VN = sizeof(V) / sizeof(T) };                                       \
         int i = 0;                                                                 \
+        for (; i + 6 <= mb; i += 6) {                                              \
+            for (int j0 = 0; j0 < nbw; j0 += 2 * VN) {                             \
+                T *o = acc + i * CY_NB + j0;                                       \
+                V c00 = *(V *)(o), c01 = *(V *)(o + VN);                           \
+                V c10 = *(V *)(o + CY_NB), c11 = *(V *)(o + CY_NB + VN);           \
+                V c20 = *(V *)(o + 2 * CY_NB), c21 = *(V *)(o + 2 * CY_NB + VN);   \
+                V c30 = *(V *)(o + 3 * CY_NB), c31 = *(V *)(o + 3 * CY_NB + VN);   \
+                V c40 = *(V *)(o + 4 * CY_NB), c41 = *(V *)(o + 4 * CY_NB + VN);   \
+                V c50 = *(V *)(o + 5 * CY_NB), c51 = *(V *)(o + 5 * CY_NB + VN);   \
+                const T *a0 = ap + (i + 0) * CY_KB, *a1 = ap + (i + 1) * CY_KB;    \
+                const T *a2 = ap + (i + 2) * CY_KB, *a3 = ap + (i + 3) * CY_KB;    \
+                const T *a4 = ap + (i + 4) * CY_KB, *a5 = ap + (i + 5) * CY_KB;    \
+                for (int k = 0; k < kb; k++) {                                     \
+                    const T *p = pan + k * CY_NB + j0;                             \
+                    V p0 = *(const V *)p, p1 = *(const V *)(p + VN);               \
+                    c00 += a0[k] * p0; c01 += a0[k] * p1;                          \
+                    c10 += a1[k] * p0; c11 += a1[k] * p1;                          \
+                    c20 += a2[k] * p0; c21 += a2[k] * p1;                          \
+                    c30 += a3[k] * p0; c31 += a3[k] * p1;                          \
+                    c40 += a4[k] * p0; c41 += a4[k] * p1;                          \
+                    c50 += a5[k] * p0; c51 += a5[k] * p1;                          \
+                }                                                                  \
+                *(V *)(o) = c00; *(V *)(o + VN) = c01;                             \
+                *(V *)(o + CY_NB) = c10; *(V *)(o + CY_NB + VN) = c11;             \
+                *(V *)(o + 2 * CY_NB) = c20; *(V *)(o + 2 * CY_NB + VN) = c21;     \
+                *(V *)(o + 3 * CY_NB) = c30; *(V *)(o + 3 * CY_NB + VN) = c31;     \
+                *(V *)(o + 4 * CY_NB) = c40; *(V *)(o + 4 * CY_NB + VN) = c41;     \
+                *(V *)(o + 5 * CY_NB) = c50; *(V *)(o + 5 * CY_NB + VN) = c51;     \
+            }                                                                      \
+        }                                                                          \
         for (; i + 4 <= mb; i += 4) {                                              \
             for (int j0 = 0; j0 < nbw; j0 += 2 * VN) {                             \
                 T *o = acc + i * CY_NB + j0;                                       \
