@@ -906,9 +906,14 @@ int64_t fnn_trainer_run(fnn_trainer *tr,
     if (nthreads < 1) nthreads = 1;
 
     if (n > 0) {
-        int64_t next = 0, done = 0, stop_step = INT64_MAX;
+        /* one cache line each: the ticket counter and the completion count are
+         * hit by every task, and waiters poll the completion count */
+        struct { int64_t v; char pad[56]; } cnt[3] __attribute__((aligned(64)));
         int solo = -1;
-        sched_t sc = {&next, &done, &stop_step, &solo};
+        cnt[0].v = 0;
+        cnt[1].v = 0;
+        cnt[2].v = INT64_MAX;
+        sched_t sc = {&cnt[0].v, &cnt[1].v, &cnt[2].v, &solo};
 #ifdef FASTNN_HAVE_OPENMP
 #pragma omp parallel num_threads(nthreads)
         worker(&R, &sc, omp_get_thread_num(), opt->profile);
