@@ -3,7 +3,7 @@
 One test per family (matmul, xent, elementwise, reduce, optim).  Each example
 draws shapes (0 and 1 included, sizes off the SIMD width and block sizes),
 memory layouts (Fortran order, sliced steps, negative strides, transposes,
-misaligned buffers), float32/float64, a SIMD level for the native modules,
+misaligned buffers, zero strides), float32/float64, a SIMD level for the native modules,
 and runs every available variant on 1 and 2 threads through the public entry
 point (so the Python validation and the native kernel are exercised together)
 against the ``"reference"`` variant:
@@ -117,7 +117,7 @@ def _as_tuple(x):
 
 SIZES = st.one_of(st.sampled_from([0, 1, 2, 3, 4, 5, 7, 8, 9, 15, 16, 17, 31, 33]),
                   st.integers(0, 80))
-LAYOUTS = ("C", "F", "step", "neg", "negstep", "T", "misaligned")
+LAYOUTS = ("C", "F", "step", "neg", "negstep", "T", "misaligned", "bcast")
 
 
 def make_array(rng, shape, dtype, layout, scale=1.0):
@@ -128,6 +128,8 @@ def make_array(rng, shape, dtype, layout, scale=1.0):
         return vals
     if layout == "F":
         return np.asfortranarray(vals)
+    if layout == "bcast":                      # one row repeated: row stride 0, read-only
+        return np.broadcast_to(vals[:1] if r else vals, (r, c))
     if layout == "step":                       # every 2nd row, every 3rd column of a bigger array
         base = np.full((2 * r, 3 * c), np.nan, dtype)
         view = base[::2, ::3]
