@@ -23,6 +23,7 @@ import contextlib
 import csv
 import json
 import math
+import numbers
 import os
 import signal
 import threading
@@ -70,6 +71,13 @@ def _mode_for(monitor, mode):
     if mode != "auto":
         return mode
     return "max" if "acc" in monitor else "min"
+
+
+def _real(value, name):
+    """``value`` as a float, or TypeError naming ``name`` (float('a') said only 'a')."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r:.40}")
+    return float(value)
 
 
 def _check_monitor(monitor):
@@ -310,11 +318,13 @@ class EarlyStopping(Callback):
         self.monitor = _check_monitor(monitor)
         if isinstance(patience, bool) or not isinstance(patience, int) or patience < 0:
             raise ValueError(f"patience must be an integer >= 0, got {patience!r}")
-        min_delta = float(min_delta)
+        min_delta = _real(min_delta, "min_delta")
         if not math.isfinite(min_delta):
             raise ValueError(f"min_delta must be finite, got {min_delta!r}")
         self.patience = patience
-        self.baseline = None if baseline is None else float(baseline)
+        self.baseline = None if baseline is None else _real(baseline, "baseline")
+        if self.baseline is not None and not math.isfinite(self.baseline):
+            raise ValueError(f"baseline must be finite, got {baseline!r}")
         self.min_delta = abs(min_delta)
         self.mode = _mode_for(self.monitor, mode)
         self.restore_best_weights = bool(restore_best_weights)
@@ -357,7 +367,7 @@ class StopAtAccuracy(Callback):
 
     def __init__(self, target=0.98, monitor="val_accuracy"):
         super().__init__()
-        target = float(target)
+        target = _real(target, "target")
         if not 0.0 < target <= 1.0:
             raise ValueError(f"target must be in (0, 1], got {target!r}")
         self.target = target
