@@ -25,6 +25,7 @@ if __name__ == "__main__":      # run as a script: import the checkout's fastnn
     sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..")))
 
 import fastnn  # noqa: E402
+from fastnn import callbacks  # noqa: E402
 from fastnn import kernels as K  # noqa: E402
 from fastnn.errors import DTypeError, ShapeError  # noqa: E402
 from fastnn.layers import (Dense, Dropout, Flatten, ReLU, Sigmoid, Softmax, Tanh,  # noqa: E402
@@ -804,6 +805,40 @@ CASES = [
     C("predict", "complex x", lambda: mlp().predict(np.ones((2, 4), np.complex64)), DTypeError,
       r"x must be uint8 images or a float array"),
     C("predict", "empty x", lambda: mlp().predict(arr((0, 4))), ShapeError, r"x is empty"),
+    # ---------------------------------------------------------------- callbacks
+    C("callbacks.TensorBoard", "logdir not a path", lambda: callbacks.TensorBoard(5), TypeError,
+      r"logdir must be a path"),
+    C("callbacks.TensorBoard", "negative histogram_freq",
+      lambda: callbacks.TensorBoard(os.devnull, histogram_freq=-1), ValueError,
+      r"histogram_freq must be an integer >= 0"),
+    C("callbacks.TensorBoard", "update_freq 0", lambda: callbacks.TensorBoard(os.devnull,
+                                                                              update_freq=0),
+      ValueError, r"update_freq must be 'epoch' or an integer >= 1"),
+    C("callbacks.CSVLogger", "path not a path", lambda: callbacks.CSVLogger(3), TypeError,
+      r"path must be a file path"),
+    C("callbacks.ModelCheckpoint", "path None", lambda: callbacks.ModelCheckpoint(None),
+      TypeError, r"path must be a file path"),
+    C("callbacks.ModelCheckpoint", "unknown mode",
+      lambda: callbacks.ModelCheckpoint("ckpt.npz", mode="sideways"), ValueError,
+      r"mode must be 'auto', 'min' or 'max'"),
+    C("callbacks.EarlyStopping", "negative patience",
+      lambda: callbacks.EarlyStopping(patience=-1), ValueError, r"patience must be an integer"),
+    C("callbacks.EarlyStopping", "monitor not a name", lambda: callbacks.EarlyStopping(monitor=5),
+      TypeError, r"monitor must be a metric name"),
+    C("callbacks.EarlyStopping", "NaN min_delta",
+      lambda: callbacks.EarlyStopping(min_delta=NAN), ValueError, r"min_delta must be finite"),
+    C("callbacks.EarlyStopping", "min_delta a string",
+      lambda: callbacks.EarlyStopping(min_delta="small"), TypeError,
+      r"min_delta must be a real number"),
+    C("callbacks.EarlyStopping", "baseline a string",
+      lambda: callbacks.EarlyStopping(baseline="high"), TypeError,
+      r"baseline must be a real number"),
+    C("callbacks.EarlyStopping", "NaN baseline", lambda: callbacks.EarlyStopping(baseline=NAN),
+      ValueError, r"baseline must be finite"),
+    C("callbacks.StopAtAccuracy", "target > 1", lambda: callbacks.StopAtAccuracy(1.5),
+      ValueError, r"target must be in \(0, 1\]"),
+    C("callbacks.StopAtAccuracy", "target a string", lambda: callbacks.StopAtAccuracy("all"),
+      TypeError, r"target must be a real number"),
     # ---------------------------------------------------------------- save / load
     C("fastnn.save", "not a model", lambda: fastnn.save("model", os.devnull), TypeError,
       r"model must have get_config"),
