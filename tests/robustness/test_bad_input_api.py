@@ -25,8 +25,9 @@ if __name__ == "__main__":      # run as a script: import the checkout's fastnn
     sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..")))
 
 import fastnn  # noqa: E402
-from fastnn import callbacks  # noqa: E402
+from fastnn import callbacks, plot  # noqa: E402
 from fastnn import kernels as K  # noqa: E402
+from fastnn.datasets import load_idx  # noqa: E402
 from fastnn.errors import DTypeError, ShapeError  # noqa: E402
 from fastnn.layers import (Dense, Dropout, Flatten, ReLU, Sigmoid, Softmax, Tanh,  # noqa: E402
                            layer_from_config)
@@ -120,6 +121,19 @@ def opt_state(**changes):
 def overlap_out():
     a = arr((4, 4))
     return K.matmul(a, arr((4, 4), seed=1), out=a)
+
+
+_TMP = []
+
+
+def _writer():
+    """A SummaryWriter in a scratch directory removed at exit."""
+    import tempfile
+    from fastnn.tensorboard import SummaryWriter
+    if not _TMP:
+        _TMP.append(tempfile.TemporaryDirectory(prefix="fastnn-errors-",
+                                                ignore_cleanup_errors=True))
+    return SummaryWriter(tempfile.mkdtemp(dir=_TMP[0].name))
 
 
 def same_buffers_sgd():
@@ -845,6 +859,18 @@ CASES = [
     C("fastnn.save", "extra not JSON-serialisable",
       lambda: fastnn.save(mlp(), os.devnull, extra={"x": object()}), TypeError,
       r"extra must be JSON-serialisable"),
+    C("datasets.load_idx", "missing file", lambda: load_idx("/nonexistent/train-images"),
+      FileNotFoundError, r"/nonexistent/train-images"),
+    C("plot.read_history", "missing source", lambda: plot.read_history("/nonexistent/log.csv"),
+      FileNotFoundError, r"history source '/nonexistent/log.csv' does not exist"),
+    C("SummaryWriter.add_scalar", "value a string",
+      lambda: _writer().add_scalar("loss", "low", 1), TypeError,
+      r"add_scalar\('loss'\): value must be a real number"),
+    C("SummaryWriter.add_scalar", "tag not a string", lambda: _writer().add_scalar(5, 1.0, 1),
+      TypeError, r"tag must be a non-empty str"),
+    C("SummaryWriter.add_histogram", "object values",
+      lambda: _writer().add_histogram("w", np.array([1, None], object), 0), TypeError,
+      r"values must be numeric"),
     C("fastnn.load", "missing file", lambda: fastnn.load("/nonexistent/fastnn-model.npz"),
       FileNotFoundError, r"checkpoint '/nonexistent/fastnn-model.npz' does not exist"),
 ]
