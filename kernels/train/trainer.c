@@ -556,7 +556,8 @@ static void opt_step_scalars(const fnn_train_opt *opt, int64_t s, opt_sc *o)
  * results are bitwise identical for every thread count.
  */
 #define ROWS_PER_TASK 16
-#define FLOPS_PER_TASK 131072.0      /* ~2-4 us of work: the atomics stay < 5 % */
+#define FLOPS_PER_TASK 131072.0      /* ~1-2 us of work at least */
+#define TASKS_PER_THREAD 32
 #define MAX_PHASES (FNN_TR_PROFILE_SLOTS - 1)
 
 enum { PH_GATHER, PH_FWD, PH_XENT, PH_BWD };
@@ -571,12 +572,16 @@ typedef struct {
     int64_t nbias, ntasks, first;
 } phase_t;
 
-static grid_t grid_make(int64_t M, int64_t N, int64_t K)
+static grid_t grid_make(int64_t M, int64_t N, int64_t K, int nthreads)
 {
     grid_t g;
     int64_t ntm = (M + MR - 1) / MR, ntn = (N + NR - 1) / NR;
     double tile = 2.0 * MR * NR * (double)(K > 0 ? K : 1);
-    g.per = (int64_t)ceil(FLOPS_PER_TASK / tile);
+    /* at least FLOPS_PER_TASK of work, and no more than ~TASKS_PER_THREAD tasks per
+     * thread: every task costs two atomics on lines the other cores poll */
+    int64_t per_flops = (int64_t)ceil(FLOPS_PER_TASK / tile);
+    int64_t per_count = ntm * ntn / ((int64_t)TASKS_PER_THREAD * (nthreads > 0 ? nthreads : 1));
+    g.per = per_flops > per_count ? per_flops : per_count;
     if (g.per < 1) g.per = 1;
     if (g.per > ntm) g.per = ntm;
     g.nchunks = (ntm + g.per - 1) / g.per;
@@ -648,7 +653,7 @@ typedef struct {
     const void *x; int x_u8; ptrdiff_t x_ld;
     const int64_t *y, *idx; ptrdiff_t n;
     const fnn_train_opt *opt;
-    int avx2, fuse_xent;
+    int avx2, fuse_xent, nthreads;
     phase_t ph[MAX_PHASES]; int nph;
     int64_t per_step;
     double loss_sum; int64_t correct, done_steps;
@@ -774,15 +779,15 @@ static void plan_phases(run_t *R)
     ph[n].kind = PH_GATHER; ph[n].ntasks = row_tasks; n++;
     for (int l = 0; l < L; l++) {
         ph[n].kind = PH_FWD; ph[n].layer = l;
-        ph[n].gw = grid_make(B, tr->dims[l + 1], tr->dims[l]);
+        ph[n].gw = grid_make(B, tr->dims[l + 1], tr->dims[l], R->nthreads);
         ph[n].ntasks = ph[n].gw.ntasks;
         n++;
     }
     if (!R->fuse_xent) { ph[n].kind = PH_XENT; ph[n].ntasks = row_tasks; n++; }
     for (int l = L - 1; l >= 0; l--) {
         ph[n].kind = PH_BWD; ph[n].layer = l;
-        if (l > 0) ph[n].gx = grid_make(B, tr->dims[l], tr->dims[l + 1]);
-        ph[n].gw = grid_make(tr->dims[l], tr->dims[l + 1], B);
+        if (l > 0) ph[n].gx = grid_make(B, tr->dims[l], tr->dims[l + 1], R->nthreads);
+        ph[n].gw = grid_make(tr->dims[l], tr->dims[l + 1], B, R->nthreads);
         ph[n].nbias = tr->has_bias[l] ? ((tr->dims[l + 1] + NR - 1) / NR + 7) / 8 : 0;
         ph[n].ntasks = ph[n].gx.ntasks + ph[n].gw.ntasks + ph[n].nbias;
         n++;
@@ -888,6 +893,8 @@ int64_t fnn_trainer_run(fnn_trainer *tr,
     R.opt = opt;
     R.avx2 = fnn_simd_level() >= FNN_SIMD_AVX2;
     R.fuse_xent = tr->dims[L] <= NR;     /* one column panel: each tile holds whole rows */
+    if (nthreads < 1) nthreads = 1;
+    R.nthreads = nthreads;
     plan_phases(&R);
 
     for (int l = 0; l < L; l++) {
