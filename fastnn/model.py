@@ -202,6 +202,13 @@ class Sequential:
     def __setstate__(self, state):
         self.__dict__.update(state)
         self._lock = threading.RLock()
+        # copy.deepcopy / pickle copy every parameter array on its own: point them back
+        # into this copy's flat buffers, or an optimizer stepping flat_params would
+        # train buffers the layers no longer read
+        for p in self._params:
+            n, off = p.size, p.offset
+            p._rebind(self.flat_params[off:off + n].reshape(p.shape),
+                      self.flat_grads[off:off + n].reshape(p.shape), self, off, p.name)
 
     # ----------------------------------------------------------------- construction
     def _check_chain(self):
