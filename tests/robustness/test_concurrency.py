@@ -145,6 +145,28 @@ def test_sequential_lock_is_documented():
     assert "lock" in doc and "thread" in doc.lower()
 
 
+@pytest.mark.parametrize("how", ["deepcopy", "pickle"])
+def test_copied_model_has_its_own_lock_and_flat_buffers(how):
+    """A copy (e.g. one model per worker thread) gets a fresh lock and parameters that are
+    views of ITS flat buffers: training the copy changes its outputs, not the original's."""
+    import copy
+    import pickle
+    from fastnn.optim import SGD
+    model = MLP([6, 5, 3], seed=0)
+    x = np.linspace(-1, 1, 12, dtype=np.float32).reshape(2, 6)
+    want = model(x)
+    twin = copy.deepcopy(model) if how == "deepcopy" else pickle.loads(pickle.dumps(model))
+    assert twin._lock is not model._lock
+    np.testing.assert_array_equal(twin(x), want)
+    for p in twin.parameters():
+        assert np.shares_memory(p.data, twin.flat_params)
+        assert np.shares_memory(p.grad, twin.flat_grads)
+    twin.flat_grads[:] = 1.0
+    SGD(twin, lr=0.1).step()
+    assert not np.array_equal(twin(x), want)             # the layers read the stepped buffer
+    np.testing.assert_array_equal(model(x), want)         # the original is untouched
+
+
 # ------------------------------------------------------------------ fork
 
 FORK_SCRIPT = textwrap.dedent(r"""
