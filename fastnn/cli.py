@@ -444,7 +444,11 @@ def _cmd_evaluate(args):
 
 def _read_image(path):
     """A 28x28 uint8 digit, white on black like MNIST (dark-on-light images are inverted)."""
+    import os
+
     import numpy as np
+    if not os.path.exists(path):
+        raise _Fail(f"no such image file: {path}", code=1)
     try:
         from PIL import Image
     except ImportError:

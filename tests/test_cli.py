@@ -74,6 +74,7 @@ def test_train_text_output_and_overrides(capsys):
 
 
 def test_train_adam_and_tensorboard_logdir_then_plot(capsys, tmp_path):
+    pytest.importorskip("matplotlib")
     logdir = tmp_path / "run"
     code, out, err = run_main(["train", "--preset", "softmax", "--optimizer", "adam", "--lr",
                                "0.001", "--epochs", "2", "--subset", "1000", "--logdir",

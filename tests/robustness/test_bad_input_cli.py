@@ -6,6 +6,7 @@
 * Missing, corrupt, truncated, foreign files and out-of-range arguments give
   one clear line and exit 1 (or 2 for usage errors), never a traceback.
 """
+import importlib.util
 import os
 import signal
 import subprocess
@@ -121,7 +122,9 @@ def files(tmp_path_factory):
     (["evaluate", "{d}/truncated.npz"], 1, "cannot load"),
     (["evaluate", "{d}/empty.npz"], 1, "cannot load"),
     (["evaluate", "{d}"], 1, "is a directory"),
-    (["predict", "{d}/good.npz", "{d}/notimage.png"], 1, "cannot read image"),
+    pytest.param(["predict", "{d}/good.npz", "{d}/notimage.png"], 1, "cannot read image",
+                 marks=pytest.mark.skipif(importlib.util.find_spec("PIL") is None,
+                                          reason="needs Pillow")),
     (["predict", "{d}/good.npz", "{d}/nothere.png"], 1, "no such image file"),
     (["predict", "{d}/good.npz", "--index", "10000"], 2, "out of range"),
     (["predict", "{d}/good.npz", "--index", "-3"], 2, "--index"),
