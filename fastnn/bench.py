@@ -14,8 +14,9 @@ the ``blas`` variant (numpy's ``a @ b``) measured in the same rounds.
 Two pools spinning on two cores: OpenBLAS's idle workers spin for ~0.1 s
 after a call and OpenMP's for a few ms; timing one right after the other
 would measure that contention, not the kernels.  At more than one thread the
-blas block therefore runs last in each round followed by a pause, and every
-block is preceded by a short pause.
+BLAS blocks (blas, and reference: its float64 product is BLAS dgemm) therefore
+run last in each round, each followed by a pause, and every block is preceded
+by a short pause.
 
 >>> from fastnn.bench import bench_kernels
 >>> res = bench_kernels(threads=1, repeat=3, variants=["c", "blas"])   # doctest: +SKIP
@@ -151,8 +152,10 @@ def bench_kernels(threads=None, as_json=False, repeat=9, variants=None, file=Non
     from . import kernels  # noqa: F401  (registers the families)
     names = variants or _registry.variants("matmul")
     names = [v for v in names if v in _registry.variants("matmul")]
-    if "blas" in names:                   # blas last: its pool spins after each call
-        names = [v for v in names if v != "blas"] + ["blas"]
+    # BLAS users last in each round (its pool spins after each call): `blas`, and
+    # `reference`, whose float64 product is numpy's BLAS dgemm too
+    uses_blas = [v for v in ("reference", "blas") if v in names]
+    names = [v for v in names if v not in uses_blas] + uses_blas
     shapes = shapes or MATMUL_SHAPES
     nmax = threads or _threads.get_num_threads()
     nts = [1] if nmax == 1 else [1, nmax]
@@ -192,6 +195,8 @@ def bench_kernels(threads=None, as_json=False, repeat=9, variants=None, file=Non
                     fns[name] = (fn, args)
                     calls[name] = max(1, int(0.004 / max(t1, 1e-7)))  # ~4 ms blocks
                     active.append(name)
+                if nt > 1:
+                    time.sleep(_BLAS_QUIET_S)       # the warm-up ended with BLAS calls
                 times = {name: [] for name in active}
                 for _ in range(repeat):
                     for name in active:
@@ -199,7 +204,7 @@ def bench_kernels(threads=None, as_json=False, repeat=9, variants=None, file=Non
                             time.sleep(_OMP_QUIET_S)
                         fn, args = fns[name]
                         times[name].append(_time_block(fn, args, calls[name], tclock))
-                        if nt > 1 and name == "blas":
+                        if nt > 1 and name in uses_blas:
                             time.sleep(_BLAS_QUIET_S)
                 med = {name: statistics.median(ts) for name, ts in times.items()}
                 for name in active:
