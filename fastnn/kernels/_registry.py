@@ -12,7 +12,7 @@ import importlib
 import sys
 import threading
 
-__all__ = ["register", "variants", "available", "get", "describe", "set_simd_level", "simd_level",
+__all__ = ["register", "register_module_variants", "variants", "available", "get", "describe", "set_simd_level", "simd_level",
            "native_module"]
 
 _lock = threading.RLock()
@@ -45,6 +45,22 @@ def register(family, name, loader, *, description="", simd=None):
     code path the variant runs on this CPU (e.g. ``"avx2+fma"``)."""
     with _lock:
         _families.setdefault(family, {})[name] = _Variant(family, name, loader, description, simd)
+
+
+def register_module_variants(family, package, native, *, numba, cython, c):
+    """Register the usual four variants of a family whose variants are modules.
+
+    reference -> ``<package>.reference``, numba -> ``<package>.numba_impl``,
+    cython -> ``fastnn._ext.<native>_cy``, c -> ``fastnn._ext.<native>_c``;
+    ``numba``, ``cython`` and ``c`` are the descriptions."""
+    register(family, "reference", lambda: importlib.import_module(package + ".reference"),
+             description="numpy float64 (specification)", simd=lambda: "numpy float64")
+    register(family, "numba", lambda: importlib.import_module(package + ".numba_impl"),
+             description=numba, simd=lambda: "LLVM (host CPU)")
+    register(family, "cython", lambda: native_module(native + "_cy"),
+             description=cython, simd=lambda: "compiler (baseline ISA)")
+    register(family, "c", lambda: native_module(native + "_c"),
+             description=c, simd=lambda: native_module(native + "_c").simd_name())
 
 
 def _family(family):

@@ -13,40 +13,17 @@ import numpy as np
 
 from ... import _threads
 from ...errors import DTypeError, ShapeError
-from .._registry import native_module, register
+from .._registry import native_module, register_module_variants
 from ._checks import check_variant, float_input, no_overlap, output, pick
 from .reference import KINDS
 
 __all__ = ["activation_forward", "activation_backward", "KINDS"]
 
 
-def _load_reference():
-    from . import reference
-    return reference
-
-
-def _load_numba():
-    from . import numba_impl
-    return numba_impl
-
-
-def _load_cython():
-    return native_module("elementwise_cy")
-
-
-def _load_c():
-    return native_module("elementwise_c")
-
-
-register("elementwise", "reference", _load_reference, description="numpy float64 (specification)",
-         simd=lambda: "numpy float64")
-register("elementwise", "numba", _load_numba, description="Numba, prange over the flat array",
-         simd=lambda: "LLVM (host CPU)")
-register("elementwise", "cython", _load_cython,
-         description="Cython, OpenMP prange over the flat array, libm exp/tanh",
-         simd=lambda: "compiler (baseline ISA)")
-register("elementwise", "c", _load_c, description="C, OpenMP over chunks, AVX2/FMA exp",
-         simd=lambda: native_module("elementwise_c").simd_name())
+register_module_variants("elementwise", __name__, "elementwise",
+                         numba="Numba, prange over the flat array",
+                         cython="Cython, OpenMP prange over the flat array, libm exp/tanh",
+                         c="C, OpenMP over chunks, AVX2/FMA exp")
 
 
 def _kind(kind, fn):

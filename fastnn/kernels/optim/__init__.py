@@ -18,40 +18,17 @@ import numpy as np
 
 from ... import _threads
 from ...errors import DTypeError, ShapeError
-from .._registry import native_module, register
+from .._registry import native_module, register_module_variants
 from ..elementwise._checks import (FLOATS, check_variant, overlaps, pick, real_scalar,
                                    writable_contiguous)
 
 __all__ = ["sgd_update", "adam_update"]
 
 
-def _load_reference():
-    from . import reference
-    return reference
-
-
-def _load_numba():
-    from . import numba_impl
-    return numba_impl
-
-
-def _load_cython():
-    return native_module("optim_cy")
-
-
-def _load_c():
-    return native_module("optim_c")
-
-
-register("optim", "reference", _load_reference, description="numpy float64 (specification)",
-         simd=lambda: "numpy float64")
-register("optim", "numba", _load_numba, description="Numba, prange over the flat buffer",
-         simd=lambda: "LLVM (host CPU)")
-register("optim", "cython", _load_cython,
-         description="Cython, OpenMP prange over the flat buffer",
-         simd=lambda: "compiler (baseline ISA)")
-register("optim", "c", _load_c, description="C, OpenMP over chunks, AVX2/FMA",
-         simd=lambda: native_module("optim_c").simd_name())
+register_module_variants("optim", __name__, "optim",
+                         numba="Numba, prange over the flat buffer",
+                         cython="Cython, OpenMP prange over the flat buffer",
+                         c="C, OpenMP over chunks, AVX2/FMA")
 
 
 def _buffers(fn, named):

@@ -9,41 +9,16 @@ object with ``column_sums`` (interface in ``fastnn/kernels/reduce/reference.py``
     c          fixed row blocks x column tiles, OpenMP       kernels/reduce/reduce.c, reduce_c.pyx
 """
 from ... import _threads
-from .._registry import native_module, register
+from .._registry import native_module, register_module_variants
 from ..elementwise._checks import check_variant, float_input, no_overlap, output, pick
 
 __all__ = ["column_sums"]
 
 
-def _load_reference():
-    from . import reference
-    return reference
-
-
-def _load_numba():
-    from . import numba_impl
-    return numba_impl
-
-
-def _load_cython():
-    return native_module("reduce_cy")
-
-
-def _load_c():
-    return native_module("reduce_c")
-
-
-register("reduce", "reference", _load_reference, description="numpy float64 (specification)",
-         simd=lambda: "numpy float64")
-register("reduce", "numba", _load_numba,
-         description="Numba, fixed row blocks in prange, partials added in order",
-         simd=lambda: "LLVM (host CPU)")
-register("reduce", "cython", _load_cython,
-         description="Cython, fixed row blocks in prange, partials added in order",
-         simd=lambda: "compiler (baseline ISA)")
-register("reduce", "c", _load_c,
-         description="C, fixed row blocks x column tiles, OpenMP, partials added in order",
-         simd=lambda: native_module("reduce_c").simd_name())
+register_module_variants("reduce", __name__, "reduce",
+                         numba="Numba, fixed row blocks in prange, partials added in order",
+                         cython="Cython, fixed row blocks in prange, partials added in order",
+                         c="C, fixed row blocks x column tiles, OpenMP, partials added in order")
 
 
 def column_sums(x, out=None, *, accumulate=False, variant=None):

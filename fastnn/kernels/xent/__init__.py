@@ -14,39 +14,17 @@ import numpy as np
 
 from ... import _threads
 from ...errors import DTypeError, ShapeError
-from .._registry import native_module, register
+from .._registry import native_module, register_module_variants
 from ..elementwise._checks import (check_variant, float_input, no_overlap, output, pick,
                                    real_scalar)
 
 __all__ = ["softmax_xent", "softmax", "log_softmax"]
 
 
-def _load_reference():
-    from . import reference
-    return reference
-
-
-def _load_numba():
-    from . import numba_impl
-    return numba_impl
-
-
-def _load_cython():
-    return native_module("xent_cy")
-
-
-def _load_c():
-    return native_module("xent_c")
-
-
-register("xent", "reference", _load_reference, description="numpy float64 (specification)",
-         simd=lambda: "numpy float64")
-register("xent", "numba", _load_numba, description="Numba, prange over rows",
-         simd=lambda: "LLVM (host CPU)")
-register("xent", "cython", _load_cython, description="Cython, OpenMP prange over rows",
-         simd=lambda: "compiler (baseline ISA)")
-register("xent", "c", _load_c, description="C, OpenMP over rows, AVX2/FMA exp, fused loss+grad",
-         simd=lambda: native_module("xent_c").simd_name())
+register_module_variants("xent", __name__, "xent",
+                         numba="Numba, prange over rows",
+                         cython="Cython, OpenMP prange over rows",
+                         c="C, OpenMP over rows, AVX2/FMA exp, fused loss+grad")
 
 
 def _labels(labels, B, C, dtype, fn):
