@@ -1,7 +1,6 @@
 """The optim family (fused SGD / Adam / AdamW): every variant and path against
 the reference and a plain numpy loop over several steps, against
 torch.optim when PyTorch is installed, threads, and every validation error."""
-import math
 
 import numpy as np
 import pytest

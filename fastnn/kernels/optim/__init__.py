@@ -18,7 +18,7 @@ import numpy as np
 
 from ... import _threads
 from ...errors import DTypeError, ShapeError
-from .._registry import native_module, register_module_variants
+from .._registry import register_module_variants
 from ..elementwise._checks import (FLOATS, check_variant, overlaps, pick, real_scalar,
                                    writable_contiguous)
 

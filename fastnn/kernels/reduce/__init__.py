@@ -9,7 +9,7 @@ object with ``column_sums`` (interface in ``fastnn/kernels/reduce/reference.py``
     c          fixed row blocks x column tiles, OpenMP       kernels/reduce/reduce.c, reduce_c.pyx
 """
 from ... import _threads
-from .._registry import native_module, register_module_variants
+from .._registry import register_module_variants
 from ..elementwise._checks import check_variant, float_input, no_overlap, output, pick
 
 __all__ = ["column_sums"]

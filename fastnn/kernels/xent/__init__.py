@@ -14,7 +14,7 @@ import numpy as np
 
 from ... import _threads
 from ...errors import DTypeError, ShapeError
-from .._registry import native_module, register_module_variants
+from .._registry import register_module_variants
 from ..elementwise._checks import (check_variant, float_input, no_overlap, output, pick,
                                    real_scalar)
 
