@@ -237,7 +237,7 @@ def test_empty_range_does_nothing():
     x, y, perm = make_data(10, 6, 3, False)
     res = _fused.plan(model, SoftmaxCrossEntropy(), opt, 4).run(x, y, perm, 2, 2)
     assert res == {"loss_sum": 0.0, "correct": 0, "count": 0, "steps": 0,
-                   "single_thread_fallback": False}
+                   "single_thread_fallback": False, "single_thread_chunks": 0}
     assert np.array_equal(before, model.flat_params) and opt.step_count == 0
 
 
@@ -328,8 +328,38 @@ def test_single_thread_fallback_gives_the_same_numbers(after):
                                 nthreads=2, _solo_after=solo_after)
         outs.append((model.flat_params.copy(), res[:3]))
         if solo_after >= 0:
-            assert res[3] is True
+            assert res[3] == 1
     assert np.array_equal(outs[0][0], outs[1][0]) and outs[0][1] == outs[1][1]
+
+
+@pytest.mark.parametrize("chunk_steps", [1, 2, 3, 11])
+@pytest.mark.parametrize("nthreads", [1, 2])
+def test_fallback_lasts_one_chunk_and_changes_nothing(chunk_steps, nthreads):
+    """The run goes in chunks of steps; a fallback to one thread (forced here
+    in every chunk, at its 5th ticket) ends with its chunk and the next chunk
+    starts with the whole team.  Weights, optimizer state, loss and counts
+    equal a plain run without fallback or chunking, for any chunk size."""
+    sizes, batch, n = (30, 40, 33, 7), 9, 100          # 12 steps, the last one partial
+    outs = []
+    for solo_after, chunks in ((-1, 0), (5, chunk_steps)):
+        model = make_model(sizes, seed=6)
+        opt = SGD(model, lr=0.05, momentum=0.9, nesterov=True)
+        x, y, perm = make_data(n, sizes[0], sizes[-1], True)
+        plan = _fused.plan(model, SoftmaxCrossEntropy(), opt, batch)
+        W = [l.weight.data for l in plan.layers]
+        b = [l.bias.data for l in plan.layers]
+        s1W, s1b = plan._state_views("velocity")
+        none = [None] * len(W)
+        idx = perm.astype(np.int64)
+        res = plan._trainer.run(W, b, s1W, s1b, none, none, x, True, sizes[0],
+                                y[idx].astype(np.int64), idx, "sgd", 0.05, momentum=0.9,
+                                nesterov=True, nthreads=nthreads, _solo_after=solo_after,
+                                _chunk_steps=chunks)
+        nchunks = -(-12 // chunk_steps)
+        assert res[3] == (0 if solo_after < 0 else nchunks)
+        outs.append((model.flat_params.copy(), [v.copy() for v in s1W], res[:3]))
+    assert np.array_equal(outs[0][0], outs[1][0]) and outs[0][2] == outs[1][2]
+    assert all(np.array_equal(u, v) for u, v in zip(outs[0][1], outs[1][1]))
 
 
 def test_calls_from_two_python_threads_take_turns():

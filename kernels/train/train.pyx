@@ -30,6 +30,7 @@ cdef extern from "trainer.h" nogil:
         double *profile
         int *solo_out
         int64_t solo_after
+        int64_t chunk_steps
     ctypedef struct fnn_trainer:
         pass
     fnn_trainer *fnn_trainer_new(int nlayers, const int *dims, const int *relu,
@@ -105,14 +106,18 @@ cdef class Trainer:
             cnp.ndarray y, cnp.ndarray idx, str kind, float lr, float weight_decay=0.0,
             float momentum=0.0, float dampening=0.0, bint nesterov=False,
             float beta1=0.9, float beta2=0.999, float eps=1e-8, int64_t step=0,
-            int nthreads=1, lrs=None, profile=None, int64_t _solo_after=-1):
+            int nthreads=1, lrs=None, profile=None, int64_t _solo_after=-1,
+            int64_t _chunk_steps=0):
         """Train on the rows idx (int64) of x; see trainer.h.  ``lrs``: None or
         a float32 array with one learning rate per step (replaces ``lr``).
         ``profile``: None or a float64 array of PROFILE_SLOTS, to which the
         task seconds per phase (``phase_names()`` order) and the wait time
         (last slot) are added.
-        Returns (loss_sum, correct, steps, solo): solo is True when the call
-        finished on one thread (its partner kept losing its core)."""
+        Returns (loss_sum, correct, steps, solo): solo is the number of chunks
+        of steps (about 0.15 s of work each, or ``_chunk_steps`` steps) that
+        finished on one thread because its partner kept losing its core.
+        ``_solo_after`` (tests): the thread taking this ticket of each chunk
+        goes solo."""
         cdef float *pW[64]
         cdef float *pb[64]
         cdef float *ps1W[64]
@@ -143,6 +148,7 @@ cdef class Trainer:
         cdef int solo = 0
         opt.solo_out = &solo
         opt.solo_after = _solo_after
+        opt.chunk_steps = _chunk_steps
         if profile is not None:
             if profile.dtype != np.float64 or profile.shape != (FNN_TR_PROFILE_SLOTS,):
                 raise ValueError(f"profile must be float64 of shape ({FNN_TR_PROFILE_SLOTS},)")
@@ -157,4 +163,4 @@ cdef class Trainer:
             steps = fnn_trainer_run(self.tr, pW, pb, ps1W, ps1b, ps2W, ps2b,
                                     px, x_u8, x_ld, py, pidx, n, &opt, nthreads,
                                     &loss_sum, &correct)
-        return loss_sum, int(correct), int(steps), bool(solo)
+        return loss_sum, int(correct), int(steps), int(solo)

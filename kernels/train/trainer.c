@@ -592,14 +592,35 @@ static grid_t grid_make(int64_t M, int64_t N, int64_t K, int nthreads)
 typedef struct {
     int64_t *next, *done, *stop_step;   /* accessed with __atomic builtins */
     int *solo;                          /* -1, or the one thread that carries on alone */
+    int *solo_chunks;                   /* chunks in which a thread went solo */
+    int64_t chunk_tk;                   /* tickets per chunk of steps */
 } sched_t;
 
-/* A wait this long means the thread we wait for lost its core (a task takes
- * microseconds); after SOLO_EVENTS of them in one call the waiter carries on
- * alone and the others leave after their current task.  Results do not
- * change: no task depends on which thread runs it. */
-#define SOLO_WAIT_S 1e-3
-#define SOLO_EVENTS 2
+/* Fallback to one thread.  A wait of more than a few microseconds means the
+ * thread we wait for lost its core to another job (a task takes
+ * microseconds).  A partner descheduled for one time slice (a few ms) only
+ * costs that slice; but when this thread's long waits in the current chunk of
+ * steps add up to more than SOLO_MIN_S and SOLO_FRAC of the chunk's time so
+ * far, two threads are no faster than one: the waiter carries on alone to the
+ * end of the chunk (the others sleep, leaving their core to the other jobs)
+ * and the next chunk starts with the whole team again.  So a hiccup costs at
+ * most one chunk (~0.15 s of work) at one-thread speed, never the rest of an
+ * epoch.  Results do not change: no task depends on which thread runs it. */
+#define SOLO_MIN_S 5e-3
+#define SOLO_FRAC 0.25
+#define CHUNK_FLOPS 1.5e10           /* ~0.15-0.2 s of work on one core */
+
+typedef struct {               /* one thread's waits in its current chunk */
+    int64_t chunk;
+    double t0, waited;
+} pace_t;
+
+static void go_solo(const sched_t *sc, int tid)
+{
+    int none = -1;
+    if (__atomic_compare_exchange_n(sc->solo, &none, tid, 0, __ATOMIC_ACQ_REL, __ATOMIC_RELAXED))
+        __atomic_fetch_add(sc->solo_chunks, 1, __ATOMIC_RELAXED);
+}
 
 static inline void cpu_relax(void)
 {
@@ -616,14 +637,14 @@ static double mono_s(void)
 }
 
 /* Waits until `target` tasks are done; 0 when the run stopped before step s.
- * *long_waits counts this thread's waits longer than SOLO_WAIT_S. */
-static int wait_done(const sched_t *sc, int64_t target, int64_t s, int tid, int *long_waits)
+ * Adds the time of a long wait (past the first 1024 spins) to pc->waited. */
+static int wait_done(const sched_t *sc, int64_t target, int64_t s, int tid, pace_t *pc)
 {
     unsigned spins = 0;
     double t0 = -1.0;
-    int counted = 0;
+    int asked = 0;
     while (__atomic_load_n(sc->done, __ATOMIC_ACQUIRE) < target) {
-        if (__atomic_load_n(sc->stop_step, __ATOMIC_RELAXED) < s) return 0;
+        if (__atomic_load_n(sc->stop_step, __ATOMIC_RELAXED) < s) break;
         if (++spins < 1024) {
             cpu_relax();
             continue;
@@ -632,17 +653,17 @@ static int wait_done(const sched_t *sc, int64_t target, int64_t s, int tid, int 
         double t = mono_s();
         if (t0 < 0.0) {
             t0 = t;
-        } else if (!counted && t - t0 > SOLO_WAIT_S) {
-            counted = 1;
-            if (++*long_waits >= SOLO_EVENTS) {
-                int none = -1;
-                __atomic_compare_exchange_n(sc->solo, &none, tid, 0, __ATOMIC_ACQ_REL,
-                                            __ATOMIC_RELAXED);
+        } else if (!asked) {
+            double w = pc->waited + (t - t0), lim = SOLO_FRAC * (t - pc->t0);
+            if (w > SOLO_MIN_S && w > lim) {
+                asked = 1;
+                go_solo(sc, tid);
             }
         }
         /* no sched_yield(): on a busy machine it hands this core to another
          * job for a whole time slice, and then the partner waits for us */
     }
+    if (t0 >= 0.0) pc->waited += mono_s() - t0;
     return __atomic_load_n(sc->stop_step, __ATOMIC_ACQUIRE) >= s;
 }
 
@@ -813,28 +834,37 @@ static void worker(run_t *R, const sched_t *sc, int tid, double *prof)
      * wait starts/ends (a few clock reads per step, not per task) */
     double tprof[MAX_PHASES + 1] = {0}, tcur = 0.0;
     int pcur = -1;
-    int long_waits = 0;
+    pace_t pc = {-1, 0.0, 0.0};
     step_ctx c;
     c.s = -1;
     for (;;) {
         /* checked before taking a ticket: a ticket taken is always run */
         int solo = __atomic_load_n(sc->solo, __ATOMIC_ACQUIRE);
         if (solo >= 0 && solo != tid) {
-            /* Sleep (not spin in OpenMP's closing barrier) until the solo thread
-             * is done, so that this core goes to the other jobs. */
+            /* Sleep (not spin) until the solo thread starts the next chunk or
+             * the run ends, so that this core goes to the other jobs. */
             struct timespec nap = {0, 200000};
-            while (__atomic_load_n(sc->done, __ATOMIC_ACQUIRE) < total &&
-                   __atomic_load_n(sc->stop_step, __ATOMIC_ACQUIRE) == INT64_MAX)
+            for (;;) {
+                int so = __atomic_load_n(sc->solo, __ATOMIC_ACQUIRE);
+                if (so < 0 || so == tid ||
+                    __atomic_load_n(sc->done, __ATOMIC_ACQUIRE) >= total ||
+                    __atomic_load_n(sc->stop_step, __ATOMIC_ACQUIRE) != INT64_MAX)
+                    break;
                 nanosleep(&nap, NULL);
-            break;
+            }
+            /* on to a ticket: past the end, or after a stop, it ends this loop */
         }
         int64_t tk = __atomic_fetch_add(sc->next, 1, __ATOMIC_RELAXED);
         if (tk >= total) break;
-        if (tk == R->opt->solo_after) {
-            int none = -1;
-            __atomic_compare_exchange_n(sc->solo, &none, tid, 0, __ATOMIC_ACQ_REL,
-                                        __ATOMIC_RELAXED);
+        const int64_t in_chunk = tk % sc->chunk_tk;
+        if (in_chunk == 0 && tk > 0)      /* a new chunk: the whole team again */
+            __atomic_store_n(sc->solo, -1, __ATOMIC_RELEASE);
+        if (tk / sc->chunk_tk != pc.chunk) {
+            pc.chunk = tk / sc->chunk_tk;
+            pc.t0 = mono_s();
+            pc.waited = 0.0;
         }
+        if (in_chunk == R->opt->solo_after) go_solo(sc, tid);
         int64_t s = tk / R->per_step, loc = tk % R->per_step;
         int p = 0;
         while (p + 1 < R->nph && R->ph[p + 1].first <= loc) p++;
@@ -847,7 +877,7 @@ static void worker(run_t *R, const sched_t *sc, int tid, double *prof)
         }
         if (__atomic_load_n(sc->done, __ATOMIC_ACQUIRE) < need) {
             double t = prof ? cpu_s() : 0.0;
-            int go = wait_done(sc, need, s, tid, &long_waits);
+            int go = wait_done(sc, need, s, tid, &pc);
             if (prof) {
                 double t2 = cpu_s();
                 tprof[pcur] += t - tcur;
@@ -916,18 +946,26 @@ int64_t fnn_trainer_run(fnn_trainer *tr,
         /* one cache line each: the ticket counter and the completion count are
          * hit by every task, and waiters poll the completion count */
         struct { int64_t v; char pad[56]; } cnt[3] __attribute__((aligned(64)));
-        int solo = -1;
+        int solo = -1, solo_chunks = 0;
         cnt[0].v = 0;
         cnt[1].v = 0;
         cnt[2].v = INT64_MAX;
-        sched_t sc = {&cnt[0].v, &cnt[1].v, &cnt[2].v, &solo};
+        int64_t chunk_steps = opt->chunk_steps;
+        if (chunk_steps <= 0) {
+            double step_flops = 0.0;
+            for (int l = 0; l < L; l++)
+                step_flops += 2.0 * tr->batch * tr->dims[l] * tr->dims[l + 1] * (l > 0 ? 3 : 2);
+            chunk_steps = (int64_t)(CHUNK_FLOPS / step_flops) + 1;
+        }
+        sched_t sc = {&cnt[0].v, &cnt[1].v, &cnt[2].v, &solo, &solo_chunks,
+                      chunk_steps * R.per_step};
 #ifdef FASTNN_HAVE_OPENMP
 #pragma omp parallel num_threads(nthreads)
         worker(&R, &sc, omp_get_thread_num(), opt->profile);
 #else
         worker(&R, &sc, 0, opt->profile);
 #endif
-        if (opt->solo_out) *opt->solo_out = solo >= 0;
+        if (opt->solo_out) *opt->solo_out = solo_chunks;
     }
 
     for (int l = 0; l < L; l++) {

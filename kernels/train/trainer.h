@@ -26,8 +26,9 @@
  * (runs of tiles, row chunks) from a shared counter, every output element
  * (and every weight update) is computed by exactly one task in a fixed
  * order: results are bitwise identical for any thread count.  On a machine
- * shared with other jobs, a call whose threads keep waiting for a partner
- * that lost its core finishes on one thread (same results).
+ * shared with other jobs, a thread that keeps waiting for a partner that
+ * lost its core finishes the current chunk of steps (about 0.15 s of work)
+ * alone; the next chunk starts with the whole team again (same results).
  */
 #ifndef FNN_TRAINER_H
 #define FNN_TRAINER_H
@@ -49,9 +50,13 @@ typedef struct {
     double *profile;         /* NULL, or FNN_TR_PROFILE_SLOTS doubles: CPU seconds per phase
                               * of a step (summed over threads), the last slot the time
                               * threads waited for an earlier phase to finish */
-    int *solo_out;           /* NULL, or set to 1 when the call finished on one thread because
-                              * a thread kept losing its core (see trainer.c), else 0 */
-    int64_t solo_after;      /* tests: >= 0 makes the thread taking this ticket go solo */
+    int *solo_out;           /* NULL, or set to the number of chunks of steps that finished
+                              * on one thread because a thread kept losing its core (see
+                              * trainer.c) */
+    int64_t solo_after;      /* tests: >= 0 makes the thread taking this ticket of each chunk
+                              * (counted from the chunk's first ticket) go solo */
+    int64_t chunk_steps;     /* steps per chunk (a fallback to one thread lasts until the end
+                              * of its chunk); <= 0: automatic, about 0.15 s of work */
 } fnn_train_opt;
 
 typedef struct fnn_trainer fnn_trainer;
