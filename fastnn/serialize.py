@@ -29,12 +29,12 @@ import hashlib
 import json
 import os
 import struct
-import tempfile
 import zipfile
 import zlib
 
 import numpy as np
 
+from ._fileio import atomic_write
 from .errors import DataFormatError
 
 __all__ = ["save", "load", "Checkpoint", "FORMAT", "VERSION"]
@@ -125,43 +125,17 @@ def _optimizer_arrays(optimizer):
     return arrays, meta
 
 
-def _fsync_dir(d):
-    try:
-        fd = os.open(d, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _write_npz(path, arrays):
-    path = os.fspath(path)
-    d = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=d)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            with zipfile.ZipFile(fh, "w", compression=zipfile.ZIP_STORED) as zf:
-                for key, arr in arrays.items():
-                    info = zipfile.ZipInfo(key + ".npy", date_time=_ZIP_DATE)
-                    info.compress_type = zipfile.ZIP_STORED
-                    # force_zip64 so members over 2 GiB work without a second pass.
-                    with zf.open(info, "w", force_zip64=arr.nbytes > (1 << 30)) as member:
-                        np.lib.format.write_array(member, _contig(arr),
-                                                  allow_pickle=False)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    _fsync_dir(d)
+    def write(fh):
+        with zipfile.ZipFile(fh, "w", compression=zipfile.ZIP_STORED) as zf:
+            for key, arr in arrays.items():
+                info = zipfile.ZipInfo(key + ".npy", date_time=_ZIP_DATE)
+                info.compress_type = zipfile.ZIP_STORED
+                # force_zip64 so members over 2 GiB work without a second pass.
+                with zf.open(info, "w", force_zip64=arr.nbytes > (1 << 30)) as member:
+                    np.lib.format.write_array(member, _contig(arr), allow_pickle=False)
+
+    atomic_write(path, write)
 
 
 def save(model, path, optimizer=None, extra=None):

@@ -27,12 +27,12 @@ after ``astype``, in-place shuffles) never leaks into a later call.
 """
 import hashlib
 import os
-import tempfile
 import threading
 import zlib
 
 import numpy as np
 
+from .._fileio import atomic_write
 from ..errors import DataFormatError, DatasetNotFoundError
 from .idx import _load
 
@@ -167,29 +167,7 @@ def _md5_of_content(data):
 
 
 def _atomic_write(path, data):
-    d = os.path.dirname(path)
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=d)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    try:                            # make the rename itself durable
-        dfd = os.open(d, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:
-        pass
+    atomic_write(path, lambda fh: fh.write(data), make_dirs=True)
 
 
 def _download(name, errors):
