@@ -43,6 +43,8 @@ struct fnn_trainer {
     double *rowloss;
     int *rowok;
     int64_t *rowy;                    /* labels of the batch rows */
+    int solo_streak, solo_hold;       /* the fallback's back-off, carried from call to call
+                                       * (an epoch per call: the load outlasts a call) */
 };
 
 /* Per-step optimizer scalars (Adam's bias corrections change every step). */
@@ -593,6 +595,8 @@ typedef struct {
     int64_t *next, *done, *stop_step;   /* accessed with __atomic builtins */
     int *solo;                          /* -1, or the one thread that carries on alone */
     int *solo_chunks;                   /* chunks in which a thread went solo */
+    int *streak, *hold;                 /* consecutive chunks that went solo; chunks
+                                         * still to run solo before the team retries */
     int64_t chunk_tk;                   /* tickets per chunk of steps */
 } sched_t;
 
@@ -605,7 +609,10 @@ typedef struct {
  * end of the chunk (the others sleep, leaving their core to the other jobs)
  * and the next chunk starts with the whole team again.  So a hiccup costs at
  * most one chunk (~0.15 s of work) at one-thread speed, never the rest of an
- * epoch.  Results do not change: no task depends on which thread runs it. */
+ * epoch.  When the machine stays busy, every retry costs its waits: after k
+ * chunks in a row went solo, the next 2^(k-1) - 1 (at most 15) chunks run solo
+ * before the team tries again (carried over to the next call).  Results do
+ * not change: no task depends on which thread runs it. */
 #define SOLO_MIN_S 5e-3
 #define SOLO_FRAC 0.25
 #define CHUNK_FLOPS 1.5e10           /* ~0.15-0.2 s of work on one core */
@@ -618,8 +625,27 @@ typedef struct {               /* one thread's waits in its current chunk */
 static void go_solo(const sched_t *sc, int tid)
 {
     int none = -1;
-    if (__atomic_compare_exchange_n(sc->solo, &none, tid, 0, __ATOMIC_ACQ_REL, __ATOMIC_RELAXED))
+    if (__atomic_compare_exchange_n(sc->solo, &none, tid, 0, __ATOMIC_ACQ_REL, __ATOMIC_RELAXED)) {
         __atomic_fetch_add(sc->solo_chunks, 1, __ATOMIC_RELAXED);
+        int k = __atomic_add_fetch(sc->streak, 1, __ATOMIC_RELAXED);
+        __atomic_store_n(sc->hold, k >= 5 ? 15 : (1 << (k - 1)) - 1, __ATOMIC_RELAXED);
+    }
+}
+
+/* At the first ticket of a chunk (taken by whichever thread): the team again,
+ * unless the chunks before went solo and the back-off holds this one too.
+ * The fields are hints that only steer who takes tickets, never results. */
+static void new_chunk(const sched_t *sc, int tid)
+{
+    int so = __atomic_load_n(sc->solo, __ATOMIC_ACQUIRE);
+    if (so < 0) {
+        __atomic_store_n(sc->streak, 0, __ATOMIC_RELAXED);
+    } else if (so == tid && __atomic_load_n(sc->hold, __ATOMIC_RELAXED) > 0) {
+        __atomic_fetch_sub(sc->hold, 1, __ATOMIC_RELAXED);
+        __atomic_fetch_add(sc->solo_chunks, 1, __ATOMIC_RELAXED);
+    } else {
+        __atomic_store_n(sc->solo, -1, __ATOMIC_RELEASE);
+    }
 }
 
 static inline void cpu_relax(void)
@@ -857,8 +883,7 @@ static void worker(run_t *R, const sched_t *sc, int tid, double *prof)
         int64_t tk = __atomic_fetch_add(sc->next, 1, __ATOMIC_RELAXED);
         if (tk >= total) break;
         const int64_t in_chunk = tk % sc->chunk_tk;
-        if (in_chunk == 0 && tk > 0)      /* a new chunk: the whole team again */
-            __atomic_store_n(sc->solo, -1, __ATOMIC_RELEASE);
+        if (in_chunk == 0 && tk > 0) new_chunk(sc, tid);
         if (tk / sc->chunk_tk != pc.chunk) {
             pc.chunk = tk / sc->chunk_tk;
             pc.t0 = mono_s();
@@ -946,7 +971,12 @@ int64_t fnn_trainer_run(fnn_trainer *tr,
         /* one cache line each: the ticket counter and the completion count are
          * hit by every task, and waiters poll the completion count */
         struct { int64_t v; char pad[56]; } cnt[3] __attribute__((aligned(64)));
-        int solo = -1, solo_chunks = 0;
+        int solo = -1, solo_chunks = 0, streak = tr->solo_streak, hold = tr->solo_hold;
+        if (nthreads > 1 && hold > 0) {   /* the back-off holds the first chunk too */
+            solo = 0;
+            hold--;
+            solo_chunks = 1;
+        }
         cnt[0].v = 0;
         cnt[1].v = 0;
         cnt[2].v = INT64_MAX;
@@ -957,7 +987,7 @@ int64_t fnn_trainer_run(fnn_trainer *tr,
                 step_flops += 2.0 * tr->batch * tr->dims[l] * tr->dims[l + 1] * (l > 0 ? 3 : 2);
             chunk_steps = (int64_t)(CHUNK_FLOPS / step_flops) + 1;
         }
-        sched_t sc = {&cnt[0].v, &cnt[1].v, &cnt[2].v, &solo, &solo_chunks,
+        sched_t sc = {&cnt[0].v, &cnt[1].v, &cnt[2].v, &solo, &solo_chunks, &streak, &hold,
                       chunk_steps * R.per_step};
 #ifdef FASTNN_HAVE_OPENMP
 #pragma omp parallel num_threads(nthreads)
@@ -966,6 +996,8 @@ int64_t fnn_trainer_run(fnn_trainer *tr,
         worker(&R, &sc, 0, opt->profile);
 #endif
         if (opt->solo_out) *opt->solo_out = solo_chunks;
+        tr->solo_streak = solo >= 0 ? streak : 0;
+        tr->solo_hold = solo >= 0 ? hold : 0;
     }
 
     for (int l = 0; l < L; l++) {
