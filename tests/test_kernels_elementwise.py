@@ -5,11 +5,11 @@ import pytest
 
 import fastnn
 from fastnn import kernels as K
+from kernel_paths import variant_fixture
 from fastnn.errors import DTypeError, ShapeError
 
 KINDS = ("relu", "sigmoid", "tanh", "step")
 FAST = [v for v in K.variants("elementwise") if v != "reference"]
-PATHS = [(v, lvl) for v in FAST for lvl in ((1, 0) if v == "c" else (None,))]
 # relative accuracy of the forward math; backward gets a little absolute slack
 # because 1 - y*y cancels near |y| = 1 (FMA or not changes the last bits)
 FWD_TOL = {np.float32: dict(rtol=1e-6, atol=1e-30), np.float64: dict(rtol=1e-14, atol=1e-300)}
@@ -17,16 +17,7 @@ BWD_TOL = {np.float32: dict(rtol=1e-6, atol=5e-7), np.float64: dict(rtol=1e-14, 
 SHAPES = [(0,), (1,), (7,), (3, 5), (17, 16), (2, 3, 11), (70001,)]
 
 
-@pytest.fixture(params=PATHS, ids=[f"{v}-{'' if l is None else ('avx2', 'scalar')[1 - l]}"
-                                   for v, l in PATHS])
-def variant(request):
-    name, level = request.param
-    if level is not None:
-        K.set_simd_level(level)
-    try:
-        yield name
-    finally:
-        K.set_simd_level(1)
+variant = variant_fixture("elementwise")
 
 
 def _x(shape, dtype, seed=0):

@@ -7,11 +7,11 @@ import pytest
 
 import fastnn
 from fastnn import kernels as K
+from kernel_paths import variant_fixture
 from fastnn.errors import DTypeError, ShapeError
 
 VARIANTS = K.variants("optim")
 FAST = [v for v in VARIANTS if v != "reference"]
-PATHS = [(v, lvl) for v in VARIANTS for lvl in ((1, 0) if v == "c" else (None,))]
 TOL = {np.float32: dict(rtol=2e-5, atol=2e-6), np.float64: dict(rtol=1e-12, atol=1e-13)}
 SIZES = [0, 1, 7, 13, 70001]
 SGD_CASES = [dict(), dict(momentum=0.9), dict(momentum=0.9, nesterov=True),
@@ -20,16 +20,7 @@ ADAM_CASES = [dict(), dict(weight_decay=0.1), dict(weight_decay=0.1, decoupled=T
               dict(beta1=0.0, beta2=0.5, eps=1e-3)]
 
 
-@pytest.fixture(params=PATHS, ids=[f"{v}-{'' if l is None else ('avx2', 'scalar')[1 - l]}"
-                                   for v, l in PATHS])
-def variant(request):
-    name, level = request.param
-    if level is not None:
-        K.set_simd_level(level)
-    try:
-        yield name
-    finally:
-        K.set_simd_level(1)
+variant = variant_fixture("optim", with_reference=True)
 
 
 def _stream(n, dtype, steps, seed=0):

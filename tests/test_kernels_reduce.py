@@ -5,10 +5,10 @@ import pytest
 
 import fastnn
 from fastnn import kernels as K
+from kernel_paths import variant_fixture
 from fastnn.errors import DTypeError, ShapeError
 
 FAST = [v for v in K.variants("reduce") if v != "reference"]
-PATHS = [(v, lvl) for v in FAST for lvl in ((1, 0) if v == "c" else (None,))]
 TOL = {np.float32: dict(rtol=2e-5, atol=1e-4), np.float64: dict(rtol=1e-12, atol=1e-11)}
 # 0 rows, 1, primes, one past the row block (256), many blocks with few columns
 # (the scratch-partials path), wide rows with a partial column tile (256)
@@ -16,16 +16,7 @@ SHAPES = [(0, 5), (1, 1), (7, 13), (256, 3), (257, 10), (1000, 10), (3000, 7), (
           (64, 1000), (2, 0)]
 
 
-@pytest.fixture(params=PATHS, ids=[f"{v}-{'' if l is None else ('avx2', 'scalar')[1 - l]}"
-                                   for v, l in PATHS])
-def variant(request):
-    name, level = request.param
-    if level is not None:
-        K.set_simd_level(level)
-    try:
-        yield name
-    finally:
-        K.set_simd_level(1)
+variant = variant_fixture("reduce")
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

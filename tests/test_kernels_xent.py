@@ -5,6 +5,7 @@ import pytest
 
 import fastnn
 from fastnn import kernels as K
+from kernel_paths import variant_fixture
 from fastnn.errors import DTypeError, ShapeError
 
 FAST = [v for v in K.variants("xent") if v != "reference"]
@@ -13,21 +14,7 @@ TOL = {np.float32: dict(rtol=2e-5, atol=2e-6), np.float64: dict(rtol=1e-11, atol
 
 
 # (variant, SIMD level): native variants run on both their AVX2 and scalar paths
-PATHS = [(v, lvl) for v in FAST for lvl in ((1, 0) if v == "c" else (None,))]
-
-
-@pytest.fixture(params=PATHS, ids=[f"{v}-{'' if l is None else ('avx2', 'scalar')[1 - l]}"
-                                   for v, l in PATHS])
-def variant(request):
-    name, level = request.param
-    if level is None:
-        yield name
-        return
-    K.set_simd_level(level)
-    try:
-        yield name
-    finally:
-        K.set_simd_level(1)
+variant = variant_fixture("xent")
 
 
 @pytest.fixture(params=[0, 1], ids=["scalar", "avx2"])
