@@ -28,6 +28,13 @@ const char *fnn_simd_name(int level);
 #define FNN_TARGET_AVX2
 #endif
 
+/* Nonzero when the AVX2+FMA code paths may run now: an x86 build and the
+ * current SIMD level allows them.  Every kernel dispatches through this. */
+static inline int fnn_use_avx2(void)
+{
+    return FNN_X86 && fnn_simd_level() >= FNN_SIMD_AVX2;
+}
+
 #ifdef FASTNN_HAVE_OPENMP
 #include <omp.h>
 #endif

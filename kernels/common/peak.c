@@ -50,7 +50,7 @@ static float fma_loop_scalar(long iters, float seed)
  * executed in total (the caller times it).  *sink defeats dead-code removal. */
 double fnn_fma_probe(long iters, int nthreads, float *sink)
 {
-    int avx2 = fnn_simd_level() >= FNN_SIMD_AVX2;
+    int avx2 = fnn_use_avx2();
     double per_iter = avx2 ? 12.0 * 8.0 * 2.0 : 8.0 * 2.0;
     float acc = 0.0f;
     if (nthreads < 1) nthreads = 1;

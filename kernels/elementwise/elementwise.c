@@ -186,15 +186,6 @@ DEFINE_BACKWARD_AVX2(float, f32)
 DEFINE_BACKWARD_AVX2(double, f64)
 #endif
 
-static int use_avx2(void)
-{
-#if FNN_X86
-    return fnn_simd_level() >= FNN_SIMD_AVX2;
-#else
-    return 0;
-#endif
-}
-
 /* ------------------------------------------------------------------ drivers */
 
 #if FNN_X86
@@ -207,7 +198,7 @@ static int use_avx2(void)
 void fnn_act_forward_##SFX(int kind, ptrdiff_t n, const REAL *x, REAL *out, int nthreads)     \
 {                                                                                             \
     void (*f)(int, const REAL *, REAL *, ptrdiff_t) =                                         \
-        PICK(use_avx2(), forward_avx2_##SFX, forward_scalar_##SFX);                           \
+        PICK(fnn_use_avx2(), forward_avx2_##SFX, forward_scalar_##SFX);                           \
     ptrdiff_t chunks = (n + EW_CHUNK - 1) / EW_CHUNK;                                         \
     if (nthreads < 1)                                                                         \
         nthreads = 1;                                                                         \
@@ -221,7 +212,7 @@ void fnn_act_backward_##SFX(int kind, ptrdiff_t n, const REAL *y, const REAL *do
                             int accumulate, int nthreads)                                     \
 {                                                                                             \
     void (*f)(int, const REAL *, const REAL *, REAL *, ptrdiff_t, int) =                      \
-        PICK(use_avx2(), backward_avx2_##SFX, backward_scalar_##SFX);                         \
+        PICK(fnn_use_avx2(), backward_avx2_##SFX, backward_scalar_##SFX);                         \
     ptrdiff_t chunks = (n + EW_CHUNK - 1) / EW_CHUNK;                                         \
     if (nthreads < 1)                                                                         \
         nthreads = 1;                                                                         \

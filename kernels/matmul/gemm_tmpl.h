@@ -555,7 +555,7 @@ static void F(fnn_gemm_)(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K,
      * when A's rows (or, transposed, B's columns) are contiguous in k.
      * Otherwise C^T = B^T A^T (every operand's strides swapped) is taken
      * when it wastes less of the MR x NR tiles. */
-    int vec = fnn_simd_level() >= FNN_SIMD_AVX2;
+    int vec = fnn_use_avx2();
     int dot = 0, swap = F(padded_)(N, M) < F(padded_)(M, N) * 0.97;
 #if FNN_X86
     if (vec && K >= 2 * VW) {

@@ -111,7 +111,7 @@ FNN_TARGET_AVX2 static void adam_avx2_##SFX(ptrdiff_t n, REAL *p, const REAL *gr
 #define XPD(op) _mm256_##op##_pd
 DEFINE_ADAM_AVX2(float, f32, __m256, 8, XPS)
 DEFINE_ADAM_AVX2(double, f64, __m256d, 4, XPD)
-#define PICK(a, s) (fnn_simd_level() >= FNN_SIMD_AVX2 ? (a) : (s))
+#define PICK(a, s) (fnn_use_avx2() ? (a) : (s))
 #else
 #define PICK(a, s) (s)
 #endif

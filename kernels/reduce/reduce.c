@@ -109,7 +109,7 @@ FNN_TARGET_AVX2 static void block_sum_avx2_##SFX(const REAL *x, ptrdiff_t N, ptr
 {                                                                                             \
     block_sum_body_##SFX(x, N, r0, r1, j0, w, blk);                                           \
 }
-#define PICK_BSUM(SFX) (fnn_simd_level() >= FNN_SIMD_AVX2 ? block_sum_avx2_##SFX : block_sum_scalar_##SFX)
+#define PICK_BSUM(SFX) (fnn_use_avx2() ? block_sum_avx2_##SFX : block_sum_scalar_##SFX)
 #else
 #define AVX2_CLONE(REAL, SFX)
 #define PICK_BSUM(SFX) block_sum_scalar_##SFX

@@ -946,7 +946,7 @@ int64_t fnn_trainer_run(fnn_trainer *tr,
     memset(&R, 0, sizeof(R));
     R.tr = tr; R.x = x; R.x_u8 = x_u8; R.x_ld = x_ld; R.y = y; R.idx = idx; R.n = n;
     R.opt = opt;
-    R.avx2 = fnn_simd_level() >= FNN_SIMD_AVX2;
+    R.avx2 = fnn_use_avx2();
     R.fuse_xent = tr->dims[L] <= NR;     /* one column panel: each tile holds whole rows */
     if (nthreads < 1) nthreads = 1;
     R.nthreads = nthreads;

@@ -169,20 +169,11 @@ FNN_TARGET_AVX2 static void softmax_row_avx2(const float *x, ptrdiff_t C, float 
 }
 #endif
 
-static int use_avx2(void)
-{
-#if FNN_X86
-    return fnn_simd_level() >= FNN_SIMD_AVX2;
-#else
-    return 0;
-#endif
-}
-
 void fnn_softmax_xent_f32(ptrdiff_t B, ptrdiff_t C, const float *logits, const int64_t *idx,
                           const float *probs, float *losses, float *dlogits,
                           double grad_scale, double ls, int nthreads)
 {
-    const int avx2 = use_avx2();
+    const int avx2 = fnn_use_avx2();
     if (nthreads < 1)
         nthreads = 1;
     (void)avx2;
@@ -219,7 +210,7 @@ void fnn_softmax_xent_f64(ptrdiff_t B, ptrdiff_t C, const double *logits, const 
 void fnn_softmax_rows_f32(ptrdiff_t B, ptrdiff_t C, const float *x, float *out, int lg,
                           int nthreads)
 {
-    const int avx2 = use_avx2();
+    const int avx2 = fnn_use_avx2();
     if (nthreads < 1)
         nthreads = 1;
     (void)avx2;
