@@ -307,25 +307,34 @@ def test_non_contiguous_inputs(plan_and_data):
     assert res["steps"] == 5
 
 
+def _raw_sgd_run(seed, nesterov, **run_kw):
+    """One native run of the (30, 40, 33, 7) MLP with SGD momentum 0.9, batch 9 over 100
+    uint8 rows (12 steps, the last one partial), straight through the trainer so the
+    test-only knobs (_solo_after, _chunk_steps) can be set.  Returns (model, velocity
+    views, the trainer's result tuple)."""
+    sizes, batch, n = (30, 40, 33, 7), 9, 100
+    model = make_model(sizes, seed=seed)
+    opt = SGD(model, lr=0.05, momentum=0.9, nesterov=nesterov)
+    x, y, perm = make_data(n, sizes[0], sizes[-1], True)
+    plan = _fused.plan(model, SoftmaxCrossEntropy(), opt, batch)
+    W = [l.weight.data for l in plan.layers]
+    b = [l.bias.data for l in plan.layers]
+    s1W, s1b = plan._state_views("velocity")
+    none = [None] * len(W)
+    idx = perm.astype(np.int64)
+    res = plan._trainer.run(W, b, s1W, s1b, none, none, x, True, sizes[0],
+                            y[idx].astype(np.int64), idx, "sgd", 0.05, momentum=0.9,
+                            nesterov=nesterov, **run_kw)
+    return model, s1W, res
+
+
 @pytest.mark.parametrize("after", [0, 7, 40])
 def test_single_thread_fallback_gives_the_same_numbers(after):
     """The fallback (a thread goes on alone when its partner keeps losing its
     core) forced at a given task: same weights as a plain 2-thread run."""
-    sizes, batch, n = (30, 40, 33, 7), 9, 100
     outs = []
     for solo_after in (-1, after):
-        model = make_model(sizes, seed=5)
-        opt = SGD(model, lr=0.05, momentum=0.9)
-        x, y, perm = make_data(n, sizes[0], sizes[-1], True)
-        plan = _fused.plan(model, SoftmaxCrossEntropy(), opt, batch)
-        W = [l.weight.data for l in plan.layers]
-        b = [l.bias.data for l in plan.layers]
-        s1W, s1b = plan._state_views("velocity")
-        none = [None] * len(W)
-        idx = perm.astype(np.int64)
-        res = plan._trainer.run(W, b, s1W, s1b, none, none, x, True, sizes[0],
-                                y[idx].astype(np.int64), idx, "sgd", 0.05, momentum=0.9,
-                                nthreads=2, _solo_after=solo_after)
+        model, _, res = _raw_sgd_run(5, False, nthreads=2, _solo_after=solo_after)
         outs.append((model.flat_params.copy(), res[:3]))
         if solo_after >= 0:
             assert res[3] == 1
@@ -339,22 +348,10 @@ def test_fallback_lasts_one_chunk_and_changes_nothing(chunk_steps, nthreads):
     in every chunk, at its 5th ticket) ends with its chunk and the next chunk
     starts with the whole team.  Weights, optimizer state, loss and counts
     equal a plain run without fallback or chunking, for any chunk size."""
-    sizes, batch, n = (30, 40, 33, 7), 9, 100          # 12 steps, the last one partial
     outs = []
     for solo_after, chunks in ((-1, 0), (5, chunk_steps)):
-        model = make_model(sizes, seed=6)
-        opt = SGD(model, lr=0.05, momentum=0.9, nesterov=True)
-        x, y, perm = make_data(n, sizes[0], sizes[-1], True)
-        plan = _fused.plan(model, SoftmaxCrossEntropy(), opt, batch)
-        W = [l.weight.data for l in plan.layers]
-        b = [l.bias.data for l in plan.layers]
-        s1W, s1b = plan._state_views("velocity")
-        none = [None] * len(W)
-        idx = perm.astype(np.int64)
-        res = plan._trainer.run(W, b, s1W, s1b, none, none, x, True, sizes[0],
-                                y[idx].astype(np.int64), idx, "sgd", 0.05, momentum=0.9,
-                                nesterov=True, nthreads=nthreads, _solo_after=solo_after,
-                                _chunk_steps=chunks)
+        model, s1W, res = _raw_sgd_run(6, True, nthreads=nthreads, _solo_after=solo_after,
+                                       _chunk_steps=chunks)
         if solo_after >= 0:
             assert res[3] == -(-12 // chunk_steps)
         outs.append((model.flat_params.copy(), [v.copy() for v in s1W], res[:3]))
