@@ -163,4 +163,6 @@ cdef class Trainer:
             steps = fnn_trainer_run(self.tr, pW, pb, ps1W, ps1b, ps2W, ps2b,
                                     px, x_u8, x_ld, py, pidx, n, &opt, nthreads,
                                     &loss_sum, &correct)
+        if steps < 0:
+            raise MemoryError("the fused trainer could not allocate its task scheduler")
         return loss_sum, int(correct), int(steps), int(solo)

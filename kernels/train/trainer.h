@@ -73,7 +73,9 @@ void fnn_trainer_free(fnn_trainer *tr);
  * the end.  x: n_rows x x_ld, uint8 (x_u8) or float.  y[0:n]: the labels
  * of the rows idx[0:n], in that order, in [0, dims[L]).  Fills loss_sum and correct; returns the number of steps
  * whose batch loss was finite.  A non-finite batch loss ends the run after
- * that step (the caller reports divergence at step = the returned count). */
+ * that step (the caller reports divergence at step = the returned count).
+ * Returns -1, with nothing read or written, when the scheduler's few
+ * bytes per task cannot be allocated. */
 int64_t fnn_trainer_run(fnn_trainer *tr,
                         float *const *W, float *const *b,
                         float *const *s1W, float *const *s1b,
