@@ -66,13 +66,16 @@ OPTS = [
 ]
 
 # (sizes, batch, samples): primes, widths around the 16-column panel and the
-# 6-row tile, more than 16 classes (the unfused loss phase), batch 1, partial batches
+# 6-row tile, more than 16 classes (the unfused loss phase), batch 1, partial
+# batches, layers of >= 256 outputs (their input is copied into MR-column
+# strips for the weight gradient: by the gather and by a forward epilogue)
 SHAPES = [
     ((784, 10), 100, 250),
     ((37, 29, 13, 5), 7, 50),
     ((16, 17, 40), 6, 23),
     ((5, 3), 1, 4),
     ((64, 96, 64, 10), 13, 40),
+    ((23, 257, 300, 11), 14, 45),
 ]
 
 
@@ -95,8 +98,11 @@ def test_matches_float64_reference(simd, sizes, batch, n, cfg, u8):
     assert res["correct"] == ref[4]
     np.testing.assert_allclose(res["loss_sum"], ref[3], rtol=1e-5)
     # Adam divides by sqrt(v): a weight whose gradient is ~0 moves by up to ~lr
-    # on float32 rounding alone, so its tolerance scales with lr
-    atol = 2e-6 if cfg[0] == "sgd" else 5e-3 * cfg[1]["lr"]
+    # on float32 rounding alone, so its tolerance scales with lr.  1 % of lr:
+    # in (23, 257, 300, 11) one weight of the 300-wide layer ends 0.64 % of lr
+    # from the float64 spec after 4 steps (the layer-by-layer float32 path:
+    # 0.82 %), a gradient sum with cancellation
+    atol = 2e-6 if cfg[0] == "sgd" else 1e-2 * cfg[1]["lr"]
     for (w, b), rw, rb in zip(snapshot(model), ref[0], ref[1]):
         np.testing.assert_allclose(w, rw, rtol=1e-4, atol=atol)
         np.testing.assert_allclose(b, rb, rtol=1e-4, atol=atol)
