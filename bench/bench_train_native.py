@@ -55,6 +55,16 @@ def step_flops(sizes, n):
     return 2.0 * n * (2 * sum(mm) + sum(mm[1:]))
 
 
+def phase_flops(sizes, n, name):
+    """FLOPs per epoch of a profile phase: forwardL (2*n*in*out), backwardL
+    (dW, plus dX for L > 0); None for the others (gather, loss, wait)."""
+    for kind, mult in (("forward", 1), ("backward", 2)):
+        if name.startswith(kind) and name[len(kind):].isdigit():
+            l = int(name[len(kind):])
+            return 2.0 * n * sizes[l] * sizes[l + 1] * (mult if l > 0 else 1)
+    return None
+
+
 def test_accuracy(model, xte, yte):
     out = model(xte)
     return float(np.mean(np.argmax(out, axis=1) == yte))
@@ -91,6 +101,14 @@ def bench_fastnn(sizes, batch, lr, momentum, threads, epochs, data, seed=0, prof
         per = {k: v / (epochs - 1) for k, v in plan.profile_dict(prof).items()}
         print("    per epoch, task seconds summed over threads: " +
               "  ".join(f"{k} {v:.3f}" for k, v in per.items()))
+        # the GEMM phases' rate per busy core: what each kernel reaches, apart
+        # from how well the threads split it
+        rates = []
+        for k, v in per.items():
+            f = phase_flops(sizes, len(xtr), k)
+            if f and v > 0:
+                rates.append(f"{k} {f / v / 1e9:.0f}")
+        print("    GFLOP per task-second (one core busy): " + "  ".join(rates))
     return times, last["loss_sum"] / last["count"], test_accuracy(model, xte, yte)
 
 
