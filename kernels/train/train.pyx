@@ -24,7 +24,8 @@ cdef extern from "trainer.h" nogil:
         float lr, weight_decay
         float momentum, dampening
         int nesterov
-        float beta1, beta2, eps
+        double beta1, beta2
+        float eps
         int64_t step
         const float *lrs
         double *profile
@@ -105,7 +106,7 @@ cdef class Trainer:
     def run(self, W, b, s1W, s1b, s2W, s2b, cnp.ndarray x, bint x_u8, Py_ssize_t x_ld,
             cnp.ndarray y, cnp.ndarray idx, str kind, float lr, float weight_decay=0.0,
             float momentum=0.0, float dampening=0.0, bint nesterov=False,
-            float beta1=0.9, float beta2=0.999, float eps=1e-8, int64_t step=0,
+            double beta1=0.9, double beta2=0.999, float eps=1e-8, int64_t step=0,
             int nthreads=1, lrs=None, profile=None, int64_t _solo_after=-1,
             int64_t _chunk_steps=0):
         """Train on the rows idx (int64) of x; see trainer.h.  ``lrs``: None or

@@ -30,6 +30,13 @@
 
 #define MR 6
 #define NR 16
+/* Forward and dX tiles with K > 1.5 KC run K in even blocks of at most KC
+ * (the tile's partial sums go through T between blocks: the same FMAs in the
+ * same order, so the same bits), so that a block's rows of the B panel,
+ * KC x 64 bytes, stay in L1 across up to KB_TILES row tiles instead of
+ * streaming from L2 for every tile: +4-6 % on the 784- and 512-deep layers. */
+#define KC 256
+#define KB_TILES 16
 
 struct fnn_trainer {
     int L, batch, rows;
@@ -51,7 +58,8 @@ struct fnn_trainer {
 typedef struct {
     int kind, nesterov;
     float lr, wd, mu, damp1;
-    float b1, b2, eps, step_size, bc2_sqrt, decay;   /* Adam; decay = 1 - lr*wd for AdamW */
+    float b1, b2, c1, c2;                            /* Adam: beta, 1 - beta */
+    float eps, step_size, bc2_sqrt, decay;           /* decay = 1 - lr*wd for AdamW */
 } opt_sc;
 
 /* ---------------------------------------------------------------- helpers */
@@ -97,6 +105,7 @@ static void mk_scalar(ptrdiff_t K, const float *A, ptrdiff_t rsa, ptrdiff_t csa,
         const float *a0_ = (A), *a1_ = (A) + (rsa), *a2_ = (A) + 2 * (rsa);          \
         const float *b_ = (B);                                                       \
         const ptrdiff_t r3_ = 3 * (rsa);                                             \
+        _Pragma("GCC unroll 12")                                                     \
         for (int i_ = 0; i_ < 2 * MR; i_++) c[i_] = _mm256_setzero_ps();             \
         for (ptrdiff_t k_ = 0; k_ < (K); k_++) {                                     \
             __m256 b0_ = _mm256_load_ps(b_), b1_ = _mm256_load_ps(b_ + 8), x_;       \
@@ -123,6 +132,41 @@ static void mk_avx2(ptrdiff_t K, const float *A, ptrdiff_t rsa, ptrdiff_t csa,
 {
     __m256 c[2 * MR];
     MK_AVX2_KLOOP(c, K, A, rsa, csa, B, ldb);
+#pragma GCC unroll 12
+    for (int i = 0; i < 2 * MR; i++) _mm256_store_ps(T + 8 * i, c[i]);
+}
+
+/* T += A @ B over K (a later block of a K-blocked tile): the same FMAs in the
+ * same order as one pass, so the same bits. */
+FNN_TARGET_AVX2
+static void mk_avx2_acc(ptrdiff_t K, const float *A, ptrdiff_t rsa, ptrdiff_t csa,
+                        const float *B, ptrdiff_t ldb, float *T)
+{
+    __m256 c[2 * MR];
+#pragma GCC unroll 12
+    for (int i = 0; i < 2 * MR; i++) c[i] = _mm256_load_ps(T + 8 * i);
+    {
+        const float *a0_ = A, *a1_ = A + rsa, *a2_ = A + 2 * rsa, *b_ = B;
+        const ptrdiff_t r3_ = 3 * rsa;
+        for (ptrdiff_t k_ = 0; k_ < K; k_++) {
+            __m256 b0_ = _mm256_load_ps(b_), b1_ = _mm256_load_ps(b_ + 8), x_;
+            x_ = _mm256_broadcast_ss(a0_);
+            c[0] = _mm256_fmadd_ps(x_, b0_, c[0]); c[1] = _mm256_fmadd_ps(x_, b1_, c[1]);
+            x_ = _mm256_broadcast_ss(a1_);
+            c[2] = _mm256_fmadd_ps(x_, b0_, c[2]); c[3] = _mm256_fmadd_ps(x_, b1_, c[3]);
+            x_ = _mm256_broadcast_ss(a2_);
+            c[4] = _mm256_fmadd_ps(x_, b0_, c[4]); c[5] = _mm256_fmadd_ps(x_, b1_, c[5]);
+            x_ = _mm256_broadcast_ss(a0_ + r3_);
+            c[6] = _mm256_fmadd_ps(x_, b0_, c[6]); c[7] = _mm256_fmadd_ps(x_, b1_, c[7]);
+            x_ = _mm256_broadcast_ss(a1_ + r3_);
+            c[8] = _mm256_fmadd_ps(x_, b0_, c[8]); c[9] = _mm256_fmadd_ps(x_, b1_, c[9]);
+            x_ = _mm256_broadcast_ss(a2_ + r3_);
+            c[10] = _mm256_fmadd_ps(x_, b0_, c[10]); c[11] = _mm256_fmadd_ps(x_, b1_, c[11]);
+            a0_ += csa; a1_ += csa; a2_ += csa;
+            b_ += ldb;
+        }
+    }
+#pragma GCC unroll 12
     for (int i = 0; i < 2 * MR; i++) _mm256_store_ps(T + 8 * i, c[i]);
 }
 #endif
@@ -154,7 +198,7 @@ void opt_update(const opt_sc *o, float *restrict w, float *restrict s1, float *r
             }
         }
     } else {
-        const float b1 = o->b1, b2 = o->b2, c1 = 1.0f - o->b1, c2 = 1.0f - o->b2;
+        const float b1 = o->b1, b2 = o->b2, c1 = o->c1, c2 = o->c2;
         const float eps = o->eps, ss = o->step_size, bc2s = o->bc2_sqrt, decay = o->decay;
         const float wda = o->kind == FNN_OPT_ADAM ? wd : 0.0f;
         for (int j = 0; j < n; j++) {
@@ -311,7 +355,7 @@ static void dw_tile_avx2(ptrdiff_t K, const float *A, ptrdiff_t rsa, ptrdiff_t c
         } else {
             const float wda = o->kind == FNN_OPT_ADAM ? o->wd : 0.0f;
             const __m256 b1 = _mm256_set1_ps(o->b1), b2 = _mm256_set1_ps(o->b2);
-            const __m256 c1 = _mm256_set1_ps(1.0f - o->b1), c2 = _mm256_set1_ps(1.0f - o->b2);
+            const __m256 c1 = _mm256_set1_ps(o->c1), c2 = _mm256_set1_ps(o->c2);
             __m256 wj = _mm256_mul_ps(w, _mm256_set1_ps(o->decay));
             __m256 g = _mm256_fmadd_ps(_mm256_set1_ps(wda), wj, c[q]);
             __m256 m = _mm256_fmadd_ps(b1, _mm256_load_ps(p1), _mm256_mul_ps(c1, g));
@@ -406,6 +450,36 @@ static void gemm_tiles_scalar(ptrdiff_t M, ptrdiff_t K, const float *A, ptrdiff_
 }
 
 #if FNN_X86
+FNN_TARGET_AVX2 __attribute__((noinline))
+static void gemm_tiles_kblock_avx2(ptrdiff_t M, ptrdiff_t K, const float *A, ptrdiff_t rsa,
+                                   ptrdiff_t csa, const float *B, ptrdiff_t ldb,
+                                   const tile_ep *e, ptrdiff_t jp, ptrdiff_t ip_lo,
+                                   ptrdiff_t ip_hi)
+{
+    /* K in blocks of KC: the block's rows of the B panel stay in L1 across
+     * the row tiles, up to KB_TILES tiles at a time */
+    float Tb[KB_TILES][MR * NR] __attribute__((aligned(64)));
+    ptrdiff_t ntm = (M + MR - 1) / MR, j0 = jp * NR;
+    const ptrdiff_t nkb = (K + KC - 1) / KC, kb = (K + nkb - 1) / nkb;   /* even blocks */
+    if (ip_hi > ntm) ip_hi = ntm;
+    for (ptrdiff_t g0 = ip_lo; g0 < ip_hi; g0 += KB_TILES) {
+        ptrdiff_t g1 = g0 + KB_TILES < ip_hi ? g0 + KB_TILES : ip_hi;
+        for (ptrdiff_t k0 = 0; k0 < K; k0 += kb) {
+            ptrdiff_t kc = K - k0 < kb ? K - k0 : kb;
+            for (ptrdiff_t ip = g0; ip < g1; ip++) {
+                const float *Ab = A + ip * MR * rsa + k0 * csa, *Bb = B + k0 * ldb + j0;
+                if (k0 == 0) mk_avx2(kc, Ab, rsa, csa, Bb, ldb, Tb[ip - g0]);
+                else mk_avx2_acc(kc, Ab, rsa, csa, Bb, ldb, Tb[ip - g0]);
+            }
+        }
+        for (ptrdiff_t ip = g0; ip < g1; ip++) {
+            ptrdiff_t i0 = ip * MR;
+            int mr = M - i0 < MR ? (int)(M - i0) : MR;
+            epilogue(e, i0, j0, mr, Tb[ip - g0]);
+        }
+    }
+}
+
 FNN_TARGET_AVX2
 static void gemm_tiles_avx2(ptrdiff_t M, ptrdiff_t K, const float *A, ptrdiff_t rsa,
                             ptrdiff_t csa, const float *B, ptrdiff_t ldb, const tile_ep *e,
@@ -419,6 +493,10 @@ static void gemm_tiles_avx2(ptrdiff_t M, ptrdiff_t K, const float *A, ptrdiff_t 
             dw_tile_avx2(K, A + ip * MR * rsa, rsa, csa, B + jp * NR, ldb, e, ip * MR, jp * NR);
         }
         if (ip_lo < ip_mid) ip_lo = ip_mid;
+    }
+    if (e->kind != EP_DW && K > KC + KC / 2) {
+        gemm_tiles_kblock_avx2(M, K, A, rsa, csa, B, ldb, e, jp, ip_lo, ip_hi);
+        return;
     }
     GEMM_TILES_BODY(mk_avx2)
 }
@@ -627,10 +705,12 @@ static void opt_step_scalars(const fnn_train_opt *opt, int64_t s, opt_sc *o)
     o->nesterov = opt->nesterov;
     o->decay = 1.0f;
     if (opt->kind != FNN_OPT_SGD) {
-        double bc1 = 1.0 - pow((double)opt->beta1, (double)t);
-        double bc2 = 1.0 - pow((double)opt->beta2, (double)t);
-        o->b1 = opt->beta1;
-        o->b2 = opt->beta2;
+        double bc1 = 1.0 - pow(opt->beta1, (double)t);
+        double bc2 = 1.0 - pow(opt->beta2, (double)t);
+        o->b1 = (float)opt->beta1;
+        o->b2 = (float)opt->beta2;
+        o->c1 = (float)(1.0 - opt->beta1);
+        o->c2 = (float)(1.0 - opt->beta2);
         o->eps = opt->eps;
         o->step_size = (float)((double)lr / bc1);
         o->bc2_sqrt = (float)sqrt(bc2);

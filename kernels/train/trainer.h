@@ -45,7 +45,10 @@ typedef struct {
     int kind;                /* FNN_OPT_* */
     float lr, weight_decay;
     float momentum, dampening; int nesterov;     /* SGD */
-    float beta1, beta2, eps; int64_t step;       /* Adam: step = updates done before this call */
+    double beta1, beta2;     /* Adam, in double: 1 - beta and the bias corrections are
+                              * formed from them as the optim kernels do (1 - 0.999f in
+                              * float32 is 1.3e-5 off 0.001) */
+    float eps; int64_t step; /* Adam: step = updates done before this call */
     const float *lrs;        /* NULL, or one learning rate per step of the call (a schedule) */
     double *profile;         /* NULL, or FNN_TR_PROFILE_SLOTS doubles: CPU seconds per phase
                               * of a step (summed over threads), the last slot the time
