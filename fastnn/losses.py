@@ -26,6 +26,7 @@ same pass as the loss (for cross-entropy by the fused kernel), so
 (2, 4)
 """
 import numbers
+import threading
 
 import numpy as np
 
@@ -74,13 +75,35 @@ def _buffer(buf, shape, dtype):
 
 
 class Loss:
-    """Base class: ``__call__(outputs, targets) -> float``, ``backward() -> array``."""
+    """Base class: ``__call__(outputs, targets) -> float``, ``backward() -> array``.
+
+    The last call's buffers (the gradient, per-sample losses) are kept per
+    thread, so one loss object can serve several Python threads: each
+    thread's ``backward()`` is the gradient of its own last call."""
 
     def __init__(self):
-        self._grad = None
+        self._tls = threading.local()
+
+    @property
+    def _grad(self):
+        return getattr(self._tls, "grad", None)
+
+    @_grad.setter
+    def _grad(self, value):
+        self._tls.grad = value
+
+    def __getstate__(self):           # copy / pickle: the settings, not the buffers
+        state = self.__dict__.copy()
+        del state["_tls"]
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._tls = threading.local()
 
     def backward(self):
-        """d(mean loss)/d(outputs) of the last call (a buffer reused by the next call)."""
+        """d(mean loss)/d(outputs) of this thread's last call (a buffer reused by its
+        next call)."""
         if self._grad is None:
             raise RuntimeError(f"{type(self).__name__}.backward called before the loss")
         return self._grad
@@ -117,7 +140,6 @@ class SoftmaxCrossEntropy(Loss):
             raise ValueError(f"SoftmaxCrossEntropy: label_smoothing must be in [0, 1], "
                              f"got {label_smoothing!r}")
         self.label_smoothing = ls
-        self._losses = None
 
     def __call__(self, logits, targets):
         _check_outputs(logits, "SoftmaxCrossEntropy")
@@ -137,8 +159,16 @@ class SoftmaxCrossEntropy(Loss):
         return float(np.mean(self._losses, dtype=np.float64))
 
     @property
+    def _losses(self):
+        return getattr(self._tls, "losses", None)
+
+    @_losses.setter
+    def _losses(self, value):
+        self._tls.losses = value
+
+    @property
     def per_sample_losses(self):
-        """Per-row losses of the last call, shape (N,)."""
+        """Per-row losses of this thread's last call, shape (N,)."""
         return self._losses
 
     def get_config(self):

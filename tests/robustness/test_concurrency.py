@@ -8,7 +8,9 @@ same variant, same thread count) what the same call gives single-threaded:
   ``kernels.softmax_xent`` on per-thread inputs;
 * ``model.predict`` on ONE shared model (its workspaces are shared, so
   ``Sequential`` serialises forward/backward with a per-model lock) and on
-  per-thread models (no lock between them).
+  per-thread models (no lock between them);
+* one loss object called from every thread: ``backward()`` returns the
+  calling thread's gradient (the loss keeps its buffers per thread).
 
 Fork: GNU OpenMP cannot start a team in a child forked after the parent used
 one (the child hangs).  ``fastnn._threads`` notices the fork
@@ -117,6 +119,52 @@ def test_softmax_xent_from_threads(nthreads):
     z, y = data[0]
     ref = -K.log_softmax(z.astype(np.float64), variant="reference")[np.arange(len(y)), y]
     np.testing.assert_allclose(want[0][0], ref, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("loss_name", ["SoftmaxCrossEntropy", "MeanSquaredError",
+                                       "BinaryCrossEntropyWithLogits"])
+def test_one_loss_object_from_threads(loss_name):
+    """One loss object shared by threads: each thread's backward() is the
+    gradient of ITS last call (the buffers are per thread), for every loss."""
+    from fastnn import losses
+    loss = losses.LOSS_CLASSES[loss_name]()
+    rng = np.random.default_rng(11)
+    data = []
+    for i in range(N_WORKERS):
+        z = rng.standard_normal((40 + 9 * i, 6)).astype(np.float32)
+        t = rng.integers(0, 6, z.shape[0]) if loss_name == "SoftmaxCrossEntropy" else \
+            rng.random(z.shape).astype(np.float32)
+        data.append((z, t))
+
+    def call(i):
+        z, t = data[i]
+        out = []
+        for _ in range(20):          # many call/backward pairs interleave across threads
+            value = loss(z, t)
+            out.append((value, loss.backward().copy()))
+        return out
+
+    solo = losses.LOSS_CLASSES[loss_name]()
+    want = [(solo(z, t), solo.backward().copy()) for z, t in data]
+    for _ in range(ROUNDS):
+        got = run_concurrently(call)
+        for i in range(N_WORKERS):
+            for value, grad in got[i]:
+                assert value == want[i][0], f"thread {i}"
+                np.testing.assert_array_equal(grad, want[i][1], err_msg=f"thread {i}")
+
+
+def test_loss_survives_copy_and_pickle():
+    import copy
+    import pickle
+    from fastnn.losses import SoftmaxCrossEntropy
+    loss = SoftmaxCrossEntropy(label_smoothing=0.1)
+    z = np.zeros((2, 3), np.float32)
+    loss(z, np.array([0, 1]))
+    for other in (copy.deepcopy(loss), pickle.loads(pickle.dumps(loss))):
+        assert other.label_smoothing == 0.1
+        assert other(z, np.array([2, 2])) == loss(z, np.array([2, 2]))
+        np.testing.assert_array_equal(other.backward(), loss.backward())
 
 
 @pytest.mark.parametrize("shared", [True, False], ids=["one-shared-model", "model-per-thread"])
