@@ -289,7 +289,9 @@ def test_mirror_fallback_checksum_and_atomic_cache(isolated, monkeypatch):
     assert len(calls) == 12 and calls[:3] == [m + "train-images-idx3-ubyte.gz"
                                               for m in mnist.MIRRORS]
     cache = isolated / "cache" / "fastnn" / "mnist"
-    assert sorted(os.listdir(cache)) == sorted(n + ".gz" for n in mnist.FILES)  # no temp files
+    # no temp files; "decoded" holds the checked arrays for the next process
+    assert sorted(os.listdir(cache)) == sorted([n + ".gz" for n in mnist.FILES] + ["decoded"])
+    assert all(f.endswith(".bin") for f in os.listdir(cache / "decoded"))
     # Second call is served from the cache: no fetch at all.
     monkeypatch.setattr(mnist, "_fetch", None)
     (_, y2), _ = mnist.load_data()
@@ -347,7 +349,8 @@ def test_download_over_loopback_http(isolated, monkeypatch, http_mirror):
     monkeypatch.setattr(mnist, "TIMEOUT", 10.0)
     (_, y), (_, yt) = mnist.load_data()
     assert y[0] == 5 and yt[0] == 7
-    assert len(os.listdir(isolated / "cache" / "fastnn" / "mnist")) == 4
+    assert len([f for f in os.listdir(isolated / "cache" / "fastnn" / "mnist")
+                if f != "decoded"]) == 4
 
 
 def test_label_and_count_checks(isolated, monkeypatch):
@@ -391,3 +394,79 @@ def test_damaged_cache_copy_is_replaced_by_download(isolated, monkeypatch):
     _, (_, yt) = mnist.load_data()
     assert calls == [mnist.MIRRORS[0] + "t10k-labels-idx1-ubyte.gz"]
     assert yt[-1] == 6 and not p.exists() and (cache / "t10k-labels-idx1-ubyte.gz").exists()
+
+
+# ------------------------------------------------------ decoded cache (across processes)
+
+def _decoded_files(isolated):
+    d = isolated / "cache" / "fastnn" / "mnist" / "decoded"
+    return sorted(d.glob("*.bin")) if d.is_dir() else []
+
+
+def _new_process(monkeypatch):
+    """What a new process sees: an empty in-process cache."""
+    monkeypatch.setattr(mnist, "_cache", {})
+
+
+def test_decoded_cache_is_written_then_used(isolated, monkeypatch):
+    d = str(isolated / "copy")
+    _recompressed_copy(d)
+    first = mnist.load_data(path=d, download=False)
+    assert len(_decoded_files(isolated)) == 4
+    _new_process(monkeypatch)
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("decoded the IDX file again instead of reading the cache")
+
+    monkeypatch.setattr(mnist, "_load", no_decoding)
+    second = mnist.load_data(path=d, download=False)
+    third = mnist.load_data(path=d, download=False)
+    for a, b, c in zip(first, second, third):
+        for u, v, w in zip(a, b, c):
+            np.testing.assert_array_equal(u, v)
+            assert v.flags.writeable and v is not w
+    second[0][0][:] = 0                      # the caller's own array: nothing shared
+    assert int(third[0][0].max()) == 255
+
+
+def test_damaged_decoded_entry_is_ignored_and_rewritten(isolated, monkeypatch):
+    d = str(isolated / "copy")
+    _recompressed_copy(d)
+    want = mnist.load_data(path=d, download=False)
+    entry = next(p for p in _decoded_files(isolated) if p.name.startswith("train-images"))
+    for damage in ("flip", "truncate"):
+        data = bytearray(entry.read_bytes())
+        if damage == "flip":
+            data[1000] ^= 0x40
+        else:
+            data = data[:-1]
+        entry.write_bytes(bytes(data))
+        _new_process(monkeypatch)
+        got = mnist.load_data(path=d, download=False)
+        np.testing.assert_array_equal(got[0][0], want[0][0])
+        assert mnist._read_decoded("train-images-idx3-ubyte", str(entry)) is not None
+
+
+def test_changed_source_misses_the_decoded_cache(isolated, monkeypatch):
+    d = isolated / "copy"
+    _recompressed_copy(str(d))
+    mnist.load_data(path=str(d), download=False)     # entries for the good files
+    p = d / "train-images-idx3-ubyte"
+    data = bytearray(p.read_bytes())
+    data[5000] ^= 1                                  # same size, new content
+    p.write_bytes(bytes(data))
+    _new_process(monkeypatch)
+    with pytest.raises(DataFormatError, match="damaged or not the canonical"):
+        mnist.load_data(path=str(d), download=False)
+    # the damaged version never gets an entry; the good one's was replaced or kept
+    assert len(_decoded_files(isolated)) == 4
+
+
+def test_unwritable_decoded_cache_costs_nothing(isolated, monkeypatch):
+    d = str(isolated / "copy")
+    _recompressed_copy(d)
+    cache = isolated / "cache" / "fastnn" / "mnist"
+    cache.mkdir(parents=True)
+    (cache / "decoded").write_text("a file where the directory should be")
+    (x, y), _ = mnist.load_data(path=d, download=False)
+    assert x.shape == (60000, 28, 28) and y[0] == 5
