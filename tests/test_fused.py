@@ -164,6 +164,17 @@ def test_bitwise_repeatable_and_thread_independent(simd):
     assert np.array_equal(p1, p2) and r1 == r2
 
 
+@pytest.mark.parametrize("threads", [2, 3])
+def test_packed_weight_gradient_gives_the_same_bits(threads):
+    """A 200-wide layer has 13 dW column panels: one thread copies a^T into
+    strips for its tiles (>= 8 panels per thread), two or three threads read
+    a^T in place.  Same FMAs, same order: the same bits."""
+    sizes = (50, 200, 130, 10)
+    p1, _, r1 = _train(1, sizes=sizes, batch=20, n=90)
+    pn, _, rn = _train(threads, sizes=sizes, batch=20, n=90)
+    assert np.array_equal(p1, pn) and r1 == rn
+
+
 @pytest.mark.parametrize("cfg", [OPTS[2], OPTS[4]], ids=["nesterov", "adamw"])
 def test_chunks_of_steps_equal_one_call(cfg):
     whole, opt_a, ra = _train(2, cfg=cfg)
