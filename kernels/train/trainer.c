@@ -765,6 +765,16 @@ static void opt_step_scalars(const fnn_train_opt *opt, int64_t s, opt_sc *o)
  */
 #define ROWS_PER_TASK 16
 #define PACK_MIN_PANELS 8            /* dW column panels per thread that pay for a copy of a^T */
+/* With 2-4 threads every thread gathers the whole batch into its own copy of
+ * a[0] (the gather phase has one run of tasks per copy).  A shared a[0] is
+ * read by every thread in the first layer's forward and dW, so the next
+ * gather wrote lines held by the other core: measured at 2 threads, the
+ * gather took 3x its one-thread time.  Copies cost nthreads one-thread
+ * gathers, which is cheaper than those transfers at 2 threads (epochs
+ * alternating in one process: softmax 12 %, mlp 4 % faster; 26 % and 8 % in
+ * the machine's slow spells) but grows with the thread count, so past 4
+ * threads (not measured here) the batch is gathered once. */
+#define REPLICATE_MAX_THREADS 4
 #define FLOPS_PER_TASK 131072.0      /* ~1-2 us of work at least */
 #define TASKS_PER_THREAD 32
 #define MAX_PHASES (FNN_TR_PROFILE_SLOTS - 1)
@@ -886,6 +896,8 @@ typedef struct {
     float *pack;                    /* per thread: pack_floats for the strips of a[l]^T */
     int64_t *pack_stamp;            /* per thread, per strip: step * FNN_TR_MAXL + layer packed */
     int64_t pack_floats, pack_strips;
+    float *a0rep;                   /* NULL, or one copy of a[0] per thread (see plan_phases) */
+    int64_t a0rep_stride;
     double loss_sum; int64_t correct, done_steps;
 } run_t;
 
@@ -893,6 +905,14 @@ typedef struct {                /* what a thread knows about the step it is in *
     int64_t s; int bs; ptrdiff_t off; float inv_b; opt_sc o;
     int tid;
 } step_ctx;
+
+/* The activations a[l] as this thread reads them: its own copy of a[0] when
+ * the gather replicates it. */
+static inline float *act(const run_t *R, const step_ctx *c, int l)
+{
+    if (l == 0 && R->a0rep) return R->a0rep + c->tid * R->a0rep_stride;
+    return R->tr->a[l];
+}
 
 static void run_task(run_t *R, const sched_t *sc, const phase_t *ph, int64_t t, const step_ctx *c)
 {
@@ -902,11 +922,14 @@ static void run_task(run_t *R, const sched_t *sc, const phase_t *ph, int64_t t, 
     memset(&e, 0, sizeof(e));
     switch (ph->kind) {
     case PH_GATHER: {
-        ptrdiff_t lo = t * ROWS_PER_TASK, hi = lo + ROWS_PER_TASK;
+        const int64_t row_tasks = (tr->batch + ROWS_PER_TASK - 1) / ROWS_PER_TASK;
+        const int64_t copy = t / row_tasks;
+        ptrdiff_t lo = (t % row_tasks) * ROWS_PER_TASK, hi = lo + ROWS_PER_TASK;
         if (hi > bs) hi = bs;
-        gather_rows(R->avx2, tr->a[0], tr->ld[0], lo, hi, tr->dims[0], R->x, R->x_u8, R->x_ld,
-                    R->idx + c->off);
-        for (ptrdiff_t r = lo; r < hi; r++) tr->rowy[r] = R->y[c->off + r];
+        gather_rows(R->avx2, R->a0rep ? R->a0rep + copy * R->a0rep_stride : tr->a[0], tr->ld[0],
+                    lo, hi, tr->dims[0], R->x, R->x_u8, R->x_ld, R->idx + c->off);
+        if (copy == 0)
+            for (ptrdiff_t r = lo; r < hi; r++) tr->rowy[r] = R->y[c->off + r];
         /* The rows are scattered over the whole data set (DRAM): start fetching
          * the same chunk of the next step's rows now, a step ahead. */
         {
@@ -934,7 +957,7 @@ static void run_task(run_t *R, const sched_t *sc, const phase_t *ph, int64_t t, 
             e.C = tr->a[l + 1]; e.ldc = tr->ld[l + 1];
             e.relu = tr->relu[l];
         }
-        gemm_tiles(R->avx2, bs, tr->dims[l], tr->a[l], tr->ld[l], 1, MR * tr->ld[l], tr->W[l],
+        gemm_tiles(R->avx2, bs, tr->dims[l], act(R, c, l), tr->ld[l], 1, MR * tr->ld[l], tr->W[l],
                    tr->ld[l + 1], &e,
                    t / ph->gw.nchunks, t % ph->gw.nchunks * ph->gw.per,
                    (t % ph->gw.nchunks + 1) * ph->gw.per);
@@ -990,13 +1013,13 @@ static void run_task(run_t *R, const sched_t *sc, const phase_t *ph, int64_t t, 
                 if (ip_hi > nstrips) ip_hi = nstrips;
                 for (ptrdiff_t ip = ip_lo; ip < ip_hi; ip++)
                     if (stamp[ip] != want) {
-                        pack_strip(P + ip * tr->batch * MR, tr->a[l] + ip * MR, tr->ld[l], bs);
+                        pack_strip(P + ip * tr->batch * MR, act(R, c, l) + ip * MR, tr->ld[l], bs);
                         stamp[ip] = want;
                     }
                 gemm_tiles(R->avx2, tr->dims[l], bs, P, 1, MR, (ptrdiff_t)tr->batch * MR,
                            tr->g[l + 1], tr->ld[l + 1], &e, jp, ip_lo, ip_hi);
             } else {
-                gemm_tiles(R->avx2, tr->dims[l], bs, tr->a[l], 1, tr->ld[l], MR, tr->g[l + 1],
+                gemm_tiles(R->avx2, tr->dims[l], bs, act(R, c, l), 1, tr->ld[l], MR, tr->g[l + 1],
                            tr->ld[l + 1], &e, jp, ip_lo, ip_hi);
             }
             break;
@@ -1025,7 +1048,7 @@ static void plan_phases(run_t *R)
     phase_t *ph = R->ph;
     int n = 0;
     memset(ph, 0, sizeof(R->ph));
-    ph[n].kind = PH_GATHER; ph[n].ntasks = row_tasks; n++;
+    ph[n].kind = PH_GATHER; ph[n].ntasks = row_tasks * (R->a0rep ? R->nthreads : 1); n++;
     for (int l = 0; l < L; l++) {
         ph[n].kind = PH_FWD; ph[n].layer = l;
         ph[n].gw = grid_make(B, tr->dims[l + 1], tr->dims[l], R->nthreads);
@@ -1257,6 +1280,11 @@ int64_t fnn_trainer_run(fnn_trainer *tr,
     R.fuse_xent = tr->dims[L] <= NR;     /* one column panel: each tile holds whole rows */
     if (nthreads < 1) nthreads = 1;
     R.nthreads = nthreads;
+    R.a0rep = NULL;
+    if (nthreads > 1 && nthreads <= REPLICATE_MAX_THREADS) {
+        R.a0rep_stride = ((int64_t)tr->rows * tr->ld[0] + MR + 15) / 16 * 16;
+        R.a0rep = zalloc((size_t)(R.a0rep_stride * nthreads));
+    }
     plan_phases(&R);
 
     for (int l = 0; l < L; l++) {
@@ -1341,6 +1369,7 @@ int64_t fnn_trainer_run(fnn_trainer *tr,
     free(R.mine_at);
     free(R.pack);
     free(R.pack_stamp);
+    free(R.a0rep);
 
     for (int l = 0; l < L; l++) {
         int in = tr->dims[l], out = tr->dims[l + 1];
