@@ -74,6 +74,12 @@ def _buffer(buf, shape, dtype):
     return np.empty(shape, dtype)
 
 
+def _per_thread(name):
+    """An attribute kept per thread, in ``self._tls`` (None until set)."""
+    return property(lambda self: getattr(self._tls, name, None),
+                    lambda self, value: setattr(self._tls, name, value))
+
+
 class Loss:
     """Base class: ``__call__(outputs, targets) -> float``, ``backward() -> array``.
 
@@ -84,13 +90,7 @@ class Loss:
     def __init__(self):
         self._tls = threading.local()
 
-    @property
-    def _grad(self):
-        return getattr(self._tls, "grad", None)
-
-    @_grad.setter
-    def _grad(self, value):
-        self._tls.grad = value
+    _grad = _per_thread("grad")
 
     def __getstate__(self):           # copy / pickle: the settings, not the buffers
         state = self.__dict__.copy()
@@ -158,13 +158,7 @@ class SoftmaxCrossEntropy(Loss):
                                 grad_scale=1.0 / n, label_smoothing=self.label_smoothing)
         return float(np.mean(self._losses, dtype=np.float64))
 
-    @property
-    def _losses(self):
-        return getattr(self._tls, "losses", None)
-
-    @_losses.setter
-    def _losses(self, value):
-        self._tls.losses = value
+    _losses = _per_thread("losses")
 
     @property
     def per_sample_losses(self):
