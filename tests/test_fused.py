@@ -164,6 +164,17 @@ def test_bitwise_repeatable_and_thread_independent(simd):
     assert np.array_equal(p1, p2) and r1 == r2
 
 
+@pytest.mark.parametrize("threads", [5, 8])
+def test_more_threads_than_tasks_gives_the_same_bits(threads):
+    """More threads than cores and than the tasks of most phases: threads
+    that own nothing only steal, past 4 threads the batch is gathered once
+    (shared) instead of per thread; the same bits as one thread."""
+    for sizes, batch, n in (((5, 3), 4, 30), ((30, 40, 33, 7), 9, 100)):
+        p1, _, r1 = _train(1, sizes=sizes, batch=batch, n=n)
+        pn, _, rn = _train(threads, sizes=sizes, batch=batch, n=n)
+        assert np.array_equal(p1, pn) and r1 == rn
+
+
 @pytest.mark.parametrize("threads", [2, 3])
 def test_packed_weight_gradient_gives_the_same_bits(threads):
     """A 200-wide layer has 13 dW column panels: one thread copies a^T into
