@@ -470,3 +470,11 @@ def test_unwritable_decoded_cache_costs_nothing(isolated, monkeypatch):
     (cache / "decoded").write_text("a file where the directory should be")
     (x, y), _ = mnist.load_data(path=d, download=False)
     assert x.shape == (60000, 28, 28) and y[0] == 5
+
+
+def test_decoded_cache_can_be_turned_off(isolated, monkeypatch):
+    d = str(isolated / "copy")
+    _recompressed_copy(d)
+    monkeypatch.setenv("FASTNN_MNIST_DECODED_CACHE", "0")
+    (_, y), _ = mnist.load_data(path=d, download=False)
+    assert y[0] == 5 and _decoded_files(isolated) == []

@@ -32,6 +32,8 @@ a new process reads them in ~0.03 s instead of decompressing and hashing
 (~0.25 s; half the start-up of ``fastnn train``).  A changed source file
 misses the cache and is checked again; a damaged cache entry is ignored and
 rewritten; a cache that cannot be written (read-only home) costs nothing.
+``FASTNN_MNIST_DECODED_CACHE=0`` turns this cache off (nothing read or
+written there; downloads still go to the user cache).
 """
 import hashlib
 import os
@@ -178,8 +180,9 @@ def _decode_checked(name, path):
         return hit, False
     # across processes, also the inode and ctime: a file replaced or rewritten
     # in place misses (both change on every write)
+    use_decoded = os.environ.get("FASTNN_MNIST_DECODED_CACHE", "1") != "0"
     dpath = _decoded_path(name, key + (st.st_ino, st.st_ctime_ns))
-    arr = _read_decoded(name, dpath)
+    arr = _read_decoded(name, dpath) if use_decoded else None
     if arr is not None:
         return arr, True
     md5 = hashlib.md5()
@@ -192,7 +195,8 @@ def _decode_checked(name, path):
     if arr.shape != _EXPECTED[name] or arr.dtype != np.uint8:
         raise DataFormatError(f"MNIST file {path!r}: expected uint8 of shape "
                               f"{_EXPECTED[name]}, got {arr.dtype} {arr.shape}")
-    _write_decoded(name, dpath, arr)
+    if use_decoded:
+        _write_decoded(name, dpath, arr)
     arr.setflags(write=False)       # the cached master copy is never handed out
     with _cache_lock:
         _cache[key] = arr
