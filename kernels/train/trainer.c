@@ -5,7 +5,9 @@
  *      reference the AVX2 path is tested against)
  *   v1 AVX2+FMA: 6x16 register-tile microkernel (12 ymm accumulators,
  *      broadcast A, two vector loads of B per k) with the same epilogues
- *      compiled for AVX2
+ *      compiled for AVX2, except that whole dW tiles apply the optimizer
+ *      update on the accumulators (dw_tile_avx2) and forward/dX tiles deeper
+ *      than 1.5 KC run K in blocks (gemm_tiles_kblock_avx2)
  *
  * Every GEMM of the step has the form  T[6,16] = A[i0:i0+6, :] @ B[:, j0:j0+16]
  * with B row-major (padded stride) and A given by (row, column) strides, so
