@@ -893,6 +893,7 @@ typedef struct {
     int avx2, fuse_xent, nthreads;
     phase_t ph[MAX_PHASES]; int nph;
     int64_t per_step;
+    int64_t row_tasks;              /* tasks of ROWS_PER_TASK rows in a batch (one gather copy) */
     int32_t *mine;                  /* thread t's own tasks of a step: mine[mine_at[t]:mine_at[t+1]] */
     int64_t *mine_at;
     float *pack;                    /* per thread: pack_floats for the strips of a[l]^T */
@@ -924,9 +925,8 @@ static void run_task(run_t *R, const sched_t *sc, const phase_t *ph, int64_t t, 
     memset(&e, 0, sizeof(e));
     switch (ph->kind) {
     case PH_GATHER: {
-        const int64_t row_tasks = (tr->batch + ROWS_PER_TASK - 1) / ROWS_PER_TASK;
-        const int64_t copy = t / row_tasks;
-        ptrdiff_t lo = (t % row_tasks) * ROWS_PER_TASK, hi = lo + ROWS_PER_TASK;
+        const int64_t copy = t / R->row_tasks;
+        ptrdiff_t lo = (t % R->row_tasks) * ROWS_PER_TASK, hi = lo + ROWS_PER_TASK;
         if (hi > bs) hi = bs;
         gather_rows(R->avx2, R->a0rep ? R->a0rep + copy * R->a0rep_stride : tr->a[0], tr->ld[0],
                     lo, hi, tr->dims[0], R->x, R->x_u8, R->x_ld, R->idx + c->off);
@@ -1046,7 +1046,7 @@ static void plan_phases(run_t *R)
 {
     fnn_trainer *tr = R->tr;
     const int L = tr->L, B = tr->batch;
-    const int64_t row_tasks = (B + ROWS_PER_TASK - 1) / ROWS_PER_TASK;
+    const int64_t row_tasks = R->row_tasks = (B + ROWS_PER_TASK - 1) / ROWS_PER_TASK;
     phase_t *ph = R->ph;
     int n = 0;
     memset(ph, 0, sizeof(R->ph));
@@ -1308,7 +1308,7 @@ int64_t fnn_trainer_run(fnn_trainer *tr,
     R.mine = NULL;
     R.mine_at = NULL;
     if (n > 0) {
-        claim = zalloc((size_t)R.per_step * 2);     /* int64 slots */
+        claim = malloc((size_t)R.per_step * sizeof(int64_t));
         R.mine = malloc((size_t)R.per_step * sizeof(int32_t));
         R.mine_at = malloc((size_t)(nthreads + 1) * sizeof(int64_t));
         if (!claim || !R.mine || !R.mine_at) {
