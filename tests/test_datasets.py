@@ -199,10 +199,43 @@ def test_checkout_dir_points_at_committed_data():
 def test_search_order(isolated, monkeypatch):
     monkeypatch.setenv("FASTNN_DATA", "/env/data")
     monkeypatch.setattr(mnist, "_checkout_dir", lambda: "/src/data/mnist")
-    dirs = mnist.search_dirs("/explicit")
-    assert dirs == ["/explicit", "/env/data", "/env/data/mnist",
+    dirs = mnist.search_dirs()
+    assert dirs == ["/env/data", "/env/data/mnist",
                     os.path.join(os.getcwd(), "data", "mnist"), "/src/data/mnist",
                     os.path.join(str(isolated), "cache", "fastnn", "mnist")]
+    # an explicit path is the only place searched (issue 10: --data was silently ignored)
+    assert mnist.search_dirs("/explicit") == ["/explicit", "/explicit/mnist"]
+
+
+@pytest.mark.parametrize("make", ["empty", "missing", "file", "partial"])
+def test_explicit_path_without_mnist_is_an_error(isolated, monkeypatch, make):
+    """load_data(path=DIR) never falls back to another copy (the committed one, the
+    cache) nor downloads: it names DIR and the four files expected."""
+    monkeypatch.setattr(mnist, "_checkout_dir", lambda: MNIST_DIR)   # a copy elsewhere
+    monkeypatch.setattr(mnist, "_fetch", None)                       # must not download
+    d = isolated / "mine"
+    if make == "empty":
+        d.mkdir()
+    elif make == "file":
+        d.write_text("not a directory")
+    elif make == "partial":
+        _recompressed_copy(str(d), raw=())
+        (d / "t10k-labels-idx1-ubyte.gz").unlink()
+    with pytest.raises(DatasetNotFoundError) as ei:
+        mnist.load_data(path=str(d))                  # download=True by default
+    msg = str(ei.value)
+    assert str(d) in msg and "\n" not in msg
+    for name in mnist.FILES:
+        assert name in msg
+    want = {"empty": "does not hold it", "missing": "does not exist",
+            "file": "is not a directory", "partial": "missing: t10k-labels-idx1-ubyte;"}
+    assert want[make] in msg
+
+
+def test_explicit_path_mnist_subdirectory_accepted(isolated):
+    _recompressed_copy(str(isolated / "data" / "mnist"), raw=())
+    (_, y), _ = mnist.load_data(path=isolated / "data")
+    assert y[0] == 5
 
 
 def _recompressed_copy(dst, raw=("train-images-idx3-ubyte",)):
@@ -250,11 +283,11 @@ def test_damaged_copy_rejected_with_both_md5(isolated):
 
 def test_not_found_message_lists_files_and_dirs(isolated):
     with pytest.raises(DatasetNotFoundError) as ei:
-        mnist.load_data(path=str(isolated / "mine"), download=False)
+        mnist.load_data(download=False)
     msg = str(ei.value)
     for name in mnist.FILES:
         assert name in msg
-    for d in mnist.search_dirs(str(isolated / "mine")):
+    for d in mnist.search_dirs():
         assert d in msg
     assert "FASTNN_DATA" in msg
     assert isinstance(ei.value, FileNotFoundError)

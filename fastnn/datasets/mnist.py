@@ -1,15 +1,20 @@
 """MNIST: 70,000 28x28 grey-scale digits (60,000 train, 10,000 test), as uint8.
 
 ``load_data()`` looks for the four IDX files, each either raw
-(``train-images-idx3-ubyte``) or gzipped (``train-images-idx3-ubyte.gz``),
-in these directories, in order:
+(``train-images-idx3-ubyte``) or gzipped (``train-images-idx3-ubyte.gz``).
 
-1. the ``path`` argument;
-2. ``$FASTNN_DATA`` (and ``$FASTNN_DATA/mnist``);
-3. ``data/mnist`` under the current directory;
-4. ``data/mnist`` in the source checkout fastnn was imported from (so an
+``load_data(path=DIR)`` (``fastnn train --data DIR``) reads them from ``DIR``
+(or ``DIR/mnist``) and nowhere else: a path that does not hold all four is a
+``DatasetNotFoundError`` naming the path and the files, never a silent fall
+back to another copy, and nothing is downloaded.
+
+Without ``path`` it searches these directories, in order:
+
+1. ``$FASTNN_DATA`` (and ``$FASTNN_DATA/mnist``);
+2. ``data/mnist`` under the current directory;
+3. ``data/mnist`` in the source checkout fastnn was imported from (so an
    editable install finds the committed copy from any directory);
-5. the user cache, ``$XDG_CACHE_HOME/fastnn/mnist`` (default
+4. the user cache, ``$XDG_CACHE_HOME/fastnn/mnist`` (default
    ``~/.cache/fastnn/mnist``);
 
 and, when ``download=True`` and a file is still missing (or its copy in the
@@ -92,18 +97,21 @@ def _checkout_dir():
 
 
 def search_dirs(path=None):
-    """The directories ``load_data(path)`` searches, in order (duplicates removed)."""
+    """The directories ``load_data(path)`` searches, in order (duplicates removed):
+    ``path`` and ``path/mnist`` alone when a path is given, else the default places."""
     dirs = []
     if path is not None:
-        dirs.append(os.fspath(path))
-    env = os.environ.get("FASTNN_DATA")
-    if env:
-        dirs += [env, os.path.join(env, "mnist")]
-    dirs.append(os.path.join(os.getcwd(), "data", "mnist"))
-    checkout = _checkout_dir()
-    if checkout is not None:
-        dirs.append(checkout)
-    dirs.append(_user_cache_dir())
+        path = os.fspath(path)
+        dirs += [path, os.path.join(path, "mnist")]
+    else:
+        env = os.environ.get("FASTNN_DATA")
+        if env:
+            dirs += [env, os.path.join(env, "mnist")]
+        dirs.append(os.path.join(os.getcwd(), "data", "mnist"))
+        checkout = _checkout_dir()
+        if checkout is not None:
+            dirs.append(checkout)
+        dirs.append(_user_cache_dir())
     seen, out = set(), []
     for d in dirs:
         key = os.path.realpath(d)
@@ -278,6 +286,22 @@ def _not_found(missing, dirs, errors):
     return DatasetNotFoundError("\n".join(lines))
 
 
+def _not_at_path(path, missing):
+    """The error for an explicit ``path`` that does not hold MNIST (one line)."""
+    expected = ", ".join(n + "[.gz]" for n in FILES)
+    if not os.path.exists(path):
+        where = f"{path} does not exist"
+    elif not os.path.isdir(path):
+        where = f"{path} is not a directory"
+    else:
+        where = (f"{path} does not hold it (missing: {', '.join(missing)}; looked in "
+                 f"{path} and {os.path.join(path, 'mnist')})")
+    return DatasetNotFoundError(
+        f"MNIST not found: {where}. The data directory must hold the four files {expected}; "
+        f"an explicit path is the only place searched (leave it out to use the default "
+        f"places and download)")
+
+
 def load_data(path=None, download=True):
     """Load MNIST as uint8 arrays: pixels 0..255, labels 0..9.
 
@@ -286,8 +310,12 @@ def load_data(path=None, download=True):
     fresh writable copies on every call (see the module docstring for the
     search order, the checksum check and the download).
 
+    ``path``: a directory holding the four files (or a ``mnist``
+    subdirectory that does); when given, it is the only place searched and
+    ``download`` is ignored.
+
     Raises ``DatasetNotFoundError`` listing the four files and where to put
-    them when a file cannot be found nor downloaded; ``DataFormatError`` when
+    them when a file cannot be found nor downloaded (or is not in ``path``); ``DataFormatError`` when
     a file found is damaged (wrong MD5, bad IDX) or the labels are invalid.
 
     Example::
@@ -297,6 +325,10 @@ def load_data(path=None, download=True):
         >>> x_train.shape, y_train[:5]
         ((60000, 28, 28), array([5, 0, 4, 1, 9], dtype=uint8))
     """
+    explicit = path is not None
+    if explicit:
+        path = os.fspath(path)
+        download = False            # the user's directory, not a cache: never fill it
     dirs = search_dirs(path)
     found, missing, errors = {}, [], []
     for name in FILES:
@@ -308,7 +340,7 @@ def load_data(path=None, download=True):
         else:
             found[name] = p
     if missing:
-        raise _not_found(missing, dirs, errors)
+        raise _not_at_path(path, missing) if explicit else _not_found(missing, dirs, errors)
     arrays, owned = {}, {}
     for name, p in found.items():
         try:
