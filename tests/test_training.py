@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import fastnn
-from fastnn import presets, training
+from fastnn import _fused, presets, training
 from fastnn.errors import DivergenceError, DTypeError, ShapeError
 from fastnn.layers import Dense, Dropout
 from fastnn.losses import SoftmaxCrossEntropy
@@ -39,13 +39,17 @@ def _fit(model, x, y, lr=0.05, momentum=0.9, **kw):
     return training.fit(model, x, y, loss=SoftmaxCrossEntropy(), optimizer=opt, **kw), opt
 
 
-def _has_plan(model, batch_size=64):
-    try:
-        from fastnn import _fused
-    except ImportError:
-        return False
+# fused=None lets fit pick the native plan, which it must for these float32 Dense+ReLU
+# MLPs: a test parametrized over the engines checks that the one it meant really ran
+# (a plan that declined would otherwise test the general path twice, and pass)
+ENGINE = {None: "fused", True: "fused", False: "general"}
+
+
+def _assert_plan(model, batch_size=64):
     opt = SGD(model.parameters(), lr=0.05, momentum=0.9)
-    return _fused.plan(model, SoftmaxCrossEntropy(), opt, batch_size) is not None
+    assert _fused.plan(model, SoftmaxCrossEntropy(), opt, batch_size) is not None, (
+        f"the fused plan declined {[type(l).__name__ for l in model.layers]} at batch "
+        f"{batch_size}, a model it is meant to train")
 
 
 # ------------------------------------------------------------------ history
@@ -55,6 +59,7 @@ def test_history_keys_and_lengths(data, fused):
     x, y, xt, yt = data
     model = _mlp()
     h, _ = _fit(model, x, y, epochs=3, validation_data=(xt, yt), fused=fused)
+    assert h.params["engine"] == ENGINE[fused]
     assert set(h.history) == {"loss", "accuracy", "val_loss", "val_accuracy", "epoch_time",
                               "samples_per_s"}
     assert all(len(v) == 3 for v in h.history.values())
@@ -106,10 +111,14 @@ def test_verbose_epoch_line(data, capsys):
 def test_seed_determinism(data, fused):
     x, y, _, _ = data
     a, b, c = _mlp(), _mlp(), _mlp()
-    _fit(a, x, y, seed=3, fused=fused)
-    _fit(b, x, y, seed=3, fused=fused)
+    ha, _ = _fit(a, x, y, seed=3, fused=fused)
+    hb, _ = _fit(b, x, y, seed=3, fused=fused)
+    assert ha.params["engine"] == ENGINE[fused]
     _fit(c, x, y, seed=4, fused=fused)
     np.testing.assert_array_equal(a.flat_params, b.flat_params)
+    # what a seeded run computes, never its timings (epoch_time, samples_per_s)
+    for key in ("loss", "accuracy"):
+        assert ha.history[key] == hb.history[key], key
     assert not np.array_equal(a.flat_params, c.flat_params)
 
 
@@ -146,8 +155,7 @@ def test_general_path_matches_manual_loop(data):
                                          ((784, 48, 24, 10), 37)])
 def test_fused_matches_general(data, sizes, batch):
     x, y, _, _ = data
-    if not _has_plan(_mlp(sizes), batch):
-        pytest.skip("no fused plan for this model (fastnn._fused missing or declines)")
+    _assert_plan(_mlp(sizes), batch)
     a, b = _mlp(sizes), _mlp(sizes)
     ha, _ = _fit(a, x, y, batch_size=batch, fused=True)
     hb, _ = _fit(b, x, y, batch_size=batch, fused=False)
@@ -160,8 +168,7 @@ def test_fused_matches_general(data, sizes, batch):
 def test_fused_chunks_match_whole_epochs(data):
     """Returning to Python every n steps (a per-step callback) must not change the result."""
     x, y, _, _ = data
-    if not _has_plan(_mlp()):
-        pytest.skip("no fused plan")
+    _assert_plan(_mlp())
 
     class Every7(fastnn.callbacks.Callback):
         step_freq = 7
@@ -187,8 +194,9 @@ def test_fused_chunks_match_whole_epochs(data):
 def test_uint8_matches_prescaled_float(data, fused):
     x, y, _, _ = data
     a, b = _mlp(), _mlp()
-    _fit(a, x, y, fused=fused)
-    _fit(b, x.astype(np.float32) / 255, y, fused=fused)
+    ha, _ = _fit(a, x, y, fused=fused)
+    hb, _ = _fit(b, x.astype(np.float32) / 255, y, fused=fused)
+    assert ha.params["engine"] == hb.params["engine"] == ENGINE[fused]
     np.testing.assert_allclose(a.flat_params, b.flat_params, rtol=1e-4, atol=1e-5)
     # scaling by the float32 reciprocal gives bitwise the same batches
     c = _mlp()
@@ -216,8 +224,9 @@ def test_schedule_and_adam(data):
     # a plain callable works too, and a fused run applies it per step like the general one
     a, b = _mlp(), _mlp()
     f = lambda t: 0.1 / (1 + t)  # noqa: E731
-    _fit(a, x, y, schedule=f, fused=None)
-    _fit(b, x, y, schedule=f, fused=False)
+    ha, _ = _fit(a, x, y, schedule=f, fused=None)
+    hb, _ = _fit(b, x, y, schedule=f, fused=False)
+    assert ha.params["engine"] == "fused" and hb.params["engine"] == "general"
     np.testing.assert_allclose(a.flat_params, b.flat_params, rtol=2e-3, atol=2e-4)
 
 
@@ -250,6 +259,7 @@ def test_resume_in_process_is_bitwise(data, fused):
     x, y, xt, yt = data
     full = _mlp()
     hfull, _ = _fit(full, x, y, epochs=3, validation_data=(xt, yt), fused=fused)
+    assert hfull.params["engine"] == ENGINE[fused]
     part = _mlp()
     opt = SGD(part.parameters(), lr=0.05, momentum=0.9)
     extra = {}
@@ -266,7 +276,9 @@ def test_resume_in_process_is_bitwise(data, fused):
                 fused=fused)
     np.testing.assert_array_equal(full.flat_params, part.flat_params)
     assert h.epoch == [0, 1, 2]
-    assert h.history["val_accuracy"] == hfull.history["val_accuracy"]
+    assert h.params["engine"] == ENGINE[fused]
+    for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+        assert h.history[key] == hfull.history[key], key
 
 
 # ------------------------------------------------------------------ evaluate / predict
@@ -365,7 +377,8 @@ def test_batch_larger_than_data(data):
 
 # ------------------------------------------------------------------ divergence
 
-@pytest.mark.parametrize("fused", [None, False])
+# fused=True: fit raises (not falls back to the general path) if the plan declines
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "general"])
 def test_divergence_huge_lr(data, fused):
     x, y, _, _ = data
     model = _mlp()
@@ -373,7 +386,7 @@ def test_divergence_huge_lr(data, fused):
         _fit(model, x, y, lr=1e6, momentum=0.0, fused=fused)
 
 
-@pytest.mark.parametrize("fused", [None, False])
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "general"])
 def test_divergence_nan_input_names_the_step(data, fused):
     """A NaN pixel in sample k poisons exactly the step whose batch holds k."""
     x, y, _, _ = data
