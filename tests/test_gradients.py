@@ -62,6 +62,7 @@ def test_dense(activation, init):
     rng = np.random.default_rng(1)
     layer = L.Dense(5, 3, activation=activation, init=init, dtype=np.float64)
     layer.reset_parameters(rng)
+    assert [p.data.shape for p in layer.params] == [(5, 3), (3,)]   # both are checked
     x = _away_from_zero(rng, (4, 5))
     if activation == "relu":   # keep pre-activations off the kink too
         z = x @ layer.weight.data + layer.bias.data
@@ -164,10 +165,18 @@ def test_whole_model_gradient_with_fused_relu_mask(engine, monkeypatch):
     """Dense(relu) -> Dense(tanh) -> Dense: the Sequential's backward (which fuses
     the ReLU mask into the next GEMM and accumulates dW in the GEMM epilogue) vs
     finite differences; "fallback" is the path without the C engine's gemm_ex."""
+    calls = []
     if engine == "fallback":
         monkeypatch.setattr(L, "_GEMM_EX", [None])
-    elif L._gemm_ex() is None:
-        pytest.skip("the C matmul engine is not built")
+    else:
+        gemm_ex = L._gemm_ex()
+        assert gemm_ex is not None, "fastnn._ext.matmul_c.gemm_ex is not built"
+
+        def counted(*args, **kw):
+            calls.append(len(args))
+            return gemm_ex(*args, **kw)
+
+        monkeypatch.setattr(L, "_GEMM_EX", [counted])
     rng = np.random.default_rng(8)
     model = fastnn.Sequential([L.Dense(6, 5, activation="relu", dtype=np.float64),
                                L.Dense(5, 4, activation="tanh", dtype=np.float64),
@@ -186,3 +195,7 @@ def test_whole_model_gradient_with_fused_relu_mask(engine, monkeypatch):
     np.testing.assert_allclose(analytic, numeric_grad(f, model.flat_params), rtol=1e-5,
                                atol=1e-8)
     np.testing.assert_allclose(dx, numeric_grad(f, x), rtol=1e-5, atol=1e-8)
+    # the engine under test really ran: dW accumulated and the ReLU mask applied
+    # in gemm_ex's epilogue (3 dW GEMMs + the masked dX of the relu layer at least)
+    if engine == "gemm_ex":
+        assert len(calls) >= 4, calls
