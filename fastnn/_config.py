@@ -89,7 +89,8 @@ def show_config(as_json=False, file=None):
     else:
         p(f"numba    : not available ({nb.get('error')})")
     t = info["threads"]
-    p(f"threads  : fastnn {t['fastnn']} (available CPUs {t['available_cpus']})"
+    p(f"threads  : fastnn {t['fastnn']} (from {t['source']}; available CPUs "
+      f"{t['available_cpus']})"
       + (f", numba {t['numba']}" if "numba" in t else "")
       + "".join(f", blas {b['api']} {b['threads']}" for b in t.get("blas", [])))
     p("kernels  :")

@@ -1,13 +1,30 @@
 """The one place that decides how many threads fastnn uses.
 
 Every pool follows this count: our OpenMP kernels (the count is passed to
-each native call), Numba's ``parallel=True`` kernels (set just before each
-call: Numba's setting is per calling thread) and numpy's BLAS (through
-threadpoolctl, applied lazily before the first BLAS call after a change).
-Nothing is changed at import time.
+each native call; fastnn never calls ``omp_set_num_threads``), Numba's
+``parallel=True`` kernels (set just before each call: Numba's setting is per
+calling thread) and numpy's BLAS (through threadpoolctl, applied lazily
+before the first BLAS call after a change, and at once by
+``set_num_threads`` when fastnn already limits BLAS).  Nothing is changed at
+import time.
 
-Default: the CPUs this process may run on, honouring the affinity mask and
-a cgroup CPU quota (containers), or ``$FASTNN_NUM_THREADS`` when set.
+The count, in order of precedence:
+
+1. ``set_num_threads(n)`` or ``with threads(n):`` (``fastnn ... --threads N``);
+2. ``$FASTNN_NUM_THREADS``;
+3. ``$OMP_NUM_THREADS`` (the first entry of a list such as ``4,2``), the
+   conventional variable OpenMP programs honour;
+4. the CPUs this process may run on, honouring the affinity mask and a
+   cgroup CPU quota (containers).
+
+A variable that is set but not an integer in [1, 4096] is a ``ValueError``
+naming it.  Asking for more threads than the CPUs this process may use
+(by any of 1-3) warns once per process (``RuntimeWarning``): the extra
+threads only share CPUs and slow every parallel kernel down.
+
+``with threads(n):`` restores on exit every setting it changed: fastnn's
+count, numpy's BLAS pool (to what it was at entry, limited or not) and the
+calling thread's Numba count (when Numba's pool is up).
 
 Fork: GNU OpenMP (libgomp) cannot start a thread team in a child forked after
 the parent used one; the child would hang.  So in a child forked after fastnn
@@ -28,7 +45,9 @@ _lock = threading.RLock()
 _num_threads = None          # None: the default (available_cpus())
 _generation = 0              # bumped on every change; pools re-sync lazily
 _blas_generation = -1
-_blas_limiter = None
+_blas_limiter = None         # threadpoolctl's limiter fastnn applied, or None
+_blas_count = None           # the count that limiter applied
+_oversub_warned = False      # the "more threads than CPUs" warning was given
 _parallel_used = False       # a count > 1 was handed to a native pool in this process
 _forked_child = False        # this process was forked after that: libgomp is unusable here
 _numba_pid = None            # the process that last ran a Numba kernel (fork detection)
@@ -73,21 +92,64 @@ def available_cpus():
 _cpus_cache = None
 
 
-def _default_threads():
-    env = os.environ.get("FASTNN_NUM_THREADS")
-    if env:
-        try:
-            n = int(env)
-        except ValueError:
-            raise ValueError(f"FASTNN_NUM_THREADS must be a positive integer, got {env!r}") from None
-        if n < 1 or n > MAX_THREADS:
-            raise ValueError(f"FASTNN_NUM_THREADS must be an integer in [1, {MAX_THREADS}], "
-                             f"got {env!r}")
-        return n
+def _cpus():
     global _cpus_cache
     if _cpus_cache is None:      # read once: the cgroup files cost ~40 us per kernel call
         _cpus_cache = available_cpus()
     return _cpus_cache
+
+
+#: The environment variables read for the default count, in order of precedence.
+ENV_VARS = ("FASTNN_NUM_THREADS", "OMP_NUM_THREADS")
+
+
+def _env_count(name):
+    """The count ``$name`` asks for, or None when unset or empty."""
+    env = os.environ.get(name)
+    if env is None or not env.strip():
+        return None
+    # OMP_NUM_THREADS may list one count per nesting level ("4,2"): the first is ours
+    text = env.split(",")[0].strip() if name == "OMP_NUM_THREADS" else env.strip()
+    try:
+        n = int(text)
+    except ValueError:
+        raise ValueError(f"{name} must be a positive integer, got {env!r}") from None
+    if n < 1 or n > MAX_THREADS:
+        raise ValueError(f"{name} must be an integer in [1, {MAX_THREADS}], got {env!r}")
+    return n
+
+
+def default_threads_source():
+    """``(count, where it comes from)`` of the default count: the first of
+    ``$FASTNN_NUM_THREADS``, ``$OMP_NUM_THREADS`` that is set, else the CPUs
+    this process may use (``"available CPUs"``)."""
+    for name in ENV_VARS:
+        n = _env_count(name)
+        if n is not None:
+            _warn_if_oversubscribed(n, name, stacklevel=5)
+            return n, name
+    return _cpus(), "available CPUs"
+
+
+def _default_threads():
+    return default_threads_source()[0]
+
+
+def _warn_if_oversubscribed(n, what, stacklevel=3):
+    """Warn (once per process) when ``n`` exceeds the CPUs this process may use;
+    ``what`` names the request (an environment variable's name, or a call)."""
+    global _oversub_warned
+    if _oversub_warned or n <= 1 or _forked_child:
+        return
+    cpus = _cpus()
+    if n > cpus:
+        _oversub_warned = True
+        if what in ENV_VARS:
+            what = f"{what}={os.environ.get(what)}"
+        warnings.warn(f"fastnn: {what} asks for {n} threads but this process may use only "
+                      f"{cpus} CPU(s); the extra threads share CPUs and slow every parallel "
+                      f"kernel down (use at most {cpus})", RuntimeWarning,
+                      stacklevel=stacklevel)
 
 
 def get_num_threads():
@@ -134,22 +196,73 @@ def _check_count(n):
 def set_num_threads(n):
     """Set the thread count for every pool fastnn drives (OpenMP, Numba, BLAS).
 
-    ``n=None`` restores the default (the CPUs this process may use)."""
+    ``n=None`` restores the default (see the module docstring: the
+    environment variables, then the CPUs this process may use).  A count
+    above those CPUs warns once per process."""
     global _num_threads, _generation
+    n = None if n is None else _check_count(n)
+    if n is not None:
+        _warn_if_oversubscribed(n, f"set_num_threads({n})")
     with _lock:
-        _num_threads = None if n is None else _check_count(n)
+        _num_threads = n
         _generation += 1
+        if _blas_limiter is not None:   # fastnn limits BLAS already: follow now, not later
+            _sync_blas_locked()
     _warn_if_forked(_num_threads)
+
+
+def _numba_count_here():
+    """Numba's thread count for the calling thread when its pool is up, else None
+    (asking would start the pool)."""
+    par = sys.modules.get("numba.np.ufunc.parallel")
+    if par is None or not getattr(par, "_is_initialized", False):
+        return None
+    import numba
+    return numba.get_num_threads()
+
+
+def _restore_numba(count):
+    """Give the calling thread's Numba count back (``None``: it had never been set,
+    so Numba's default, ``NUMBA_NUM_THREADS``)."""
+    now = _numba_count_here()
+    if now is None:
+        return
+    import numba
+    want = count if count is not None else numba.config.NUMBA_NUM_THREADS
+    if now != want:
+        numba.set_num_threads(want)
+
+
+def _restore_blas(limiter, count, in_sync):
+    """Put numpy's BLAS pool back as it was when ``threads()`` was entered:
+    limited by ``limiter`` to ``count`` threads, or not limited by fastnn."""
+    global _blas_limiter, _blas_count, _blas_generation
+    if _blas_limiter is not limiter:        # fastnn changed the BLAS pool in the block
+        if _blas_limiter is not None:
+            _blas_limiter.restore_original_limits()
+        _blas_limiter, _blas_count = None, None
+        if count is not None:
+            from threadpoolctl import threadpool_limits
+            _blas_limiter = threadpool_limits(count, user_api="blas")
+            _blas_count = count
+    if in_sync:                              # the count it follows is back as well
+        _blas_generation = _generation
 
 
 @contextlib.contextmanager
 def threads(n):
-    """Context manager: ``with fastnn.threads(1): ...`` runs the block on n threads."""
+    """Context manager: ``with fastnn.threads(1): ...`` runs the block on n threads.
+
+    On exit every setting it changed is restored: fastnn's count, numpy's
+    BLAS pool (as it was at entry) and the calling thread's Numba count."""
     global _num_threads, _generation
     n = _check_count(n)
     _warn_if_forked(n)
+    _warn_if_oversubscribed(n, f"threads({n})", stacklevel=4)
     with _lock:
         old = _num_threads
+        blas = (_blas_limiter, _blas_count, _blas_generation == _generation)
+        numba_count = _numba_count_here()
         _num_threads = n
         _generation += 1
     try:
@@ -158,6 +271,8 @@ def threads(n):
         with _lock:
             _num_threads = old
             _generation += 1
+            _restore_blas(*blas)
+        _restore_numba(numba_count)
 
 
 def _numba_gnu_omp_started():
@@ -202,26 +317,33 @@ def sync_numba():
 
 def sync_blas():
     """Limit numpy's BLAS pool to our count; cheap when nothing changed."""
-    global _blas_generation, _blas_limiter
     if _blas_generation == _generation:
         return
     with _lock:
-        if _blas_generation == _generation:
-            return
-        try:
-            from threadpoolctl import threadpool_limits
-        except ImportError:       # optional: without it BLAS keeps its own setting
-            _blas_generation = _generation
-            return
-        if _blas_limiter is not None:
-            _blas_limiter.restore_original_limits()
-        _blas_limiter = threadpool_limits(get_num_threads(), user_api="blas")
+        if _blas_generation != _generation:
+            _sync_blas_locked()
+
+
+def _sync_blas_locked():
+    global _blas_generation, _blas_limiter, _blas_count
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:       # optional: without it BLAS keeps its own setting
         _blas_generation = _generation
+        return
+    if _blas_limiter is not None:
+        _blas_limiter.restore_original_limits()
+    n = get_num_threads()
+    _blas_limiter = threadpool_limits(n, user_api="blas")
+    _blas_count = n
+    _blas_generation = _generation
 
 
 def pools():
     """Thread counts as every pool sees them now (for show_config)."""
     out = {"fastnn": get_num_threads(), "available_cpus": available_cpus(),
+           "source": "set_num_threads" if _num_threads is not None
+           else default_threads_source()[1],
            "forked_child_single_thread": _forked_child}
     if "numba" in sys.modules:
         import numba

@@ -11,11 +11,162 @@ import fastnn
 from fastnn import _threads
 
 
+import warnings
+
+
 @pytest.fixture(autouse=True)
-def _restore_threads():
+def _restore_threads(monkeypatch):
     old = _threads._num_threads
+    # counts above the CPUs are normal here; the tests of that warning reset this
+    monkeypatch.setattr(_threads, "_oversub_warned", True)
     yield
     fastnn.set_num_threads(old)
+
+
+def _blas_threads():
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    return [p["num_threads"] for p in threadpoolctl.threadpool_info() if p["user_api"] == "blas"]
+
+
+def _forget_blas_limit():
+    if _threads._blas_limiter is not None:
+        _threads._blas_limiter.restore_original_limits()
+    _threads._blas_limiter, _threads._blas_count, _threads._blas_generation = None, None, -1
+
+
+@pytest.fixture
+def blas_at_2():
+    """numpy's BLAS at 2 threads, not limited by fastnn (restored afterwards)."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    from fastnn.kernels import variants
+    if "blas" not in variants("matmul"):
+        pytest.skip("blas variant unavailable")
+    if not _blas_threads():
+        pytest.skip("numpy's BLAS is not visible to threadpoolctl")
+    _forget_blas_limit()
+    with threadpoolctl.threadpool_limits(2, user_api="blas"):
+        if set(_blas_threads()) != {2}:
+            pytest.skip("numpy's BLAS cannot run 2 threads here")
+        yield
+        _forget_blas_limit()
+
+
+def _blas_call():
+    from fastnn.kernels import get
+    a = np.ones((8, 8), np.float32)
+    get("matmul", "blas")(a, a, np.empty((8, 8), np.float32), None, False, 1)
+
+
+def test_context_manager_restores_blas_it_limited(blas_at_2):
+    """Issue 10: the block exited with OpenBLAS still at 1 thread while
+    get_num_threads() said 2."""
+    fastnn.set_num_threads(None)
+    with fastnn.threads(1):
+        _blas_call()
+        assert _blas_threads() == [1] * len(_blas_threads())
+    assert set(_blas_threads()) == {2}                 # as it was: not limited by fastnn
+    assert _threads._blas_limiter is None
+
+
+def test_context_manager_restores_blas_limited_before(blas_at_2):
+    fastnn.set_num_threads(2)
+    _blas_call()
+    assert set(_blas_threads()) == {2}
+    with fastnn.threads(1):
+        with fastnn.threads(1):
+            _blas_call()
+        assert set(_blas_threads()) == {2}             # the inner block put it back
+        _blas_call()
+        assert set(_blas_threads()) == {1}
+    assert set(_blas_threads()) == {2} and fastnn.get_num_threads() == 2
+    assert _threads._blas_generation == _threads._generation      # in sync: no re-limit
+
+
+def test_set_num_threads_moves_a_blas_pool_fastnn_limits(blas_at_2):
+    fastnn.set_num_threads(1)
+    _blas_call()
+    assert set(_blas_threads()) == {1}
+    fastnn.set_num_threads(2)                           # no BLAS call in between
+    assert set(_blas_threads()) == {2}
+
+
+def test_context_manager_restores_numba_count():
+    from fastnn.kernels import variants
+    if "numba" not in variants("matmul"):
+        pytest.skip("numba variant unavailable")
+    import numba
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("numba was started with a single thread")
+    numba.set_num_threads(2)
+    with fastnn.threads(1):
+        assert _threads.sync_numba() == 1 and numba.get_num_threads() == 1
+    assert numba.get_num_threads() == 2
+
+
+@pytest.mark.parametrize("env, want, source", [
+    ({"OMP_NUM_THREADS": "1"}, 1, "OMP_NUM_THREADS"),
+    ({"OMP_NUM_THREADS": "3,2"}, 3, "OMP_NUM_THREADS"),          # nested list: the first
+    ({"OMP_NUM_THREADS": "1", "FASTNN_NUM_THREADS": "2"}, 2, "FASTNN_NUM_THREADS"),
+    ({"OMP_NUM_THREADS": ""}, None, "available CPUs"),
+    ({}, None, "available CPUs"),
+])
+def test_env_precedence(monkeypatch, env, want, source):
+    """Issue 10: OMP_NUM_THREADS=1 was ignored.  FASTNN_NUM_THREADS, then
+    OMP_NUM_THREADS, then the CPUs this process may use."""
+    for name in ("OMP_NUM_THREADS", "FASTNN_NUM_THREADS"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    fastnn.set_num_threads(None)
+    want = _threads.available_cpus() if want is None else want
+    assert fastnn.get_num_threads() == want
+    assert _threads.default_threads_source() == (want, source)
+    assert _threads.pools()["source"] == source
+    with fastnn.threads(1):                              # an explicit count still wins
+        assert fastnn.get_num_threads() == 1
+
+
+@pytest.mark.parametrize("value", ["zero", "0", "-1", "5000"])
+def test_bad_omp_num_threads_names_it(monkeypatch, value):
+    monkeypatch.delenv("FASTNN_NUM_THREADS", raising=False)
+    monkeypatch.setenv("OMP_NUM_THREADS", value)
+    fastnn.set_num_threads(None)
+    with pytest.raises(ValueError, match="OMP_NUM_THREADS must be"):
+        fastnn.get_num_threads()
+
+
+@pytest.mark.parametrize("request_", ["set", "context", "env"])
+def test_more_threads_than_cpus_warns_once(monkeypatch, request_):
+    """Issue 10: --threads 64 on 2 CPUs silently halved throughput."""
+    monkeypatch.setattr(_threads, "_cpus_cache", 2)
+    monkeypatch.setattr(_threads, "_oversub_warned", False)
+    monkeypatch.delenv("FASTNN_NUM_THREADS", raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+
+    def ask(n):
+        if request_ == "set":
+            fastnn.set_num_threads(n)
+        elif request_ == "context":
+            with fastnn.threads(n):
+                pass
+        else:
+            monkeypatch.setenv("OMP_NUM_THREADS", str(n))
+            fastnn.set_num_threads(None)
+            fastnn.get_num_threads()
+
+    with warnings.catch_warnings(record=True) as got:
+        warnings.simplefilter("always")
+        ask(2)                                          # as many as the CPUs: fine
+        assert got == []
+        ask(64)
+        ask(65)                                         # once per process
+        ask(64)
+    assert len(got) == 1 and got[0].category is RuntimeWarning
+    msg = str(got[0].message)
+    assert "64 threads" in msg and "only 2 CPU(s)" in msg
+    if request_ == "env":
+        assert "OMP_NUM_THREADS=64" in msg
+    assert got[0].filename == __file__ or request_ == "env"      # points at the caller
 
 
 def test_set_and_get():
