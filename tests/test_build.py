@@ -1,4 +1,6 @@
 """The build and the project's promises to a new user (README, CI, layout)."""
+import glob
+import importlib
 import os
 import re
 import subprocess
@@ -10,6 +12,34 @@ import fastnn
 from fastnn.kernels import _registry
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# setup.py's convention: every kernels/<family>/<name>.pyx is built into fastnn._ext.<name>
+EXTENSIONS = sorted("fastnn._ext." + os.path.splitext(os.path.basename(p))[0]
+                    for p in glob.glob(os.path.join(ROOT, "kernels", "*", "*.pyx")))
+
+
+def test_extension_list_is_read_from_the_sources():
+    assert {"fastnn._ext._common", "fastnn._ext.matmul_c", "fastnn._ext.train"} <= \
+        set(EXTENSIONS), EXTENSIONS
+
+
+@pytest.mark.parametrize("name", EXTENSIONS)
+def test_extension_module_is_built(name):
+    """Also under ``--noconftest`` (conftest.py stops the run before this otherwise)."""
+    try:
+        importlib.import_module(name)
+        error = None
+    except ImportError as exc:
+        error = f"{type(exc).__name__}: {exc}"
+    if error:
+        pytest.fail(f"{name} is not built ({error}); build it with `pip install -e .` or "
+                    "`python setup.py build_ext --inplace`", pytrace=False)
+
+
+def test_every_registered_kernel_variant_loads():
+    """numba is a dependency and the native variants are built: nothing may be missing."""
+    broken = {(r["family"], r["name"]): r["error"] for r in _registry.describe()
+              if not r["available"]}
+    assert not broken, broken
 
 
 def _readme_commands():
