@@ -227,8 +227,9 @@ def test_explicit_path_without_mnist_is_an_error(isolated, monkeypatch, make):
     assert str(d) in msg and "\n" not in msg
     for name in mnist.FILES:
         assert name in msg
-    want = {"empty": "does not hold it", "missing": "does not exist",
-            "file": "is not a directory", "partial": "missing: t10k-labels-idx1-ubyte;"}
+    want = {"empty": "holds none of the four files", "missing": "does not exist",
+            "file": "is not a directory",
+            "partial": "lacks t10k-labels-idx1-ubyte[.gz] of the four files"}
     assert want[make] in msg
 
 

@@ -288,18 +288,19 @@ def _not_found(missing, dirs, errors):
 
 def _not_at_path(path, missing):
     """The error for an explicit ``path`` that does not hold MNIST (one line)."""
-    expected = ", ".join(n + "[.gz]" for n in FILES)
+    expected = "the four files " + ", ".join(n + "[.gz]" for n in FILES)
     if not os.path.exists(path):
-        where = f"{path} does not exist"
+        what = f"{path} does not exist (expected a directory holding {expected})"
     elif not os.path.isdir(path):
-        where = f"{path} is not a directory"
+        what = f"{path} is not a directory (expected one holding {expected})"
     else:
-        where = (f"{path} does not hold it (missing: {', '.join(missing)}; looked in "
-                 f"{path} and {os.path.join(path, 'mnist')})")
-    return DatasetNotFoundError(
-        f"MNIST not found: {where}. The data directory must hold the four files {expected}; "
-        f"an explicit path is the only place searched (leave it out to use the default "
-        f"places and download)")
+        if len(missing) == len(FILES):
+            what = f"{path} holds none of {expected}"
+        else:
+            what = f"{path} lacks {', '.join(n + '[.gz]' for n in missing)} of {expected}"
+        what += f" (looked in {path} and {os.path.join(path, 'mnist')})"
+    return DatasetNotFoundError(f"MNIST not found: {what}; a path given explicitly is the only "
+                                f"place searched")
 
 
 def load_data(path=None, download=True):
@@ -340,7 +341,9 @@ def load_data(path=None, download=True):
         else:
             found[name] = p
     if missing:
-        raise _not_at_path(path, missing) if explicit else _not_found(missing, dirs, errors)
+        if explicit:
+            raise _not_at_path(path, missing)
+        raise _not_found(missing, dirs, errors)
     arrays, owned = {}, {}
     for name, p in found.items():
         try:
