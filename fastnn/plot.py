@@ -44,8 +44,13 @@ def _clean(columns, where):
 
 
 def _read_csv(path):
-    with open(path, newline="") as fh:
-        rows = list(csv.reader(fh))
+    try:
+        with open(path, newline="") as fh:
+            rows = list(csv.reader(fh))
+    except UnicodeDecodeError:
+        raise DataFormatError(f"history file {path!r} is not a text CSV file (expected a "
+                              f"header row like epoch,loss,accuracy,val_loss,val_accuracy)") \
+            from None
     if not rows or not rows[0]:
         raise DataFormatError(f"history file {path!r} is empty (expected a header row "
                               f"like epoch,loss,accuracy,val_loss,val_accuracy)")

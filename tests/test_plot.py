@@ -126,6 +126,14 @@ def test_bad_sources(tmp_path, content, name, msg):
         plot.plot_curves(p, tmp_path / "x.png")
 
 
+def test_binary_file_is_a_data_format_error(tmp_path):
+    """A checkpoint passed by mistake: a clear DataFormatError, not UnicodeDecodeError."""
+    p = tmp_path / "model.npz"
+    p.write_bytes(b"PK\x03\x04\xb1\xff\x00" * 10)
+    with pytest.raises(DataFormatError, match="not a text CSV file"):
+        plot.read_history(p)
+
+
 def test_missing_source(tmp_path):
     with pytest.raises(FileNotFoundError):
         plot.plot_curves(tmp_path / "nope.csv", tmp_path / "x.png")
@@ -152,7 +160,7 @@ def test_real_training_logdir(tmp_path):
     losses = pytest.importorskip("fastnn.losses")
     import numpy as np
     from fastnn import layers
-    from fastnn.model import Sequential
+    from fastnn import Sequential
     model = Sequential([layers.Dense(4, 2)], seed=0)
     rng = np.random.default_rng(0)
     x = rng.standard_normal((32, 4)).astype(np.float32)
