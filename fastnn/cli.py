@@ -9,8 +9,18 @@
     fastnn plot LOGDIR -o curves.png
 
 Exit codes: 0 success, 1 an error the message explains (data missing,
-training diverged, unreadable model file), 2 a bad command line, 130
-interrupted by Ctrl-C.
+training diverged, unreadable model file, matplotlib missing), 2 a bad
+command line (including a run that would do nothing, such as ``--resume``
+with ``--epochs`` not above the checkpoint's epochs), 130 interrupted by
+Ctrl-C, 141 (128 + SIGPIPE, what a shell reports for a Unix tool killed by
+a closed pipe) when whoever read our output stopped early (``fastnn train
+| head -1``): the rest of the output is dropped quietly, no traceback.
+Errors are one line on stderr, ``fastnn: ...`` (usage errors after the
+usage line); warnings one line, ``fastnn: warning: ...``.
+
+Threads (``--threads N``, else ``$FASTNN_NUM_THREADS``, else
+``$OMP_NUM_THREADS``, else the CPUs this process may use): see
+``fastnn._threads``.
 
 Wall time "since process start" (the speedrun figure) is measured from the
 kernel's record of when this process started (``/proc/self/stat`` field 22,
@@ -23,10 +33,12 @@ import time
 _IMPORTED_AT = time.time()          # first thing: the fallback origin of "process start"
 
 import argparse  # noqa: E402
+import contextlib  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
 import os  # noqa: E402
 import sys  # noqa: E402
+import warnings  # noqa: E402
 
 __all__ = ["main", "process_start_time"]
 
@@ -57,6 +69,14 @@ def _int_at_least(text, lo, expected):
     if v < lo:
         raise argparse.ArgumentTypeError(f"must be >= {lo}, got {v}")
     return v
+
+
+def _epochs(text):
+    try:
+        return _int_at_least(text, 1, "a positive integer")
+    except argparse.ArgumentTypeError as exc:
+        raise argparse.ArgumentTypeError(
+            f"{exc} (the total number of epochs to reach, resumed ones included)") from None
 
 
 def _positive_int(text):
@@ -120,70 +140,116 @@ def _preset_name(text):
 
 # ------------------------------------------------------------------ parser
 
+EXIT_PIPE = 141      # 128 + SIGPIPE: stdout closed early (see the module docstring)
+
+_THREADS_HELP = ("threads for every pool: OpenMP kernels, Numba, numpy's BLAS (default: "
+                 "$FASTNN_NUM_THREADS, else $OMP_NUM_THREADS, else the CPUs this process "
+                 "may use; more than those CPUs warns)")
+_DATA_HELP = ("directory holding the four MNIST IDX files (raw or .gz), or a mnist/ "
+              "subdirectory that does; when given it is the only place searched (default: "
+              "$FASTNN_DATA, ./data/mnist, the source checkout, the user cache, else download)")
+_JSON_HELP = "machine-readable output: JSON on stdout"
+
+_EPILOG = """\
+threads: --threads N, else $FASTNN_NUM_THREADS, else $OMP_NUM_THREADS, else the
+  CPUs this process may use (affinity mask, cgroup quota); asking for more than
+  those CPUs prints one warning.
+
+exit codes: 0 success; 1 an error the message explains (data missing, diverged,
+  unreadable file); 2 a bad command line; 130 Ctrl-C; 141 stdout closed early
+  (e.g. piped into head): the rest of the output is dropped quietly.
+"""
+
+
 def build_parser():
-    from .presets import OPTIMIZERS
+    from .presets import OPTIMIZERS, PRESETS
     p = argparse.ArgumentParser(prog="fastnn", description="Fast neural-network training on "
-                                "multicore CPUs (MNIST presets, benchmarks, tools).")
+                                "multicore CPUs (MNIST presets, benchmarks, tools).",
+                                epilog=_EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
-    t = sub.add_parser("train", help="train a preset on MNIST (test set = validation data)")
+    t = sub.add_parser("train", help="train a preset on MNIST (test set = validation data)",
+                       description="Train a preset on MNIST (the test set is the validation "
+                       "data).", epilog=_EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     t.add_argument("--preset", type=_preset_name, default=None,
-                   help="recipe: softmax, mlp, mlp-keras, speedrun (default mlp)")
-    t.add_argument("--hidden", type=_hidden, default=None, help="hidden widths, e.g. 512,512")
-    t.add_argument("--epochs", type=_nonneg_int, default=None)
-    t.add_argument("--batch-size", type=_positive_int, default=None)
+                   help=f"recipe: {', '.join(PRESETS)} (default mlp)")
+    t.add_argument("--hidden", metavar="W1,W2,...", type=_hidden, default=None,
+                   help="hidden widths, e.g. 512,512 (default: the preset's)")
+    t.add_argument("--epochs", metavar="N", type=_epochs, default=None,
+                   help="the TOTAL number of epochs, including those already done when "
+                        "resuming: --resume ck.npz --epochs 5 on a 3-epoch checkpoint trains "
+                        "epochs 4 and 5 (default: the preset's)")
+    t.add_argument("--batch-size", metavar="N", type=_positive_int, default=None,
+                   help="examples per step (default: the preset's)")
     t.add_argument("--lr", type=_lr, default=None, help="learning rate (> 0)")
-    t.add_argument("--optimizer", choices=OPTIMIZERS, default=None)
+    t.add_argument("--optimizer", choices=OPTIMIZERS, default=None,
+                   help="optimizer (default: the preset's)")
     t.add_argument("--momentum", type=_momentum, default=None, help="SGD momentum in [0, 1)")
-    t.add_argument("--weight-decay", type=_weight_decay, default=None)
-    t.add_argument("--threads", type=_positive_int, default=None)
-    t.add_argument("--seed", type=_nonneg_int, default=None, help="default 0")
-    t.add_argument("--data", default=None, help="directory holding the MNIST IDX files")
-    t.add_argument("--subset", type=_positive_int, default=None,
+    t.add_argument("--weight-decay", type=_weight_decay, default=None,
+                   help="L2 weight decay (>= 0; default: the preset's)")
+    t.add_argument("--threads", metavar="N", type=_positive_int, default=None, help=_THREADS_HELP)
+    t.add_argument("--seed", metavar="N", type=_nonneg_int, default=None,
+                   help="seed of the initial weights and the shuffling (default 0)")
+    t.add_argument("--data", metavar="DIR", default=None, help=_DATA_HELP)
+    t.add_argument("--subset", metavar="N", type=_positive_int, default=None,
                    help="train on the first N training images only (quick runs, tests)")
-    t.add_argument("--logdir", default=None,
+    t.add_argument("--logdir", metavar="DIR", default=None,
                    help="write TensorBoard events (train/, validation/) and log.csv here")
-    t.add_argument("--save", default=None, help="checkpoint (.npz) written after every epoch")
-    t.add_argument("--resume", default=None, help="continue from a checkpoint")
+    t.add_argument("--save", metavar="PATH", default=None,
+                   help="checkpoint (.npz) written at the start (unless resuming) and after "
+                        "every epoch")
+    t.add_argument("--resume", metavar="PATH", default=None,
+                   help="continue from a checkpoint written by --save (its recipe is kept; "
+                        "only --epochs, the new total, may change)")
     t.add_argument("--json", action="store_true", help="one JSON object per epoch + a summary")
 
     e = sub.add_parser("evaluate", help="test-set loss and accuracy of a saved model")
-    e.add_argument("model")
-    e.add_argument("--data", default=None)
-    e.add_argument("--threads", type=_positive_int, default=None)
-    e.add_argument("--json", action="store_true")
+    e.add_argument("model", help="model or checkpoint file (.npz)")
+    e.add_argument("--data", metavar="DIR", default=None, help=_DATA_HELP)
+    e.add_argument("--threads", metavar="N", type=_positive_int, default=None, help=_THREADS_HELP)
+    e.add_argument("--json", action="store_true", help=_JSON_HELP)
 
     pr = sub.add_parser("predict", help="classify image files or test-set samples")
-    pr.add_argument("model")
+    pr.add_argument("model", help="model or checkpoint file (.npz)")
     pr.add_argument("images", nargs="*", help="PNG/JPEG files (grey-scaled, resized to 28x28)")
     pr.add_argument("--index", type=_nonneg_int, nargs="+", default=[],
                     help="indices into the MNIST test set")
-    pr.add_argument("--data", default=None)
-    pr.add_argument("--json", action="store_true")
+    pr.add_argument("--data", metavar="DIR", default=None, help=_DATA_HELP + "; used with --index")
+    pr.add_argument("--json", action="store_true", help="one JSON object per input")
 
     i = sub.add_parser("info", help="build, CPU features, kernels and thread pools")
-    i.add_argument("--json", action="store_true")
+    i.add_argument("--json", action="store_true", help=_JSON_HELP)
 
     b = sub.add_parser("bench", help="benchmarks")
     bsub = b.add_subparsers(dest="bench_command", metavar="WHAT")
     bsub.required = True
     bk = bsub.add_parser("kernels", help="GFLOP/s of every kernel variant")
-    bk.add_argument("--threads", type=_positive_int, default=None)
-    bk.add_argument("--json", action="store_true")
+    bk.add_argument("--threads", metavar="N", type=_positive_int, default=None,
+                    help="the second thread count timed, after 1 (default: fastnn's count, "
+                         "$FASTNN_NUM_THREADS, else $OMP_NUM_THREADS, else the CPUs this "
+                         "process may use)")
+    bk.add_argument("--json", action="store_true", help=_JSON_HELP)
     bt = bsub.add_parser("train", help="time a preset's epochs (one JSON line with --json)")
-    bt.add_argument("--preset", type=_preset_name, default="mlp")
-    bt.add_argument("--epochs", type=_positive_int, default=3)
-    bt.add_argument("--threads", type=_positive_int, default=None)
-    bt.add_argument("--seed", type=_nonneg_int, default=0)
-    bt.add_argument("--data", default=None)
+    bt.add_argument("--preset", type=_preset_name, default="mlp",
+                    help=f"recipe: {', '.join(PRESETS)} (default mlp)")
+    bt.add_argument("--epochs", metavar="N", type=_positive_int, default=3,
+                    help="epochs to time (default 3; the first is reported on its own)")
+    bt.add_argument("--threads", metavar="N", type=_positive_int, default=None, help=_THREADS_HELP)
+    bt.add_argument("--seed", metavar="N", type=_nonneg_int, default=0,
+                    help="seed of the initial weights and the shuffling (default 0)")
+    bt.add_argument("--data", metavar="DIR", default=None, help=_DATA_HELP)
     bt.add_argument("--engine", choices=("auto", "fused", "general"), default="auto",
                     help="training path (default: the fused native loop when it applies)")
-    bt.add_argument("--json", action="store_true")
+    bt.add_argument("--json", action="store_true", help="one JSON line")
 
     pl = sub.add_parser("plot", help="loss/accuracy curves from a --logdir or a CSV log")
-    pl.add_argument("logdir")
-    pl.add_argument("-o", "--output", default="curves.png")
+    pl.add_argument("logdir", help="a `fastnn train --logdir` directory, a TensorBoard log "
+                                   "directory, or a history .csv/.json file")
+    pl.add_argument("-o", "--output", default="curves.png",
+                    help="PNG file to write (default curves.png)")
     return p
 
 
@@ -198,12 +264,26 @@ class _Fail(Exception):
 def _set_threads(n):
     if n is not None:
         from . import _threads
+        _threads._warn_if_oversubscribed(n, "--threads")    # named as the user wrote it
         _threads.set_num_threads(n)
+
+
+@contextlib.contextmanager
+def _data_option(data):
+    """MNIST not at an explicit --data DIR: say that the option is at fault."""
+    from .errors import DatasetNotFoundError
+    try:
+        yield
+    except DatasetNotFoundError as exc:
+        if data is None:
+            raise
+        raise _Fail(f"--data: {exc}", code=1) from None
 
 
 def _load_mnist(data):
     from .datasets import mnist
-    return mnist.load_data(path=data)
+    with _data_option(data):
+        return mnist.load_data(path=data)
 
 
 def _flat(x):
@@ -299,6 +379,18 @@ def _cmd_train(args):
                 raise _Fail(f"--resume: the checkpoint was trained with "
                             f"--{field.replace('_', '-')} {saved}; only --epochs may change "
                             f"when resuming", code=2)
+        done = int(resume_extra.get("epoch", 0))
+        if preset.epochs <= done:
+            if args.epochs is None:
+                msg = (f"--resume: {args.resume} already holds all {done} epoch(s) of its run; "
+                       f"pass --epochs N with N > {done} (the total, resumed epochs included) "
+                       f"to train further")
+            else:
+                msg = (f"--epochs {args.epochs} is the total number of epochs, resumed ones "
+                       f"included, and {args.resume} already holds {done}: nothing to train; "
+                       f"pass --epochs N with N > {done} (e.g. --epochs {done + args.epochs} "
+                       f"for {args.epochs} more)")
+            raise _Fail(msg, code=2)
     else:
         preset = _resolve_preset(args)
         seed = 0 if args.seed is None else args.seed
@@ -339,7 +431,9 @@ def _cmd_train(args):
         print(f"fastnn train: preset {preset.name} {'-'.join(map(str, preset.sizes))}, "
               f"batch {preset.batch_size}, {preset.optimizer} lr {preset.lr}"
               + (f" momentum {preset.momentum}" if preset.optimizer == "sgd" else "")
-              + f", {preset.epochs} epochs, {get_num_threads()} threads, seed {seed}", flush=True)
+              + f", {preset.epochs} epochs, {get_num_threads()} threads, seed {seed}"
+              + (f"; resuming after epoch {resume_extra.get('epoch', 0)}"
+                 if resume_extra is not None else ""), flush=True)
     t_fit = time.time()
     try:
         hist = training.fit(model, x_train, y_train, epochs=preset.epochs,
@@ -518,6 +612,9 @@ def _cmd_info(args):
 
 def _cmd_bench_kernels(args):
     from .bench import bench_kernels
+    if args.threads is not None:
+        from . import _threads
+        _threads._warn_if_oversubscribed(args.threads, "--threads")
     bench_kernels(threads=args.threads, as_json=args.json)
     return 0
 
@@ -525,8 +622,9 @@ def _cmd_bench_kernels(args):
 def _cmd_bench_train(args):
     from .bench_train import bench_train
     _set_threads(args.threads)
-    res = bench_train(args.preset, epochs=args.epochs, seed=args.seed, data=args.data,
-                      engine=args.engine)
+    with _data_option(args.data):
+        res = bench_train(args.preset, epochs=args.epochs, seed=args.seed, data=args.data,
+                          engine=args.engine)
     if args.json:
         _print_json(res)
     else:
@@ -537,34 +635,90 @@ def _cmd_bench_train(args):
 
 
 def _cmd_plot(args):
+    from .errors import DataFormatError
     from .plot import plot_curves
     if not os.path.exists(args.logdir):
         raise _Fail(f"no such log directory or CSV file: {args.logdir}", code=1)
-    plot_curves(args.logdir, args.output)
+    try:
+        plot_curves(args.logdir, args.output)
+    except ImportError:
+        raise _Fail("plot needs matplotlib: pip install fastnn[plot] (or pip install "
+                    "matplotlib)", code=1) from None
+    except DataFormatError as exc:
+        raise _Fail(f"plot: {exc}", code=1) from None
     print(f"wrote {args.output}")
     return 0
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None):
+    """warnings.showwarning for the command line: one line, no source excerpt."""
+    text = " ".join(str(message).split())
+    if text.startswith("fastnn: "):
+        text = text[len("fastnn: "):]
+    try:
+        print(f"fastnn: warning: {text}", file=sys.stderr, flush=True)
+    except (OSError, ValueError):
+        pass
+
+
+def _silence_stdout():
+    """After EPIPE: point fd 1 at /dev/null so no later flush (ours, or the
+    interpreter's at exit) raises again or prints a traceback."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, sys.stdout.fileno())
+        finally:
+            os.close(devnull)
+    except (OSError, ValueError, AttributeError):   # no real fd (captured in tests)
+        pass
+
+
+def _check_thread_env(args):
+    """A bad $FASTNN_NUM_THREADS / $OMP_NUM_THREADS is a one-line error, up front."""
+    if getattr(args, "threads", None) is not None and args.command != "info":
+        return
+    from ._threads import default_threads_source
+    try:
+        default_threads_source()
+    except ValueError as exc:
+        raise _Fail(str(exc), code=1) from None
+
+
+def _dispatch(args, parser):
+    _check_thread_env(args)
+    if args.command == "train":
+        return _cmd_train(args)
+    if args.command == "evaluate":
+        return _cmd_evaluate(args)
+    if args.command == "predict":
+        return _cmd_predict(args, parser)
+    if args.command == "info":
+        return _cmd_info(args)
+    if args.command == "bench":
+        if args.bench_command == "kernels":
+            return _cmd_bench_kernels(args)
+        return _cmd_bench_train(args)
+    if args.command == "plot":
+        return _cmd_plot(args)
+    parser.error(f"unknown command {args.command!r}")
+
+
 def main(argv=None):
-    """Entry point of the ``fastnn`` console script; returns the exit code."""
+    """Entry point of the ``fastnn`` console script; returns the exit code
+    (see the module docstring)."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    from .errors import DatasetNotFoundError
+    from .errors import DataFormatError, DatasetNotFoundError, NotBuiltError
     try:
-        if args.command == "train":
-            return _cmd_train(args)
-        if args.command == "evaluate":
-            return _cmd_evaluate(args)
-        if args.command == "predict":
-            return _cmd_predict(args, parser)
-        if args.command == "info":
-            return _cmd_info(args)
-        if args.command == "bench":
-            if args.bench_command == "kernels":
-                return _cmd_bench_kernels(args)
-            return _cmd_bench_train(args)
-        if args.command == "plot":
-            return _cmd_plot(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _one_line_warning
+            code = _dispatch(args, parser)
+            sys.stdout.flush()         # a closed pipe shows up here, not at exit
+        return code
+    except BrokenPipeError:
+        _silence_stdout()
+        return EXIT_PIPE
     except _Fail as exc:
         if exc.code == 2:
             parser.print_usage(sys.stderr)
@@ -572,13 +726,15 @@ def main(argv=None):
         else:
             print(f"fastnn: {exc}", file=sys.stderr)
         return exc.code
-    except DatasetNotFoundError as exc:
+    except (DatasetNotFoundError, DataFormatError, NotBuiltError) as exc:
+        print(f"fastnn: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:             # unwritable --save/--logdir/-o, disk full, ...
         print(f"fastnn: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("\nInterrupted.", file=sys.stderr)
         return 130
-    parser.error(f"unknown command {args.command!r}")
 
 
 if __name__ == "__main__":
