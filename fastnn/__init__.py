@@ -7,7 +7,9 @@ Where the code for a public name lives:
 
     fastnn.kernels.*           fastnn/kernels/<family>/ (Python) and kernels/<family>/ (C, Cython)
     one_hot, softmax, ...      fastnn/ops.py
-    layers, Sequential         fastnn/layers.py, fastnn/model.py
+    Parameter                  fastnn/parameter.py
+    layers, Sequential         fastnn/layers.py, fastnn/sequential.py
+    fusion contract            fastnn/fusion.py (what runs on the fused trainer, and why not)
     losses, optim              fastnn/losses.py, fastnn/optim.py
     models (Perceptron, MLP)   fastnn/models.py
     datasets                   fastnn/datasets/
@@ -37,12 +39,13 @@ _LAZY_ATTRS = {
     "sparse_softmax_cross_entropy_with_logits": "fastnn.ops",
     "argmax": "fastnn.ops",
     "accuracy": "fastnn.ops",
-    "Sequential": "fastnn.model",
+    "Sequential": "fastnn.sequential",
+    "Parameter": "fastnn.parameter",
     "save": "fastnn.serialize",
     "load": "fastnn.serialize",
 }
-_LAZY_MODULES = ("kernels", "ops", "layers", "losses", "optim", "models", "model",
-                 "datasets", "callbacks", "serialize", "tensorboard", "plot", "training", "cli")
+_LAZY_MODULES = ("kernels", "ops", "layers", "losses", "optim", "models", "sequential",
+                 "parameter", "fusion", "model", "datasets", "callbacks", "serialize", "tensorboard", "plot", "training", "cli")
 
 
 def __getattr__(name):

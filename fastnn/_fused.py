@@ -19,7 +19,9 @@ Used by ``fastnn.training.fit``::
     plan = fastnn._fused.plan(model, loss, optimizer, batch_size)  # None: not supported
     res = plan.run(x, y, perm, start, stop)   # steps [start, stop) of the epoch ordered by perm
 
-Supported: ``Sequential`` (float32) of an optional leading ``Flatten``, then
+What runs fused is decided in one place, ``fastnn.fusion.check``, from the
+public ``fusion_spec()`` of the model's layers, the loss and the optimizer:
+today a float32 ``Sequential`` of an optional leading ``Flatten``, then
 ``Dense`` layers with activation None or "relu" (a ``ReLU`` layer right after
 a ``Dense`` without activation is folded into it), the last one giving the
 logits; ``SoftmaxCrossEntropy(label_smoothing=0)``; ``SGD``, ``Adam`` or
@@ -45,62 +47,19 @@ import numpy as np
 
 from . import _threads
 from .errors import DTypeError, ShapeError
+from .fusion import check, native_trainer
 
 __all__ = ["plan", "FusedPlan", "reference_run"]
 
 
-def _native():
-    try:
-        from ._ext import train
-    except ImportError:
-        return None
-    return train
-
-
-def _architecture(model):
-    """[(Dense layer, relu flag), ...] when the model is a supported MLP, else None."""
-    from .layers import Dense, Flatten, ReLU
-    from .model import Sequential
-    if type(model) is not Sequential or model.dtype != np.float32:
-        return None
-    layers = list(model.layers)
-    while layers and type(layers[0]) is Flatten:
-        layers.pop(0)
-    arch = []
-    for layer in layers:
-        if type(layer) is Dense:
-            if layer.activation not in (None, "relu"):
-                return None
-            arch.append([layer, layer.activation == "relu"])
-        elif type(layer) is ReLU and arch and not arch[-1][1]:
-            arch[-1][1] = True
-        else:
-            return None
-    if not arch or arch[-1][1]:            # the last layer must give the logits
-        return None
-    if len(arch) > _native().MAX_LAYERS:
-        return None
-    return [(layer, relu) for layer, relu in arch]
-
-
 def plan(model, loss, optimizer, batch_size):
-    """A ``FusedPlan`` for (model, loss, optimizer, batch_size), or None when the
-    combination is not supported (the caller then uses the layer-by-layer path)."""
-    from .losses import SoftmaxCrossEntropy
-    from .optim import SGD, Adam, AdamW
-    if _native() is None:
+    """A ``FusedPlan`` for (model, loss, optimizer, batch_size), or None when
+    :func:`fastnn.fusion.check` declines the combination (its ``reason`` says
+    why; the caller then uses the layer-by-layer path)."""
+    verdict = check(model, loss, optimizer, batch_size)
+    if not verdict.ok:
         return None
-    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) \
-            or batch_size < 1:
-        return None
-    if type(loss) is not SoftmaxCrossEntropy or loss.label_smoothing != 0.0:
-        return None
-    if type(optimizer) not in (SGD, Adam, AdamW) or getattr(optimizer, "_model", None) is not model:
-        return None
-    arch = _architecture(model)
-    if arch is None:
-        return None
-    return FusedPlan(model, optimizer, arch, int(batch_size))
+    return FusedPlan(model, optimizer, verdict.dense, int(batch_size))
 
 
 class FusedPlan:
@@ -108,22 +67,25 @@ class FusedPlan:
     workspace (activations, gradients, padded weight copies) is allocated once
     here.  See the module docstring for the math."""
 
-    def __init__(self, model, optimizer, arch, batch_size):
+    def __init__(self, model, optimizer, dense, batch_size):
+        """``dense``: the (Dense ``LayerSpec``, relu flag) pairs of
+        ``fastnn.fusion.check(...).dense``."""
         self.model, self.optimizer, self.batch_size = model, optimizer, batch_size
-        self.layers = [layer for layer, _ in arch]
-        self.relu = [bool(r) for _, r in arch]
-        self.dims = [self.layers[0].in_features] + [layer.out_features for layer in self.layers]
+        self.layers = [spec for spec, _ in dense]
+        self.relu = [bool(r) for _, r in dense]
+        self.dims = [self.layers[0].in_features] + [spec.out_features for spec in self.layers]
         self.n_classes = self.dims[-1]
-        self._trainer = _native().Trainer(self.dims, self.relu,
-                                          [layer.bias is not None for layer in self.layers],
-                                          batch_size)
+        self._native = native_trainer()
+        self._trainer = self._native.Trainer(self.dims, self.relu,
+                                             [spec.bias is not None for spec in self.layers],
+                                             batch_size)
         # the workspace is shared by every call: calls from several Python
         # threads (the native loop releases the GIL) take turns
         self._lock = threading.Lock()
 
     def new_profile(self):
         """A zeroed accumulator for ``run(..., profile=)``."""
-        return np.zeros(_native().PROFILE_SLOTS)
+        return np.zeros(self._native.PROFILE_SLOTS)
 
     def phase_names(self):
         """Names of the profile slots in use: a step's phases, then "wait"."""
@@ -134,16 +96,15 @@ class FusedPlan:
         names = self.phase_names()
         return dict(zip(names[:-1], profile[:len(names) - 1].tolist()), wait=float(profile[-1]))
 
-    def _state_views(self, name):
-        """Per-layer (W, b) views of one of the optimizer's flat state buffers."""
-        buf = self.optimizer._buffers.get(name)
+    def _slot_views(self, flat):
+        """Per-layer (W, b) views of one flat optimizer state buffer (or Nones)."""
         ws, bs = [], []
-        for layer in self.layers:
-            for p, out in ((layer.weight, ws), (layer.bias, bs)):
-                if p is None or buf is None:
+        for spec in self.layers:
+            for p, out in ((spec.weight, ws), (spec.bias, bs)):
+                if p is None or flat is None:
                     out.append(None)
                 else:
-                    out.append(buf[p.offset:p.offset + p.size].reshape(p.shape))
+                    out.append(flat[p.offset:p.offset + p.size].reshape(p.shape))
         return ws, bs
 
     def _check_x(self, x):
@@ -226,25 +187,19 @@ class FusedPlan:
 
     def _run_native(self, x2, labels, idx, start, stop, lrs, profile):
         opt, b = self.optimizer, self.batch_size
-        W = [layer.weight.data for layer in self.layers]
-        bias = [layer.bias.data if layer.bias is not None else None for layer in self.layers]
+        W = [spec.weight.data for spec in self.layers]
+        bias = [spec.bias.data if spec.bias is not None else None for spec in self.layers]
         for a in W + [v for v in bias if v is not None]:
             if not a.flags.c_contiguous or a.dtype != np.float32:    # views of flat_params
                 raise DTypeError("FusedPlan.run: parameters must be C-contiguous float32")
-        kind = type(opt).__name__.lower()
-        kw = {"weight_decay": opt.weight_decay}
-        if kind == "sgd":
-            s1W, s1b = self._state_views("velocity")
-            s2W, s2b = [None] * len(W), [None] * len(W)
-            kw.update(momentum=opt.momentum, nesterov=opt.nesterov)
-        else:
-            s1W, s1b = self._state_views("m")
-            s2W, s2b = self._state_views("v")
-            kw.update(beta1=opt.betas[0], beta2=opt.betas[1], eps=opt.eps, step=opt.step_count)
+        # read now, not at plan time: lr, hyper-parameters and state may change between calls
+        ospec = opt.fusion_spec()
+        s1W, s1b = self._slot_views(ospec.slots[0])
+        s2W, s2b = self._slot_views(ospec.slots[1])
         loss_sum, correct, steps, solo = self._trainer.run(
             W, bias, s1W, s1b, s2W, s2b, x2, x2.dtype == np.uint8, x2.shape[1], labels, idx,
-            kind, float(opt.lr), nthreads=_threads.get_num_threads(), lrs=lrs, profile=profile,
-            **kw)
+            ospec.kind, ospec.lr, step=ospec.step, nthreads=_threads.get_num_threads(),
+            lrs=lrs, profile=profile, **ospec.hyper)
         requested = stop - start
         ran = steps if steps == requested else steps + 1     # the diverging step ran too
         opt.step_count += ran

@@ -15,21 +15,32 @@ that leave it None cost nothing inside an epoch.
 ``self.state`` (a ``fastnn.training.TrainState``) gives the model, the
 optimizer, the history, and ``stop_training`` to end the run.
 
->>> from fastnn.callbacks import CSVLogger, EarlyStopping        # doctest: +SKIP
->>> model.fit(x, y, epochs=20, batch_size=64, validation_data=(xt, yt),
-...           callbacks=[CSVLogger("log.csv"), EarlyStopping("val_loss", patience=2)])
+>>> import os, tempfile, numpy as np
+>>> from fastnn.models import MLP
+>>> from fastnn.losses import SoftmaxCrossEntropy
+>>> from fastnn.optim import SGD
+>>> rng = np.random.default_rng(0)
+>>> x = rng.random((300, 8), dtype=np.float32); y = (x[:, 0] > 0.5).astype(np.int64)
+>>> model = MLP([8, 16, 2], seed=0)
+>>> log = os.path.join(tempfile.mkdtemp(), "log.csv")
+>>> h = model.fit(x[:200], y[:200], epochs=20, batch_size=32, loss=SoftmaxCrossEntropy(),
+...               optimizer=SGD(model, lr=0.1), validation_data=(x[200:], y[200:]),
+...               callbacks=[CSVLogger(log), EarlyStopping("val_loss", patience=2)], verbose=0)
+>>> len(open(log).read().splitlines()) == len(h.epoch) + 1     # a header, then one row per epoch
+True
 """
 import contextlib
 import csv
 import json
 import math
-import numbers
 import os
 import signal
 import threading
 import warnings
 
 import numpy as np
+
+from ._validation import real
 
 __all__ = ["Callback", "TensorBoard", "CSVLogger", "ModelCheckpoint", "EarlyStopping",
            "StopAtAccuracy"]
@@ -73,13 +84,6 @@ def _mode_for(monitor, mode):
     return "max" if "acc" in monitor else "min"
 
 
-def _real(value, name):
-    """``value`` as a float, or TypeError naming ``name`` (float('a') said only 'a')."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r:.40}")
-    return float(value)
-
-
 def _check_monitor(monitor):
     if not isinstance(monitor, str) or not monitor:
         raise TypeError(f"monitor must be a metric name such as 'val_loss', got {monitor!r}")
@@ -96,7 +100,9 @@ class TensorBoard(Callback):
     with ``update_freq=n`` (an int), ``batch_loss``/``batch_accuracy`` every n
     steps (x axis: global step).
 
-    >>> cb = TensorBoard("runs/mlp", update_freq=100)            # doctest: +SKIP
+    >>> import os, tempfile
+    >>> TensorBoard(os.path.join(tempfile.mkdtemp(), "mlp"), update_freq=100).step_freq
+    100
     """
 
     def __init__(self, logdir, histogram_freq=1, update_freq="epoch"):
@@ -318,13 +324,9 @@ class EarlyStopping(Callback):
         self.monitor = _check_monitor(monitor)
         if isinstance(patience, bool) or not isinstance(patience, int) or patience < 0:
             raise ValueError(f"patience must be an integer >= 0, got {patience!r}")
-        min_delta = _real(min_delta, "min_delta")
-        if not math.isfinite(min_delta):
-            raise ValueError(f"min_delta must be finite, got {min_delta!r}")
+        min_delta = real(min_delta, "min_delta")
         self.patience = patience
-        self.baseline = None if baseline is None else _real(baseline, "baseline")
-        if self.baseline is not None and not math.isfinite(self.baseline):
-            raise ValueError(f"baseline must be finite, got {baseline!r}")
+        self.baseline = None if baseline is None else real(baseline, "baseline")
         self.min_delta = abs(min_delta)
         self.mode = _mode_for(self.monitor, mode)
         self.restore_best_weights = bool(restore_best_weights)
@@ -367,7 +369,7 @@ class StopAtAccuracy(Callback):
 
     def __init__(self, target=0.98, monitor="val_accuracy"):
         super().__init__()
-        target = _real(target, "target")
+        target = real(target, "target")
         if not 0.0 < target <= 1.0:
             raise ValueError(f"target must be in (0, 1], got {target!r}")
         self.target = target

@@ -27,34 +27,19 @@ returns fresh arrays.
 (4, 2)
 """
 import math
-import numbers
+import warnings
 
 import numpy as np
 
-from . import initializers
+from . import initializers, kernels
+from ._validation import FLOATS as _FLOATS
+from ._validation import float_dtype, real
 from .errors import DTypeError, ShapeError
-from .model import Parameter
+from .fusion import LayerSpec, NotFusable, require_own_methods
+from .parameter import Parameter
 
 __all__ = ["Layer", "Dense", "ReLU", "Sigmoid", "Tanh", "Softmax", "Dropout", "Flatten",
            "layer_from_config", "LAYER_CLASSES"]
-
-_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
-
-
-def _kernels():
-    # fastnn.kernels imports lazily too; resolving once per call is a dict lookup.
-    from . import kernels
-    return kernels
-
-
-def _check_dtype(dtype, who):
-    try:
-        dt = np.dtype(dtype)
-    except TypeError:
-        raise DTypeError(f"{who}: dtype must be float32 or float64, got {dtype!r}") from None
-    if dt not in _FLOATS:
-        raise DTypeError(f"{who}: dtype must be float32 or float64, got {dt}")
-    return dt
 
 
 def _check_batch(x, who, dtype=None, features=None, name="x"):
@@ -86,21 +71,49 @@ def _out_buffer(out, shape, dtype):
 class Layer:
     """Base class.  Subclasses define ``forward``, ``backward``, ``get_config``.
 
-    Attributes: ``params`` (list of ``Parameter``), ``training`` (bool:
-    ``Dropout`` is active only in training mode), ``dtype`` (None for layers
-    without parameters: they follow their input)."""
+    Attributes: ``training`` (bool: ``Dropout`` is active only in training
+    mode), ``dtype`` (None for layers without parameters: they follow their
+    input); ``parameters()`` lists the trainable ``Parameter`` s.
+
+    The contract with ``Sequential`` (which fuses an activation's backward
+    into the next layer's GEMM) and with the fused native trainer:
+
+    * ``relu_output()``: the cached output when this layer's forward ended in
+      a ReLU (its backward is then ``dy * (y > 0)``), else None.  A layer that
+      returns an array here accepts ``backward(..., premasked=True)``, meaning
+      the next layer already applied that mask.
+    * ``ACCEPTS_DX_MASK``: True when ``backward`` takes ``input_grad=`` and
+      ``dx_mask=`` (return ``dx * (dx_mask > 0)``, the previous layer's ReLU
+      backward fused into this one's).
+    * ``fusion_spec()``: a ``fastnn.fusion.LayerSpec``, or ``NotFusable``."""
 
     dtype = None
+    ACCEPTS_DX_MASK = False
 
     def __init__(self):
         self.training = True
         self._params = []
 
     # -- parameters ---------------------------------------------------------------
-    @property
-    def params(self):
+    def parameters(self):
         """The layer's parameters, in a fixed order (weight before bias)."""
         return list(self._params)
+
+    @property
+    def params(self):
+        """Deprecated alias of ``parameters()`` (a method on layers and models alike)."""
+        warnings.warn("Layer.params is deprecated; call layer.parameters()",
+                      DeprecationWarning, stacklevel=2)
+        return self.parameters()
+
+    # -- contract with Sequential and the fused trainer -----------------------------
+    def relu_output(self):
+        """The last forward's output when it ended in a ReLU, else None."""
+        return None
+
+    def fusion_spec(self):
+        """What this layer is for the fused native trainer (``fastnn.fusion``)."""
+        raise NotFusable(f"the fused trainer has no {type(self).__name__} kernel")
 
     def _add_param(self, name, shape, dtype):
         p = Parameter(name, np.zeros(shape, dtype), np.zeros(shape, dtype))
@@ -165,6 +178,7 @@ class Dense(Layer):
     """
 
     ACTIVATIONS = (None, "relu", "sigmoid", "tanh")
+    ACCEPTS_DX_MASK = True
 
     def __init__(self, in_features, out_features, activation=None, use_bias=True, init="he",
                  dtype=np.float32):
@@ -180,7 +194,7 @@ class Dense(Layer):
         self.activation = activation
         self.use_bias = bool(use_bias)
         self.init = initializers.check_init(init)
-        self.dtype = _check_dtype(dtype, "Dense")
+        self.dtype = float_dtype(dtype, "Dense")
         self.weight = self._add_param("weight", (self.in_features, self.out_features), self.dtype)
         self.bias = self._add_param("bias", (self.out_features,), self.dtype) if use_bias else None
         self._x = None          # cached input
@@ -197,10 +211,19 @@ class Dense(Layer):
     def output_shape(self, input_shape):
         return (input_shape[0], self.out_features)
 
+    def relu_output(self):
+        return self._y if self.activation == "relu" else None
+
+    def fusion_spec(self):
+        require_own_methods(self, Dense, ("forward", "backward"))
+        return LayerSpec("dense", activation=self.activation, in_features=self.in_features,
+                         out_features=self.out_features, dtype=self.dtype,
+                         weight=self.weight, bias=self.bias)
+
     def forward(self, x, out=None):
         """y = act(x @ W + b); x (N, in_features) of the layer's dtype."""
         _check_batch(x, "Dense", self.dtype, self.in_features)
-        k = _kernels()
+        k = kernels
         y = _out_buffer(out, (x.shape[0], self.out_features), self.dtype)
         bias = self.bias.data if self.bias is not None else None
         # The C engine when built (backward always uses it), not the timing-based
@@ -231,7 +254,7 @@ class Dense(Layer):
         if dout.shape[0] != x.shape[0]:
             raise ShapeError(f"Dense.backward: dout has {dout.shape[0]} rows but the forward "
                              f"batch had {x.shape[0]}")
-        k = _kernels()
+        k = kernels
         if self.activation is None or premasked:
             dz = dout
         else:
@@ -286,7 +309,7 @@ def _gemm_accumulate(layer, x, dz):
         ex(x.T, dz, gw, None, False, None, True, _threads.get_num_threads())
         return
     tmp = layer._gw = _out_buffer(layer._gw, gw.shape, gw.dtype)
-    _kernels().matmul(x, dz, trans_a=True, out=tmp)
+    kernels.matmul(x, dz, trans_a=True, out=tmp)
     gw += tmp
 
 
@@ -302,9 +325,15 @@ class _Elementwise(Layer):
     def forward(self, x, out=None):
         _check_batch(x, type(self).__name__)
         y = _out_buffer(out, x.shape, x.dtype)
-        _kernels().activation_forward(self.kind, x, out=y)
+        kernels.activation_forward(self.kind, x, out=y)
         self._y = y
         return y
+
+    def fusion_spec(self):
+        # the fastnn class this one is (ReLU, ...): a user's subclass must not change its math
+        base = next(c for c in type(self).__mro__ if c.__module__ == __name__)
+        require_own_methods(self, base, ("forward", "backward"))
+        return LayerSpec("activation", activation=self.kind)
 
     def backward(self, dout, dx=None):
         self._need_forward(self._y, type(self).__name__)
@@ -313,12 +342,23 @@ class _Elementwise(Layer):
             raise ShapeError(f"{type(self).__name__}.backward: dout must have shape "
                              f"{self._y.shape}, got {dout.shape}")
         dx = _out_buffer(dx, dout.shape, dout.dtype)
-        return _kernels().activation_backward(self.kind, self._y, dout, dx=dx)
+        return kernels.activation_backward(self.kind, self._y, dout, dx=dx)
 
 
 class ReLU(_Elementwise):
     """y = max(x, 0);  dx = dy * (y > 0).  Shapes: (N, D) -> (N, D)."""
     kind = "relu"
+
+    def relu_output(self):
+        return self._y
+
+    def backward(self, dout, dx=None, *, premasked=False):
+        """dx = dy * (y > 0); ``premasked=True``: the next layer applied the mask already
+        (``Sequential``'s fusion), so dx = dy."""
+        if premasked:
+            self._need_forward(self._y, "ReLU")
+            return dout
+        return super().backward(dout, dx)
 
 
 class Sigmoid(_Elementwise):
@@ -348,7 +388,7 @@ class Softmax(Layer):
     def forward(self, x, out=None):
         _check_batch(x, "Softmax")
         y = _out_buffer(out, x.shape, x.dtype)
-        _kernels().softmax(x, out=y)
+        kernels.softmax(x, out=y)
         self._y = y
         return y
 
@@ -381,13 +421,7 @@ class Dropout(Layer):
 
     def __init__(self, rate, seed=None):
         super().__init__()
-        if isinstance(rate, (bool, np.bool_)) or not isinstance(rate, numbers.Real):
-            raise TypeError(f"Dropout: rate must be a real number in [0, 1), "
-                            f"got {type(rate).__name__}")
-        rate = float(rate)
-        if not (0.0 <= rate < 1.0):
-            raise ValueError(f"Dropout: rate must be in [0, 1), got {rate!r}")
-        self.rate = rate
+        self.rate = real(rate, "rate", "Dropout", lo=0.0, hi=1.0, hi_open=True)
         self.seed = seed
         self._rng = np.random.default_rng(seed)
         self._mask = None        # scaled mask of the last training forward, or None (identity)
@@ -438,6 +472,10 @@ class Flatten(Layer):
 
     def output_shape(self, input_shape):
         return (input_shape[0], int(math.prod(input_shape[1:])))
+
+    def fusion_spec(self):
+        require_own_methods(self, Flatten, ("forward", "backward"))
+        return LayerSpec("flatten")
 
     def forward(self, x, out=None):
         if not isinstance(x, np.ndarray):

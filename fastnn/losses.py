@@ -25,23 +25,18 @@ same pass as the loss (for cross-entropy by the fused kernel), so
 >>> loss_fn.backward().shape
 (2, 4)
 """
-import numbers
 import threading
 
 import numpy as np
 
+from . import kernels
+from ._validation import FLOATS as _FLOATS
+from ._validation import real
 from .errors import DTypeError, ShapeError
+from .fusion import LossSpec, NotFusable, require_own_methods
 
 __all__ = ["Loss", "SoftmaxCrossEntropy", "MeanSquaredError", "BinaryCrossEntropyWithLogits",
            "get_loss", "loss_from_config", "LOSS_CLASSES"]
-
-_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
-
-
-def _kernels():
-    from . import kernels
-    return kernels
-
 
 def _check_outputs(y, who):
     if not isinstance(y, np.ndarray):
@@ -111,6 +106,10 @@ class Loss:
     def get_config(self):
         return {"class": type(self).__name__}
 
+    def fusion_spec(self):
+        """What this loss is for the fused native trainer (``fastnn.fusion``)."""
+        raise NotFusable(f"the fused trainer has no {type(self).__name__} loss")
+
     def __repr__(self):
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items() if k != "class")
         return f"{type(self).__name__}({args})"
@@ -131,15 +130,16 @@ class SoftmaxCrossEntropy(Loss):
 
     def __init__(self, label_smoothing=0.0):
         super().__init__()
-        if isinstance(label_smoothing, (bool, np.bool_)) or \
-                not isinstance(label_smoothing, numbers.Real):
-            raise TypeError(f"SoftmaxCrossEntropy: label_smoothing must be a real number in "
-                            f"[0, 1], got {type(label_smoothing).__name__}")
-        ls = float(label_smoothing)
-        if not (0.0 <= ls <= 1.0):
-            raise ValueError(f"SoftmaxCrossEntropy: label_smoothing must be in [0, 1], "
-                             f"got {label_smoothing!r}")
-        self.label_smoothing = ls
+        self.label_smoothing = real(label_smoothing, "label_smoothing", "SoftmaxCrossEntropy",
+                                    lo=0.0, hi=1.0)
+
+    def fusion_spec(self):
+        """The fused trainer's softmax cross-entropy on integer labels (no smoothing)."""
+        require_own_methods(self, SoftmaxCrossEntropy, ("__call__", "backward"))
+        if self.label_smoothing != 0.0:
+            raise NotFusable(f"the fused trainer's cross-entropy has no label smoothing "
+                             f"(label_smoothing={self.label_smoothing})")
+        return LossSpec("softmax_cross_entropy")
 
     def __call__(self, logits, targets):
         _check_outputs(logits, "SoftmaxCrossEntropy")
@@ -154,7 +154,7 @@ class SoftmaxCrossEntropy(Loss):
         self._losses = _buffer(self._losses, (n,), logits.dtype)
         # One fused pass: per-row losses and dlogits = (softmax - t') / N.  The
         # kernel validates the labels (range, shape) before touching memory.
-        _kernels().softmax_xent(logits, targets, losses=self._losses, dlogits=self._grad,
+        kernels.softmax_xent(logits, targets, losses=self._losses, dlogits=self._grad,
                                 grad_scale=1.0 / n, label_smoothing=self.label_smoothing)
         return float(np.mean(self._losses, dtype=np.float64))
 
@@ -215,7 +215,7 @@ class BinaryCrossEntropyWithLogits(Loss):
         elementwise = np.maximum(z, 0) - z * t + np.log1p(np.exp(-np.abs(z)))
         loss = float(np.mean(elementwise, dtype=np.float64))
         g = self._grad = _buffer(self._grad, z.shape, z.dtype)
-        _kernels().activation_forward("sigmoid", z, out=g)
+        kernels.activation_forward("sigmoid", z, out=g)
         g -= t
         g *= z.dtype.type(1.0 / g.size)
         return loss

@@ -1,8 +1,9 @@
 """Ready-made models from the tutorial: ``Perceptron``, ``SoftmaxRegression``, ``MLP``.
 
-``SoftmaxRegression`` and ``MLP`` return ``fastnn.Sequential`` models (train
-them with ``SoftmaxCrossEntropy`` and any optimizer, or ``model.fit``).
-``Perceptron`` is Rosenblatt's classic learner with its own ``fit``.
+``SoftmaxRegression`` and ``MLP`` are ``fastnn.Sequential`` models (train
+them with ``SoftmaxCrossEntropy`` and any optimizer, or ``model.fit``); they
+save and load as the ``Sequential`` they are.  ``Perceptron`` is
+Rosenblatt's classic learner with its own ``fit``.
 
 >>> import numpy as np
 >>> from fastnn.models import MLP, SoftmaxRegression
@@ -17,49 +18,50 @@ import numbers
 import numpy as np
 
 from .errors import DTypeError, ShapeError
+from .layers import Dense
+from .sequential import Sequential
 
 __all__ = ["Perceptron", "SoftmaxRegression", "MLP"]
 
 
-def SoftmaxRegression(n_features, n_classes, dtype=np.float32):
+class SoftmaxRegression(Sequential):
     """Multinomial logistic regression: ``logits = x @ W + b``, W (n_features, n_classes)
-    starting at zero -- the tutorial's first TensorFlow model.  Returns a Sequential
-    with one ``Dense`` layer; pair it with ``losses.SoftmaxCrossEntropy``.
+    starting at zero -- the tutorial's first TensorFlow model.  A Sequential with one
+    ``Dense`` layer; pair it with ``losses.SoftmaxCrossEntropy``.
 
     >>> SoftmaxRegression(4, 3).parameters()[0].shape
     (4, 3)
     """
-    from .layers import Dense
-    from .model import Sequential
-    return Sequential([Dense(n_features, n_classes, init="zeros", dtype=dtype)])
+
+    def __init__(self, n_features, n_classes, dtype=np.float32):
+        super().__init__([Dense(n_features, n_classes, init="zeros", dtype=dtype)])
 
 
-def MLP(sizes, activation="relu", init="torch", dtype=np.float32, seed=None):
+class MLP(Sequential):
     """Multi-layer perceptron ``sizes[0] -> sizes[1] -> ... -> sizes[-1]``.
 
     Hidden layers: ``Dense(..., activation=activation)`` (ReLU fused into the
     GEMM); the last layer outputs logits (no activation).  ``init`` as in
-    ``Dense``; ``seed`` makes the initial weights reproducible.  Returns a
-    Sequential.
+    ``Dense``; ``seed`` makes the initial weights reproducible.  A Sequential.
 
     >>> [l.out_features for l in MLP([20, 16, 12, 5])]
     [16, 12, 5]
     """
-    from .layers import Dense
-    from .model import Sequential
-    if isinstance(sizes, (str, bytes)) or not hasattr(sizes, "__iter__"):
-        raise TypeError(f"MLP: sizes must be a list of layer widths, e.g. [784, 128, 10], "
-                        f"got {type(sizes).__name__} {sizes!r:.40}")
-    sizes = list(sizes)
-    if len(sizes) < 2:
-        raise ValueError(f"MLP: sizes must list at least the input and output widths, "
-                         f"got {sizes!r}")
-    layers = []
-    for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
-        last = i == len(sizes) - 2
-        layers.append(Dense(fan_in, fan_out, activation=None if last else activation,
-                            init=init, dtype=dtype))
-    return Sequential(layers, seed=seed)
+
+    def __init__(self, sizes, activation="relu", init="torch", dtype=np.float32, seed=None):
+        if isinstance(sizes, (str, bytes)) or not hasattr(sizes, "__iter__"):
+            raise TypeError(f"MLP: sizes must be a list of layer widths, e.g. [784, 128, 10], "
+                            f"got {type(sizes).__name__} {sizes!r:.40}")
+        sizes = list(sizes)
+        if len(sizes) < 2:
+            raise ValueError(f"MLP: sizes must list at least the input and output widths, "
+                             f"got {sizes!r}")
+        layers = []
+        for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+            last = i == len(sizes) - 2
+            layers.append(Dense(fan_in, fan_out, activation=None if last else activation,
+                                init=init, dtype=dtype))
+        super().__init__(layers, seed=seed)
 
 
 # ============================================================================ perceptron

@@ -34,46 +34,25 @@ epoch -- ``step_size`` / ``total_steps`` then count epochs.
 True
 """
 import math
-import numbers
 
 import numpy as np
+
+from . import kernels
+from ._validation import integer as _int
+from ._validation import real as _real
+from .errors import DTypeError
+from .fusion import NotFusable, OptimizerSpec, require_own_methods
+from .parameter import Parameter
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "LRSchedule", "StepDecay", "CosineDecay",
            "LinearWarmup", "OneCycle", "OPTIMIZER_CLASSES", "optimizer_from_state"]
 
 
-def _kernels():
-    from . import kernels
-    return kernels
-
-
-def _real(value, name, who, *, lo=None, lo_open=False, hi=None, hi_open=False):
-    """A finite real in the given range, else ValueError naming ``name``."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{who}: {name} must be a real number, got {type(value).__name__}")
-    v = float(value)
-    if not math.isfinite(v):
-        raise ValueError(f"{who}: {name} must be finite, got {v!r}")
-    if lo is not None and (v < lo or (lo_open and v == lo)):
-        raise ValueError(f"{who}: {name} must be {'>' if lo_open else '>='} {lo:g}, got {v!r}")
-    if hi is not None and (v > hi or (hi_open and v == hi)):
-        raise ValueError(f"{who}: {name} must be {'<' if hi_open else '<='} {hi:g}, got {v!r}")
-    return v
-
-
-def _int(value, name, who, lo=1):
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{who}: {name} must be an integer, got {type(value).__name__}")
-    if value < lo:
-        raise ValueError(f"{who}: {name} must be >= {lo}, got {value}")
-    return int(value)
-
-
 def _resolve_params(params, who):
-    """(list of Parameters, owning Sequential when the list is all of it in order, else None)."""
-    from .model import Parameter, Sequential
-    if isinstance(params, Sequential):
-        return params.parameters(), params
+    """(list of Parameters, owning model when the list is all of its parameters in order,
+    else None).  ``params`` may be a model (``parameters()`` and flat buffers)."""
+    if hasattr(params, "flat_params") and callable(getattr(params, "parameters", None)):
+        params = params.parameters()        # a model: its parameters, in flat-buffer order
     if isinstance(params, Parameter):
         params = [params]
     try:
@@ -93,12 +72,12 @@ def _resolve_params(params, who):
         raise ValueError(f"{who}: a parameter appears more than once in params")
     dtypes = {p.dtype for p in params}
     if len(dtypes) > 1:
-        from .errors import DTypeError
         raise DTypeError(f"{who}: params mix dtypes {sorted(str(d) for d in dtypes)}")
-    owner = params[0]._owner
-    if owner is not None and len(params) == len(owner._params) and all(
-            a is b for a, b in zip(params, owner._params)):
-        return params, owner
+    owner = params[0].owner
+    if owner is not None:
+        own = owner.parameters()
+        if len(params) == len(own) and all(a is b for a, b in zip(params, own)):
+            return params, owner
     return params, None
 
 
@@ -137,6 +116,40 @@ class Optimizer:
     def fused(self):
         """True when step() is one kernel call over the model's flat buffers."""
         return self._model is not None
+
+    @property
+    def model(self):
+        """The model whose flat buffers ``step()`` updates in one call, or None when the
+        optimizer was built on a list of parameters that is not a whole model."""
+        return self._model
+
+    def state_buffers(self):
+        """``{name: flat state array}`` (velocity, m, v, ...): the live buffers, laid out
+        like the parameters concatenated in order (the model's ``flat_params``)."""
+        return dict(self._buffers)
+
+    # -- the fused trainer's view (fastnn.fusion) ----------------------------------
+    FUSED_KIND = None          # the native trainer's name for this update rule, or None
+
+    def fusion_spec(self):
+        """This optimizer for the fused native trainer (``fastnn.fusion.OptimizerSpec``),
+        or ``NotFusable`` with the reason."""
+        who = type(self).__name__
+        if self.FUSED_KIND is None:
+            raise NotFusable(f"the fused trainer has no {who} update")
+        if self._model is None:
+            raise NotFusable(f"{who} is built on a list of parameters, not on the whole "
+                             f"model, so its state is not in the model's flat layout")
+        # a subclass that changes the rule would be ignored by the native update
+        base = next(c for c in type(self).__mro__ if c.__dict__.get("FUSED_KIND"))
+        require_own_methods(self, base, ("step", "_update", "_fused_hyper"))
+        hyper, slots = self._fused_hyper()
+        return OptimizerSpec(self.FUSED_KIND, float(self.lr), int(self.step_count), hyper,
+                             slots, self._model)
+
+    def _fused_hyper(self):
+        """(hyper-parameters as the native rule names them, (slot 1, slot 2) buffers)."""
+        raise NotImplementedError
 
     # -- stepping ----------------------------------------------------------------
     def zero_grad(self):
@@ -244,8 +257,14 @@ class SGD(Optimizer):
         return {"lr": self.lr, "momentum": self.momentum, "nesterov": self.nesterov,
                 "weight_decay": self.weight_decay}
 
+    FUSED_KIND = "sgd"
+
+    def _fused_hyper(self):
+        return ({"weight_decay": self.weight_decay, "momentum": self.momentum,
+                 "nesterov": self.nesterov}, (self._buffers.get("velocity"), None))
+
     def _update(self, p, g, bufs):
-        _kernels().sgd_update(p, g, lr=self.lr, momentum=self.momentum,
+        kernels.sgd_update(p, g, lr=self.lr, momentum=self.momentum,
                               velocity=bufs.get("velocity"), nesterov=self.nesterov,
                               weight_decay=self.weight_decay)
 
@@ -288,8 +307,15 @@ class Adam(Optimizer):
         return {"lr": self.lr, "betas": list(self.betas), "eps": self.eps,
                 "weight_decay": self.weight_decay}
 
+    FUSED_KIND = "adam"
+
+    def _fused_hyper(self):
+        return ({"weight_decay": self.weight_decay, "beta1": self.betas[0],
+                 "beta2": self.betas[1], "eps": self.eps},
+                (self._buffers["m"], self._buffers["v"]))
+
     def _update(self, p, g, bufs):
-        _kernels().adam_update(p, g, bufs["m"], bufs["v"], step=self.step_count, lr=self.lr,
+        kernels.adam_update(p, g, bufs["m"], bufs["v"], step=self.step_count, lr=self.lr,
                                beta1=self.betas[0], beta2=self.betas[1], eps=self.eps,
                                weight_decay=self.weight_decay, decoupled=self.DECOUPLED)
 
@@ -300,6 +326,7 @@ class AdamW(Adam):
     PyTorch's torch.optim.AdamW (default weight_decay=0.01)."""
 
     DECOUPLED = True
+    FUSED_KIND = "adamw"
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01):
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)

@@ -315,17 +315,9 @@ def _parse(path):
 
 def _model_class(name):
     # Only fastnn's own model classes: the file chooses among them, never imports code.
-    from . import model as model_mod
-    cls = getattr(model_mod, name, None) if isinstance(name, str) else None
-    if cls is None and isinstance(name, str):
-        try:
-            from . import models as models_mod
-        except ImportError:
-            models_mod = None
-        cls = getattr(models_mod, name, None)
-    if not isinstance(cls, type) or not hasattr(cls, "from_config"):
-        return None
-    return cls
+    # (The ready-made models of fastnn.models save as the Sequential they are.)
+    from .sequential import Sequential
+    return {"Sequential": Sequential}.get(name) if isinstance(name, str) else None
 
 
 def _build_model(path, meta, arrays):

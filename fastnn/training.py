@@ -22,28 +22,36 @@ ends on bitwise the same weights as an uninterrupted run on the same threads.
 Shapes: ``x`` (N, ...) uint8 or float, ``y`` (N,) integer class labels,
 outputs (N, C).
 
->>> from fastnn.models import MLP                        # doctest: +SKIP
+>>> import numpy as np
+>>> from fastnn.models import MLP
 >>> from fastnn.losses import SoftmaxCrossEntropy
 >>> from fastnn.optim import SGD
->>> model = MLP([784, 128, 10], seed=0)
->>> opt = SGD(model.parameters(), lr=0.05, momentum=0.9)
->>> h = fit(model, x, y, epochs=3, batch_size=64, loss=SoftmaxCrossEntropy(), optimizer=opt)
->>> h.history["accuracy"][-1] > 0.9
-True
+>>> rng = np.random.default_rng(0)
+>>> x = rng.random((512, 20), dtype=np.float32)
+>>> y = (x[:, :10].sum(axis=1) > x[:, 10:].sum(axis=1)).astype(np.int64)   # learnable
+>>> model = MLP([20, 32, 2], seed=0)
+>>> opt = SGD(model.parameters(), lr=0.1, momentum=0.9)
+>>> h = fit(model, x, y, epochs=20, batch_size=64, loss=SoftmaxCrossEntropy(),
+...         optimizer=opt, seed=0, verbose=0)
+>>> h.params["engine"], h.history["accuracy"][-1] > 0.9
+('fused', True)
 """
 import inspect
 import math
-import numbers
 import sys
 import time
 
 import numpy as np
 
+from . import _fused, fusion
+from ._validation import check_finite_rows
+from ._validation import integer as _integer
 from .errors import DivergenceError, DTypeError, ShapeError
 
-__all__ = ["History", "fit", "evaluate", "predict", "TrainState"]
+__all__ = ["History", "fit", "evaluate", "predict", "TrainState", "EVAL_BATCH"]
 
-_EVAL_BATCH = 1000          # forward-only batches: big enough to amortise per-call costs
+#: forward-only batch size of evaluate/predict: big enough to amortise per-call costs
+EVAL_BATCH = 1000
 
 
 class History:
@@ -109,11 +117,7 @@ class TrainState:
 # ---------------------------------------------------------------- validation
 
 def _check_int(name, value, minimum):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an integer, got {type(value).__name__} {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)
+    return _integer(value, name, lo=minimum)
 
 
 def _check_x(x, name="x"):
@@ -172,8 +176,17 @@ def _check_optimizer(optimizer, model):
     return optimizer
 
 
+def _check_features(model, x, name="x"):
+    """x's features per row against what the model's first layer takes, naming x's
+    whole shape (a probe on x[:1] would report (1, ...))."""
+    want = getattr(model, "input_features", lambda: None)()
+    if want is not None and math.prod(x.shape[1:]) != want:
+        raise ShapeError(f"{name} has shape {x.shape} ({math.prod(x.shape[1:])} features per "
+                         f"row) but the model's first layer expects {want} features")
+
+
 def _output_dim(model, x):
-    """Number of model outputs, from a forward pass on one sample (also checks x's shape)."""
+    """Number of model outputs, from a forward pass on one sample."""
     was_training = getattr(model, "training", True)
     model.eval()
     try:
@@ -370,23 +383,23 @@ def _apply_schedule(schedule, optimizer, global_step):
 
 
 def _make_engine(model, loss, optimizer, x, y, batch_size, schedule, fused):
-    if fused is not False:
-        plan = None
+    """(engine, why the fused trainer does not run it: "" when it does)."""
+    if fused is False:
+        reason = "fused=False"
+    elif x.dtype != np.uint8 and x.dtype != _model_dtype(model, x):
         # the plan reads uint8 images or rows of the model's float32 as they are; other
         # float data (float64, float16) is cast batch by batch on the general path
-        rows_ok = x.dtype == np.uint8 or x.dtype == _model_dtype(model, x)
-        try:
-            from . import _fused
-        except ImportError:
-            _fused = None
-        if _fused is not None and rows_ok:
-            plan = _fused.plan(model, loss, optimizer, batch_size)
-        if plan is not None:
-            return _FusedEngine(plan, optimizer, x, y, schedule)
-        if fused is True:
-            raise ValueError("fused=True but fastnn._fused has no plan for this model, "
-                             "loss and optimizer")
-    return _GeneralEngine(model, loss, optimizer, x, y, batch_size, schedule)
+        reason = f"x is {x.dtype}, not uint8 or the model's {_model_dtype(model, x)}"
+    else:
+        verdict = fusion.check(model, loss, optimizer, batch_size)
+        if verdict.ok:
+            plan = _fused.FusedPlan(model, optimizer, verdict.dense, batch_size)
+            return _FusedEngine(plan, optimizer, x, y, schedule), ""
+        reason = verdict.reason
+    if fused is True:
+        raise ValueError(f"fused=True but the fused trainer cannot run this model, loss and "
+                         f"optimizer: {reason}")
+    return _GeneralEngine(model, loss, optimizer, x, y, batch_size, schedule), reason
 
 
 # ---------------------------------------------------------------- progress output
@@ -402,36 +415,65 @@ def format_epoch_line(epoch, epochs, logs):
 
 
 class _Bar:
-    """A tqdm bar per epoch when stdout is a terminal and tqdm is installed."""
+    """A progress bar per epoch when stdout is a terminal: tqdm's when it is installed
+    (``pip install "fastnn[progress]"``), else a plain-text one drawn with ``\\r``."""
+
+    WIDTH = 30           # characters of the plain-text bar
 
     def __init__(self, enabled):
+        self.enabled = bool(enabled) and sys.stdout.isatty()
         self.tqdm = None
-        if enabled and sys.stdout.isatty():
+        if self.enabled:
             try:
                 from tqdm import tqdm
                 self.tqdm = tqdm
             except ImportError:
                 pass
         self.bar = None
+        self.total = self.done = 0
+        self.desc = ""
 
     @property
     def active(self):
-        return self.tqdm is not None
+        return self.enabled
 
     def start(self, epoch, epochs, steps):
+        if not self.enabled:
+            return
+        self.desc, self.total, self.done = f"Epoch {epoch + 1}/{epochs}", steps, 0
         if self.tqdm:
-            self.bar = self.tqdm(total=steps, desc=f"Epoch {epoch + 1}/{epochs}", leave=False,
-                                 unit="step", file=sys.stdout)
+            self.bar = self.tqdm(total=steps, desc=self.desc, leave=False, unit="step",
+                                 file=sys.stdout)
 
     def update(self, n, loss):
         if self.bar is not None:
             self.bar.update(n)
             self.bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+        elif self.enabled:
+            self.done += n
+            sys.stdout.write("\r" + plain_bar(self.desc, self.done, self.total, loss,
+                                               self.WIDTH))
+            sys.stdout.flush()
 
     def close(self):
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+        elif self.enabled and self.total:
+            # wipe the bar: the epoch line is printed in its place
+            sys.stdout.write("\r" + " " * (len(self.desc) + self.WIDTH + 40) + "\r")
+            sys.stdout.flush()
+            self.total = 0
+
+
+def plain_bar(desc, done, total, loss, width=30):
+    """One line of the plain-text progress bar.
+
+    >>> plain_bar("Epoch 1/3", 469, 938, 0.25, width=10)
+    'Epoch 1/3 [=====     ] 469/938 - loss: 0.2500'
+    """
+    filled = width * done // max(total, 1)
+    return f"{desc} [{'=' * filled}{' ' * (width - filled)}] {done}/{total} - loss: {loss:.4f}"
 
 
 # ---------------------------------------------------------------- fit
@@ -463,7 +505,13 @@ def fit(model, x, y, *, epochs, batch_size, loss, optimizer, validation_data=Non
     dict of a checkpoint written by ``ModelCheckpoint`` (epoch, rng state,
     history); the model and optimizer must already hold its weights and state.
     ``fused``: None picks the native plan when there is one, False forces the
-    layer-by-layer path, True requires the plan.
+    layer-by-layer path, True requires the plan.  Which engine ran, and why
+    not the fused one, is in ``history.params["engine"]`` /
+    ``["why_not_fused"]`` (``fastnn.fusion.check`` decides); ``verbose=2``
+    prints it first.
+
+    Raises ValueError before any step when x (or the validation x) holds NaN
+    or inf, naming the first such row.
 
     Raises DivergenceError when the loss or the weights become NaN/inf,
     naming the epoch and step; callbacks have not seen that epoch, so the
@@ -493,10 +541,18 @@ def fit(model, x, y, *, epochs, batch_size, loss, optimizer, validation_data=Non
         if not hasattr(cb, "on_epoch_end"):
             raise TypeError(f"callbacks must be fastnn.callbacks.Callback objects, got {cb!r}")
 
+    _check_features(model, x)
+    if validation_data is not None:
+        _check_features(model, xv, "validation x")
     n_classes = _output_dim(model, x)
     _check_labels(y, n_classes)
     if validation_data is not None:
         _check_labels(yv, n_classes, "validation y")
+    # NaN/inf rows would surface only as a divergence after a chunk of work: refuse them
+    # first (one BLAS pass over float data, ~10 ms for MNIST as float32; none for uint8)
+    check_finite_rows(x, "x")
+    if validation_data is not None:
+        check_finite_rows(xv, "validation x")
 
     rng = np.random.default_rng(seed)
     history = History()
@@ -507,9 +563,14 @@ def fit(model, x, y, *, epochs, batch_size, loss, optimizer, validation_data=Non
         history = History.from_dict(resume.get("history"))
 
     steps_per_epoch = -(-n // batch_size)
-    engine = _make_engine(model, loss, optimizer, x, y, batch_size, schedule, fused)
+    engine, why_not_fused = _make_engine(model, loss, optimizer, x, y, batch_size, schedule,
+                                         fused)
     history.params.update({"epochs": epochs, "batch_size": batch_size, "steps": steps_per_epoch,
-                           "samples": n, "engine": engine.name})
+                           "samples": n, "engine": engine.name,
+                           "why_not_fused": why_not_fused})
+    if verbose == 2:
+        print(f"engine: {engine.name}" + (f" ({why_not_fused})" if why_not_fused else ""),
+              flush=True)
     state = TrainState(model, optimizer, loss, history, rng, history.params)
     state.engine = engine.name
     state.global_step = int(resume.get("global_step", initial_epoch * steps_per_epoch)) \
@@ -562,14 +623,15 @@ def fit(model, x, y, *, epochs, batch_size, loss, optimizer, validation_data=Non
                 if d.what == "weights":
                     where = (f"at step {d.step + 1}" if d.first == d.step else
                              f"in steps {d.first + 1}-{d.step + 1}")
-                    what = "the weights became non-finite (the loss stayed finite)"
+                    what = "the weights became non-finite"
                 else:
-                    where, what = f"at step {d.step + 1}", f"the loss became {d.value}"
+                    where = f"at step {d.step + 1}"
+                    what = f"the loss became non-finite ({d.value})"
                 err = DivergenceError(
                     f"training diverged in epoch {epoch + 1} {where} of {steps_per_epoch} "
                     f"(global step {epoch * steps_per_epoch + d.step + 1}): {what}; lower "
-                    f"the learning rate or check the data for NaN/inf. Checkpoints on disk "
-                    f"hold the last good epoch ({len(history.epoch)} completed)")
+                    f"the learning rate (the data was checked: it is finite). Checkpoints on "
+                    f"disk hold the last good epoch ({len(history.epoch)} completed)")
                 err.epoch, err.step = epoch, d.step
                 raise err from None
             finally:
@@ -617,7 +679,7 @@ def _default_loss():
     return SoftmaxCrossEntropy()
 
 
-def evaluate(model, x, y, loss=None, batch_size=_EVAL_BATCH, _checked=False):
+def evaluate(model, x, y, loss=None, batch_size=EVAL_BATCH, _checked=False):
     """Mean loss and accuracy of ``model`` on (x, y) in eval mode.
 
     accuracy = mean(argmax(model(x), 1) == y); loss defaults to softmax
@@ -644,7 +706,7 @@ def evaluate(model, x, y, loss=None, batch_size=_EVAL_BATCH, _checked=False):
     return {"loss": loss_sum / n, "accuracy": correct / n}
 
 
-def predict(model, x, batch_size=_EVAL_BATCH):
+def predict(model, x, batch_size=EVAL_BATCH):
     """Model outputs (N, C) for x, computed in eval mode in batches (uint8 scaled by 1/255)."""
     batch_size = _check_int("batch_size", batch_size, 1)
     x = _check_x(x)

@@ -8,7 +8,8 @@ import fastnn
 from fastnn import layers as L
 from fastnn.errors import DTypeError, ShapeError
 from fastnn.losses import SoftmaxCrossEntropy
-from fastnn.model import Parameter, Sequential
+from fastnn.parameter import Parameter
+from fastnn.sequential import Sequential
 
 
 def mlp(dtype=np.float32, seed=0):
@@ -216,14 +217,16 @@ def test_summary():
 def test_lazy_top_level_names_and_delegation(monkeypatch):
     assert fastnn.Sequential is Sequential
     assert isinstance(Parameter("w", np.zeros(2)).grad, np.ndarray)
-    import sys
-    import types
-    fake = types.ModuleType("fastnn.training")
-    fake.fit = lambda model, *a, **k: ("fit", model, a, k)
-    fake.evaluate = lambda model, *a, **k: ("evaluate", model, a, k)
-    fake.predict = lambda model, *a, **k: ("predict", model, a, k)
-    monkeypatch.setitem(sys.modules, "fastnn.training", fake)
-    monkeypatch.setattr(fastnn, "training", fake, raising=False)
+    from fastnn import training
+    calls = []
+    for name in ("fit", "evaluate", "predict"):
+        monkeypatch.setattr(training, name,
+                            lambda model, *a, _n=name, **k: calls.append((_n, model, a, k)))
     m = mlp()
-    assert m.fit(1, epochs=2) == ("fit", m, (1,), {"epochs": 2})
-    assert m.evaluate(3)[0] == "evaluate" and m.predict(4)[0] == "predict"
+    m.fit(1, 2, epochs=3, batch_size=4, loss="l", optimizer="o")
+    m.evaluate(5, 6)
+    m.predict(7, batch_size=8)
+    assert [c[:3] for c in calls] == [("fit", m, (1, 2)), ("evaluate", m, (5, 6)),
+                                      ("predict", m, (7,))]
+    assert calls[0][3]["epochs"] == 3 and calls[0][3]["optimizer"] == "o"
+    assert calls[2][3] == {"batch_size": 8}

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from fastnn import layers, serialize
 from fastnn.datasets import load_idx
 from fastnn.errors import DataFormatError
-from fastnn.model import Sequential
+from fastnn.sequential import Sequential
 
 TRIED = {}
 HYP = settings(max_examples=150, deadline=None, derandomize=True,
