@@ -117,12 +117,15 @@ def test_matches_float64_reference(simd, sizes, batch, n, cfg, u8):
     for (w, b), rw, rb in zip(snapshot(model), ref[0], ref[1]):
         np.testing.assert_allclose(w, rw, rtol=1e-4, atol=atol)
         np.testing.assert_allclose(b, rb, rtol=1e-4, atol=atol)
-    # the optimizer's flat state buffers were updated in place too
-    names = ["velocity"] if cfg[0] == "sgd" else ["m", "v"]
+    # the optimizer's flat state buffers were updated in place too (plain SGD has none)
+    if cfg[0] != "sgd":
+        names = ["m", "v"]
+    else:
+        names = ["velocity"] if cfg[1].get("momentum") else []
+    assert sorted(opt._buffers) == sorted(names)
     for name, key in zip(names, ["s1", "s2"]):
-        if name in opt._buffers:
-            flat = np.concatenate([s.ravel() for s in ref[2][key]])
-            np.testing.assert_allclose(opt._buffers[name], flat, rtol=1e-3, atol=1e-6)
+        flat = np.concatenate([s.ravel() for s in ref[2][key]])
+        np.testing.assert_allclose(opt._buffers[name], flat, rtol=1e-3, atol=1e-6)
 
 
 @pytest.mark.parametrize("cfg", OPTS[1:4], ids=["momentum", "nesterov", "adam"])
