@@ -130,7 +130,7 @@ def test_hyperparameter_validation():
         optim.SGD(m, lr=0.1, momentum=-0.1)
     with pytest.raises(ValueError, match="nesterov=True needs momentum > 0"):
         optim.SGD(m, lr=0.1, nesterov=True)
-    with pytest.raises(ValueError, match=r"betas\[1\] must be < 1"):
+    with pytest.raises(ValueError, match=r"betas\[1\] must be in \[0, 1\)"):
         optim.Adam(m, betas=(0.9, 1.0))
     with pytest.raises(ValueError, match=r"betas\[0\] must be finite"):
         optim.AdamW(m, betas=(float("nan"), 0.9))
