@@ -156,8 +156,15 @@ def save(model, path, optimizer=None, extra=None):
 
     Example::
 
+        >>> import fastnn
+        >>> from fastnn.models import MLP
+        >>> from fastnn.optim import Adam
+        >>> model = MLP([784, 32, 10], seed=0); opt = Adam(model)
         >>> fastnn.save(model, "mnist.npz", optimizer=opt, extra={"epoch": 3})
+        'mnist.npz'
         >>> model2 = fastnn.load("mnist.npz")
+        >>> bool((model2.flat_params == model.flat_params).all())
+        True
     """
     if not hasattr(model, "get_config"):
         raise TypeError(f"save: model must have get_config(), got {type(model).__name__}")
@@ -355,8 +362,15 @@ def load(path, with_optimizer=False):
 
     Example::
 
+        >>> import fastnn
+        >>> from fastnn.models import MLP
+        >>> from fastnn.optim import Adam
+        >>> fastnn.save(MLP([784, 32, 10], seed=0), "mnist.npz", extra={"epoch": 3})
+        'mnist.npz'
         >>> model, opt_state, extra = fastnn.load("mnist.npz", with_optimizer=True)
-        >>> optimizer.load_state_dict(opt_state)
+        >>> opt_state is None, extra
+        (True, {'epoch': 3})
+        >>> optimizer = Adam(model)          # with a saved state: optimizer.load_state_dict(opt_state)
     """
     path = os.fspath(path)
     if not os.path.exists(path):

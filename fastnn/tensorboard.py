@@ -193,9 +193,12 @@ class SummaryWriter:
 
     Example::
 
+        >>> import numpy as np
         >>> with SummaryWriter("runs/exp1") as w:
         ...     w.add_scalar("train/loss", 0.31, step=100)
-        ...     w.add_histogram("dense0/weight", model.parameters()[0].data, step=100)
+        ...     w.add_histogram("dense0/weight", np.linspace(-1, 1, 50), step=100)
+        >>> sorted(read_scalars("runs/exp1"))
+        ['train/loss']
     """
 
     def __init__(self, logdir, filename_suffix=""):

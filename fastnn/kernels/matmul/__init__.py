@@ -216,7 +216,7 @@ def matmul(a, b, *, trans_a=False, trans_b=False, out=None, bias=None, activatio
 
     >>> import numpy as np, fastnn
     >>> x = np.ones((2, 3), np.float32); w = np.ones((3, 4), np.float32)
-    >>> fastnn.kernels.matmul(x, w, bias=np.zeros(4, np.float32), activation="relu")[0, 0]
+    >>> float(fastnn.kernels.matmul(x, w, bias=np.zeros(4, np.float32), activation="relu")[0, 0])
     3.0
     """
     a_op, b_op, out, bias = _validate(a, b, trans_a, trans_b, out, bias, activation)

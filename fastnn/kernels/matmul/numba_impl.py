@@ -21,7 +21,7 @@ NaN/inf handling.
 >>> import numpy as np
 >>> from fastnn.kernels.matmul.numba_impl import matmul
 >>> a = np.ones((2, 3), np.float32); b = np.ones((3, 4), np.float32)
->>> matmul(a, b, np.empty((2, 4), np.float32), None, False)[0, 0]
+>>> float(matmul(a, b, np.empty((2, 4), np.float32), None, False)[0, 0])
 3.0
 """
 import numba
