@@ -7,9 +7,8 @@ import numpy as np
 import pytest
 
 import fastnn
-from fastnn import layers, optim, serialize
+from fastnn import Sequential, layers, optim, serialize
 from fastnn.errors import DataFormatError
-from fastnn.model import Sequential
 
 
 def make_model(dtype=np.float32, seed=0):
