@@ -652,9 +652,7 @@ def _cmd_plot(args):
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None):
     """warnings.showwarning for the command line: one line, no source excerpt."""
-    text = " ".join(str(message).split())
-    if text.startswith("fastnn: "):
-        text = text[len("fastnn: "):]
+    text = " ".join(str(message).split()).removeprefix("fastnn: ")
     try:
         print(f"fastnn: warning: {text}", file=sys.stderr, flush=True)
     except (OSError, ValueError):
@@ -676,8 +674,9 @@ def _silence_stdout():
 
 def _check_thread_env(args):
     """A bad $FASTNN_NUM_THREADS / $OMP_NUM_THREADS is a one-line error, up front."""
-    if getattr(args, "threads", None) is not None and args.command != "info":
-        return
+    if args.command == "plot" or (getattr(args, "threads", None) is not None
+                                  and args.command != "info"):
+        return                          # no kernels run, or --threads overrides them
     from ._threads import default_threads_source
     try:
         default_threads_source()

@@ -117,6 +117,6 @@ def test_cli_bench_kernels_threads_above_cpus_warns(monkeypatch, capsys, fake_ti
     err = capsys.readouterr().err
     assert seen["threads"] == 64
     assert err.splitlines() == [
-        "fastnn: warning: --threads asks for 64 threads but this process may use only 2 "
-        "CPU(s); the extra threads share CPUs and slow every parallel kernel down "
-        "(use at most 2)"]
+        ("fastnn: warning: --threads asks for 64 threads but this process may use only 2 "
+         "CPU(s); the extra threads share CPUs and slow every parallel kernel down "
+         "(use at most 2)")]

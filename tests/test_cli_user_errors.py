@@ -134,9 +134,9 @@ def test_threads_above_cpus_warn_once_on_one_line(monkeypatch, capsys):
                                "200", "--threads", "64", "--json"], capsys)
     assert code == 0, err
     assert err.splitlines() == [
-        "fastnn: warning: --threads asks for 64 threads but this process may use only 2 "
-        "CPU(s); the extra threads share CPUs and slow every parallel kernel down "
-        "(use at most 2)"]
+        ("fastnn: warning: --threads asks for 64 threads but this process may use only 2 "
+         "CPU(s); the extra threads share CPUs and slow every parallel kernel down "
+         "(use at most 2)")]
     assert json.loads(out.splitlines()[-1])["threads"] == 64       # honoured, not clipped
 
 
@@ -157,7 +157,8 @@ def test_resume_with_no_epochs_left_is_an_error(tmp_path, capsys):
     common = ["--preset", "softmax", "--subset", "300", "--json"]
     assert cli.main(["train", *common, "--epochs", "3", "--save", ck]) == 0
     capsys.readouterr()
-    before = open(ck, "rb").read()
+    with open(ck, "rb") as fh:
+        before = fh.read()
     code, out, err = run_main(["train", "--resume", ck, "--epochs", "2", "--save", ck], capsys)
     assert code == 2 and out == ""
     line = one_message_line(err)
@@ -166,7 +167,8 @@ def test_resume_with_no_epochs_left_is_an_error(tmp_path, capsys):
     code, out, err = run_main(["train", "--resume", ck], capsys)       # the run's own 3
     assert code == 2 and out == ""
     assert "already holds all 3 epoch(s)" in one_message_line(err)
-    assert open(ck, "rb").read() == before
+    with open(ck, "rb") as fh:
+        assert fh.read() == before
     code, out, err = run_main(["train", "--resume", ck, "--epochs", "4", "--json"], capsys)
     assert code == 0, err
     assert [o["epoch"] for o in map(json.loads, out.splitlines()[:-1])] == [4]

@@ -3,15 +3,13 @@ default from the affinity mask, and the pools it drives (BLAS, Numba)."""
 import os
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
 
 import fastnn
 from fastnn import _threads
-
-
-import warnings
 
 
 @pytest.fixture(autouse=True)
@@ -38,6 +36,7 @@ def _forget_blas_limit():
 def blas_at_2():
     """numpy's BLAS at 2 threads, not limited by fastnn (restored afterwards)."""
     import threadpoolctl
+
     from fastnn.kernels import variants
     assert "blas" in variants("matmul")       # numpy's a @ b: always registered
     if not _blas_threads():
@@ -242,6 +241,7 @@ def test_env_default():
 
 def test_blas_pool_follows_our_count():
     import threadpoolctl
+
     from fastnn.kernels import get, variants
     assert "blas" in variants("matmul")       # numpy's a @ b: always registered
     a = np.ones((8, 8), np.float32)
