@@ -122,10 +122,10 @@ def test_matches_float64_reference(simd, sizes, batch, n, cfg, u8):
         names = ["m", "v"]
     else:
         names = ["velocity"] if cfg[1].get("momentum") else []
-    assert sorted(opt._buffers) == sorted(names)
+    assert sorted(opt.state_buffers()) == sorted(names)
     for name, key in zip(names, ["s1", "s2"]):
         flat = np.concatenate([s.ravel() for s in ref[2][key]])
-        np.testing.assert_allclose(opt._buffers[name], flat, rtol=1e-3, atol=1e-6)
+        np.testing.assert_allclose(opt.state_buffers()[name], flat, rtol=1e-3, atol=1e-6)
 
 
 @pytest.mark.parametrize("cfg", OPTS[1:4], ids=["momentum", "nesterov", "adam"])
@@ -176,6 +176,7 @@ def test_bitwise_repeatable_and_thread_independent(simd):
 
 
 @pytest.mark.parametrize("threads", [5, 8])
+@pytest.mark.filterwarnings("ignore:fastnn. threads.*asks for:RuntimeWarning")   # on purpose
 def test_more_threads_than_tasks_gives_the_same_bits(threads):
     """More threads than cores and than the tasks of most phases: threads
     that own nothing only steal, past 4 threads the batch is gathered once
@@ -365,7 +366,7 @@ def _raw_sgd_run(seed, nesterov, **run_kw):
     plan = _fused.plan(model, SoftmaxCrossEntropy(), opt, batch)
     W = [l.weight.data for l in plan.layers]
     b = [l.bias.data for l in plan.layers]
-    s1W, s1b = plan._state_views("velocity")
+    s1W, s1b = plan._slot_views(opt.state_buffers()["velocity"])
     none = [None] * len(W)
     idx = perm.astype(np.int64)
     res = plan._trainer.run(W, b, s1W, s1b, none, none, x, True, sizes[0],
@@ -440,7 +441,7 @@ def test_adam_moments_match_the_general_optimizer():
     g_opt.step()
     _fused.plan(fused, SoftmaxCrossEntropy(), f_opt, batch).run(x, y, perm)
     for name in ("m", "v"):
-        a, b = f_opt._buffers[name], g_opt._buffers[name]
+        a, b = f_opt.state_buffers()[name], g_opt.state_buffers()[name]
         nz = b != 0
         rel = np.abs(a[nz] - b[nz]) / np.abs(b[nz])
         # the median: a few gradients with cancellation differ by ~1e-5 on
