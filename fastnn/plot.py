@@ -172,7 +172,10 @@ def plot_curves(source, out_png, title=None, dpi=100):
 
     Example::
 
-        >>> plot_curves("runs/mnist/log.csv", "curves.png")
+        >>> with open("log.csv", "w") as fh:          # what fastnn train --logdir writes
+        ...     _ = fh.write("epoch,loss,accuracy,val_loss,val_accuracy\\n"
+        ...                  "1,0.40,0.89,0.25,0.93\\n2,0.20,0.94,0.16,0.95\\n")
+        >>> plot_curves("log.csv", "curves.png")
         'curves.png'
     """
     cols = read_history(source)

@@ -172,9 +172,13 @@ def load_idx(path):
 
     Example::
 
+        >>> import gzip
         >>> from fastnn.datasets import load_idx
-        >>> x = load_idx("data/mnist/t10k-images-idx3-ubyte.gz")
+        >>> header = bytes([0, 0, 0x08, 3]) + b"".join(d.to_bytes(4, "big") for d in (2, 28, 28))
+        >>> with gzip.open("digits-idx3-ubyte.gz", "wb") as fh:    # uint8, 2 x 28 x 28
+        ...     _ = fh.write(header + bytes(2 * 28 * 28))
+        >>> x = load_idx("digits-idx3-ubyte.gz")
         >>> x.shape, x.dtype
-        ((10000, 28, 28), dtype('uint8'))
+        ((2, 28, 28), dtype('uint8'))
     """
     return _load(path)
