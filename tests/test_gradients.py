@@ -45,13 +45,13 @@ def check_layer(layer, x, rng):
     def f():
         return float(np.sum(layer.forward(x) * r))
 
-    for p in layer.params:
+    for p in layer.parameters():
         p.grad[...] = 0
     f()
     dx = layer.backward(r.copy())
-    analytic_params = [p.grad.copy() for p in layer.params]
+    analytic_params = [p.grad.copy() for p in layer.parameters()]
     np.testing.assert_allclose(dx, numeric_grad(f, x), rtol=RTOL, atol=ATOL, err_msg="dx")
-    for p, ga in zip(layer.params, analytic_params):
+    for p, ga in zip(layer.parameters(), analytic_params):
         np.testing.assert_allclose(ga, numeric_grad(f, p.data), rtol=RTOL, atol=ATOL,
                                    err_msg=p.name)
 
@@ -62,7 +62,7 @@ def test_dense(activation, init):
     rng = np.random.default_rng(1)
     layer = L.Dense(5, 3, activation=activation, init=init, dtype=np.float64)
     layer.reset_parameters(rng)
-    assert [p.data.shape for p in layer.params] == [(5, 3), (3,)]   # both are checked
+    assert [p.data.shape for p in layer.parameters()] == [(5, 3), (3,)]   # both are checked
     x = _away_from_zero(rng, (4, 5))
     if activation == "relu":   # keep pre-activations off the kink too
         z = x @ layer.weight.data + layer.bias.data
@@ -73,7 +73,7 @@ def test_dense(activation, init):
 def test_dense_no_bias_and_accumulation():
     rng = np.random.default_rng(2)
     layer = L.Dense(3, 2, use_bias=False, dtype=np.float64)
-    assert layer.bias is None and len(layer.params) == 1
+    assert layer.bias is None and len(layer.parameters()) == 1
     check_layer(layer, rng.standard_normal((6, 3)), rng)
     # backward ACCUMULATES: a second call doubles dW
     x = rng.standard_normal((6, 3))
