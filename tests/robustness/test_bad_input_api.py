@@ -975,7 +975,13 @@ def render_markdown():
             name, msg = _message(case)
             lines.append(f"| {_cell(case.bad)} | `{name}` | {_cell(msg)} |")
         lines.append("")
-    return "\n".join(lines)
+    # the hand-written command-line section at the end is kept as it is
+    old = open(DOC, encoding="utf-8").read() if os.path.exists(DOC) else ""
+    i = old.find(CLI_SECTION)
+    return "\n".join(lines) + (old[i:] if i >= 0 else "")
+
+
+CLI_SECTION = "\n## Command line (`fastnn ...`)"
 
 
 def _doc_rows():
