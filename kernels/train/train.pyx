@@ -1,7 +1,8 @@
-# The fused native training loop (trainer.c) does not call the GEMM engine:
+# The fused native training loop (trainer.c and the other .c files of this
+# folder, see trainer_impl.h) does not call the GEMM engine:
 # its 6x16 tile kernel reads operands in place with the epilogues (optimizer,
 # softmax cross-entropy) that the engine's API cannot express.
-# The fused native training loop (trainer.c): an epoch of Dense/ReLU layers,
+# The fused native training loop: an epoch of Dense/ReLU layers,
 # softmax cross-entropy and the optimizer update in one call.  Arrays arrive
 # validated by fastnn/_fused.py (dtype, contiguity, label range, index range);
 # this wrapper only collects pointers.
@@ -14,11 +15,15 @@ include "simd_api.pxi"
 cnp.import_array()
 
 cdef extern from "trainer.h" nogil:
-    int FNN_TR_MAXL
-    int FNN_TR_PROFILE_SLOTS
+    enum: FNN_TR_MAXL           # enum: usable as a C array size below
+    enum: FNN_TR_PROFILE_SLOTS
     int FNN_OPT_SGD
     int FNN_OPT_ADAM
     int FNN_OPT_ADAMW
+    int FNN_PHASE_GATHER
+    int FNN_PHASE_FORWARD
+    int FNN_PHASE_LOSS
+    int FNN_PHASE_BACKWARD
     ctypedef struct fnn_train_opt:
         int kind
         float lr, weight_decay
@@ -32,11 +37,13 @@ cdef extern from "trainer.h" nogil:
         int *solo_out
         int64_t solo_after
         int64_t chunk_steps
+        int64_t fail_alloc_at
     ctypedef struct fnn_trainer:
         pass
-    fnn_trainer *fnn_trainer_new(int nlayers, const int *dims, const int *relu,
-                                 const int *has_bias, int batch)
+    fnn_trainer *fnn_trainer_new_failing(int nlayers, const int *dims, const int *relu,
+                                         const int *has_bias, int batch, int64_t fail_alloc_at)
     void fnn_trainer_free(fnn_trainer *tr)
+    int fnn_trainer_phases(const fnn_trainer *tr, int *kind, int *layer)
     int64_t fnn_trainer_run(fnn_trainer *tr, float **W, float **b,
                             float **s1W, float **s1b, float **s2W, float **s2b,
                             const void *x, int x_u8, Py_ssize_t x_ld,
@@ -44,6 +51,7 @@ cdef extern from "trainer.h" nogil:
                             const fnn_train_opt *opt, int nthreads,
                             double *loss_sum, int64_t *correct)
     void fnn_trainer_u8_to_f32(const uint8_t *src, float *dst, Py_ssize_t n)
+    void fnn_trainer_alloc_stats(int64_t *live, int64_t *calls)
 
 MAX_LAYERS = FNN_TR_MAXL
 PROFILE_SLOTS = FNN_TR_PROFILE_SLOTS
@@ -62,22 +70,31 @@ def u8_to_f32(cnp.ndarray src, cnp.ndarray dst):
                           <float *> cnp.PyArray_DATA(dst), src.size)
 
 
+def _alloc_stats():
+    """Tests: (blocks the trainers hold now, allocation attempts so far), over
+    every trainer of the process."""
+    cdef int64_t live = 0, calls = 0
+    fnn_trainer_alloc_stats(&live, &calls)
+    return int(live), int(calls)
+
+
 cdef class Trainer:
     """Workspace of the fused loop for one (architecture, batch size).
 
     ``Trainer(dims, relu, has_bias, batch)``: ``dims`` the L+1 layer widths,
     ``relu[l]`` / ``has_bias[l]`` per Dense layer.  Everything a step needs is
-    allocated here, once."""
+    allocated here, once.  ``_fail_alloc_at`` (tests): refuse that allocation
+    (from 1), as if memory ran out."""
     cdef fnn_trainer *tr
     cdef int nlayers
     cdef readonly int batch
     cdef readonly tuple dims
 
-    def __cinit__(self, dims, relu, has_bias, int batch):
+    def __cinit__(self, dims, relu, has_bias, int batch, int64_t _fail_alloc_at=0):
         cdef int L = len(dims) - 1
-        cdef int cdims[65]
-        cdef int crelu[64]
-        cdef int cbias[64]
+        cdef int cdims[FNN_TR_MAXL + 1]
+        cdef int crelu[FNN_TR_MAXL]
+        cdef int cbias[FNN_TR_MAXL]
         if L < 1 or L > FNN_TR_MAXL:
             raise ValueError(f"the fused trainer takes 1..{FNN_TR_MAXL} layers, got {L}")
         for i in range(L + 1):
@@ -85,7 +102,7 @@ cdef class Trainer:
         for i in range(L):
             crelu[i] = 1 if relu[i] else 0
             cbias[i] = 1 if has_bias[i] else 0
-        self.tr = fnn_trainer_new(L, cdims, crelu, cbias, batch)
+        self.tr = fnn_trainer_new_failing(L, cdims, crelu, cbias, batch, _fail_alloc_at)
         if self.tr == NULL:
             raise MemoryError("could not allocate the fused trainer's workspace")
         self.nlayers = L
@@ -93,12 +110,22 @@ cdef class Trainer:
         self.dims = tuple(int(d) for d in dims)
 
     def phase_names(self):
-        """Names of a step's phases, in the order of trainer.c's plan_phases."""
-        L = self.nlayers
-        names = ["gather"] + [f"forward{l}" for l in range(L)]
-        if self.dims[L] > 16:
-            names.append("loss")
-        return names + [f"backward{l}" for l in range(L - 1, -1, -1)]
+        """Names of a step's phases in the order they run (the profile's slots),
+        as the trainer plans them (fnn_trainer_phases)."""
+        cdef int kind[FNN_TR_PROFILE_SLOTS]
+        cdef int layer[FNN_TR_PROFILE_SLOTS]
+        cdef int n = fnn_trainer_phases(self.tr, kind, layer)
+        names = []
+        for i in range(n):
+            if kind[i] == FNN_PHASE_GATHER:
+                names.append("gather")
+            elif kind[i] == FNN_PHASE_FORWARD:
+                names.append(f"forward{layer[i]}")
+            elif kind[i] == FNN_PHASE_LOSS:
+                names.append("loss")
+            else:
+                names.append(f"backward{layer[i]}")
+        return names
 
     def __dealloc__(self):
         fnn_trainer_free(self.tr)
@@ -108,7 +135,7 @@ cdef class Trainer:
             float momentum=0.0, float dampening=0.0, bint nesterov=False,
             double beta1=0.9, double beta2=0.999, float eps=1e-8, int64_t step=0,
             int nthreads=1, lrs=None, profile=None, int64_t _solo_after=-1,
-            int64_t _chunk_steps=0):
+            int64_t _chunk_steps=0, int64_t _fail_alloc_at=0):
         """Train on the rows idx (int64) of x; see trainer.h.  ``lrs``: None or
         a float32 array with one learning rate per step (replaces ``lr``).
         ``profile``: None or a float64 array of PROFILE_SLOTS, to which the
@@ -118,13 +145,16 @@ cdef class Trainer:
         of steps (about 0.15 s of work each, or ``_chunk_steps`` steps) that
         finished on one thread because its partner kept losing its core.
         ``_solo_after`` (tests): the thread taking this ticket of each chunk
-        goes solo."""
-        cdef float *pW[64]
-        cdef float *pb[64]
-        cdef float *ps1W[64]
-        cdef float *ps1b[64]
-        cdef float *ps2W[64]
-        cdef float *ps2b[64]
+        goes solo.  ``_fail_alloc_at`` (tests): the run's allocation with this
+        number (from 1) fails, as if memory ran out.
+        Raises MemoryError when a buffer the run needs cannot be allocated
+        (the arrays are then untouched)."""
+        cdef float *pW[FNN_TR_MAXL]
+        cdef float *pb[FNN_TR_MAXL]
+        cdef float *ps1W[FNN_TR_MAXL]
+        cdef float *ps1b[FNN_TR_MAXL]
+        cdef float *ps2W[FNN_TR_MAXL]
+        cdef float *ps2b[FNN_TR_MAXL]
         cdef int L = self.nlayers
         for l in range(L):
             pW[l] = _fptr(W[l])
@@ -150,6 +180,7 @@ cdef class Trainer:
         opt.solo_out = &solo
         opt.solo_after = _solo_after
         opt.chunk_steps = _chunk_steps
+        opt.fail_alloc_at = _fail_alloc_at
         if profile is not None:
             if profile.dtype != np.float64 or profile.shape != (FNN_TR_PROFILE_SLOTS,):
                 raise ValueError(f"profile must be float64 of shape ({FNN_TR_PROFILE_SLOTS},)")
@@ -165,5 +196,5 @@ cdef class Trainer:
                                     px, x_u8, x_ld, py, pidx, n, &opt, nthreads,
                                     &loss_sum, &correct)
         if steps < 0:
-            raise MemoryError("the fused trainer could not allocate its task scheduler")
+            raise MemoryError("the fused trainer could not allocate its run's buffers")
         return loss_sum, int(correct), int(steps), int(solo)

@@ -22,13 +22,27 @@
  * 256 bytes, which maps every row to the same few L1 sets).  Padding stays
  * zero, so every GEMM tile is a full 6 x 16 tile in the N direction.
  *
- * Threads: one OpenMP region per call; threads take the tasks of each phase
- * (runs of tiles, row chunks) from a shared counter, every output element
- * (and every weight update) is computed by exactly one task in a fixed
- * order: results are bitwise identical for any thread count.  On a machine
- * shared with other jobs, a thread that keeps waiting for a partner that
- * lost its core finishes the current chunk of steps (about 0.15 s of work)
- * alone; the next chunk starts with the whole team again (same results).
+ * Threads: one OpenMP region per call, no barriers (trainer_sched.h).  Each
+ * phase of a step (gather, forward per layer, loss when not fused, backward per
+ * layer) is a fixed list of tasks (runs of tiles of one column panel, chunks
+ * of rows, groups of bias panels), column-panel major; a task may start once
+ * every task of the earlier phases is done (one atomic count).  Thread t owns
+ * a fixed contiguous run of every phase's tasks, the same column panels in
+ * every step, so the weights it updates stay in its core's cache.  A thread
+ * with nothing of its own ready steals unclaimed tasks of the phase in
+ * progress: a claim is a compare-and-swap of the task's step slot.  Every
+ * output element (and every weight update) is computed by exactly one task,
+ * the same way whoever runs it: results are bitwise identical for any thread
+ * count.  On a machine shared with other jobs, a thread that keeps waiting
+ * for a partner that lost its core finishes the current chunk of steps
+ * (about 0.15 s of work) alone while the others sleep; the next chunk starts
+ * with the whole team again unless chunks in a row went solo, which holds
+ * the next 2^(k-1) - 1 chunks (at most 15) solo before the team retries
+ * (same results either way).
+ *
+ * Code: trainer.c (this API), trainer_step.c (phases and tasks),
+ * trainer_sched.c (threads), trainer_gemm.c (microkernels, tiles),
+ * trainer_epilogue.h/.c (epilogues, optimizer); see trainer_impl.h.
  */
 #ifndef FNN_TRAINER_H
 #define FNN_TRAINER_H
@@ -36,10 +50,15 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define FNN_TR_MAXL 16
+#define FNN_TR_MAXL 16                          /* most Dense layers of a trainer */
+/* profile slots: one per phase (at most 2 * FNN_TR_MAXL + 2 phases, see
+ * fnn_trainer_phases), a spare, and last the time threads waited */
 #define FNN_TR_PROFILE_SLOTS (2 * FNN_TR_MAXL + 4)
 
 enum { FNN_OPT_SGD = 0, FNN_OPT_ADAM = 1, FNN_OPT_ADAMW = 2 };
+
+/* The kinds of phases of a step (fnn_trainer_phases). */
+enum { FNN_PHASE_GATHER = 0, FNN_PHASE_FORWARD = 1, FNN_PHASE_LOSS = 2, FNN_PHASE_BACKWARD = 3 };
 
 typedef struct {
     int kind;                /* FNN_OPT_* */
@@ -54,12 +73,15 @@ typedef struct {
                               * of a step (summed over threads), the last slot the time
                               * threads waited for an earlier phase to finish */
     int *solo_out;           /* NULL, or set to the number of chunks of steps that finished
-                              * on one thread because a thread kept losing its core (see
-                              * trainer.c) */
+                              * on one thread because a thread kept losing its core
+                              * (see trainer_sched.c) */
     int64_t solo_after;      /* tests: >= 0 makes the thread taking this ticket of each chunk
-                              * (counted from the chunk's first ticket) go solo */
+                              * (a task's place in the call, step * tasks per step + index,
+                              * counted from the chunk's first ticket) go solo */
     int64_t chunk_steps;     /* steps per chunk (a fallback to one thread lasts until the end
                               * of its chunk); <= 0: automatic, about 0.15 s of work */
+    int64_t fail_alloc_at;   /* tests: > 0 makes the run's fail_alloc_at-th allocation (from
+                              * 1) fail, as if memory ran out; 0: none */
 } fnn_train_opt;
 
 typedef struct fnn_trainer fnn_trainer;
@@ -67,18 +89,31 @@ typedef struct fnn_trainer fnn_trainer;
 /* dims[0..nlayers]: widths; relu[l]: ReLU after layer l; has_bias[l]. */
 fnn_trainer *fnn_trainer_new(int nlayers, const int *dims, const int *relu, const int *has_bias,
                              int batch);
+/* tests: fnn_trainer_new with its fail_alloc_at-th allocation (from 1) refused */
+fnn_trainer *fnn_trainer_new_failing(int nlayers, const int *dims, const int *relu,
+                                     const int *has_bias, int batch, int64_t fail_alloc_at);
 void fnn_trainer_free(fnn_trainer *tr);
+
+/* The phases of a step, in the order they run and fill the profile's slots:
+ * kind[i] (FNN_PHASE_*) and layer[i] (-1 for the gather and the loss), both
+ * arrays of at least FNN_TR_PROFILE_SLOTS entries; returns the count.  The
+ * loss is a phase of its own only when the logits are wider than one 16-float
+ * column panel; otherwise it runs in the last forward's tile epilogue. */
+int fnn_trainer_phases(const fnn_trainer *tr, int *kind, int *layer);
 
 /* Runs the batches idx[0:n] in chunks of the trainer's batch size (the last
  * one partial).  W[l] (dims[l] x dims[l+1], row-major), b[l] (or NULL) and
  * the optimizer state arrays of the same shapes (s1: momentum / Adam m,
  * s2: Adam v; NULL when unused) are read at the start and written back at
  * the end.  x: n_rows x x_ld, uint8 (x_u8) or float.  y[0:n]: the labels
- * of the rows idx[0:n], in that order, in [0, dims[L]).  Fills loss_sum and correct; returns the number of steps
- * whose batch loss was finite.  A non-finite batch loss ends the run after
- * that step (the caller reports divergence at step = the returned count).
- * Returns -1, with nothing read or written, when the scheduler's few
- * bytes per task cannot be allocated. */
+ * of the rows idx[0:n], in that order, in [0, dims[L]).  Fills loss_sum and
+ * correct; returns the number of steps whose batch loss was finite.  A
+ * non-finite batch loss ends the run after that step (the caller reports
+ * divergence at step = the returned count).
+ * Returns -1, with none of the caller's arrays read or written and nothing
+ * left allocated, when a buffer the run needs cannot be allocated (the
+ * scheduler's few bytes per task; the per-thread copies of a[0] and of a^T
+ * strips are optional and only speed the run up). */
 int64_t fnn_trainer_run(fnn_trainer *tr,
                         float *const *W, float *const *b,
                         float *const *s1W, float *const *s1b,
@@ -90,5 +125,9 @@ int64_t fnn_trainer_run(fnn_trainer *tr,
 
 /* dst = src * float32(1/255), the scaling of uint8 pixels (exposed for tests). */
 void fnn_trainer_u8_to_f32(const uint8_t *src, float *dst, ptrdiff_t n);
+
+/* tests: the trainers' blocks allocated now and allocation attempts so far,
+ * over every trainer of the process (fnn_trainer_new and fnn_trainer_run). */
+void fnn_trainer_alloc_stats(int64_t *live, int64_t *calls);
 
 #endif
