@@ -1,0 +1,164 @@
+"""The fused trainer's native module (fastnn._ext.train, kernels/train/) through
+its own API: every allocation failure of fnn_trainer_new and fnn_trainer_run
+is a clean MemoryError that frees what the call took and leaves the caller's
+arrays alone, and the phase list comes from the C side's plan.
+
+The failures are injected (``_fail_alloc_at=k`` refuses the call's k-th
+allocation) and the leaks counted by the trainer's own allocator
+(``_alloc_stats()``: blocks live now, allocations attempted so far); under
+.ci/sanitize the same paths also run with AddressSanitizer."""
+import numpy as np
+import pytest
+
+from fastnn._ext import train
+
+# (20, 260, 30, 10): layer 0's dW has 17 column panels, enough at 2 threads for
+# the per-thread copies of a^T strips; layer 1 has a dX; 10 classes fuse the loss.
+SIZES = (20, 260, 30, 10)
+BATCH, N = 8, 44            # 6 steps, the last one partial
+
+
+def _problem(seed=0):
+    rng = np.random.default_rng(seed)
+    L = len(SIZES) - 1
+    W = [(rng.standard_normal((SIZES[l], SIZES[l + 1])) * 0.2).astype(np.float32)
+         for l in range(L)]
+    b = [(rng.standard_normal(SIZES[l + 1]) * 0.1).astype(np.float32) for l in range(L)]
+    x = rng.integers(0, 256, (N, SIZES[0]), dtype=np.uint8)
+    idx = rng.permutation(N).astype(np.int64)
+    y = rng.integers(0, SIZES[-1], N).astype(np.int64)[idx]
+    return W, b, x, y, idx
+
+
+def _new(**kw):
+    L = len(SIZES) - 1
+    return train.Trainer(SIZES, [1] * (L - 1) + [0], [1] * L, BATCH, **kw)
+
+
+def _run(trainer, params, data, nthreads, **kw):
+    """One SGD-momentum call on copies of params; returns (the copies after the
+    call, its result), the result None when the call raised MemoryError."""
+    W, b, s1W, s1b = [[a.copy() for a in group] for group in params]
+    x, y, idx = data
+    none = [None] * len(W)
+    try:
+        res = trainer.run(W, b, s1W, s1b, none, none, x, True, SIZES[0], y, idx, "sgd", 0.05,
+                          momentum=0.9, nthreads=nthreads, **kw)
+    except MemoryError:
+        res = None
+    return W + b + s1W + s1b, res
+
+
+def _same(arrays, others):
+    return len(arrays) == len(others) and all(np.array_equal(u, v) for u, v in zip(arrays, others))
+
+
+@pytest.fixture
+def problem():
+    W, b, x, y, idx = _problem()
+    params = (W, b, [np.zeros_like(w) for w in W], [np.zeros_like(v) for v in b])
+    return params, (x, y, idx)
+
+
+@pytest.mark.parametrize("nthreads", [1, 2, 5])
+def test_every_failed_allocation_of_a_run_frees_everything(problem, nthreads):
+    """Refuse each allocation of fnn_trainer_run in turn: a buffer the run
+    needs gives MemoryError with the caller's arrays untouched, an optional one
+    (per-thread copies of a[0] with 2-4 threads, of a^T strips) a run with the
+    same bits; nothing stays allocated either way.  Afterwards the same trainer
+    trains bit for bit like a fresh one."""
+    params, data = problem
+    start = [a.copy() for group in params for a in group]
+    reference, ref_res = _run(_new(), params, data, nthreads)
+    trainer = _new()
+    raised = fell_back = 0
+    k = 1
+    while True:
+        live0, calls0 = train._alloc_stats()
+        arrays, res = _run(trainer, params, data, nthreads, _fail_alloc_at=k)
+        live1, calls1 = train._alloc_stats()
+        assert live1 == live0, f"allocation {k} refused: {live1 - live0} blocks leaked"
+        attempts = calls1 - calls0
+        if res is None:
+            raised += 1
+            assert attempts >= k
+            assert _same(arrays, start), f"allocation {k} refused: the arrays changed"
+        else:
+            assert _same(arrays, reference) and res == ref_res, f"allocation {k} refused"
+            if attempts < k:
+                break               # past the last allocation: every one was refused once
+            fell_back += 1
+        k += 1
+    assert raised == 3              # the scheduler's claim slots, task lists and list offsets
+    assert fell_back == {1: 2, 2: 3, 5: 0}[nthreads]   # a^T strips (+ stamps), a[0] copies
+    arrays, res = _run(trainer, params, data, nthreads)
+    assert _same(arrays, reference) and res == ref_res
+
+
+def test_every_failed_allocation_of_new_frees_everything():
+    live0, _ = train._alloc_stats()
+    k = 1
+    while True:
+        _, calls0 = train._alloc_stats()
+        try:
+            trainer = _new(_fail_alloc_at=k)
+        except MemoryError:
+            assert train._alloc_stats()[0] == live0, f"allocation {k} refused: leaked"
+            k += 1
+            continue
+        assert train._alloc_stats()[1] - calls0 < k     # no allocation was refused
+        break
+    assert k > 30                    # every buffer of the 3-layer trainer was refused once
+    assert train._alloc_stats()[0] > live0
+    del trainer
+    assert train._alloc_stats()[0] == live0
+
+
+def test_an_empty_run_allocates_nothing(problem):
+    params, (x, y, idx) = problem
+    trainer = _new()
+    live0, calls0 = train._alloc_stats()
+    arrays, res = _run(trainer, params, (x, y[:0], idx[:0]), 2)
+    assert res == (0.0, 0, 0, 0) and train._alloc_stats() == (live0, calls0)
+    assert _same(arrays, [a for group in params for a in group])
+
+
+@pytest.mark.parametrize("classes, fused", [(10, True), (16, True), (17, False), (40, False)])
+def test_phase_names_follow_the_trainers_plan(classes, fused):
+    """The loss is fused into the last forward when the logits fit one column
+    panel of 16; the names say which, from the C side's own plan, and match the
+    number of profile slots the run fills."""
+    sizes = (12, 20, classes)
+    trainer = train.Trainer(sizes, [1, 0], [1, 1], 4)
+    names = trainer.phase_names()
+    assert names == (["gather", "forward0", "forward1"] + ([] if fused else ["loss"])
+                     + ["backward1", "backward0"])
+    rng = np.random.default_rng(1)
+    W = [rng.standard_normal((a, c)).astype(np.float32) for a, c in zip(sizes[:-1], sizes[1:])]
+    b = [np.zeros(c, np.float32) for c in sizes[1:]]
+    x = rng.standard_normal((8, 12)).astype(np.float32)
+    idx = np.arange(8, dtype=np.int64)
+    y = (idx % classes).astype(np.int64)
+    profile = np.zeros(train.PROFILE_SLOTS)
+    none = [None, None]
+    trainer.run(W, b, none, none, none, none, x, False, 12, y, idx, "sgd", 0.01,
+                profile=profile)
+    used = np.flatnonzero(profile[:-1])
+    assert used.size and used.max() < len(names)
+
+
+def test_the_largest_model_fits_the_fixed_arrays():
+    """MAX_LAYERS layers (the C arrays' size on both sides) build and run."""
+    L = train.MAX_LAYERS
+    sizes = (5,) * (L + 1)
+    trainer = train.Trainer(sizes, [1] * (L - 1) + [0], [1] * L, 4)
+    assert len(trainer.phase_names()) == 2 * L + 1
+    W = [np.eye(5, dtype=np.float32) for _ in range(L)]
+    b = [np.zeros(5, np.float32) for _ in range(L)]
+    none = [None] * L
+    x = np.ones((4, 5), np.float32)
+    idx = np.arange(4, dtype=np.int64)
+    res = trainer.run(W, b, none, none, none, none, x, False, 5, idx % 5, idx, "sgd", 0.01)
+    assert res[2] == 1
+    with pytest.raises(ValueError):
+        train.Trainer((5,) * (L + 2), [1] * L + [0], [1] * (L + 1), 4)
