@@ -352,7 +352,7 @@ class _EpochPrinter:
 def _cmd_train(args):
     t_start = process_start_time()
     from . import callbacks as cbs
-    from . import presets, training
+    from . import fusion, presets, training
     from .errors import DivergenceError
 
     _set_threads(args.threads)
@@ -434,6 +434,9 @@ def _cmd_train(args):
               + f", {preset.epochs} epochs, {get_num_threads()} threads, seed {seed}"
               + (f"; resuming after epoch {resume_extra.get('epoch', 0)}"
                  if resume_extra is not None else ""), flush=True)
+        verdict = fusion.check(model, loss, optimizer, preset.batch_size)
+        print("engine: fused (one native call per epoch)" if verdict.ok else
+              f"engine: general, layer by layer ({verdict.reason})", flush=True)
     t_fit = time.time()
     try:
         hist = training.fit(model, x_train, y_train, epochs=preset.epochs,
@@ -463,6 +466,7 @@ def _cmd_train(args):
         "summary": True, "preset": preset.name, "sizes": list(preset.sizes),
         "batch_size": preset.batch_size, "threads": get_num_threads(), "seed": seed,
         "epochs_run": epochs_run, "engine": hist.params.get("engine"),
+        "why_not_fused": hist.params.get("why_not_fused", ""),
         "test_loss": h["val_loss"][-1] if h.get("val_loss") else None,
         "test_accuracy": h["val_accuracy"][-1] if h.get("val_accuracy") else None,
         "train_s": t_end - t_fit,

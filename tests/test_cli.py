@@ -57,6 +57,7 @@ def test_train_json_schema(capsys, tmp_path):
     assert s["test_accuracy"] == objs[1]["val_accuracy"] > 0.75
     assert s["wall_s_since_process_start"] >= s["train_s"] > 0
     assert len(s["epoch_time"]) == 2
+    assert s["engine"] == "fused" and s["why_not_fused"] == ""
 
 
 def test_train_text_output_and_overrides(capsys):
@@ -67,6 +68,7 @@ def test_train_text_output_and_overrides(capsys):
     lines = out.splitlines()
     assert lines[0].startswith("fastnn train: preset mlp-keras 784-64-10, batch 50, sgd lr 0.1 "
                                "momentum 0.5, 1 epochs, 1 threads")
+    assert lines[1] == "engine: fused (one native call per epoch)"
     epoch_line = [ln for ln in lines if ln.startswith("Epoch 1/1 - ")]
     assert len(epoch_line) == 1
     assert " - loss: " in epoch_line[0] and epoch_line[0].endswith("samples/s")
