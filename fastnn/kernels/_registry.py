@@ -8,26 +8,33 @@ or compiles anything; a variant whose loader raises ``ImportError`` (for
 example an extension that was not built) is reported as unavailable with
 the reason.
 """
+from __future__ import annotations
+
 import importlib
 import sys
 import threading
+import types
+from typing import Any, Callable, Dict, List, Optional
 
 __all__ = ["register", "register_module_variants", "variants", "available", "get", "describe", "set_simd_level", "simd_level",
            "native_module"]
 
 _lock = threading.RLock()
-_families = {}   # family -> {name: _Variant}
+_families: Dict[str, Dict[str, _Variant]] = {}   # family -> {name: _Variant}
 
 
 class _Variant:
     __slots__ = ("family", "name", "loader", "description", "simd", "fn", "error")
+    fn: Any                 # the loaded kernel (function or module), None until loaded
+    error: Optional[str]    # why loading failed, or None
 
-    def __init__(self, family, name, loader, description, simd):
+    def __init__(self, family: str, name: str, loader: Callable[[], Any], description: str,
+                 simd: Optional[Callable[[], str]]) -> None:
         self.family, self.name, self.loader = family, name, loader
         self.description, self.simd = description, simd
         self.fn, self.error = None, None
 
-    def load(self):
+    def load(self) -> Any:
         if self.fn is None and self.error is None:
             with _lock:
                 if self.fn is None and self.error is None:
@@ -38,7 +45,8 @@ class _Variant:
         return self.fn
 
 
-def register(family, name, loader, *, description="", simd=None):
+def register(family: str, name: str, loader: Callable[[], Any], *, description: str = "",
+             simd: Optional[Callable[[], str]] = None) -> None:
     """Register variant ``name`` of ``family``.
 
     ``simd`` is a zero-argument callable returning a short string naming the
@@ -47,7 +55,8 @@ def register(family, name, loader, *, description="", simd=None):
         _families.setdefault(family, {})[name] = _Variant(family, name, loader, description, simd)
 
 
-def register_module_variants(family, package, native, *, numba, cython, c):
+def register_module_variants(family: str, package: str, native: str, *, numba: str, cython: str,
+                             c: str) -> None:
     """Register the usual four variants of a family whose variants are modules.
 
     reference -> ``<package>.reference``, numba -> ``<package>.numba_impl``,
@@ -63,14 +72,14 @@ def register_module_variants(family, package, native, *, numba, cython, c):
              description=c, simd=lambda: native_module(native + "_c").simd_name())
 
 
-def _family(family):
+def _family(family: str) -> Dict[str, _Variant]:
     try:
         return _families[family]
     except KeyError:
         raise ValueError(f"unknown kernel family {family!r}; known: {sorted(_families)}") from None
 
 
-def variants(family, *, available_only=True):
+def variants(family: str, *, available_only: bool = True) -> List[str]:
     """Names of the variants of ``family`` (by default only those that load)."""
     fam = _family(family)
     if not available_only:
@@ -78,13 +87,13 @@ def variants(family, *, available_only=True):
     return [name for name, v in fam.items() if v.load() is not None]
 
 
-def available(family, name):
+def available(family: str, name: str) -> bool:
     """Whether variant ``name`` of ``family`` loads here (loads only that one)."""
     v = _family(family).get(name)
     return v is not None and v.load() is not None
 
 
-def get(family, name):
+def get(family: str, name: str) -> Any:
     """The kernel function of variant ``name`` of ``family``."""
     fam = _family(family)
     if name not in fam:
@@ -96,7 +105,7 @@ def get(family, name):
     return fn
 
 
-def describe(family=None):
+def describe(family: Optional[str] = None) -> List[Dict[str, Any]]:
     """One dict per variant: family, name, available, simd, description, error."""
     fams = [family] if family else sorted(_families)
     rows = []
@@ -114,7 +123,7 @@ def describe(family=None):
     return rows
 
 
-def native_module(name):
+def native_module(name: str) -> types.ModuleType:
     """Import ``fastnn._ext.<name>``, with a clear error when it was not built."""
     try:
         return importlib.import_module("fastnn._ext." + name)
@@ -125,12 +134,12 @@ def native_module(name):
             "build it with `pip install .` (or `python setup.py build_ext --inplace`)") from exc
 
 
-def _loaded_native_modules():
+def _loaded_native_modules() -> List[types.ModuleType]:
     return [m for n, m in list(sys.modules.items())
             if n.startswith("fastnn._ext.") and hasattr(m, "set_simd_level")]
 
 
-def set_simd_level(level):
+def set_simd_level(level: int) -> int:
     """Set the SIMD path of every native module (0 scalar, 1 AVX2+FMA).
 
     Loads all registered variants first so that modules imported later do not
@@ -145,7 +154,7 @@ def set_simd_level(level):
     return got
 
 
-def simd_level():
+def simd_level() -> Optional[int]:
     """The lowest SIMD level among loaded native modules (1 when none is loaded)."""
     levels = [m.simd_level() for m in _loaded_native_modules()]
     return min(levels) if levels else None

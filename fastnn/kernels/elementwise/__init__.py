@@ -9,7 +9,12 @@ module-like object with ``activation_forward`` and ``activation_backward``
     cython     OpenMP prange, libm exp/tanh             kernels/elementwise/elementwise_cy.pyx
     c          OpenMP over chunks, AVX2/FMA exp         kernels/elementwise/elementwise.c (+ _c.pyx)
 """
+from __future__ import annotations
+
+from typing import Optional
+
 import numpy as np
+import numpy.typing as npt
 
 from ... import _threads
 from ...errors import DTypeError, ShapeError
@@ -26,13 +31,14 @@ register_module_variants("elementwise", __name__, "elementwise",
                          c="C, OpenMP over chunks, AVX2/FMA exp")
 
 
-def _kind(kind, fn):
+def _kind(kind: str, fn: str) -> int:
     if not isinstance(kind, str) or kind not in KINDS:
         raise ValueError(f"{fn}: kind must be one of {KINDS}, got {kind!r}")
     return KINDS.index(kind)
 
 
-def activation_forward(kind, x, out=None, *, variant=None):
+def activation_forward(kind: str, x: npt.ArrayLike, out: Optional[npt.NDArray[np.floating]] = None,
+                       *, variant: Optional[str] = None) -> npt.NDArray[np.floating]:
     """``out = f(x)`` elementwise, f one of:
 
         relu     max(x, 0)              sigmoid  1 / (1 + exp(-x))
@@ -57,7 +63,9 @@ def activation_forward(kind, x, out=None, *, variant=None):
     return out
 
 
-def activation_backward(kind, y, dout, dx=None, *, accumulate=False, variant=None):
+def activation_backward(kind: str, y: npt.ArrayLike, dout: npt.ArrayLike,
+                        dx: Optional[npt.NDArray[np.floating]] = None, *, accumulate: bool = False,
+                        variant: Optional[str] = None) -> npt.NDArray[np.floating]:
     """Gradient of an activation from its forward OUTPUT ``y``:
 
         relu     dx = dout * (y > 0)

@@ -3,10 +3,14 @@
 Every check runs in Python before a native call, so a bad argument gives a
 clear exception (naming the function and the argument) instead of a crash.
 """
+from __future__ import annotations
+
 import math
 import numbers
+from typing import Any, Dict, Mapping, Optional, Sequence
 
 import numpy as np
+import numpy.typing as npt
 
 from ...errors import DTypeError, ShapeError
 from .._registry import get
@@ -14,7 +18,8 @@ from .._registry import get
 FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 
 
-def float_input(x, fn, name, *, ndim=None):
+def float_input(x: npt.ArrayLike, fn: str, name: str, *,
+                ndim: Optional[int] = None) -> npt.NDArray[np.floating]:
     """``x`` as a C-contiguous float32/float64 array (copied only when it is not one)."""
     if not isinstance(x, np.ndarray):
         x = np.asarray(x)
@@ -29,7 +34,8 @@ def float_input(x, fn, name, *, ndim=None):
     return x
 
 
-def output(out, fn, name, shape, dtype):
+def output(out: Optional[npt.NDArray[Any]], fn: str, name: str, shape: Sequence[int],
+           dtype: npt.DTypeLike) -> npt.NDArray[Any]:
     """Check a caller-supplied output (or allocate one when ``out`` is None)."""
     if out is None:
         return np.empty(shape, dtype=dtype)
@@ -43,32 +49,35 @@ def output(out, fn, name, shape, dtype):
     return out
 
 
-def writable_contiguous(a, fn, name):
+def writable_contiguous(a: npt.NDArray[Any], fn: str, name: str) -> None:
     if not a.flags.writeable:
         raise ValueError(f"{fn}: {name} is read-only")
     if not (a.flags.c_contiguous and a.flags.aligned):
         raise ValueError(f"{fn}: {name} must be C-contiguous and aligned (it is written in place)")
 
 
-def overlaps(a, b):
+def overlaps(a: Optional[npt.NDArray[Any]], b: Optional[npt.NDArray[Any]]) -> bool:
     """True when two arrays may share memory (conservative when numpy cannot tell)."""
     if a is None or b is None:
         return False
     if not np.may_share_memory(a, b):      # cheap bounds test first: the common case
         return False
     try:
-        return bool(np.shares_memory(a, b, max_work=10_000))
+        # numpy's stubs allow max_work in {-1, 0} only; numpy takes any bound
+        return bool(np.shares_memory(a, b, max_work=10_000))  # type: ignore[arg-type]
     except np.exceptions.TooHardError:
         return True
 
 
-def same_buffer(a, b):
+def same_buffer(a: npt.NDArray[Any], b: npt.NDArray[Any]) -> bool:
     """True when ``a`` and ``b`` view exactly the same elements in the same order."""
     return (a.__array_interface__["data"][0] == b.__array_interface__["data"][0]
             and a.shape == b.shape and a.strides == b.strides and a.dtype == b.dtype)
 
 
-def no_overlap(fn, out, out_name, inputs, *, allow_same=()):
+def no_overlap(fn: str, out: npt.NDArray[Any], out_name: str,
+               inputs: Mapping[str, Optional[npt.NDArray[Any]]], *,
+               allow_same: Sequence[str] = ()) -> None:
     """Raise when ``out`` overlaps any of ``inputs`` (a dict name -> array).
 
     Names in ``allow_same`` may be the very same buffer as ``out`` (an
@@ -84,7 +93,8 @@ def no_overlap(fn, out, out_name, inputs, *, allow_same=()):
                             if name in allow_same else ""))
 
 
-def real_scalar(value, fn, name, *, lo=None, hi=None, lo_open=False, hi_open=False):
+def real_scalar(value: float, fn: str, name: str, *, lo: Optional[float] = None,
+                hi: Optional[float] = None, lo_open: bool = False, hi_open: bool = False) -> float:
     """A finite Python float within [lo, hi] (open ends where asked)."""
     if type(value) is not float and (isinstance(value, (bool, np.bool_))
                                      or not isinstance(value, numbers.Real)):
@@ -103,16 +113,16 @@ def real_scalar(value, fn, name, *, lo=None, hi=None, lo_open=False, hi_open=Fal
     return v
 
 
-def check_variant(fn, variant):
+def check_variant(fn: str, variant: Optional[str]) -> None:
     if variant is not None and not isinstance(variant, str):
         raise TypeError(f"{fn}: variant must be a string or None, got {type(variant).__name__}")
 
 
 _DEFAULT_ORDER = ("c", "cython", "reference")
-_default_cache = {}
+_default_cache: Dict[str, str] = {}
 
 
-def pick(family, variant):
+def pick(family: str, variant: Optional[str]) -> Any:
     """The variant function-set to run: ``variant`` if given, else the fastest
     native one built here (c, then cython), else the numpy reference.
 
@@ -129,5 +139,6 @@ def pick(family, variant):
                 break
             except RuntimeError:        # not built here
                 continue
-        _default_cache[family] = name
-    return get(family, name)
+        # _DEFAULT_ORDER is not empty, so the loop has set name to a str
+        _default_cache[family] = name  # type: ignore[assignment]
+    return get(family, name)  # type: ignore[arg-type]

@@ -3,7 +3,10 @@
 One parallel loop per activation kind (the kind is chosen outside the
 loop so each loop body stays branch-free and vectorisable).  No fastmath.
 """
+from __future__ import annotations
+
 import numpy as np
+import numpy.typing as npt
 from numba import njit, prange
 
 from ... import _threads
@@ -47,13 +50,16 @@ def _backward(kind, y, dout, dx, acc):
         dx[i] = dx[i] + g if acc else g
 
 
-def activation_forward(kind, x, out, nthreads=1):
+def activation_forward(kind: int, x: npt.NDArray[np.floating], out: npt.NDArray[np.floating],
+                       nthreads: int = 1) -> npt.NDArray[np.floating]:
     _threads.sync_numba()
     _forward(kind, x, out)
     return out
 
 
-def activation_backward(kind, y, dout, dx, accumulate, nthreads=1):
+def activation_backward(kind: int, y: npt.NDArray[np.floating], dout: npt.NDArray[np.floating],
+                        dx: npt.NDArray[np.floating], accumulate: bool,
+                        nthreads: int = 1) -> npt.NDArray[np.floating]:
     _threads.sync_numba()
     _backward(kind, y, dout, dx, bool(accumulate))
     return dx

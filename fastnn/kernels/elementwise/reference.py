@@ -20,13 +20,16 @@ C-contiguous arrays of one dtype; ``kind`` is an index into KINDS):
     activation_forward(kind, x, out, nthreads)              out may be x
     activation_backward(kind, y, dout, dx, accumulate, nthreads)   dx may be dout
 """
+from __future__ import annotations
+
 import numpy as np
+import numpy.typing as npt
 
 KINDS = ("relu", "sigmoid", "tanh", "step")
 RELU, SIGMOID, TANH, STEP = range(4)
 
 
-def forward64(kind, x):
+def forward64(kind: int, x: npt.ArrayLike) -> npt.NDArray[np.float64]:
     x = np.asarray(x, dtype=np.float64)
     if kind == RELU:
         return np.where(x < 0, 0.0, x)
@@ -40,7 +43,7 @@ def forward64(kind, x):
     raise ValueError(f"unknown activation code {kind!r}")
 
 
-def backward64(kind, y, dout):
+def backward64(kind: int, y: npt.ArrayLike, dout: npt.ArrayLike) -> npt.NDArray[np.float64]:
     y = np.asarray(y, dtype=np.float64)
     dout = np.asarray(dout, dtype=np.float64)
     if kind == RELU:
@@ -54,12 +57,15 @@ def backward64(kind, y, dout):
     raise ValueError(f"unknown activation code {kind!r}")
 
 
-def activation_forward(kind, x, out, nthreads=1):
+def activation_forward(kind: int, x: npt.NDArray[np.floating], out: npt.NDArray[np.floating],
+                       nthreads: int = 1) -> npt.NDArray[np.floating]:
     out[...] = forward64(kind, x)
     return out
 
 
-def activation_backward(kind, y, dout, dx, accumulate=False, nthreads=1):
+def activation_backward(kind: int, y: npt.NDArray[np.floating], dout: npt.NDArray[np.floating],
+                        dx: npt.NDArray[np.floating], accumulate: bool = False,
+                        nthreads: int = 1) -> npt.NDArray[np.floating]:
     g = backward64(kind, y, dout)
     if accumulate:
         dx[...] = np.asarray(dx, dtype=np.float64) + g

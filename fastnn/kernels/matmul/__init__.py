@@ -9,11 +9,15 @@ Variants (see ``fastnn.kernels.variants("matmul")``):
     c          packed panels + AVX2/FMA microkernel,     kernels/matmul/gemm.c (engine),
                fused bias/ReLU epilogue, OpenMP           kernels/matmul/matmul_c.pyx (wrapper)
 """
+from __future__ import annotations
+
 import os
 import threading
 import time
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import numpy as np
+import numpy.typing as npt
 
 from ... import _threads
 from ...errors import DTypeError, ShapeError
@@ -24,31 +28,31 @@ __all__ = ["matmul"]
 _SUPPORTED = (np.dtype(np.float32), np.dtype(np.float64))
 
 
-def _load_reference():
+def _load_reference() -> Callable[..., Any]:
     from .reference import matmul as fn
     return fn
 
 
-def _load_blas():
+def _load_blas() -> Callable[..., Any]:
     from .blas import matmul as fn
     return fn
 
 
-def _blas_simd():
+def _blas_simd() -> str:
     from .blas import simd
     return simd()
 
 
-def _load_numba():
+def _load_numba() -> Callable[..., Any]:
     from .numba_impl import matmul as fn
     return fn
 
 
-def _load_cython():
+def _load_cython() -> Callable[..., Any]:
     return native_module("matmul_cy").matmul
 
 
-def _load_c():
+def _load_c() -> Callable[..., Any]:
     return native_module("matmul_c").matmul
 
 
@@ -67,7 +71,7 @@ register("matmul", "c", _load_c,
 
 # ----------------------------------------------------------------------------- validation
 
-def _as_operand(x, name):
+def _as_operand(x: npt.ArrayLike, name: str) -> npt.NDArray[np.floating]:
     if not isinstance(x, np.ndarray):
         x = np.asarray(x)
     if x.dtype not in _SUPPORTED:
@@ -82,14 +86,19 @@ def _as_operand(x, name):
     return x
 
 
-def _overlaps(a, b):
+def _overlaps(a: npt.NDArray[Any], b: npt.NDArray[Any]) -> bool:
     try:
-        return np.shares_memory(a, b, max_work=10_000)
+        # numpy's stubs allow max_work in {-1, 0} only; numpy takes any bound
+        return np.shares_memory(a, b, max_work=10_000)  # type: ignore[arg-type]
     except np.exceptions.TooHardError if hasattr(np, "exceptions") else Exception:
         return True
 
 
-def _validate(a, b, trans_a, trans_b, out, bias, activation):
+def _validate(a: npt.ArrayLike, b: npt.ArrayLike, trans_a: bool, trans_b: bool,
+              out: Optional[npt.NDArray[np.floating]], bias: Optional[npt.ArrayLike],
+              activation: Optional[str]
+              ) -> Tuple[npt.NDArray[np.floating], npt.NDArray[np.floating],
+                         npt.NDArray[np.floating], Optional[npt.NDArray[np.floating]]]:
     a = _as_operand(a, "a")
     b = _as_operand(b, "b")
     if a.dtype != b.dtype:
@@ -136,12 +145,12 @@ def _validate(a, b, trans_a, trans_b, out, bias, activation):
 _FORCE_ENV = "FASTNN_MATMUL_VARIANT"
 _CANDIDATES = ("c", "blas")
 _tune_lock = threading.Lock()
-_tuned = {}               # key -> variant name
+_tuned: Dict[Tuple[Any, ...], str] = {}   # key -> variant name
 _SMALL_FLOPS = 2 * 64 * 64 * 64   # below this, timing costs more than it could save
 _SWITCH_MARGIN = 1.10             # another candidate must be >10% faster than the first
 
 
-def _layout(x):
+def _layout(x: npt.NDArray[Any]) -> str:
     if x.flags.c_contiguous:
         return "C"
     if x.flags.f_contiguous:
@@ -149,7 +158,8 @@ def _layout(x):
     return "S"
 
 
-def _choose(a, b, out, bias, relu, nthreads):
+def _choose(a: npt.NDArray[np.floating], b: npt.NDArray[np.floating], out: npt.NDArray[np.floating],
+            bias: Optional[npt.NDArray[np.floating]], relu: bool, nthreads: int) -> str:
     forced = os.environ.get(_FORCE_ENV)
     if forced:
         return forced
@@ -185,22 +195,24 @@ def _choose(a, b, out, bias, relu, nthreads):
                     t *= _SWITCH_MARGIN
                 if best is None or t < best[0]:
                     best = (t, cand)
-            name = best[1]
+            name = best[1]  # type: ignore[index]  # avail is not empty: best is set
             if len(_tuned) > 4096:
                 _tuned.clear()
             _tuned[key] = name
     return name
 
 
-def autotune_table():
+def autotune_table() -> Dict[Tuple[Any, ...], str]:
     """The autotuner's choices so far: {(dtype, M, K, N, layouts..., nthreads): variant}."""
     return dict(_tuned)
 
 
 # ----------------------------------------------------------------------------- public API
 
-def matmul(a, b, *, trans_a=False, trans_b=False, out=None, bias=None, activation=None,
-           variant=None):
+def matmul(a: npt.ArrayLike, b: npt.ArrayLike, *, trans_a: bool = False, trans_b: bool = False,
+           out: Optional[npt.NDArray[np.floating]] = None, bias: Optional[npt.ArrayLike] = None,
+           activation: Optional[str] = None,
+           variant: Optional[str] = None) -> npt.NDArray[np.floating]:
     """``act(op(a) @ op(b) + bias)`` on fastnn's kernels.
 
     op(x) is x or x.T (``trans_a``/``trans_b``); transposes are strided views,

@@ -2,12 +2,19 @@
 
 The bias and ReLU are separate passes here; that is part of what the fused
 native kernel saves."""
+from __future__ import annotations
+
+from typing import Optional
+
 import numpy as np
+import numpy.typing as npt
 
 from ... import _threads
 
 
-def matmul(a, b, out, bias, relu, nthreads=1):
+def matmul(a: npt.NDArray[np.floating], b: npt.NDArray[np.floating], out: npt.NDArray[np.floating],
+           bias: Optional[npt.NDArray[np.floating]], relu: bool,
+           nthreads: int = 1) -> npt.NDArray[np.floating]:
     _threads.sync_blas()
     np.matmul(a, b, out=out)
     if bias is not None:
@@ -17,7 +24,7 @@ def matmul(a, b, out, bias, relu, nthreads=1):
     return out
 
 
-def simd():
+def simd() -> str:
     try:
         from threadpoolctl import threadpool_info
         for p in threadpool_info():

@@ -24,8 +24,13 @@ NaN/inf handling.
 >>> float(matmul(a, b, np.empty((2, 4), np.float32), None, False)[0, 0])
 3.0
 """
+from __future__ import annotations
+
+from typing import Optional
+
 import numba
 import numpy as np
+import numpy.typing as npt
 from numba import njit, prange
 
 from ... import _threads
@@ -126,7 +131,9 @@ def _matmul_serial(a, b, out, bias, has_bias, relu):
     return out
 
 
-def matmul(a, b, out, bias, relu, nthreads=1):
+def matmul(a: npt.NDArray[np.floating], b: npt.NDArray[np.floating], out: npt.NDArray[np.floating],
+           bias: Optional[npt.NDArray[np.floating]], relu: bool,
+           nthreads: int = 1) -> npt.NDArray[np.floating]:
     """``out = act(a @ b + bias)`` with Numba (see the module docstring)."""
     _threads.sync_numba()
     # the caller's count wins (tests pass 1 and 2 explicitly); sync_numba

@@ -12,9 +12,13 @@ formulas in ``fastnn/kernels/optim/reference.py``):
     cython     OpenMP prange over the flat buffer      kernels/optim/optim_cy.pyx
     c          OpenMP over chunks, AVX2/FMA             kernels/optim/optim.c, optim_c.pyx
 """
+from __future__ import annotations
+
 import numbers
+from typing import List, Optional, Tuple
 
 import numpy as np
+import numpy.typing as npt
 
 from ... import _threads
 from ...errors import DTypeError, ShapeError
@@ -31,7 +35,7 @@ register_module_variants("optim", __name__, "optim",
                          c="C, OpenMP over chunks, AVX2/FMA")
 
 
-def _buffers(fn, named):
+def _buffers(fn: str, named: List[Tuple[str, npt.NDArray[np.floating]]]) -> None:
     """Check the flat state buffers: ndarray, float, 1-D, equal shapes and dtypes,
     writable and contiguous (except grads, only read), pairwise non-overlapping."""
     first_name, first = None, None
@@ -63,8 +67,10 @@ def _buffers(fn, named):
                                  "separate")
 
 
-def sgd_update(params, grads, *, lr, momentum=0.0, velocity=None, nesterov=False,
-               weight_decay=0.0, variant=None):
+def sgd_update(params: npt.NDArray[np.floating], grads: npt.NDArray[np.floating], *, lr: float,
+               momentum: float = 0.0, velocity: Optional[npt.NDArray[np.floating]] = None,
+               nesterov: bool = False, weight_decay: float = 0.0,
+               variant: Optional[str] = None) -> None:
     """One SGD step, in place, with PyTorch's semantics (torch.optim.SGD, dampening 0):
 
         g = grads + weight_decay * params
@@ -103,8 +109,11 @@ def sgd_update(params, grads, *, lr, momentum=0.0, velocity=None, nesterov=False
                     _threads.get_num_threads())
 
 
-def adam_update(params, grads, m, v, *, step, lr, beta1=0.9, beta2=0.999, eps=1e-8,
-                weight_decay=0.0, decoupled=False, variant=None):
+def adam_update(params: npt.NDArray[np.floating], grads: npt.NDArray[np.floating],
+                m: npt.NDArray[np.floating], v: npt.NDArray[np.floating], *, step: int, lr: float,
+                beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8,
+                weight_decay: float = 0.0, decoupled: bool = False,
+                variant: Optional[str] = None) -> None:
     """One Adam (or AdamW) step, in place, fused into one parallel loop (PyTorch's formulas):
 
         AdamW (decoupled=True):  params -= lr * weight_decay * params

@@ -4,9 +4,13 @@ One parallel loop over the flat buffer per update; the scalar coefficients
 are float64, so float32 buffers are updated with float64 arithmetic and
 rounded once on store.  No fastmath.
 """
+from __future__ import annotations
+
 import math
+from typing import Optional
 
 import numpy as np
+import numpy.typing as npt
 from numba import njit, prange
 
 from ... import _threads
@@ -35,14 +39,19 @@ def _adam(p, g, m, v, decay, wd_g, step_size, inv_bc2_sqrt, b1, b2, eps):
         p[i] = pi - step_size * mi / (np.sqrt(vi) * inv_bc2_sqrt + eps)
 
 
-def sgd_update(p, g, lr, momentum, velocity, nesterov, weight_decay, nthreads=1):
+def sgd_update(p: npt.NDArray[np.floating], g: npt.NDArray[np.floating], lr: float,
+               momentum: float, velocity: Optional[npt.NDArray[np.floating]], nesterov: bool,
+               weight_decay: float, nthreads: int = 1) -> None:
     _threads.sync_numba()
     has_vel = velocity is not None
     vel = velocity if has_vel else np.zeros(1, p.dtype)
     _sgd(p, g, vel, has_vel, float(lr), float(momentum), bool(nesterov), float(weight_decay))
 
 
-def adam_update(p, g, m, v, step, lr, beta1, beta2, eps, weight_decay, decoupled, nthreads=1):
+def adam_update(p: npt.NDArray[np.floating], g: npt.NDArray[np.floating],
+                m: npt.NDArray[np.floating], v: npt.NDArray[np.floating], step: int, lr: float,
+                beta1: float, beta2: float, eps: float, weight_decay: float, decoupled: bool,
+                nthreads: int = 1) -> None:
     _threads.sync_numba()
     decay = 1.0 - lr * weight_decay if decoupled else 1.0
     wd_g = 0.0 if decoupled else float(weight_decay)

@@ -18,22 +18,31 @@ Variant interface (all arrays flat 1-D, C-contiguous, one dtype, updated in plac
         velocity is None when momentum == 0
     adam_update(p, g, m, v, step, lr, beta1, beta2, eps, weight_decay, decoupled, nthreads)
 """
+from __future__ import annotations
+
 import math
+from typing import Optional
 
 import numpy as np
+import numpy.typing as npt
 
 
-def sgd_update(p, g, lr, momentum, velocity, nesterov, weight_decay, nthreads=1):
+def sgd_update(p: npt.NDArray[np.floating], g: npt.NDArray[np.floating], lr: float,
+               momentum: float, velocity: Optional[npt.NDArray[np.floating]], nesterov: bool,
+               weight_decay: float, nthreads: int = 1) -> None:
     p64 = p.astype(np.float64)
     d = g.astype(np.float64) + weight_decay * p64
-    if momentum:
-        v = momentum * velocity.astype(np.float64) + d
-        velocity[...] = v
+    if momentum:    # the interface passes a velocity buffer whenever momentum != 0
+        v = momentum * velocity.astype(np.float64) + d  # type: ignore[union-attr]
+        velocity[...] = v  # type: ignore[index]
         d = d + momentum * v if nesterov else v
     p[...] = p64 - lr * d
 
 
-def adam_update(p, g, m, v, step, lr, beta1, beta2, eps, weight_decay, decoupled, nthreads=1):
+def adam_update(p: npt.NDArray[np.floating], g: npt.NDArray[np.floating],
+                m: npt.NDArray[np.floating], v: npt.NDArray[np.floating], step: int, lr: float,
+                beta1: float, beta2: float, eps: float, weight_decay: float, decoupled: bool,
+                nthreads: int = 1) -> None:
     p64 = p.astype(np.float64)
     g64 = g.astype(np.float64)
     if decoupled:

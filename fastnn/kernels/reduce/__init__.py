@@ -8,6 +8,13 @@ object with ``column_sums`` (interface in ``fastnn/kernels/reduce/reference.py``
     cython     fixed row blocks in prange, same order   kernels/reduce/reduce_cy.pyx
     c          fixed row blocks x column tiles, OpenMP       kernels/reduce/reduce.c, reduce_c.pyx
 """
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+import numpy.typing as npt
+
 from ... import _threads
 from .._registry import register_module_variants
 from ..elementwise._checks import check_variant, float_input, no_overlap, output, pick
@@ -21,7 +28,9 @@ register_module_variants("reduce", __name__, "reduce",
                          c="C, fixed row blocks x column tiles, OpenMP, partials added in order")
 
 
-def column_sums(x, out=None, *, accumulate=False, variant=None):
+def column_sums(x: npt.ArrayLike, out: Optional[npt.NDArray[np.floating]] = None, *,
+                accumulate: bool = False,
+                variant: Optional[str] = None) -> npt.NDArray[np.floating]:
     """Sums over rows: ``out[j] = sum_i x[i, j]`` (``+=`` with ``accumulate=True``).
 
     The bias gradient of a dense layer (db = column sums of dY).  Deterministic:

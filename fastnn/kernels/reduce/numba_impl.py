@@ -4,7 +4,10 @@ Same summation order as the C kernel: fixed blocks of ROW_BLOCK rows summed
 in parallel into partial rows, then the partials added in block order, so
 the result does not depend on the thread count.
 """
+from __future__ import annotations
+
 import numpy as np
+import numpy.typing as npt
 from numba import njit, prange
 
 from ... import _threads
@@ -27,7 +30,8 @@ def _column_sums(x, out, acc, rb):
             tot[j] += part[b, j]
         out[j] = out[j] + tot[j] if acc else tot[j]
 
-def column_sums(x, out, accumulate, nthreads=1):
+def column_sums(x: npt.NDArray[np.floating], out: npt.NDArray[np.floating], accumulate: bool,
+                nthreads: int = 1) -> npt.NDArray[np.floating]:
     _threads.sync_numba()
     _column_sums(x, out, bool(accumulate), ROW_BLOCK)
     return out

@@ -10,7 +10,12 @@ object with ``softmax_xent``, ``softmax`` and ``log_softmax`` (interface in
     cython     OpenMP prange over rows, plain C math    kernels/xent/xent_cy.pyx
     c          OpenMP over rows, AVX2/FMA exp           kernels/xent/xent.c, kernels/xent/xent_c.pyx
 """
+from __future__ import annotations
+
+from typing import Any, Optional
+
 import numpy as np
+import numpy.typing as npt
 
 from ... import _threads
 from ...errors import DTypeError, ShapeError
@@ -27,7 +32,8 @@ register_module_variants("xent", __name__, "xent",
                          c="C, OpenMP over rows, AVX2/FMA exp, fused loss+grad")
 
 
-def _labels(labels, B, C, dtype, fn):
+def _labels(labels: npt.ArrayLike, B: int, C: int, dtype: np.dtype[Any],
+            fn: str) -> npt.NDArray[Any]:
     """Class indices as contiguous int64 (range-checked) or probability rows."""
     if not isinstance(labels, np.ndarray):
         labels = np.asarray(labels)
@@ -57,8 +63,11 @@ def _labels(labels, B, C, dtype, fn):
                      f"got shape {labels.shape}")
 
 
-def softmax_xent(logits, labels, *, losses=None, dlogits=None, grad_scale=1.0,
-                 label_smoothing=0.0, variant=None):
+def softmax_xent(logits: npt.ArrayLike, labels: npt.ArrayLike, *,
+                 losses: Optional[npt.NDArray[np.floating]] = None,
+                 dlogits: Optional[npt.NDArray[np.floating]] = None, grad_scale: float = 1.0,
+                 label_smoothing: float = 0.0,
+                 variant: Optional[str] = None) -> npt.NDArray[np.floating]:
     """Per-example softmax cross-entropy and, fused in the same pass, its gradient.
 
         t'       = (1 - label_smoothing) * t + label_smoothing / C
@@ -104,7 +113,8 @@ def softmax_xent(logits, labels, *, losses=None, dlogits=None, grad_scale=1.0,
     return losses
 
 
-def _rowwise(x, out, variant, fn):
+def _rowwise(x: npt.ArrayLike, out: Optional[npt.NDArray[np.floating]], variant: Optional[str],
+             fn: str) -> npt.NDArray[np.floating]:
     check_variant(fn, variant)
     x = float_input(x, fn, "x", ndim=2)
     out = output(out, fn, "out", x.shape, x.dtype)
@@ -116,7 +126,8 @@ def _rowwise(x, out, variant, fn):
     return out
 
 
-def softmax(x, out=None, *, variant=None):
+def softmax(x: npt.ArrayLike, out: Optional[npt.NDArray[np.floating]] = None, *,
+            variant: Optional[str] = None) -> npt.NDArray[np.floating]:
     """Row-wise softmax: ``out[b, c] = exp(x[b, c] - max_k x[b, k]) / sum_k exp(x[b, k] - max)``.
 
     Shapes: x (B, C) float32/float64, out the same (may be x itself).
@@ -129,7 +140,8 @@ def softmax(x, out=None, *, variant=None):
     return _rowwise(x, out, variant, "softmax")
 
 
-def log_softmax(x, out=None, *, variant=None):
+def log_softmax(x: npt.ArrayLike, out: Optional[npt.NDArray[np.floating]] = None, *,
+                variant: Optional[str] = None) -> npt.NDArray[np.floating]:
     """Row-wise log-softmax: ``out[b, c] = x[b, c] - max_k x[b, k] - log sum_k exp(x[b, k] - max)``.
 
     Shapes: x (B, C) float32/float64, out the same (may be x itself).

@@ -5,7 +5,12 @@ One parallel loop over rows; per row the same three sweeps as the C kernel
 would break the NaN propagation the spec asks for.  Imported lazily (only
 when this variant is asked for), compiled on first use, cached on disk.
 """
+from __future__ import annotations
+
+from typing import Any, Optional
+
 import numpy as np
+import numpy.typing as npt
 from numba import njit, prange
 
 from ... import _threads
@@ -75,7 +80,10 @@ def _rows(x, out, lg):
                 out[b, c] = out[b, c] * inv
 
 
-def softmax_xent(logits, labels, losses, dlogits, grad_scale, label_smoothing, nthreads=1):
+def softmax_xent(logits: npt.NDArray[np.floating], labels: npt.NDArray[Any],
+                 losses: npt.NDArray[np.floating], dlogits: Optional[npt.NDArray[np.floating]],
+                 grad_scale: float, label_smoothing: float,
+                 nthreads: int = 1) -> npt.NDArray[np.floating]:
     _threads.sync_numba()
     B, C = logits.shape
     use_idx = labels.ndim == 1
@@ -87,13 +95,15 @@ def softmax_xent(logits, labels, losses, dlogits, grad_scale, label_smoothing, n
     return losses
 
 
-def softmax(x, out, nthreads=1):
+def softmax(x: npt.NDArray[np.floating], out: npt.NDArray[np.floating],
+            nthreads: int = 1) -> npt.NDArray[np.floating]:
     _threads.sync_numba()
     _rows(x, out, False)
     return out
 
 
-def log_softmax(x, out, nthreads=1):
+def log_softmax(x: npt.NDArray[np.floating], out: npt.NDArray[np.floating],
+                nthreads: int = 1) -> npt.NDArray[np.floating]:
     _threads.sync_numba()
     _rows(x, out, True)
     return out

@@ -20,10 +20,15 @@ Variant interface (every variant module of the family provides these three):
     softmax(x, out, nthreads)       x, out (B, C) C-contiguous; out may be x
     log_softmax(x, out, nthreads)   idem
 """
+from __future__ import annotations
+
+from typing import Any, Optional, Tuple
+
 import numpy as np
+import numpy.typing as npt
 
 
-def _log_softmax64(x):
+def _log_softmax64(x: npt.ArrayLike) -> Tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
     x = np.asarray(x, dtype=np.float64)
     if x.size == 0:
         return x.copy(), np.zeros_like(x)
@@ -33,7 +38,8 @@ def _log_softmax64(x):
     return z - np.log(s), e / s
 
 
-def targets64(labels, B, C, label_smoothing):
+def targets64(labels: npt.NDArray[Any], B: int, C: int,
+              label_smoothing: float) -> npt.NDArray[np.float64]:
     """The (smoothed) target rows t' in float64."""
     if labels.ndim == 1:
         t = np.zeros((B, C))
@@ -45,8 +51,10 @@ def targets64(labels, B, C, label_smoothing):
     return t
 
 
-def softmax_xent(logits, labels, losses, dlogits, grad_scale=1.0, label_smoothing=0.0,
-                 nthreads=1):
+def softmax_xent(logits: npt.NDArray[np.floating], labels: npt.NDArray[Any],
+                 losses: npt.NDArray[np.floating], dlogits: Optional[npt.NDArray[np.floating]],
+                 grad_scale: float = 1.0, label_smoothing: float = 0.0,
+                 nthreads: int = 1) -> npt.NDArray[np.floating]:
     B, C = logits.shape
     logp, p = _log_softmax64(logits)
     t = targets64(labels, B, C, label_smoothing)
@@ -56,11 +64,13 @@ def softmax_xent(logits, labels, losses, dlogits, grad_scale=1.0, label_smoothin
     return losses
 
 
-def softmax(x, out, nthreads=1):
+def softmax(x: npt.NDArray[np.floating], out: npt.NDArray[np.floating],
+            nthreads: int = 1) -> npt.NDArray[np.floating]:
     out[...] = _log_softmax64(x)[1]
     return out
 
 
-def log_softmax(x, out, nthreads=1):
+def log_softmax(x: npt.NDArray[np.floating], out: npt.NDArray[np.floating],
+                nthreads: int = 1) -> npt.NDArray[np.floating]:
     out[...] = _log_softmax64(x)[0]
     return out
