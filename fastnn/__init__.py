@@ -22,7 +22,10 @@ Where the code for a public name lives:
 Submodules load on first use, so ``import fastnn`` stays cheap (Numba is
 imported only when a Numba kernel first runs).
 """
+from __future__ import annotations
+
 import importlib
+from typing import Any, List
 
 from ._threads import get_num_threads, set_num_threads, threads  # noqa: F401
 from .errors import (DataFormatError, DatasetNotFoundError, DivergenceError,  # noqa: F401
@@ -48,7 +51,7 @@ _LAZY_MODULES = ("kernels", "ops", "layers", "losses", "optim", "models", "seque
                  "parameter", "fusion", "model", "datasets", "callbacks", "serialize", "tensorboard", "plot", "training", "cli")
 
 
-def __getattr__(name):
+def __getattr__(name: str) -> Any:
     if name in _LAZY_ATTRS:
         return getattr(importlib.import_module(_LAZY_ATTRS[name]), name)
     if name in _LAZY_MODULES:
@@ -56,5 +59,5 @@ def __getattr__(name):
     raise AttributeError(f"module 'fastnn' has no attribute {name!r}")
 
 
-def __dir__():
+def __dir__() -> List[str]:
     return sorted(set(globals()) | set(_LAZY_ATTRS) | set(_LAZY_MODULES))

@@ -1,11 +1,14 @@
 """Crash-safe file writes shared by checkpoints and the dataset cache."""
+from __future__ import annotations
+
 import os
 import tempfile
+from typing import IO, Callable, Union
 
 __all__ = ["atomic_write", "fsync_dir"]
 
 
-def fsync_dir(d):
+def fsync_dir(d: Union[str, os.PathLike[str]]) -> None:
     """Make a rename inside directory ``d`` durable (best effort: not every FS allows it)."""
     try:
         fd = os.open(d, os.O_RDONLY)
@@ -19,7 +22,8 @@ def fsync_dir(d):
         os.close(fd)
 
 
-def atomic_write(path, write, *, make_dirs=False):
+def atomic_write(path: Union[str, os.PathLike[str]], write: Callable[[IO[bytes]], object], *,
+                 make_dirs: bool = False) -> None:
     """Write ``path`` so that it always holds either its old content or the complete new one.
 
     ``write(fh)`` fills a binary file object: a temporary file in the same directory,

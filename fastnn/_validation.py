@@ -20,6 +20,7 @@ import numbers
 from typing import Any, Optional
 
 import numpy as np
+import numpy.typing as npt
 
 from .errors import DTypeError
 
@@ -70,12 +71,13 @@ def integer(value: Any, name: str, who: Optional[str] = None, *, lo: Optional[in
                         f"{type(value).__name__} {value!r:.40}")
     if lo is not None and value < lo:
         raise ValueError(f"{_prefix(who)}{name} must be >= {lo}, got {value}")
-    if hi is not None and value > hi:
+    # typeshed's numbers.Integral declares __lt__ but not __gt__
+    if hi is not None and value > hi:  # type: ignore[operator]
         raise ValueError(f"{_prefix(who)}{name} must be <= {hi}, got {value}")
     return int(value)
 
 
-def float_dtype(dtype: Any, who: str) -> np.dtype:
+def float_dtype(dtype: npt.DTypeLike, who: str) -> np.dtype[Any]:
     """float32 or float64 as a ``np.dtype``, else ``DTypeError``."""
     try:
         dt = np.dtype(dtype)
@@ -91,7 +93,7 @@ def float_dtype(dtype: Any, who: str) -> np.dtype:
 _FINITE_BLOCK_BYTES = 1 << 22
 
 
-def first_nonfinite_row(x: np.ndarray) -> Optional[int]:
+def first_nonfinite_row(x: npt.NDArray[Any]) -> Optional[int]:
     """Index of the first row of ``x`` (N, ...) holding NaN or +-inf, or None.
 
     Integer arrays (uint8 images) cannot hold either: no pass at all.  For
@@ -115,7 +117,7 @@ def first_nonfinite_row(x: np.ndarray) -> Optional[int]:
     return None
 
 
-def check_finite_rows(x: np.ndarray, name: str = "x") -> None:
+def check_finite_rows(x: npt.NDArray[Any], name: str = "x") -> None:
     """``ValueError`` naming ``name`` and the first row with NaN or inf (see
     :func:`first_nonfinite_row`)."""
     bad = first_nonfinite_row(x)

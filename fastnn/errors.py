@@ -4,6 +4,7 @@ Every error names the argument at fault and what was expected.  The classes
 subclass the built-in exception a user would catch anyway (``ValueError``,
 ``TypeError``, ``RuntimeError``), so ``except ValueError`` keeps working.
 """
+from __future__ import annotations
 
 
 class FastnnError(Exception):
@@ -28,6 +29,10 @@ class DatasetNotFoundError(FastnnError, FileNotFoundError):
 
 class DivergenceError(FastnnError, FloatingPointError):
     """Training produced NaN or inf (in the loss or the weights)."""
+
+    # set by ``fit`` on the error it raises: the 0-based epoch and step in that epoch
+    epoch: int
+    step: int
 
 
 class NotBuiltError(FastnnError, ImportError):

@@ -16,24 +16,29 @@ Biases are zero except under ``"torch"``, which draws them like the weights.
 >>> float(abs(w).max()) <= (6 / 794) ** 0.5
 True
 """
+from __future__ import annotations
+
 import math
 import numbers
+from typing import Optional, Union
 
 import numpy as np
+import numpy.typing as npt
 
 __all__ = ["INITIALIZERS", "init_dense"]
 
 INITIALIZERS = ("he", "glorot", "torch", "zeros")
 
 
-def check_init(init):
+def check_init(init: str) -> str:
     """Return ``init`` if it names a known initialiser, else raise ValueError."""
     if init not in INITIALIZERS:
         raise ValueError(f"init must be one of {INITIALIZERS}, got {init!r}")
     return init
 
 
-def init_dense(init, weight, bias, rng):
+def init_dense(init: str, weight: npt.NDArray[np.floating],
+               bias: Optional[npt.NDArray[np.floating]], rng: np.random.Generator) -> None:
     """Fill ``weight`` (fan_in, fan_out) and ``bias`` (fan_out,) or None in place.
 
     Draws in float64 then casts, so a seed gives the same values (to rounding)
@@ -65,7 +70,7 @@ def init_dense(init, weight, bias, rng):
     return None
 
 
-def as_rng(seed):
+def as_rng(seed: Union[None, int, np.integer, np.random.Generator]) -> np.random.Generator:
     """A numpy Generator from None, an int seed, or a Generator."""
     if isinstance(seed, np.random.Generator):
         return seed

@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any, Optional, Tuple
 
 import numpy as np
+import numpy.typing as npt
 
 from .errors import ShapeError
 
@@ -35,7 +36,8 @@ class Parameter:
 
     __slots__ = ("name", "_data", "_grad", "_owner", "offset", "local_name")
 
-    def __init__(self, name: str, data: Any, grad: Optional[np.ndarray] = None) -> None:
+    def __init__(self, name: str, data: npt.ArrayLike,
+                 grad: Optional[npt.NDArray[Any]] = None) -> None:
         data = np.asarray(data)
         self.name = name
         self.local_name = name
@@ -45,19 +47,19 @@ class Parameter:
         self.offset: Optional[int] = None
 
     @property
-    def data(self) -> np.ndarray:
+    def data(self) -> npt.NDArray[Any]:
         return self._data
 
     @data.setter
-    def data(self, value: Any) -> None:
+    def data(self, value: npt.ArrayLike) -> None:
         self._assign("data", self._data, value)
 
     @property
-    def grad(self) -> np.ndarray:
+    def grad(self) -> npt.NDArray[Any]:
         return self._grad
 
     @grad.setter
-    def grad(self, value: Any) -> None:
+    def grad(self, value: npt.ArrayLike) -> None:
         self._assign("grad", self._grad, value)
 
     @property
@@ -65,7 +67,7 @@ class Parameter:
         """The model whose flat buffers hold this parameter (None for a bare layer's)."""
         return self._owner
 
-    def _assign(self, what: str, target: np.ndarray, value: Any) -> None:
+    def _assign(self, what: str, target: npt.NDArray[Any], value: npt.ArrayLike) -> None:
         value = np.asarray(value)
         if value.shape != target.shape:
             raise ShapeError(f"Parameter {self.name!r}: {what} must have shape {target.shape}, "
@@ -81,11 +83,11 @@ class Parameter:
         return int(self._data.size)
 
     @property
-    def dtype(self) -> np.dtype:
+    def dtype(self) -> np.dtype[Any]:
         return self._data.dtype
 
-    def bind(self, data_view: np.ndarray, grad_view: np.ndarray, owner: Any, offset: int,
-             name: str) -> None:
+    def bind(self, data_view: npt.NDArray[Any], grad_view: npt.NDArray[Any], owner: Any,
+             offset: int, name: str) -> None:
         """Move the values into ``owner``'s flat buffers: ``data_view``/``grad_view`` are
         views of them starting at ``offset``.  Called by the model that gathers the
         parameters (``Sequential``), never by users."""

@@ -18,8 +18,18 @@ PyTorch, so changing a number here changes the comparison.
 >>> build_model(p, seed=0).count_params()
 101770
 """
+from __future__ import annotations
+
 import dataclasses
-from typing import Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Mapping, Optional, Tuple
+
+import numpy.typing as npt
+
+if TYPE_CHECKING:
+    from .losses import SoftmaxCrossEntropy
+    from .models import MLP
+    from .optim import OneCycle, Optimizer
+    from .sequential import Sequential
 
 __all__ = ["Preset", "PRESETS", "get_preset", "build_model", "build_optimizer",
            "build_schedule", "build_loss"]
@@ -45,21 +55,21 @@ class Preset:
     label_smoothing: float = 0.0
     # learning-rate schedule over the whole run: None (constant), or
     # ("onecycle", pct_start) -- fastnn.optim.OneCycle over the whole run
-    schedule: Optional[Tuple] = None
+    schedule: Optional[Tuple[Any, ...]] = None
     target_accuracy: Optional[float] = None   # stop when test accuracy reaches it
     description: str = ""
 
-    def replace(self, **changes):
+    def replace(self, **changes: Any) -> Preset:
         return dataclasses.replace(self, **changes)
 
-    def to_dict(self):
+    def to_dict(self) -> Dict[str, Any]:
         d = dataclasses.asdict(self)
         d["sizes"] = list(self.sizes)
         d["schedule"] = list(self.schedule) if self.schedule else None
         return d
 
     @classmethod
-    def from_dict(cls, d):
+    def from_dict(cls, d: Mapping[str, Any]) -> Preset:
         d = dict(d)
         d["sizes"] = tuple(int(s) for s in d["sizes"])
         d["schedule"] = tuple(d["schedule"]) if d.get("schedule") else None
@@ -83,7 +93,7 @@ PRESETS = {p.name: p for p in (
 )}
 
 
-def get_preset(name):
+def get_preset(name: str) -> Preset:
     """The preset called ``name``; ValueError listing the choices otherwise."""
     try:
         return PRESETS[name]
@@ -91,14 +101,15 @@ def get_preset(name):
         raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}") from None
 
 
-def build_model(preset, seed=None, dtype="float32"):
+def build_model(preset: Preset, seed: Optional[int] = None,
+                dtype: npt.DTypeLike = "float32") -> MLP:
     """``fastnn.models.MLP(preset.sizes)``: Dense layers, ReLU between, logits last."""
     from .models import MLP
     return MLP(list(preset.sizes), activation=preset.activation, init=preset.init, dtype=dtype,
                seed=seed)
 
 
-def build_optimizer(preset, model):
+def build_optimizer(preset: Preset, model: Sequential) -> Optimizer:
     from . import optim
     params = model.parameters()
     if preset.optimizer == "sgd":
@@ -111,12 +122,13 @@ def build_optimizer(preset, model):
     raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {preset.optimizer!r}")
 
 
-def build_loss(preset):
+def build_loss(preset: Preset) -> SoftmaxCrossEntropy:
     from .losses import SoftmaxCrossEntropy
     return SoftmaxCrossEntropy(label_smoothing=preset.label_smoothing)
 
 
-def build_schedule(preset, optimizer, steps_per_epoch):
+def build_schedule(preset: Preset, optimizer: Optimizer,
+                   steps_per_epoch: int) -> Optional[OneCycle]:
     """The learning-rate schedule of ``preset`` over its whole run (None: constant lr).
 
     ``("onecycle", pct_start)``: ``fastnn.optim.OneCycle`` (PyTorch's
