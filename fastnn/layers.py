@@ -26,10 +26,15 @@ returns fresh arrays.
 >>> layer.forward(np.ones((4, 3), np.float32)).shape
 (4, 2)
 """
+from __future__ import annotations
+
 import math
 import warnings
+from typing import (TYPE_CHECKING, Any, Callable, ClassVar, Dict, List, Optional, Sequence, Tuple,
+                    Type, Union)
 
 import numpy as np
+import numpy.typing as npt
 
 from . import initializers, kernels
 from ._validation import FLOATS as _FLOATS
@@ -38,11 +43,15 @@ from .errors import DTypeError, ShapeError
 from .fusion import LayerSpec, NotFusable, require_own_methods
 from .parameter import Parameter
 
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
 __all__ = ["Layer", "Dense", "ReLU", "Sigmoid", "Tanh", "Softmax", "Dropout", "Flatten",
            "layer_from_config", "LAYER_CLASSES"]
 
 
-def _check_batch(x, who, dtype=None, features=None, name="x"):
+def _check_batch(x: npt.NDArray[Any], who: str, dtype: Optional[np.dtype[Any]] = None,
+                 features: Optional[int] = None, name: str = "x") -> npt.NDArray[Any]:
     """Validate a 2-D float batch; return it (never copies)."""
     if not isinstance(x, np.ndarray):
         raise TypeError(f"{who}: {name} must be a numpy array, got {type(x).__name__}")
@@ -61,7 +70,8 @@ def _check_batch(x, who, dtype=None, features=None, name="x"):
     return x
 
 
-def _out_buffer(out, shape, dtype):
+def _out_buffer(out: Optional[npt.NDArray[Any]], shape: Tuple[int, ...],
+                dtype: npt.DTypeLike) -> npt.NDArray[Any]:
     """``out`` if it fits (reused workspace), else a fresh array."""
     if out is not None and out.shape == shape and out.dtype == dtype:
         return out
@@ -87,66 +97,74 @@ class Layer:
       backward fused into this one's).
     * ``fusion_spec()``: a ``fastnn.fusion.LayerSpec``, or ``NotFusable``."""
 
-    dtype = None
-    ACCEPTS_DX_MASK = False
+    dtype: Optional[np.dtype[Any]] = None
+    ACCEPTS_DX_MASK: ClassVar[bool] = False
 
-    def __init__(self):
+    if TYPE_CHECKING:   # the contract every subclass implements
+        def forward(self, x: npt.NDArray[np.floating],
+                    out: Optional[npt.NDArray[np.floating]] = None) -> npt.NDArray[np.floating]: ...
+
+        def backward(self, dout: npt.NDArray[np.floating],
+                     dx: Optional[npt.NDArray[np.floating]] = None
+                     ) -> Optional[npt.NDArray[np.floating]]: ...
+
+    def __init__(self) -> None:
         self.training = True
-        self._params = []
+        self._params: List[Parameter] = []
 
     # -- parameters ---------------------------------------------------------------
-    def parameters(self):
+    def parameters(self) -> List[Parameter]:
         """The layer's parameters, in a fixed order (weight before bias)."""
         return list(self._params)
 
     @property
-    def params(self):
+    def params(self) -> List[Parameter]:
         """Deprecated alias of ``parameters()`` (a method on layers and models alike)."""
         warnings.warn("Layer.params is deprecated; call layer.parameters()",
                       DeprecationWarning, stacklevel=2)
         return self.parameters()
 
     # -- contract with Sequential and the fused trainer -----------------------------
-    def relu_output(self):
+    def relu_output(self) -> Optional[npt.NDArray[np.floating]]:
         """The last forward's output when it ended in a ReLU, else None."""
         return None
 
-    def fusion_spec(self):
+    def fusion_spec(self) -> LayerSpec:
         """What this layer is for the fused native trainer (``fastnn.fusion``)."""
         raise NotFusable(f"the fused trainer has no {type(self).__name__} kernel")
 
-    def _add_param(self, name, shape, dtype):
+    def _add_param(self, name: str, shape: Tuple[int, ...], dtype: np.dtype[Any]) -> Parameter:
         p = Parameter(name, np.zeros(shape, dtype), np.zeros(shape, dtype))
         self._params.append(p)
         return p
 
-    def reset_parameters(self, rng=None):
+    def reset_parameters(self, rng: Union[None, int, np.random.Generator] = None) -> None:
         """Re-draw the parameters from their initialiser (``rng``: seed or Generator)."""
 
     # -- mode --------------------------------------------------------------------
-    def train(self, mode=True):
+    def train(self, mode: bool = True) -> Self:
         self.training = bool(mode)
         return self
 
-    def eval(self):
+    def eval(self) -> Self:
         return self.train(False)
 
     # -- shapes, config ----------------------------------------------------------
-    def output_shape(self, input_shape):
+    def output_shape(self, input_shape: Sequence[int]) -> Tuple[int, ...]:
         """Shape of the output for an input of ``input_shape`` (batch dim included)."""
         return tuple(input_shape)
 
-    def get_config(self):
+    def get_config(self) -> Dict[str, Any]:
         return {"class": type(self).__name__}
 
-    def __call__(self, x):
+    def __call__(self, x: npt.NDArray[np.floating]) -> npt.NDArray[np.floating]:
         return self.forward(x)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items() if k != "class")
         return f"{type(self).__name__}({args})"
 
-    def _need_forward(self, cached, who):
+    def _need_forward(self, cached: object, who: str) -> None:
         if cached is None:
             raise RuntimeError(f"{who}.backward called before forward")
 
@@ -177,11 +195,13 @@ class Dense(Layer):
     array([[3.5]], dtype=float32)
     """
 
-    ACTIVATIONS = (None, "relu", "sigmoid", "tanh")
+    ACTIVATIONS: ClassVar[Tuple[Optional[str], ...]] = (None, "relu", "sigmoid", "tanh")
     ACCEPTS_DX_MASK = True
+    dtype: np.dtype[Any]        # a Dense layer always has one
 
-    def __init__(self, in_features, out_features, activation=None, use_bias=True, init="he",
-                 dtype=np.float32):
+    def __init__(self, in_features: int, out_features: int, activation: Optional[str] = None,
+                 use_bias: bool = True, init: str = "he",
+                 dtype: npt.DTypeLike = np.float32) -> None:
         super().__init__()
         for name, v in (("in_features", in_features), ("out_features", out_features)):
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
@@ -197,30 +217,32 @@ class Dense(Layer):
         self.dtype = float_dtype(dtype, "Dense")
         self.weight = self._add_param("weight", (self.in_features, self.out_features), self.dtype)
         self.bias = self._add_param("bias", (self.out_features,), self.dtype) if use_bias else None
-        self._x = None          # cached input
-        self._y = None          # cached output (needed by the activation's backward)
-        self._dz = None         # workspace: dy * act'(z)
-        self._gw = None         # workspace: x^T dz when the engine cannot accumulate
+        self._x: Any = None     # cached input
+        self._y: Any = None     # cached output (needed by the activation's backward)
+        # workspaces: dy * act'(z), and x^T dz when the engine cannot accumulate
+        self._dz: Optional[npt.NDArray[np.floating]] = None
+        self._gw: Optional[npt.NDArray[np.floating]] = None
         self.reset_parameters()
 
-    def reset_parameters(self, rng=None):
+    def reset_parameters(self, rng: Union[None, int, np.random.Generator] = None) -> None:
         initializers.init_dense(self.init, self.weight.data,
                                 self.bias.data if self.bias is not None else None,
                                 initializers.as_rng(rng))
 
-    def output_shape(self, input_shape):
+    def output_shape(self, input_shape: Sequence[int]) -> Tuple[int, ...]:
         return (input_shape[0], self.out_features)
 
-    def relu_output(self):
+    def relu_output(self) -> Optional[npt.NDArray[np.floating]]:
         return self._y if self.activation == "relu" else None
 
-    def fusion_spec(self):
+    def fusion_spec(self) -> LayerSpec:
         require_own_methods(self, Dense, ("forward", "backward"))
         return LayerSpec("dense", activation=self.activation, in_features=self.in_features,
                          out_features=self.out_features, dtype=self.dtype,
                          weight=self.weight, bias=self.bias)
 
-    def forward(self, x, out=None):
+    def forward(self, x: npt.NDArray[np.floating],
+                out: Optional[npt.NDArray[np.floating]] = None) -> npt.NDArray[np.floating]:
         """y = act(x @ W + b); x (N, in_features) of the layer's dtype."""
         _check_batch(x, "Dense", self.dtype, self.in_features)
         k = kernels
@@ -240,7 +262,11 @@ class Dense(Layer):
         self._y = y
         return y
 
-    def backward(self, dout, dx=None, *, input_grad=True, premasked=False, dx_mask=None):
+    def backward(self, dout: npt.NDArray[np.floating],
+                 dx: Optional[npt.NDArray[np.floating]] = None, *,
+                 input_grad: bool = True, premasked: bool = False,
+                 dx_mask: Optional[npt.NDArray[np.floating]] = None
+                 ) -> Optional[npt.NDArray[np.floating]]:
         """Accumulate dW, db; return dx = dz W^T (None when ``input_grad`` is False).
 
         ``premasked=True`` says ``dout`` is already dL/dz (the caller fused the
@@ -279,16 +305,16 @@ class Dense(Layer):
             return k.activation_backward("relu", dx_mask, dx, dx=dx)
         return k.matmul(dz, self.weight.data, trans_b=True, out=dx)
 
-    def get_config(self):
+    def get_config(self) -> Dict[str, Any]:
         return {"class": "Dense", "in_features": self.in_features,
                 "out_features": self.out_features, "activation": self.activation,
                 "use_bias": self.use_bias, "init": self.init, "dtype": self.dtype.name}
 
 
-_GEMM_EX = []          # [fn or None] once looked up
+_GEMM_EX: List[Optional[Callable[..., Any]]] = []          # [fn or None] once looked up
 
 
-def _gemm_ex():
+def _gemm_ex() -> Optional[Callable[..., Any]]:
     """The C engine's full-epilogue entry point (accumulate, mask), or None when
     the extension is not built (then numpy-side fallbacks run)."""
     if not _GEMM_EX:
@@ -300,7 +326,8 @@ def _gemm_ex():
     return _GEMM_EX[0]
 
 
-def _gemm_accumulate(layer, x, dz):
+def _gemm_accumulate(layer: Dense, x: npt.NDArray[np.floating],
+                     dz: npt.NDArray[np.floating]) -> None:
     """layer.weight.grad += x^T dz, in the GEMM epilogue when the C engine is built."""
     from . import _threads
     gw = layer.weight.grad
@@ -316,26 +343,29 @@ def _gemm_accumulate(layer, x, dz):
 class _Elementwise(Layer):
     """An activation as its own layer: y = f(x), dx = dy * f'(x) from the output y."""
 
-    kind = None
+    # the activation kernel's name; every subclass sets it
+    kind: ClassVar[str] = None  # type: ignore[assignment]
 
-    def __init__(self):
+    def __init__(self) -> None:
         super().__init__()
-        self._y = None
+        self._y: Any = None      # cached output
 
-    def forward(self, x, out=None):
+    def forward(self, x: npt.NDArray[np.floating],
+                out: Optional[npt.NDArray[np.floating]] = None) -> npt.NDArray[np.floating]:
         _check_batch(x, type(self).__name__)
         y = _out_buffer(out, x.shape, x.dtype)
         kernels.activation_forward(self.kind, x, out=y)
         self._y = y
         return y
 
-    def fusion_spec(self):
+    def fusion_spec(self) -> LayerSpec:
         # the fastnn class this one is (ReLU, ...): a user's subclass must not change its math
         base = next(c for c in type(self).__mro__ if c.__module__ == __name__)
         require_own_methods(self, base, ("forward", "backward"))
         return LayerSpec("activation", activation=self.kind)
 
-    def backward(self, dout, dx=None):
+    def backward(self, dout: npt.NDArray[np.floating],
+                 dx: Optional[npt.NDArray[np.floating]] = None) -> npt.NDArray[np.floating]:
         self._need_forward(self._y, type(self).__name__)
         _check_batch(dout, type(self).__name__ + ".backward", self._y.dtype, name="dout")
         if dout.shape != self._y.shape:
@@ -349,10 +379,12 @@ class ReLU(_Elementwise):
     """y = max(x, 0);  dx = dy * (y > 0).  Shapes: (N, D) -> (N, D)."""
     kind = "relu"
 
-    def relu_output(self):
+    def relu_output(self) -> Optional[npt.NDArray[np.floating]]:
         return self._y
 
-    def backward(self, dout, dx=None, *, premasked=False):
+    def backward(self, dout: npt.NDArray[np.floating],
+                 dx: Optional[npt.NDArray[np.floating]] = None, *,
+                 premasked: bool = False) -> npt.NDArray[np.floating]:
         """dx = dy * (y > 0); ``premasked=True``: the next layer applied the mask already
         (``Sequential``'s fusion), so dx = dy."""
         if premasked:
@@ -381,18 +413,20 @@ class Softmax(Layer):
     (one fused, numerically stable kernel); this layer is for models that
     must output probabilities."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         super().__init__()
-        self._y = None
+        self._y: Any = None      # cached output
 
-    def forward(self, x, out=None):
+    def forward(self, x: npt.NDArray[np.floating],
+                out: Optional[npt.NDArray[np.floating]] = None) -> npt.NDArray[np.floating]:
         _check_batch(x, "Softmax")
         y = _out_buffer(out, x.shape, x.dtype)
         kernels.softmax(x, out=y)
         self._y = y
         return y
 
-    def backward(self, dout, dx=None):
+    def backward(self, dout: npt.NDArray[np.floating],
+                 dx: Optional[npt.NDArray[np.floating]] = None) -> npt.NDArray[np.floating]:
         self._need_forward(self._y, "Softmax")
         y = self._y
         _check_batch(dout, "Softmax.backward", y.dtype, name="dout")
@@ -419,14 +453,16 @@ class Dropout(Layer):
     [[1.0, 1.0], [1.0, 1.0]]
     """
 
-    def __init__(self, rate, seed=None):
+    def __init__(self, rate: float, seed: Optional[int] = None) -> None:
         super().__init__()
         self.rate = real(rate, "rate", "Dropout", lo=0.0, hi=1.0, hi_open=True)
         self.seed = seed
         self._rng = np.random.default_rng(seed)
-        self._mask = None        # scaled mask of the last training forward, or None (identity)
+        # scaled mask of the last training forward, or None (identity)
+        self._mask: Optional[npt.NDArray[np.floating]] = None
 
-    def forward(self, x, out=None):
+    def forward(self, x: npt.NDArray[np.floating],
+                out: Optional[npt.NDArray[np.floating]] = None) -> npt.NDArray[np.floating]:
         if not isinstance(x, np.ndarray):
             raise TypeError(f"Dropout: x must be a numpy array, got {type(x).__name__}")
         if x.dtype not in _FLOATS:
@@ -442,7 +478,8 @@ class Dropout(Layer):
         y = _out_buffer(out, x.shape, x.dtype)
         return np.multiply(x, self._mask, out=y)
 
-    def backward(self, dout, dx=None):
+    def backward(self, dout: npt.NDArray[np.floating],
+                 dx: Optional[npt.NDArray[np.floating]] = None) -> npt.NDArray[np.floating]:
         if not isinstance(dout, np.ndarray):
             raise TypeError(f"Dropout.backward: dout must be a numpy array, "
                             f"got {type(dout).__name__}")
@@ -457,7 +494,7 @@ class Dropout(Layer):
         dx = _out_buffer(dx, dout.shape, dout.dtype)
         return np.multiply(dout, self._mask, out=dx)
 
-    def get_config(self):
+    def get_config(self) -> Dict[str, Any]:
         return {"class": "Dropout", "rate": self.rate, "seed": self.seed}
 
 
@@ -466,18 +503,19 @@ class Flatten(Layer):
 
     Backward reshapes dy back to the input's shape."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         super().__init__()
-        self._shape = None
+        self._shape: Any = None  # the input's shape, cached by forward
 
-    def output_shape(self, input_shape):
+    def output_shape(self, input_shape: Sequence[int]) -> Tuple[int, ...]:
         return (input_shape[0], int(math.prod(input_shape[1:])))
 
-    def fusion_spec(self):
+    def fusion_spec(self) -> LayerSpec:
         require_own_methods(self, Flatten, ("forward", "backward"))
         return LayerSpec("flatten")
 
-    def forward(self, x, out=None):
+    def forward(self, x: npt.NDArray[np.floating],
+                out: Optional[npt.NDArray[np.floating]] = None) -> npt.NDArray[np.floating]:
         if not isinstance(x, np.ndarray):
             raise TypeError(f"Flatten: x must be a numpy array, got {type(x).__name__}")
         if x.ndim < 1 or x.shape[0] == 0:
@@ -485,7 +523,8 @@ class Flatten(Layer):
         self._shape = x.shape
         return x.reshape(x.shape[0], -1)
 
-    def backward(self, dout, dx=None):
+    def backward(self, dout: npt.NDArray[np.floating],
+                 dx: Optional[npt.NDArray[np.floating]] = None) -> npt.NDArray[np.floating]:
         self._need_forward(self._shape, "Flatten")
         if not isinstance(dout, np.ndarray):
             raise TypeError(f"Flatten.backward: dout must be a numpy array, "
@@ -496,11 +535,12 @@ class Flatten(Layer):
         return dout.reshape(self._shape)
 
 
+LAYER_CLASSES: Dict[str, Type[Layer]]
 LAYER_CLASSES = {cls.__name__: cls for cls in (Dense, ReLU, Sigmoid, Tanh, Softmax, Dropout,
                                                 Flatten)}
 
 
-def layer_from_config(cfg):
+def layer_from_config(cfg: Dict[str, Any]) -> Layer:
     """Rebuild a layer from ``layer.get_config()``."""
     if not isinstance(cfg, dict) or "class" not in cfg:
         raise ValueError(f"layer config must be a dict with a 'class' key, got {cfg!r}")

@@ -25,9 +25,13 @@ same pass as the loss (for cross-entropy by the fused kernel), so
 >>> loss_fn.backward().shape
 (2, 4)
 """
+from __future__ import annotations
+
 import threading
+from typing import TYPE_CHECKING, Any, Dict, Optional, Tuple, Type, Union
 
 import numpy as np
+import numpy.typing as npt
 
 from . import kernels
 from ._validation import FLOATS as _FLOATS
@@ -38,7 +42,7 @@ from .fusion import LossSpec, NotFusable, require_own_methods
 __all__ = ["Loss", "SoftmaxCrossEntropy", "MeanSquaredError", "BinaryCrossEntropyWithLogits",
            "get_loss", "loss_from_config", "LOSS_CLASSES"]
 
-def _check_outputs(y, who):
+def _check_outputs(y: Any, who: str) -> npt.NDArray[np.floating]:
     if not isinstance(y, np.ndarray):
         raise TypeError(f"{who}: outputs must be a numpy array, got {type(y).__name__}")
     if y.dtype not in _FLOATS:
@@ -52,7 +56,8 @@ def _check_outputs(y, who):
     return y
 
 
-def _float_targets(t, y, who):
+def _float_targets(t: npt.ArrayLike, y: npt.NDArray[np.floating],
+                   who: str) -> npt.NDArray[np.floating]:
     t = np.asarray(t)
     if t.dtype.kind not in "fiub":
         raise DTypeError(f"{who}: targets must be numeric, got dtype {t.dtype}")
@@ -63,13 +68,14 @@ def _float_targets(t, y, who):
     return t
 
 
-def _buffer(buf, shape, dtype):
+def _buffer(buf: Optional[npt.NDArray[Any]], shape: Tuple[int, ...],
+            dtype: np.dtype[Any]) -> npt.NDArray[Any]:
     if buf is not None and buf.shape == shape and buf.dtype == dtype:
         return buf
     return np.empty(shape, dtype)
 
 
-def _per_thread(name):
+def _per_thread(name: str) -> Any:
     """An attribute kept per thread, in ``self._tls`` (None until set)."""
     return property(lambda self: getattr(self._tls, name, None),
                     lambda self, value: setattr(self._tls, name, value))
@@ -82,35 +88,38 @@ class Loss:
     thread, so one loss object can serve several Python threads: each
     thread's ``backward()`` is the gradient of its own last call."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self._tls = threading.local()
 
-    _grad = _per_thread("grad")
+    _grad: Optional[npt.NDArray[np.floating]] = _per_thread("grad")
 
-    def __getstate__(self):           # copy / pickle: the settings, not the buffers
+    if TYPE_CHECKING:   # what every subclass implements
+        def __call__(self, outputs: npt.NDArray[np.floating], targets: npt.ArrayLike) -> float: ...
+
+    def __getstate__(self) -> Dict[str, Any]:   # copy / pickle: the settings, not the buffers
         state = self.__dict__.copy()
         del state["_tls"]
         return state
 
-    def __setstate__(self, state):
+    def __setstate__(self, state: Dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._tls = threading.local()
 
-    def backward(self):
+    def backward(self) -> npt.NDArray[np.floating]:
         """d(mean loss)/d(outputs) of this thread's last call (a buffer reused by its
         next call)."""
         if self._grad is None:
             raise RuntimeError(f"{type(self).__name__}.backward called before the loss")
         return self._grad
 
-    def get_config(self):
+    def get_config(self) -> Dict[str, Any]:
         return {"class": type(self).__name__}
 
-    def fusion_spec(self):
+    def fusion_spec(self) -> LossSpec:
         """What this loss is for the fused native trainer (``fastnn.fusion``)."""
         raise NotFusable(f"the fused trainer has no {type(self).__name__} loss")
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items() if k != "class")
         return f"{type(self).__name__}({args})"
 
@@ -128,12 +137,12 @@ class SoftmaxCrossEntropy(Loss):
     True
     """
 
-    def __init__(self, label_smoothing=0.0):
+    def __init__(self, label_smoothing: float = 0.0) -> None:
         super().__init__()
         self.label_smoothing = real(label_smoothing, "label_smoothing", "SoftmaxCrossEntropy",
                                     lo=0.0, hi=1.0)
 
-    def fusion_spec(self):
+    def fusion_spec(self) -> LossSpec:
         """The fused trainer's softmax cross-entropy on integer labels (no smoothing)."""
         require_own_methods(self, SoftmaxCrossEntropy, ("__call__", "backward"))
         if self.label_smoothing != 0.0:
@@ -141,7 +150,7 @@ class SoftmaxCrossEntropy(Loss):
                              f"(label_smoothing={self.label_smoothing})")
         return LossSpec("softmax_cross_entropy")
 
-    def __call__(self, logits, targets):
+    def __call__(self, logits: npt.NDArray[np.floating], targets: npt.ArrayLike) -> float:
         _check_outputs(logits, "SoftmaxCrossEntropy")
         n = logits.shape[0]
         targets = np.asarray(targets)
@@ -158,14 +167,14 @@ class SoftmaxCrossEntropy(Loss):
                                 grad_scale=1.0 / n, label_smoothing=self.label_smoothing)
         return float(np.mean(self._losses, dtype=np.float64))
 
-    _losses = _per_thread("losses")
+    _losses: Optional[npt.NDArray[np.floating]] = _per_thread("losses")
 
     @property
-    def per_sample_losses(self):
+    def per_sample_losses(self) -> Optional[npt.NDArray[np.floating]]:
         """Per-row losses of this thread's last call, shape (N,)."""
         return self._losses
 
-    def get_config(self):
+    def get_config(self) -> Dict[str, Any]:
         return {"class": "SoftmaxCrossEntropy", "label_smoothing": self.label_smoothing}
 
 
@@ -179,7 +188,7 @@ class MeanSquaredError(Loss):
     2.5
     """
 
-    def __call__(self, outputs, targets):
+    def __call__(self, outputs: npt.NDArray[np.floating], targets: npt.ArrayLike) -> float:
         y = _check_outputs(outputs, "MeanSquaredError")
         t = np.asarray(targets)
         if t.ndim == 1 and y.shape[1] == 1 and t.shape[0] == y.shape[0]:
@@ -204,7 +213,7 @@ class BinaryCrossEntropyWithLogits(Loss):
     0.6931
     """
 
-    def __call__(self, logits, targets):
+    def __call__(self, logits: npt.NDArray[np.floating], targets: npt.ArrayLike) -> float:
         z = _check_outputs(logits, "BinaryCrossEntropyWithLogits")
         t = np.asarray(targets)
         if t.ndim == 1 and z.shape[1] == 1 and t.shape[0] == z.shape[0]:
@@ -221,6 +230,7 @@ class BinaryCrossEntropyWithLogits(Loss):
         return loss
 
 
+LOSS_CLASSES: Dict[str, Type[Loss]]
 LOSS_CLASSES = {cls.__name__: cls for cls in (SoftmaxCrossEntropy, MeanSquaredError,
                                               BinaryCrossEntropyWithLogits)}
 _ALIASES = {"softmax_cross_entropy": "SoftmaxCrossEntropy", "cross_entropy": "SoftmaxCrossEntropy",
@@ -229,14 +239,14 @@ _ALIASES = {"softmax_cross_entropy": "SoftmaxCrossEntropy", "cross_entropy": "So
             "bce_with_logits": "BinaryCrossEntropyWithLogits"}
 
 
-def loss_from_config(cfg):
+def loss_from_config(cfg: Dict[str, Any]) -> Loss:
     """Rebuild a loss from ``loss.get_config()``."""
     if not isinstance(cfg, dict) or cfg.get("class") not in LOSS_CLASSES:
         raise ValueError(f"unknown loss config {cfg!r}; known classes: {sorted(LOSS_CLASSES)}")
     return LOSS_CLASSES[cfg["class"]](**{k: v for k, v in cfg.items() if k != "class"})
 
 
-def get_loss(spec):
+def get_loss(spec: Union[Loss, str]) -> Loss:
     """A loss from an instance, a class name, or an alias ("mse", "cross_entropy", ...)."""
     if isinstance(spec, Loss):
         return spec

@@ -33,9 +33,14 @@ epoch -- ``step_size`` / ``total_steps`` then count epochs.
 >>> opt.lr < 1e-3
 True
 """
+from __future__ import annotations
+
 import math
+from typing import (TYPE_CHECKING, Any, ClassVar, Dict, Iterable, List, Mapping, Optional, Tuple,
+                    Type, Union)
 
 import numpy as np
+import numpy.typing as npt
 
 from . import kernels
 from ._validation import integer as _int
@@ -44,11 +49,28 @@ from .errors import DTypeError
 from .fusion import NotFusable, OptimizerSpec, require_own_methods
 from .parameter import Parameter
 
+if TYPE_CHECKING:
+    from typing import Protocol
+
+    class _Model(Protocol):
+        """What an optimizer needs of a model (a ``Sequential``): its parameters and
+        the flat buffers they are views of."""
+
+        flat_params: npt.NDArray[Any]
+        flat_grads: npt.NDArray[Any]
+
+        def parameters(self) -> List[Parameter]: ...
+
+        def zero_grad(self) -> None: ...
+
+    #: what ``params`` may be: a model, one Parameter, or Parameters
+    _Params = Union[_Model, Parameter, Iterable[Parameter]]
+
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "LRSchedule", "StepDecay", "CosineDecay",
            "LinearWarmup", "OneCycle", "OPTIMIZER_CLASSES", "optimizer_from_state"]
 
 
-def _resolve_params(params, who):
+def _resolve_params(params: Any, who: str) -> Tuple[List[Parameter], Optional[_Model]]:
     """(list of Parameters, owning model when the list is all of its parameters in order,
     else None).  ``params`` may be a model (``parameters()`` and flat buffers)."""
     if hasattr(params, "flat_params") and callable(getattr(params, "parameters", None)):
@@ -85,9 +107,9 @@ class Optimizer:
     """Base class.  Subclasses define ``_hyper`` (validated hyper-parameters),
     ``BUFFERS`` (names of flat state buffers) and ``_update(p, g, bufs)``."""
 
-    BUFFERS = ()
+    BUFFERS: ClassVar[Tuple[str, ...]] = ()
 
-    def __init__(self, params, lr):
+    def __init__(self, params: _Params, lr: float) -> None:
         who = type(self).__name__
         self.params, self._model = _resolve_params(params, who)
         self.dtype = self.params[0].dtype
@@ -96,8 +118,9 @@ class Optimizer:
         n = sum(p.size for p in self.params)
         # Flat state buffers (zeros), one per name; per-parameter views for the
         # unfused path.  Same layout as the model's flat buffers when fused.
-        self._buffers = {name: np.zeros(n, self.dtype) for name in self.BUFFERS}
-        self._slices = []
+        self._buffers: Dict[str, npt.NDArray[Any]] = {name: np.zeros(n, self.dtype)
+                                                        for name in self.BUFFERS}
+        self._slices: List[slice] = []
         off = 0
         for p in self.params:
             self._slices.append(slice(off, off + p.size))
@@ -105,33 +128,34 @@ class Optimizer:
 
     # -- learning rate -----------------------------------------------------------
     @property
-    def lr(self):
+    def lr(self) -> float:
         return self._lr
 
     @lr.setter
-    def lr(self, value):
+    def lr(self, value: float) -> None:
         self._lr = _real(value, "lr", type(self).__name__, lo=0.0)
 
     @property
-    def fused(self):
+    def fused(self) -> bool:
         """True when step() is one kernel call over the model's flat buffers."""
         return self._model is not None
 
     @property
-    def model(self):
+    def model(self) -> Optional[_Model]:
         """The model whose flat buffers ``step()`` updates in one call, or None when the
         optimizer was built on a list of parameters that is not a whole model."""
         return self._model
 
-    def state_buffers(self):
+    def state_buffers(self) -> Dict[str, npt.NDArray[Any]]:
         """``{name: flat state array}`` (velocity, m, v, ...): the live buffers, laid out
         like the parameters concatenated in order (the model's ``flat_params``)."""
         return dict(self._buffers)
 
     # -- the fused trainer's view (fastnn.fusion) ----------------------------------
-    FUSED_KIND = None          # the native trainer's name for this update rule, or None
+    # the native trainer's name for this update rule, or None
+    FUSED_KIND: ClassVar[Optional[str]] = None
 
-    def fusion_spec(self):
+    def fusion_spec(self) -> OptimizerSpec:
         """This optimizer for the fused native trainer (``fastnn.fusion.OptimizerSpec``),
         or ``NotFusable`` with the reason."""
         who = type(self).__name__
@@ -147,12 +171,13 @@ class Optimizer:
         return OptimizerSpec(self.FUSED_KIND, float(self.lr), int(self.step_count), hyper,
                              slots, self._model)
 
-    def _fused_hyper(self):
+    def _fused_hyper(self) -> Tuple[Dict[str, Any], Tuple[Optional[npt.NDArray[Any]],
+                                                          Optional[npt.NDArray[Any]]]]:
         """(hyper-parameters as the native rule names them, (slot 1, slot 2) buffers)."""
         raise NotImplementedError
 
     # -- stepping ----------------------------------------------------------------
-    def zero_grad(self):
+    def zero_grad(self) -> None:
         """Zero the gradients: one fill when fused, else one per parameter."""
         if self._model is not None:
             self._model.zero_grad()
@@ -160,7 +185,7 @@ class Optimizer:
             for p in self.params:
                 p.grad.fill(0)
 
-    def step(self):
+    def step(self) -> None:
         """Apply one update to every parameter from its ``.grad``."""
         self.step_count += 1
         if self._model is not None:
@@ -170,20 +195,21 @@ class Optimizer:
                 bufs = {k: b[sl] for k, b in self._buffers.items()}
                 self._update(p.data.reshape(-1), p.grad.reshape(-1), bufs)
 
-    def _update(self, p, g, bufs):
+    def _update(self, p: npt.NDArray[np.floating], g: npt.NDArray[np.floating],
+                bufs: Dict[str, npt.NDArray[Any]]) -> None:
         raise NotImplementedError
 
     # -- state ---------------------------------------------------------------------
-    def hyper(self):
+    def hyper(self) -> Dict[str, Any]:
         """The hyper-parameters as a JSON-able dict (constructor keyword arguments)."""
         return {"lr": self.lr}
 
-    def state_dict(self):
+    def state_dict(self) -> Dict[str, Any]:
         """``{"class", "hyper", "step", "buffers": {name: flat array copy}}``."""
         return {"class": type(self).__name__, "hyper": self.hyper(), "step": self.step_count,
                 "buffers": {k: b.copy() for k, b in self._buffers.items()}}
 
-    def load_state_dict(self, state):
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
         """Restore ``state_dict()`` output (class, buffer names and shapes must match)."""
         who = f"{type(self).__name__}.load_state_dict"
         if not isinstance(state, dict) or not {"class", "hyper", "step", "buffers"} <= set(state):
@@ -209,10 +235,10 @@ class Optimizer:
             self._buffers[k][...] = b
         self.step_count = step
 
-    def _set_hyper(self, h):
+    def _set_hyper(self, h: Mapping[str, Any]) -> None:
         self.lr = h["lr"]
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.hyper().items())
         return f"{type(self).__name__}({args}, params={len(self.params)}, fused={self.fused})"
 
@@ -232,14 +258,19 @@ class SGD(Optimizer):
     [-0.5, -0.5, -0.5]
     """
 
-    def __init__(self, params, lr, momentum=0.0, nesterov=False, weight_decay=0.0):
+    momentum: float
+    nesterov: bool
+    weight_decay: float
+
+    def __init__(self, params: _Params, lr: float, momentum: float = 0.0, nesterov: bool = False,
+                 weight_decay: float = 0.0) -> None:
         super().__init__(params, lr)
         self._set_hyper({"lr": lr, "momentum": momentum, "nesterov": nesterov,
                          "weight_decay": weight_decay})
         if self.momentum > 0:
             self._buffers["velocity"] = np.zeros(self._slices[-1].stop, self.dtype)
 
-    def _set_hyper(self, h):
+    def _set_hyper(self, h: Mapping[str, Any]) -> None:
         who = type(self).__name__
         lr = _real(h["lr"], "lr", who, lo=0.0)
         momentum = _real(h["momentum"], "momentum", who, lo=0.0, hi=1.0, hi_open=True)
@@ -253,17 +284,19 @@ class SGD(Optimizer):
         self.lr, self.momentum, self.nesterov, self.weight_decay = lr, momentum, nesterov, \
             weight_decay
 
-    def hyper(self):
+    def hyper(self) -> Dict[str, Any]:
         return {"lr": self.lr, "momentum": self.momentum, "nesterov": self.nesterov,
                 "weight_decay": self.weight_decay}
 
     FUSED_KIND = "sgd"
 
-    def _fused_hyper(self):
+    def _fused_hyper(self) -> Tuple[Dict[str, Any], Tuple[Optional[npt.NDArray[Any]],
+                                                          Optional[npt.NDArray[Any]]]]:
         return ({"weight_decay": self.weight_decay, "momentum": self.momentum,
                  "nesterov": self.nesterov}, (self._buffers.get("velocity"), None))
 
-    def _update(self, p, g, bufs):
+    def _update(self, p: npt.NDArray[np.floating], g: npt.NDArray[np.floating],
+                bufs: Dict[str, npt.NDArray[Any]]) -> None:
         kernels.sgd_update(p, g, lr=self.lr, momentum=self.momentum,
                               velocity=bufs.get("velocity"), nesterov=self.nesterov,
                               weight_decay=self.weight_decay)
@@ -285,13 +318,18 @@ class Adam(Optimizer):
     """
 
     BUFFERS = ("m", "v")
-    DECOUPLED = False
+    DECOUPLED: ClassVar[bool] = False
+    betas: Tuple[float, float]
+    eps: float
+    weight_decay: float
 
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
+    def __init__(self, params: _Params, lr: float = 1e-3,
+                 betas: Tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.0) -> None:
         super().__init__(params, lr)
         self._set_hyper({"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay})
 
-    def _set_hyper(self, h):
+    def _set_hyper(self, h: Mapping[str, Any]) -> None:
         who = type(self).__name__
         lr = _real(h["lr"], "lr", who, lo=0.0)
         betas = h["betas"]
@@ -303,18 +341,20 @@ class Adam(Optimizer):
         weight_decay = _real(h["weight_decay"], "weight_decay", who, lo=0.0)
         self.lr, self.betas, self.eps, self.weight_decay = lr, (b1, b2), eps, weight_decay
 
-    def hyper(self):
+    def hyper(self) -> Dict[str, Any]:
         return {"lr": self.lr, "betas": list(self.betas), "eps": self.eps,
                 "weight_decay": self.weight_decay}
 
     FUSED_KIND = "adam"
 
-    def _fused_hyper(self):
+    def _fused_hyper(self) -> Tuple[Dict[str, Any], Tuple[Optional[npt.NDArray[Any]],
+                                                          Optional[npt.NDArray[Any]]]]:
         return ({"weight_decay": self.weight_decay, "beta1": self.betas[0],
                  "beta2": self.betas[1], "eps": self.eps},
                 (self._buffers["m"], self._buffers["v"]))
 
-    def _update(self, p, g, bufs):
+    def _update(self, p: npt.NDArray[np.floating], g: npt.NDArray[np.floating],
+                bufs: Dict[str, npt.NDArray[Any]]) -> None:
         kernels.adam_update(p, g, bufs["m"], bufs["v"], step=self.step_count, lr=self.lr,
                                beta1=self.betas[0], beta2=self.betas[1], eps=self.eps,
                                weight_decay=self.weight_decay, decoupled=self.DECOUPLED)
@@ -328,14 +368,17 @@ class AdamW(Adam):
     DECOUPLED = True
     FUSED_KIND = "adamw"
 
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01):
+    def __init__(self, params: _Params, lr: float = 1e-3,
+                 betas: Tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.01) -> None:
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
 
 
+OPTIMIZER_CLASSES: Dict[str, Type[Optimizer]]
 OPTIMIZER_CLASSES = {"SGD": SGD, "Adam": Adam, "AdamW": AdamW}
 
 
-def optimizer_from_state(params, state):
+def optimizer_from_state(params: _Params, state: Dict[str, Any]) -> Optimizer:
     """Build the optimizer described by ``state_dict()`` output on ``params`` and load it."""
     if not isinstance(state, dict) or state.get("class") not in OPTIMIZER_CLASSES:
         raise ValueError(f"optimizer state must name one of {sorted(OPTIMIZER_CLASSES)}")
@@ -354,7 +397,7 @@ class LRSchedule:
     ``step()``.  ``base_lr`` is the optimizer's lr when the schedule is built.
     ``last_step`` counts ``step()`` calls."""
 
-    def __init__(self, optimizer):
+    def __init__(self, optimizer: Optimizer) -> None:
         if not isinstance(optimizer, Optimizer):
             raise TypeError(f"{type(self).__name__}: optimizer must be a fastnn optimizer, "
                             f"got {type(optimizer).__name__}")
@@ -362,32 +405,32 @@ class LRSchedule:
         self.base_lr = optimizer.lr
         self.last_step = 0
 
-    def _start(self):
+    def _start(self) -> None:
         self.optimizer.lr = self.get_lr()
 
-    def lr_at(self, t):
+    def lr_at(self, t: int) -> float:
         """The learning rate after t calls of step()."""
         raise NotImplementedError
 
-    def get_lr(self):
+    def get_lr(self) -> float:
         """The learning rate now (after ``last_step`` calls of step())."""
         return self.lr_at(self.last_step)
 
-    def step(self):
+    def step(self) -> float:
         """Advance one step and set the optimizer's lr; returns the new lr."""
         self.last_step += 1
         lr = self.get_lr()
         self.optimizer.lr = lr
         return lr
 
-    def hyper(self):
+    def hyper(self) -> Dict[str, Any]:
         return {}
 
-    def state_dict(self):
+    def state_dict(self) -> Dict[str, Any]:
         return {"class": type(self).__name__, "base_lr": self.base_lr,
                 "last_step": self.last_step, "hyper": self.hyper()}
 
-    def load_state_dict(self, state):
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
         who = f"{type(self).__name__}.load_state_dict"
         if not isinstance(state, dict) or state.get("class") != type(self).__name__:
             raise ValueError(f"{who}: state is not for {type(self).__name__}")
@@ -406,16 +449,16 @@ class StepDecay(LRSchedule):
     [1.0, 0.5, 0.5, 0.25]
     """
 
-    def __init__(self, optimizer, step_size, gamma):
+    def __init__(self, optimizer: Optimizer, step_size: int, gamma: float) -> None:
         super().__init__(optimizer)
         self.step_size = _int(step_size, "step_size", "StepDecay")
         self.gamma = _real(gamma, "gamma", "StepDecay", lo=0.0)
         self._start()
 
-    def lr_at(self, t):
+    def lr_at(self, t: int) -> float:
         return self.base_lr * self.gamma ** (t // self.step_size)
 
-    def hyper(self):
+    def hyper(self) -> Dict[str, Any]:
         return {"step_size": self.step_size, "gamma": self.gamma}
 
 
@@ -424,17 +467,17 @@ class CosineDecay(LRSchedule):
 
     Stays at ``min_lr`` after T steps."""
 
-    def __init__(self, optimizer, total_steps, min_lr=0.0):
+    def __init__(self, optimizer: Optimizer, total_steps: int, min_lr: float = 0.0) -> None:
         super().__init__(optimizer)
         self.total_steps = _int(total_steps, "total_steps", "CosineDecay")
         self.min_lr = _real(min_lr, "min_lr", "CosineDecay", lo=0.0)
         self._start()
 
-    def lr_at(self, t):
+    def lr_at(self, t: int) -> float:
         frac = min(t, self.total_steps) / self.total_steps
         return self.min_lr + (self.base_lr - self.min_lr) * 0.5 * (1.0 + math.cos(math.pi * frac))
 
-    def hyper(self):
+    def hyper(self) -> Dict[str, Any]:
         return {"total_steps": self.total_steps, "min_lr": self.min_lr}
 
 
@@ -448,7 +491,8 @@ class LinearWarmup(LRSchedule):
         sched = LinearWarmup(opt, 100, after=CosineDecay(opt, total_steps=900))
     """
 
-    def __init__(self, optimizer, warmup_steps, after=None):
+    def __init__(self, optimizer: Optimizer, warmup_steps: int,
+                 after: Optional[LRSchedule] = None) -> None:
         super().__init__(optimizer)
         self.warmup_steps = _int(warmup_steps, "warmup_steps", "LinearWarmup")
         if after is not None:
@@ -461,24 +505,24 @@ class LinearWarmup(LRSchedule):
         self.after = after
         self._start()
 
-    def lr_at(self, t):
+    def lr_at(self, t: int) -> float:
         if t < self.warmup_steps:
             return self.base_lr * (t + 1) / self.warmup_steps
         if self.after is None:
             return self.base_lr
         return self.after.lr_at(t - self.warmup_steps)
 
-    def step(self):
+    def step(self) -> float:
         lr = super().step()
         if self.after is not None:
             self.after.last_step = max(0, self.last_step - self.warmup_steps)
         return lr
 
-    def hyper(self):
+    def hyper(self) -> Dict[str, Any]:
         return {"warmup_steps": self.warmup_steps,
                 "after": self.after.state_dict() if self.after is not None else None}
 
-    def load_state_dict(self, state):
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
         if self.after is not None and state.get("hyper", {}).get("after"):
             self.after.load_state_dict(state["hyper"]["after"])
         super().load_state_dict(state)
@@ -496,8 +540,9 @@ class OneCycle(LRSchedule):
     at the final value after T - 1 steps.  The optimizer's lr at construction
     is ignored (as in PyTorch)."""
 
-    def __init__(self, optimizer, max_lr, total_steps, pct_start=0.3, div_factor=25.0,
-                 final_div_factor=1e4):
+    def __init__(self, optimizer: Optimizer, max_lr: float, total_steps: int,
+                 pct_start: float = 0.3, div_factor: float = 25.0,
+                 final_div_factor: float = 1e4) -> None:
         super().__init__(optimizer)
         self.max_lr = _real(max_lr, "max_lr", "OneCycle", lo=0.0)
         self.total_steps = _int(total_steps, "total_steps", "OneCycle", lo=2)
@@ -510,10 +555,10 @@ class OneCycle(LRSchedule):
         self._start()
 
     @staticmethod
-    def _cos(a, b, frac):
+    def _cos(a: float, b: float, frac: float) -> float:
         return b + (a - b) * 0.5 * (1.0 + math.cos(math.pi * frac))
 
-    def lr_at(self, t):
+    def lr_at(self, t: float) -> float:
         initial = self.max_lr / self.div_factor
         final = initial / self.final_div_factor
         peak = float(self.pct_start * self.total_steps) - 1.0
@@ -523,7 +568,7 @@ class OneCycle(LRSchedule):
             return self._cos(initial, self.max_lr, t / peak if peak > 0 else 1.0)
         return self._cos(self.max_lr, final, (t - peak) / (end - peak))
 
-    def hyper(self):
+    def hyper(self) -> Dict[str, Any]:
         return {"max_lr": self.max_lr, "total_steps": self.total_steps,
                 "pct_start": self.pct_start, "div_factor": self.div_factor,
                 "final_div_factor": self.final_div_factor}

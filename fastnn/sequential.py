@@ -22,10 +22,15 @@ no padding; ``p.offset`` is where ``p`` starts in the flat buffers.
 >>> float(model.flat_params[0])
 1.5
 """
+from __future__ import annotations
+
 import math
 import threading
+from typing import (TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, List, Mapping,
+                    Optional, Sequence, Tuple, Union)
 
 import numpy as np
+import numpy.typing as npt
 
 from . import training
 from ._validation import float_dtype
@@ -35,12 +40,20 @@ from .initializers import as_rng
 from .layers import Dense, Flatten, Layer, layer_from_config
 from .parameter import Parameter
 
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
+    from .callbacks import Callback
+    from .fusion import LayerSpec
+    from .losses import Loss
+    from .optim import LRSchedule, Optimizer
+
 __all__ = ["Parameter", "Sequential"]
 
 _UINT8_SCALE = 1.0 / 255.0
 
 
-def _slice_buffer(buf, n):
+def _slice_buffer(buf: Optional[npt.NDArray[Any]], n: int) -> Optional[npt.NDArray[Any]]:
     """The first n rows of a reusable workspace buffer, or None if it has too few."""
     if buf is None or buf.shape[0] < n:
         return None
@@ -83,7 +96,8 @@ class Sequential:
     (5, 10)
     """
 
-    def __init__(self, layers, dtype=None, seed=None):
+    def __init__(self, layers: Union[Layer, Iterable[Layer]], dtype: Optional[npt.DTypeLike] = None,
+                 seed: Union[None, int, np.random.Generator] = None) -> None:
         layers = list(layers) if not isinstance(layers, Layer) else [layers]
         if not layers:
             raise ValueError("Sequential: layers must be a non-empty list of layers")
@@ -112,31 +126,31 @@ class Sequential:
         if seed is not None:
             self.reset_parameters(seed)
         self._allocate_flat()
-        self._fwd_ws = [None] * len(layers)
-        self._bwd_ws = [None] * len(layers)
-        self._last_out_shape = None
+        self._fwd_ws: List[Optional[npt.NDArray[Any]]] = [None] * len(layers)
+        self._bwd_ws: List[Optional[npt.NDArray[Any]]] = [None] * len(layers)
+        self._last_out_shape: Optional[Tuple[int, ...]] = None
         # Workspaces and the layers' forward caches are shared state: concurrent
         # forwards on one model used to overwrite each other's activations.
         self._lock = threading.RLock()
 
-    def __getstate__(self):
+    def __getstate__(self) -> Dict[str, Any]:
         state = self.__dict__.copy()
         del state["_lock"]              # locks do not copy; copy.deepcopy(model) gets a new one
         return state
 
-    def __setstate__(self, state):
+    def __setstate__(self, state: Dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._lock = threading.RLock()
         # copy.deepcopy / pickle copy every parameter array on its own: point them back
         # into this copy's flat buffers, or an optimizer stepping flat_params would
         # train buffers the layers no longer read
-        for p in self._params:
+        for p in self._params:     # bound parameters: every offset is an int
             n, off = p.size, p.offset
-            p.bind(self.flat_params[off:off + n].reshape(p.shape),
-                      self.flat_grads[off:off + n].reshape(p.shape), self, off, p.name)
+            p.bind(self.flat_params[off:off + n].reshape(p.shape),  # type: ignore[operator]
+                      self.flat_grads[off:off + n].reshape(p.shape), self, off, p.name)  # type: ignore[operator, arg-type]
 
     # ----------------------------------------------------------------- construction
-    def _check_chain(self):
+    def _check_chain(self) -> None:
         width = None
         for i, layer in enumerate(self.layers):
             if isinstance(layer, Dense):
@@ -147,7 +161,7 @@ class Sequential:
             elif isinstance(layer, Flatten):
                 width = None
 
-    def _allocate_flat(self):
+    def _allocate_flat(self) -> None:
         params = [p for layer in self.layers for p in layer._params]
         for p in params:
             if p._owner is not None:
@@ -168,34 +182,34 @@ class Sequential:
         self._params = params
 
     # ----------------------------------------------------------------- parameters
-    def parameters(self):
+    def parameters(self) -> List[Parameter]:
         """All parameters, in flat-buffer order."""
         return list(self._params)
 
-    def named_parameters(self):
+    def named_parameters(self) -> List[Tuple[str, Parameter]]:
         """``[(name, Parameter), ...]`` with names like ``"0.weight"``."""
         return [(p.name, p) for p in self._params]
 
-    def count_params(self):
+    def count_params(self) -> int:
         """Total number of scalar parameters (= ``flat_params.size``)."""
         return int(self.flat_params.size)
 
-    def reset_parameters(self, seed=None):
+    def reset_parameters(self, seed: Union[None, int, np.random.Generator] = None) -> None:
         """Re-draw every layer's parameters (in place, in the flat buffer) from one
         generator seeded with ``seed``, in layer order."""
         rng = as_rng(seed)
         for layer in self.layers:
             layer.reset_parameters(rng)
 
-    def zero_grad(self):
+    def zero_grad(self) -> None:
         """Set every gradient to zero: one fill of ``flat_grads``."""
         self.flat_grads.fill(0)
 
-    def state_dict(self):
+    def state_dict(self) -> Dict[str, npt.NDArray[Any]]:
         """``{name: copy of the parameter's values}``."""
         return {p.name: p.data.copy() for p in self._params}
 
-    def load_state_dict(self, state):
+    def load_state_dict(self, state: Mapping[str, npt.ArrayLike]) -> None:
         """Copy values from ``state_dict()`` output; names and shapes must match."""
         names = [p.name for p in self._params]
         missing = [n for n in names if n not in state]
@@ -210,24 +224,24 @@ class Sequential:
             p.data[...] = v
 
     # ----------------------------------------------------------------- mode
-    def train(self, mode=True):
+    def train(self, mode: bool = True) -> Self:
         """Training mode (Dropout active).  Returns self."""
         self.training = bool(mode)
         for layer in self.layers:
             layer.train(mode)
         return self
 
-    def eval(self):
+    def eval(self) -> Self:
         """Inference mode (Dropout is the identity).  Returns self."""
         return self.train(False)
 
     # ----------------------------------------------------------------- forward / backward
-    def input_features(self):
+    def input_features(self) -> Optional[int]:
         """Features per sample the first layer expects (its ``in_features``), or None
         when it takes any width."""
         return getattr(self.layers[0], "in_features", None)
 
-    def fusion_spec(self):
+    def fusion_spec(self) -> List[LayerSpec]:
         """The layers' ``fusion_spec()`` s in order (``fastnn.fusion``); ``NotFusable``
         names the first layer the fused trainer cannot run."""
         require_own_methods(self, Sequential, ("forward", "backward", "_forward", "_backward"))
@@ -241,7 +255,7 @@ class Sequential:
                 raise NotFusable(f"layer {i} ({type(layer).__name__}): {exc}") from None
         return specs
 
-    def _prepare_input(self, x):
+    def _prepare_input(self, x: Any) -> npt.NDArray[np.floating]:
         if not isinstance(x, np.ndarray):
             x = np.asarray(x)
         if x.dtype == np.uint8:
@@ -266,12 +280,12 @@ class Sequential:
                 x = x.reshape(x.shape[0], nfeat)
         return x
 
-    def forward(self, x):
+    def forward(self, x: npt.ArrayLike) -> npt.NDArray[np.floating]:
         """Run every layer; returns a fresh output array (N, out_features)."""
         with self._lock:
             return self._forward(x)
 
-    def _forward(self, x):
+    def _forward(self, x: npt.ArrayLike) -> npt.NDArray[np.floating]:
         x = self._prepare_input(x)
         n = x.shape[0]
         last = len(self.layers) - 1
@@ -289,10 +303,11 @@ class Sequential:
         self._last_out_shape = x.shape
         return x
 
-    def __call__(self, x):
+    def __call__(self, x: npt.ArrayLike) -> npt.NDArray[np.floating]:
         return self.forward(x)
 
-    def backward(self, dout, *, input_grad=True):
+    def backward(self, dout: npt.NDArray[np.floating], *,
+                 input_grad: bool = True) -> Optional[npt.NDArray[np.floating]]:
         """Back-propagate dL/d(output); gradients ACCUMULATE into every ``.grad``.
 
         Returns dL/d(input) of shape (N, in_features), or None when
@@ -301,7 +316,8 @@ class Sequential:
         with self._lock:
             return self._backward(dout, input_grad)
 
-    def _backward(self, dout, input_grad):
+    def _backward(self, dout: npt.NDArray[np.floating],
+                  input_grad: bool) -> Optional[npt.NDArray[np.floating]]:
         if self._last_out_shape is None:
             raise RuntimeError("Sequential.backward called before forward")
         if not isinstance(dout, np.ndarray):
@@ -313,13 +329,13 @@ class Sequential:
         if dout.dtype != self.dtype:
             raise DTypeError(f"Sequential.backward: dout must have dtype {self.dtype}, "
                              f"got {dout.dtype}")
-        g = dout
+        g: Any = dout        # None after a layer asked for no input gradient (the first)
         n = dout.shape[0]
         premasked = False
         for i in range(len(self.layers) - 1, -1, -1):
             layer = self.layers[i]
             ws = _slice_buffer(self._bwd_ws[i], n)
-            kw = {"premasked": True} if premasked else {}
+            kw: Dict[str, Any] = {"premasked": True} if premasked else {}
             premasked = False
             if layer.ACCEPTS_DX_MASK:
                 # X(relu) -> Dense: X's ReLU backward (dz = dx * (y > 0)) runs in this
@@ -334,11 +350,13 @@ class Sequential:
         return g
 
     # ----------------------------------------------------------------- description
-    def summary(self, input_shape=None, print_fn=print):
+    def summary(self, input_shape: Optional[Sequence[int]] = None,
+                print_fn: Optional[Callable[[str], Any]] = print) -> str:
         """A table of layers, output shapes and parameter counts; printed and returned.
 
         ``input_shape``: per-sample input shape, e.g. (784,) or (28, 28); by
         default the first Dense layer's in_features."""
+        shape: Optional[Tuple[Optional[int], ...]]     # per-sample shape, batch dim None
         if input_shape is None:
             nfeat = self.input_features()
             shape = (None, nfeat) if nfeat is not None else None
@@ -368,14 +386,14 @@ class Sequential:
             print_fn(text)
         return text
 
-    def get_config(self):
+    def get_config(self) -> Dict[str, Any]:
         """``{"class": "Sequential", "dtype": ..., "layers": [layer configs]}`` (JSON-able;
         architecture only -- the weights travel separately, e.g. ``state_dict()``)."""
         return {"class": "Sequential", "dtype": self.dtype.name,
                 "layers": [layer.get_config() for layer in self.layers]}
 
     @classmethod
-    def from_config(cls, cfg):
+    def from_config(cls, cfg: Dict[str, Any]) -> Sequential:
         """Build a fresh (newly initialised) model from ``get_config()`` output."""
         if not isinstance(cfg, dict) or cfg.get("class") != "Sequential":
             raise ValueError(f"Sequential.from_config: expected a dict with class "
@@ -385,33 +403,40 @@ class Sequential:
         # a Sequential whatever cls is: MLP & co. are built from widths, not layer lists
         return Sequential([layer_from_config(c) for c in cfg["layers"]], dtype=cfg.get("dtype"))
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self.layers)
 
-    def __getitem__(self, i):
+    def __getitem__(self, i: int) -> Layer:
         return self.layers[i]
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[Layer]:
         return iter(self.layers)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         inner = ",\n  ".join(repr(layer) for layer in self.layers)
         return f"Sequential([\n  {inner}\n], dtype={self.dtype})"
 
     # ----------------------------------------------------------------- training
-    def fit(self, x, y, *, epochs, batch_size, loss, optimizer, validation_data=None,
-            shuffle=True, seed=None, callbacks=(), verbose=1, schedule=None, initial_epoch=0,
-            resume=None, fused=None):
+    def fit(self, x: npt.NDArray[Any], y: npt.NDArray[np.integer], *, epochs: int,
+            batch_size: int, loss: Loss, optimizer: Optimizer,
+            validation_data: Optional[Tuple[npt.NDArray[Any], npt.NDArray[np.integer]]] = None,
+            shuffle: bool = True, seed: Optional[int] = None, callbacks: Iterable[Callback] = (),
+            verbose: int = 1,
+            schedule: Union[None, LRSchedule, Callable[[int], float]] = None,
+            initial_epoch: int = 0, resume: Optional[Mapping[str, Any]] = None,
+            fused: Optional[bool] = None) -> training.History:
         return training.fit(self, x, y, epochs=epochs, batch_size=batch_size, loss=loss,
                             optimizer=optimizer, validation_data=validation_data,
                             shuffle=shuffle, seed=seed, callbacks=callbacks, verbose=verbose,
                             schedule=schedule, initial_epoch=initial_epoch, resume=resume,
                             fused=fused)
 
-    def evaluate(self, x, y, loss=None, batch_size=training.EVAL_BATCH):
+    def evaluate(self, x: npt.NDArray[Any], y: npt.NDArray[np.integer], loss: Optional[Loss] = None,
+                 batch_size: int = training.EVAL_BATCH) -> Dict[str, float]:
         return training.evaluate(self, x, y, loss=loss, batch_size=batch_size)
 
-    def predict(self, x, batch_size=training.EVAL_BATCH):
+    def predict(self, x: npt.NDArray[Any],
+                batch_size: int = training.EVAL_BATCH) -> npt.NDArray[np.floating]:
         return training.predict(self, x, batch_size=batch_size)
 
     fit.__doc__ = training.fit.__doc__
@@ -419,7 +444,7 @@ class Sequential:
     predict.__doc__ = training.predict.__doc__
 
 
-def _symbolic_output_shape(layer, shape):
+def _symbolic_output_shape(layer: Layer, shape: Sequence[Any]) -> Tuple[Optional[int], ...]:
     """Output shape with a symbolic (None) batch dimension."""
     out = layer.output_shape((1,) + tuple(shape[1:]))
     return (None,) + tuple(out[1:])
