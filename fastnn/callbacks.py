@@ -29,6 +29,8 @@ optimizer, the history, and ``stop_training`` to end the run.
 >>> len(open(log).read().splitlines()) == len(h.epoch) + 1     # a header, then one row per epoch
 True
 """
+from __future__ import annotations
+
 import contextlib
 import csv
 import json
@@ -37,10 +39,15 @@ import os
 import signal
 import threading
 import warnings
+from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Mapping, Optional, Tuple, Union
 
 import numpy as np
+import numpy.typing as npt
 
 from ._validation import real
+
+if TYPE_CHECKING:
+    from .tensorboard import SummaryWriter
 
 __all__ = ["Callback", "TensorBoard", "CSVLogger", "ModelCheckpoint", "EarlyStopping",
            "StopAtAccuracy"]
@@ -49,33 +56,35 @@ __all__ = ["Callback", "TensorBoard", "CSVLogger", "ModelCheckpoint", "EarlyStop
 class Callback:
     """Base class: every hook does nothing."""
 
-    step_freq = None           # None: no per-step calls; n: on_batch_end every n steps
+    step_freq: Optional[int] = None  # None: no per-step calls; n: on_batch_end every n steps
 
-    def __init__(self):
-        self.state = None
-        self.model = None
+    def __init__(self) -> None:
+        # set by fit (set_state) before any hook runs: the run's fastnn.training.TrainState
+        # and its model (training imports this module, so the types stay Any here)
+        self.state: Any = None
+        self.model: Any = None
 
-    def set_state(self, state):
+    def set_state(self, state: Any) -> None:
         self.state = state
         self.model = state.model
 
-    def on_train_begin(self, logs):
+    def on_train_begin(self, logs: Dict[str, float]) -> None:
         pass
 
-    def on_train_end(self, logs):
+    def on_train_end(self, logs: Dict[str, float]) -> None:
         pass
 
-    def on_epoch_begin(self, epoch, logs):
+    def on_epoch_begin(self, epoch: int, logs: Dict[str, float]) -> None:
         pass
 
-    def on_epoch_end(self, epoch, logs):
+    def on_epoch_end(self, epoch: int, logs: Dict[str, float]) -> None:
         pass
 
-    def on_batch_end(self, step, logs):
+    def on_batch_end(self, step: int, logs: Dict[str, float]) -> None:
         pass
 
 
-def _mode_for(monitor, mode):
+def _mode_for(monitor: str, mode: str) -> str:
     """"min" or "max": accuracy-like metrics grow, losses shrink."""
     if mode not in ("auto", "min", "max"):
         raise ValueError(f"mode must be 'auto', 'min' or 'max', got {mode!r}")
@@ -84,7 +93,7 @@ def _mode_for(monitor, mode):
     return "max" if "acc" in monitor else "min"
 
 
-def _check_monitor(monitor):
+def _check_monitor(monitor: Any) -> str:
     if not isinstance(monitor, str) or not monitor:
         raise TypeError(f"monitor must be a metric name such as 'val_loss', got {monitor!r}")
     return monitor
@@ -105,7 +114,11 @@ class TensorBoard(Callback):
     100
     """
 
-    def __init__(self, logdir, histogram_freq=1, update_freq="epoch"):
+    _train: Optional[SummaryWriter]
+    _val: Optional[SummaryWriter]
+
+    def __init__(self, logdir: Union[str, os.PathLike[str]], histogram_freq: int = 1,
+                 update_freq: Union[str, int] = "epoch") -> None:
         super().__init__()
         if not isinstance(logdir, (str, os.PathLike)):
             raise TypeError(f"logdir must be a path, got {type(logdir).__name__}")
@@ -122,22 +135,22 @@ class TensorBoard(Callback):
         self.update_freq = update_freq
         self._train = self._val = None
 
-    def _writers(self):
+    def _writers(self) -> Tuple[SummaryWriter, SummaryWriter]:
         if self._train is None:
             from .tensorboard import SummaryWriter
             self._train = SummaryWriter(os.path.join(self.logdir, "train"))
             self._val = SummaryWriter(os.path.join(self.logdir, "validation"))
-        return self._train, self._val
+        return self._train, self._val  # type: ignore[return-value]  # set together above
 
-    def on_train_begin(self, logs):
+    def on_train_begin(self, logs: Dict[str, float]) -> None:
         self._writers()
 
-    def on_batch_end(self, step, logs):
+    def on_batch_end(self, step: int, logs: Dict[str, float]) -> None:
         train, _ = self._writers()
         train.add_scalar("batch_loss", logs["loss"], step)
         train.add_scalar("batch_accuracy", logs["accuracy"], step)
 
-    def on_epoch_end(self, epoch, logs):
+    def on_epoch_end(self, epoch: int, logs: Dict[str, float]) -> None:
         train, val = self._writers()
         step = epoch + 1
         train.add_scalar("epoch_loss", logs["loss"], step)
@@ -154,10 +167,10 @@ class TensorBoard(Callback):
         train.flush()
         val.flush()
 
-    def on_train_end(self, logs):
+    def on_train_end(self, logs: Dict[str, float]) -> None:
         self.close()
 
-    def close(self):
+    def close(self) -> None:
         for w in (self._train, self._val):
             if w is not None:
                 w.close()
@@ -171,21 +184,22 @@ class CSVLogger(Callback):
     whole history is also written to ``<path minus .csv>.json`` after every
     epoch when ``json_history`` is True."""
 
-    def __init__(self, path, append=False, json_history=True):
+    def __init__(self, path: Union[str, os.PathLike[str]], append: bool = False,
+                 json_history: bool = True) -> None:
         super().__init__()
         if not isinstance(path, (str, os.PathLike)):
             raise TypeError(f"path must be a file path, got {type(path).__name__}")
         self.path = os.fspath(path)
         self.append = bool(append)
         self.json_history = bool(json_history)
-        self._fields = None
+        self._fields: Optional[List[str]] = None
 
     @property
-    def json_path(self):
+    def json_path(self) -> str:
         root, ext = os.path.splitext(self.path)
         return (root if ext.lower() == ".csv" else self.path) + ".json"
 
-    def on_train_begin(self, logs):
+    def on_train_begin(self, logs: Dict[str, float]) -> None:
         self._fields = None
         if self.append and os.path.exists(self.path) and os.path.getsize(self.path) > 0:
             with open(self.path, newline="") as fh:
@@ -197,7 +211,7 @@ class CSVLogger(Callback):
                 os.makedirs(d, exist_ok=True)
             open(self.path, "w").close()
 
-    def on_epoch_end(self, epoch, logs):
+    def on_epoch_end(self, epoch: int, logs: Dict[str, float]) -> None:
         if self._fields is None:
             self._fields = ["epoch"] + list(logs)
             with open(self.path, "w", newline="") as fh:
@@ -213,12 +227,12 @@ class CSVLogger(Callback):
             os.replace(tmp, self.json_path)
 
 
-def _fmt(v):
+def _fmt(v: Any) -> Any:
     return repr(float(v)) if isinstance(v, (float, np.floating)) else v
 
 
 @contextlib.contextmanager
-def _sigint_deferred():
+def _sigint_deferred() -> Iterator[None]:
     """Hold Ctrl-C until the block ends, then deliver it.
 
     A checkpoint save and the bookkeeping after it (``last_saved``) then
@@ -256,8 +270,9 @@ class ModelCheckpoint(Callback):
     with every checkpoint (the command line keeps its recipe there).
     ``last_saved`` is the latest path, ``epochs_done`` the epochs it holds."""
 
-    def __init__(self, path, save_best_only=False, monitor="val_loss", mode="auto",
-                 save_initial=False, extra=None):
+    def __init__(self, path: Union[str, os.PathLike[str]], save_best_only: bool = False,
+                 monitor: str = "val_loss", mode: str = "auto", save_initial: bool = False,
+                 extra: Optional[Mapping[str, Any]] = None) -> None:
         super().__init__()
         if not isinstance(path, (str, os.PathLike)):
             raise TypeError(f"path must be a file path, got {type(path).__name__}")
@@ -267,11 +282,11 @@ class ModelCheckpoint(Callback):
         self.mode = _mode_for(self.monitor, mode)
         self.save_initial = bool(save_initial)
         self.extra = dict(extra or {})
-        self.best = None
-        self.last_saved = None
+        self.best: Optional[float] = None
+        self.last_saved: Optional[str] = None
         self.epochs_done = 0
 
-    def _save(self, epoch, logs):
+    def _save(self, epoch: int, logs: Mapping[str, Any]) -> None:
         from . import serialize
         path = self.path.format(epoch=epoch, **logs) if "{" in self.path else self.path
         d = os.path.dirname(path)
@@ -286,11 +301,11 @@ class ModelCheckpoint(Callback):
             self.last_saved = path
             self.epochs_done = extra["epoch"]
 
-    def on_train_begin(self, logs):
+    def on_train_begin(self, logs: Dict[str, float]) -> None:
         if self.save_initial and not self.state.history.epoch:
             self._save(0, {})
 
-    def on_epoch_end(self, epoch, logs):
+    def on_epoch_end(self, epoch: int, logs: Dict[str, float]) -> None:
         if self.save_best_only:
             cur = logs.get(self.monitor)
             if cur is None:
@@ -303,7 +318,7 @@ class ModelCheckpoint(Callback):
         self._save(epoch + 1, logs)
 
 
-def _improved(current, reference, mode, min_delta):
+def _improved(current: float, reference: float, mode: str, min_delta: float) -> bool:
     if not math.isfinite(current):
         return False
     if mode == "min":
@@ -318,8 +333,9 @@ class EarlyStopping(Callback):
     puts the best epoch's weights back at the end.  ``stopped_epoch`` is the
     epoch (1-based) at which training stopped, 0 if it ran to the end."""
 
-    def __init__(self, monitor="val_loss", patience=0, baseline=None, min_delta=0.0, mode="auto",
-                 restore_best_weights=False):
+    def __init__(self, monitor: str = "val_loss", patience: int = 0,
+                 baseline: Optional[float] = None, min_delta: float = 0.0, mode: str = "auto",
+                 restore_best_weights: bool = False) -> None:
         super().__init__()
         self.monitor = _check_monitor(monitor)
         if isinstance(patience, bool) or not isinstance(patience, int) or patience < 0:
@@ -331,14 +347,14 @@ class EarlyStopping(Callback):
         self.mode = _mode_for(self.monitor, mode)
         self.restore_best_weights = bool(restore_best_weights)
 
-    def on_train_begin(self, logs):
+    def on_train_begin(self, logs: Dict[str, float]) -> None:
         self.wait = 0
         self.stopped_epoch = 0
         self.best = math.inf if self.mode == "min" else -math.inf
-        self.best_epoch = None
-        self._best_weights = None
+        self.best_epoch: Optional[int] = None
+        self._best_weights: Optional[npt.NDArray[Any]] = None
 
-    def on_epoch_end(self, epoch, logs):
+    def on_epoch_end(self, epoch: int, logs: Dict[str, float]) -> None:
         cur = logs.get(self.monitor)
         if cur is None:
             warnings.warn(f"EarlyStopping: {self.monitor!r} is not in the logs ({sorted(logs)})",
@@ -356,7 +372,7 @@ class EarlyStopping(Callback):
             self.stopped_epoch = epoch + 1
             self.state.stop_training = True
 
-    def on_train_end(self, logs):
+    def on_train_end(self, logs: Dict[str, float]) -> None:
         if self.stopped_epoch and self._best_weights is not None:
             self.model.flat_params[...] = self._best_weights
 
@@ -367,16 +383,16 @@ class StopAtAccuracy(Callback):
     The speedrun uses it: stop once test accuracy >= 0.98.  ``reached_epoch``
     is the (1-based) epoch that reached it, or None."""
 
-    def __init__(self, target=0.98, monitor="val_accuracy"):
+    def __init__(self, target: float = 0.98, monitor: str = "val_accuracy") -> None:
         super().__init__()
         target = real(target, "target")
         if not 0.0 < target <= 1.0:
             raise ValueError(f"target must be in (0, 1], got {target!r}")
         self.target = target
         self.monitor = _check_monitor(monitor)
-        self.reached_epoch = None
+        self.reached_epoch: Optional[int] = None
 
-    def on_epoch_end(self, epoch, logs):
+    def on_epoch_end(self, epoch: int, logs: Dict[str, float]) -> None:
         cur = logs.get(self.monitor)
         if cur is None:
             warnings.warn(f"StopAtAccuracy: {self.monitor!r} is not in the logs "

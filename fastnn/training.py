@@ -36,17 +36,33 @@ outputs (N, C).
 >>> h.params["engine"], h.history["accuracy"][-1] > 0.9
 ('fused', True)
 """
+from __future__ import annotations
+
 import inspect
 import math
 import sys
 import time
+from typing import (TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, Mapping, Optional,
+                    Sequence, Tuple, Union)
 
 import numpy as np
+import numpy.typing as npt
 
 from . import _fused, fusion
 from ._validation import check_finite_rows
 from ._validation import integer as _integer
 from .errors import DivergenceError, DTypeError, ShapeError
+
+if TYPE_CHECKING:
+    from .callbacks import Callback
+    from .losses import Loss
+    from .optim import LRSchedule, Optimizer
+
+    #: a learning-rate schedule as ``fit`` takes it: an LRSchedule or step -> lr
+    _Schedule = Union[LRSchedule, Callable[[int], float]]
+
+# ``model`` is duck-typed throughout (a Sequential, or any object with __call__,
+# backward, parameters, zero_grad, train and eval), so it is typed Any.
 
 __all__ = ["History", "fit", "evaluate", "predict", "TrainState", "EVAL_BATCH"]
 
@@ -62,27 +78,29 @@ class History:
     of training, samples_per_s).  ``epoch``: the epoch indices (0-based).
     ``params``: epochs, batch_size, steps (per epoch), samples, engine."""
 
-    def __init__(self, history=None, epoch=None, params=None):
+    def __init__(self, history: Optional[Mapping[str, Iterable[float]]] = None,
+                 epoch: Optional[Iterable[int]] = None,
+                 params: Optional[Mapping[str, Any]] = None) -> None:
         self.history = {k: list(v) for k, v in (history or {}).items()}
         self.epoch = list(epoch or [])
         self.params = dict(params or {})
 
-    def append(self, epoch, logs):
+    def append(self, epoch: int, logs: Mapping[str, float]) -> None:
         self.epoch.append(int(epoch))
         for k, v in logs.items():
             self.history.setdefault(k, []).append(float(v))
 
-    def to_dict(self):
+    def to_dict(self) -> Dict[str, Any]:
         """JSON-ready copy (used by checkpoints and --json)."""
         return {"history": {k: list(v) for k, v in self.history.items()},
                 "epoch": list(self.epoch), "params": dict(self.params)}
 
     @classmethod
-    def from_dict(cls, d):
+    def from_dict(cls, d: Optional[Mapping[str, Any]]) -> History:
         d = d or {}
         return cls(d.get("history"), d.get("epoch"), d.get("params"))
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"History(epochs={len(self.epoch)}, keys={sorted(self.history)})"
 
 
@@ -92,7 +110,8 @@ class TrainState:
     ``stop_training`` set to True by a callback ends training after the
     current epoch (or the current chunk of steps)."""
 
-    def __init__(self, model, optimizer, loss, history, rng, params):
+    def __init__(self, model: Any, optimizer: Optimizer, loss: Loss, history: History,
+                 rng: np.random.Generator, params: Dict[str, Any]) -> None:
         self.model = model
         self.optimizer = optimizer
         self.loss = loss
@@ -103,9 +122,9 @@ class TrainState:
         self.global_step = 0         # optimizer steps taken since the first epoch
         self.stop_training = False
         self.rng_state = rng.bit_generator.state   # state at the start of the next epoch
-        self.engine = None
+        self.engine: Optional[str] = None
 
-    def resume_extra(self):
+    def resume_extra(self) -> Dict[str, Any]:
         """The checkpoint ``extra`` that lets ``fit(resume=...)`` continue bitwise."""
         return {"epoch": len(self.history.epoch) and self.history.epoch[-1] + 1,
                 "global_step": self.global_step,
@@ -116,11 +135,11 @@ class TrainState:
 
 # ---------------------------------------------------------------- validation
 
-def _check_int(name, value, minimum):
+def _check_int(name: str, value: Any, minimum: int) -> int:
     return _integer(value, name, lo=minimum)
 
 
-def _check_x(x, name="x"):
+def _check_x(x: Any, name: str = "x") -> npt.NDArray[Any]:
     if not isinstance(x, np.ndarray):
         raise DTypeError(f"{name} must be a numpy array, got {type(x).__name__}")
     if x.dtype != np.uint8 and not np.issubdtype(x.dtype, np.floating):
@@ -132,7 +151,7 @@ def _check_x(x, name="x"):
     return x
 
 
-def _check_y(y, n, name="y"):
+def _check_y(y: Any, n: int, name: str = "y") -> npt.NDArray[Any]:
     if not isinstance(y, np.ndarray):
         raise DTypeError(f"{name} must be a numpy array of integer labels, got {type(y).__name__}")
     if not np.issubdtype(y.dtype, np.integer) or y.dtype == np.bool_:
@@ -144,21 +163,21 @@ def _check_y(y, n, name="y"):
     return y
 
 
-def _check_labels(y, n_classes, name="y"):
+def _check_labels(y: npt.NDArray[Any], n_classes: int, name: str = "y") -> None:
     lo, hi = int(y.min()), int(y.max())
     if lo < 0 or hi >= n_classes:
         raise ValueError(f"{name} holds labels in [{lo}, {hi}] but the model has {n_classes} "
                          f"outputs: labels must be in [0, {n_classes - 1}]")
 
 
-def _check_loss(loss):
+def _check_loss(loss: Any) -> Loss:
     if not callable(loss) or not hasattr(loss, "backward"):
         raise TypeError(f"loss must be a fastnn loss (e.g. fastnn.losses.SoftmaxCrossEntropy()), "
                         f"got {type(loss).__name__} {loss!r:.60}")
     return loss
 
 
-def _check_optimizer(optimizer, model):
+def _check_optimizer(optimizer: Any, model: Any) -> Optimizer:
     """An optimizer (``step()``) whose parameters all belong to ``model``: one built on
     another model would silently train that model instead."""
     if not callable(getattr(optimizer, "step", None)):
@@ -176,7 +195,7 @@ def _check_optimizer(optimizer, model):
     return optimizer
 
 
-def _check_features(model, x, name="x"):
+def _check_features(model: Any, x: npt.NDArray[Any], name: str = "x") -> None:
     """x's features per row against what the model's first layer takes, naming x's
     whole shape (a probe on x[:1] would report (1, ...))."""
     want = getattr(model, "input_features", lambda: None)()
@@ -185,7 +204,7 @@ def _check_features(model, x, name="x"):
                          f"row) but the model's first layer expects {want} features")
 
 
-def _output_dim(model, x):
+def _output_dim(model: Any, x: npt.NDArray[Any]) -> int:
     """Number of model outputs, from a forward pass on one sample."""
     was_training = getattr(model, "training", True)
     model.eval()
@@ -199,7 +218,7 @@ def _output_dim(model, x):
     return out.shape[1]
 
 
-def _jsonable_state(state):
+def _jsonable_state(state: Any) -> Any:
     """Generator states hold plain ints and dicts already; copy them deeply."""
     if isinstance(state, dict):
         return {k: _jsonable_state(v) for k, v in state.items()}
@@ -210,13 +229,13 @@ def _jsonable_state(state):
     return state
 
 
-def _restore_state(state):
+def _restore_state(state: Any) -> Any:
     if isinstance(state, dict):
         return {k: _restore_state(v) for k, v in state.items()}
     return state
 
 
-def _layer_rng(layer):
+def _layer_rng(layer: Any) -> Optional[np.random.Generator]:
     for attr in ("_rng", "rng"):
         rng = getattr(layer, attr, None)
         if isinstance(rng, np.random.Generator):
@@ -224,7 +243,7 @@ def _layer_rng(layer):
     return None
 
 
-def layer_rng_states(model):
+def layer_rng_states(model: Any) -> Dict[str, Any]:
     """Bit-generator states of every layer that draws random numbers (Dropout)."""
     out = {}
     layers = getattr(model, "layers", ()) or ()
@@ -235,7 +254,7 @@ def layer_rng_states(model):
     return out
 
 
-def set_layer_rng_states(model, states):
+def set_layer_rng_states(model: Any, states: Optional[Mapping[str, Any]]) -> None:
     layers = getattr(model, "layers", ()) or ()
     for key, st in (states or {}).items():
         rng = _layer_rng(layers[int(key)])
@@ -243,7 +262,7 @@ def set_layer_rng_states(model, states):
             rng.bit_generator.state = _restore_state(st)
 
 
-def _params_finite(model):
+def _params_finite(model: Any) -> bool:
     flat = getattr(model, "flat_params", None)
     if flat is not None:
         return bool(np.isfinite(flat).all())
@@ -259,15 +278,15 @@ class _BatchFeeder:
     so a float dataset prepared as ``x.astype(dtype) / 255`` gives the same
     batches to rounding."""
 
-    def __init__(self, x, batch_size, dtype):
+    def __init__(self, x: npt.NDArray[Any], batch_size: int, dtype: npt.DTypeLike) -> None:
         self.x = x
-        self.dtype = np.dtype(dtype)
+        self.dtype: np.dtype[Any] = np.dtype(dtype)
         feat = x.shape[1:]
         self.raw = np.empty((batch_size,) + feat, x.dtype)
         self.scaled = (np.empty((batch_size,) + feat, self.dtype)
                        if x.dtype == np.uint8 or x.dtype != self.dtype else None)
 
-    def __call__(self, idx):
+    def __call__(self, idx: npt.NDArray[np.integer]) -> npt.NDArray[Any]:
         b = len(idx)
         raw = self.raw[:b]
         np.take(self.x, idx, axis=0, out=raw)
@@ -281,7 +300,7 @@ class _BatchFeeder:
         return out
 
 
-def _model_dtype(model, x):
+def _model_dtype(model: Any, x: npt.NDArray[Any]) -> np.dtype[Any]:
     dt = getattr(model, "dtype", None)
     if dt is not None:
         return np.dtype(dt)
@@ -298,19 +317,21 @@ class _GeneralEngine:
 
     name = "general"
 
-    def __init__(self, model, loss, optimizer, x, y, batch_size, schedule):
+    def __init__(self, model: Any, loss: Loss, optimizer: Optimizer, x: npt.NDArray[Any],
+                 y: npt.NDArray[Any], batch_size: int, schedule: Optional[_Schedule]) -> None:
         self.model, self.loss, self.optimizer = model, loss, optimizer
         self.x, self.y, self.batch_size = x, y, batch_size
         self.schedule = schedule
         self.feed = _BatchFeeder(x, batch_size, _model_dtype(model, x))
         # Sequential.backward(input_grad=False) skips dL/dx of the first layer (unused here)
         try:
-            params = inspect.signature(model.backward).parameters
+            params: Mapping[str, Any] = inspect.signature(model.backward).parameters
         except (TypeError, ValueError):
             params = {}
         self.backward_kw = {"input_grad": False} if "input_grad" in params else {}
 
-    def run(self, perm, start, stop, state):
+    def run(self, perm: npt.NDArray[Any], start: int, stop: int,
+            state: TrainState) -> Dict[str, Any]:
         """Steps [start, stop) of the epoch ordered by ``perm``; returns the chunk's sums."""
         model, loss, opt, b = self.model, self.loss, self.optimizer, self.batch_size
         loss_sum, correct, count = 0.0, 0, 0
@@ -340,11 +361,13 @@ class _FusedEngine:
 
     name = "fused"
 
-    def __init__(self, plan, optimizer, x, y, schedule):
+    def __init__(self, plan: _fused.FusedPlan, optimizer: Optimizer, x: npt.NDArray[Any],
+                 y: npt.NDArray[Any], schedule: Optional[_Schedule]) -> None:
         self.plan, self.optimizer, self.x, self.y = plan, optimizer, x, y
         self.schedule = schedule
 
-    def run(self, perm, start, stop, state):
+    def run(self, perm: npt.NDArray[Any], start: int, stop: int,
+            state: TrainState) -> Dict[str, Any]:
         kw = {}
         if self.schedule is not None:
             # one learning rate per step of the chunk; the plan applies them in order
@@ -367,22 +390,25 @@ class _Diverged(Exception):
     """Non-finite loss at ``step`` (0-based, in the epoch), or non-finite weights found
     after a chunk of steps ending at ``step`` that began at ``first``."""
 
-    def __init__(self, step, value, what="loss", first=None):
+    def __init__(self, step: int, value: float, what: str = "loss",
+                 first: Optional[int] = None) -> None:
         super().__init__(step, value)
         self.step, self.value, self.what = step, value, what
         self.first = step if first is None else first
 
 
-def _schedule_lr(schedule, global_step):
+def _schedule_lr(schedule: _Schedule, global_step: int) -> float:
     """Learning rate of ``global_step`` (0-based): ``schedule(t)`` or ``schedule.lr_at(t)``."""
     return float(schedule(global_step) if callable(schedule) else schedule.lr_at(global_step))
 
 
-def _apply_schedule(schedule, optimizer, global_step):
+def _apply_schedule(schedule: _Schedule, optimizer: Optimizer, global_step: int) -> None:
     optimizer.lr = _schedule_lr(schedule, global_step)
 
 
-def _make_engine(model, loss, optimizer, x, y, batch_size, schedule, fused):
+def _make_engine(model: Any, loss: Loss, optimizer: Optimizer, x: npt.NDArray[Any],
+                 y: npt.NDArray[Any], batch_size: int, schedule: Optional[_Schedule],
+                 fused: Optional[bool]) -> Tuple[Union[_GeneralEngine, _FusedEngine], str]:
     """(engine, why the fused trainer does not run it: "" when it does)."""
     if fused is False:
         reason = "fused=False"
@@ -404,7 +430,7 @@ def _make_engine(model, loss, optimizer, x, y, batch_size, schedule, fused):
 
 # ---------------------------------------------------------------- progress output
 
-def format_epoch_line(epoch, epochs, logs):
+def format_epoch_line(epoch: int, epochs: int, logs: Mapping[str, float]) -> str:
     """Keras verbose=2 style: ``Epoch 1/3 - 0.21s - loss: 0.2934 - accuracy: 0.9151 - ...``."""
     parts = [f"Epoch {epoch + 1}/{epochs}", f"{logs['epoch_time']:.2f}s"]
     for k in ("loss", "accuracy", "val_loss", "val_accuracy"):
@@ -420,24 +446,24 @@ class _Bar:
 
     WIDTH = 30           # characters of the plain-text bar
 
-    def __init__(self, enabled):
+    def __init__(self, enabled: bool) -> None:
         self.enabled = bool(enabled) and sys.stdout.isatty()
-        self.tqdm = None
+        self.tqdm: Any = None      # tqdm's class, when installed
         if self.enabled:
             try:
                 from tqdm import tqdm
                 self.tqdm = tqdm
             except ImportError:
                 pass
-        self.bar = None
+        self.bar: Any = None       # the running tqdm bar
         self.total = self.done = 0
         self.desc = ""
 
     @property
-    def active(self):
+    def active(self) -> bool:
         return self.enabled
 
-    def start(self, epoch, epochs, steps):
+    def start(self, epoch: int, epochs: int, steps: int) -> None:
         if not self.enabled:
             return
         self.desc, self.total, self.done = f"Epoch {epoch + 1}/{epochs}", steps, 0
@@ -445,7 +471,7 @@ class _Bar:
             self.bar = self.tqdm(total=steps, desc=self.desc, leave=False, unit="step",
                                  file=sys.stdout)
 
-    def update(self, n, loss):
+    def update(self, n: int, loss: float) -> None:
         if self.bar is not None:
             self.bar.update(n)
             self.bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
@@ -455,7 +481,7 @@ class _Bar:
                                                self.WIDTH))
             sys.stdout.flush()
 
-    def close(self):
+    def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
@@ -466,7 +492,7 @@ class _Bar:
             self.total = 0
 
 
-def plain_bar(desc, done, total, loss, width=30):
+def plain_bar(desc: str, done: int, total: int, loss: float, width: int = 30) -> str:
     """One line of the plain-text progress bar.
 
     >>> plain_bar("Epoch 1/3", 469, 938, 0.25, width=10)
@@ -478,7 +504,7 @@ def plain_bar(desc, done, total, loss, width=30):
 
 # ---------------------------------------------------------------- fit
 
-def _chunk_steps(callbacks, bar, steps_per_epoch):
+def _chunk_steps(callbacks: Sequence[Callback], bar: _Bar, steps_per_epoch: int) -> Optional[int]:
     """How many steps to run before returning to Python (gcd of what callbacks ask)."""
     freqs = [int(f) for f in (getattr(cb, "step_freq", None) for cb in callbacks) if f]
     if bar.active:
@@ -491,9 +517,12 @@ def _chunk_steps(callbacks, bar, steps_per_epoch):
     return max(1, g)
 
 
-def fit(model, x, y, *, epochs, batch_size, loss, optimizer, validation_data=None,
-        shuffle=True, seed=None, callbacks=(), verbose=1, schedule=None, initial_epoch=0,
-        resume=None, fused=None):
+def fit(model: Any, x: npt.NDArray[Any], y: npt.NDArray[np.integer], *, epochs: int,
+        batch_size: int, loss: Loss, optimizer: Optimizer,
+        validation_data: Optional[Tuple[npt.NDArray[Any], npt.NDArray[np.integer]]] = None,
+        shuffle: bool = True, seed: Optional[int] = None, callbacks: Iterable[Callback] = (),
+        verbose: int = 1, schedule: Optional[_Schedule] = None, initial_epoch: int = 0,
+        resume: Optional[Mapping[str, Any]] = None, fused: Optional[bool] = None) -> History:
     """Train ``model`` on (x, y); returns a :class:`History`.
 
     Arguments follow Keras: ``epochs`` is the index of the last epoch to run
@@ -612,7 +641,8 @@ def fit(model, x, y, *, epochs, batch_size, loss, optimizer, validation_data=Non
                         logs = {"loss": res["loss_sum"] / max(res["count"], 1),
                                 "accuracy": res["correct"] / max(res["count"], 1)}
                         for cb in step_cbs:
-                            if state.global_step % cb.step_freq == 0 or step == steps_per_epoch:
+                            # step_cbs holds the callbacks whose step_freq is an int
+                            if state.global_step % cb.step_freq == 0 or step == steps_per_epoch:  # type: ignore[operator]
                                 cb.on_batch_end(state.global_step, logs)
                     bar.update(res["steps"], res["loss_sum"] / max(res["count"], 1))
                     if state.stop_training and step_cbs:
@@ -662,7 +692,8 @@ def fit(model, x, y, *, epochs, batch_size, loss, optimizer, validation_data=Non
 
 # ---------------------------------------------------------------- evaluate / predict
 
-def _forward_batches(model, x, batch_size):
+def _forward_batches(model: Any, x: npt.NDArray[Any],
+                     batch_size: int) -> Iterator[Tuple[int, int, npt.NDArray[Any]]]:
     """Yield (start, stop, outputs) over x in eval mode, uint8 scaled per batch."""
     feed = _BatchFeeder(x, min(batch_size, x.shape[0]), _model_dtype(model, x))
     n = x.shape[0]
@@ -674,12 +705,14 @@ def _forward_batches(model, x, batch_size):
         yield s, e, np.asarray(model(xb))
 
 
-def _default_loss():
+def _default_loss() -> Loss:
     from .losses import SoftmaxCrossEntropy
     return SoftmaxCrossEntropy()
 
 
-def evaluate(model, x, y, loss=None, batch_size=EVAL_BATCH, _checked=False):
+def evaluate(model: Any, x: npt.NDArray[Any], y: npt.NDArray[np.integer],
+             loss: Optional[Loss] = None, batch_size: int = EVAL_BATCH,
+             _checked: bool = False) -> Dict[str, float]:
     """Mean loss and accuracy of ``model`` on (x, y) in eval mode.
 
     accuracy = mean(argmax(model(x), 1) == y); loss defaults to softmax
@@ -706,7 +739,7 @@ def evaluate(model, x, y, loss=None, batch_size=EVAL_BATCH, _checked=False):
     return {"loss": loss_sum / n, "accuracy": correct / n}
 
 
-def predict(model, x, batch_size=EVAL_BATCH):
+def predict(model: Any, x: npt.NDArray[Any], batch_size: int = EVAL_BATCH) -> npt.NDArray[Any]:
     """Model outputs (N, C) for x, computed in eval mode in batches (uint8 scaled by 1/255)."""
     batch_size = _check_int("batch_size", batch_size, 1)
     x = _check_x(x)
@@ -721,4 +754,4 @@ def predict(model, x, batch_size=EVAL_BATCH):
     finally:
         if was_training:
             model.train()
-    return result
+    return result  # type: ignore[return-value]  # x is not empty: result was made
