@@ -39,20 +39,28 @@ logits; ``SoftmaxCrossEntropy(label_smoothing=0)``; ``SGD``, ``Adam`` or
 >>> res["steps"], res["count"], opt.step_count
 (3, 5, 3)
 """
+from __future__ import annotations
+
 import math
 import numbers
 import threading
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+import numpy.typing as npt
 
 from . import _threads
 from .errors import DTypeError, ShapeError
-from .fusion import check, native_trainer
+from .fusion import LayerSpec, check, native_trainer
+
+if TYPE_CHECKING:
+    from .losses import Loss
+    from .optim import Optimizer
 
 __all__ = ["plan", "FusedPlan", "reference_run"]
 
 
-def plan(model, loss, optimizer, batch_size):
+def plan(model: Any, loss: Loss, optimizer: Optimizer, batch_size: int) -> Optional[FusedPlan]:
     """A ``FusedPlan`` for (model, loss, optimizer, batch_size), or None when
     :func:`fastnn.fusion.check` declines the combination (its ``reason`` says
     why; the caller then uses the layer-by-layer path)."""
@@ -67,13 +75,16 @@ class FusedPlan:
     workspace (activations, gradients, padded weight copies) is allocated once
     here.  See the module docstring for the math."""
 
-    def __init__(self, model, optimizer, dense, batch_size):
+    dims: List[int]     # layer widths: Dense specs always carry them (LayerSpec says Optional)
+
+    def __init__(self, model: Any, optimizer: Optimizer,
+                 dense: Sequence[Tuple[LayerSpec, bool]], batch_size: int) -> None:
         """``dense``: the (Dense ``LayerSpec``, relu flag) pairs of
         ``fastnn.fusion.check(...).dense``."""
         self.model, self.optimizer, self.batch_size = model, optimizer, batch_size
         self.layers = [spec for spec, _ in dense]
         self.relu = [bool(r) for _, r in dense]
-        self.dims = [self.layers[0].in_features] + [spec.out_features for spec in self.layers]
+        self.dims = [self.layers[0].in_features] + [spec.out_features for spec in self.layers]  # type: ignore[assignment]
         self.n_classes = self.dims[-1]
         self._native = native_trainer()
         self._trainer = self._native.Trainer(self.dims, self.relu,
@@ -83,31 +94,35 @@ class FusedPlan:
         # threads (the native loop releases the GIL) take turns
         self._lock = threading.Lock()
 
-    def new_profile(self):
+    def new_profile(self) -> npt.NDArray[np.float64]:
         """A zeroed accumulator for ``run(..., profile=)``."""
         return np.zeros(self._native.PROFILE_SLOTS)
 
-    def phase_names(self):
+    def phase_names(self) -> List[str]:
         """Names of the profile slots in use: a step's phases, then "wait"."""
         return self._trainer.phase_names() + ["wait"]
 
-    def profile_dict(self, profile):
+    def profile_dict(self, profile: npt.NDArray[np.float64]) -> Dict[str, float]:
         """{phase name: seconds} from an accumulator filled by ``run``."""
         names = self.phase_names()
         return dict(zip(names[:-1], profile[:len(names) - 1].tolist()), wait=float(profile[-1]))
 
-    def _slot_views(self, flat):
+    def _slot_views(self, flat: Optional[npt.NDArray[Any]]
+                    ) -> Tuple[List[Optional[npt.NDArray[Any]]], List[Optional[npt.NDArray[Any]]]]:
         """Per-layer (W, b) views of one flat optimizer state buffer (or Nones)."""
+        ws: List[Optional[npt.NDArray[Any]]]
+        bs: List[Optional[npt.NDArray[Any]]]
         ws, bs = [], []
         for spec in self.layers:
             for p, out in ((spec.weight, ws), (spec.bias, bs)):
                 if p is None or flat is None:
                     out.append(None)
                 else:
-                    out.append(flat[p.offset:p.offset + p.size].reshape(p.shape))
+                    # a model's parameters are bound: p.offset is an int
+                    out.append(flat[p.offset:p.offset + p.size].reshape(p.shape))  # type: ignore[operator]
         return ws, bs
 
-    def _check_x(self, x):
+    def _check_x(self, x: Any) -> npt.NDArray[Any]:
         if not isinstance(x, np.ndarray):
             raise DTypeError(f"FusedPlan.run: x must be a numpy array, got {type(x).__name__}")
         if x.dtype != np.uint8 and x.dtype != np.float32:
@@ -121,7 +136,9 @@ class FusedPlan:
             x2 = np.ascontiguousarray(x).reshape(x.shape[0], self.dims[0])
         return x2
 
-    def run(self, x, y, perm, start=0, stop=None, lrs=None, profile=None):
+    def run(self, x: npt.NDArray[Any], y: npt.ArrayLike, perm: npt.ArrayLike, start: int = 0,
+            stop: Optional[int] = None, lrs: Optional[npt.ArrayLike] = None,
+            profile: Optional[npt.NDArray[np.float64]] = None) -> Dict[str, Any]:
         """Train on steps [start, stop) of the epoch ordered by ``perm``: step s
         uses the rows perm[s*B:(s+1)*B] (the last batch may be partial).
 
@@ -185,9 +202,12 @@ class FusedPlan:
         with self._lock:
             return self._run_native(x2, labels, idx, start, stop, lrs, profile)
 
-    def _run_native(self, x2, labels, idx, start, stop, lrs, profile):
+    def _run_native(self, x2: npt.NDArray[Any], labels: npt.NDArray[np.int64],
+                    idx: npt.NDArray[np.int64], start: int, stop: int,
+                    lrs: Optional[npt.NDArray[np.float32]],
+                    profile: Optional[npt.NDArray[np.float64]]) -> Dict[str, Any]:
         opt, b = self.optimizer, self.batch_size
-        W = [spec.weight.data for spec in self.layers]
+        W = [spec.weight.data for spec in self.layers]  # type: ignore[union-attr]  # Dense: has one
         bias = [spec.bias.data if spec.bias is not None else None for spec in self.layers]
         for a in W + [v for v in bias if v is not None]:
             if not a.flags.c_contiguous or a.dtype != np.float32:    # views of flat_params
@@ -209,9 +229,15 @@ class FusedPlan:
                 "single_thread_chunks": int(solo)}
 
 
-def reference_run(W, b, relu, x, y, idx, batch_size, kind="sgd", lr=0.1, momentum=0.0,
-                  nesterov=False, weight_decay=0.0, beta1=0.9, beta2=0.999, eps=1e-8, step=0,
-                  state=None):
+def reference_run(W: Sequence[npt.NDArray[Any]], b: Sequence[Optional[npt.NDArray[Any]]],
+                  relu: Sequence[bool], x: npt.NDArray[Any], y: npt.NDArray[Any],
+                  idx: npt.NDArray[Any],
+                  batch_size: int, kind: str = "sgd", lr: float = 0.1, momentum: float = 0.0,
+                  nesterov: bool = False, weight_decay: float = 0.0, beta1: float = 0.9,
+                  beta2: float = 0.999, eps: float = 1e-8, step: int = 0,
+                  state: Optional[Dict[str, List[npt.NDArray[np.float64]]]] = None
+                  ) -> Tuple[List[npt.NDArray[np.float64]], List[Optional[npt.NDArray[np.float64]]],
+                             Dict[str, List[npt.NDArray[np.float64]]], float, int, int]:
     """The float64 numpy spec of ``FusedPlan.run``'s steps (also PyTorch's semantics).
 
     W, b: per-layer weights (in, out) and biases (or None); relu[l]: ReLU after
@@ -244,7 +270,7 @@ def reference_run(W, b, relu, x, y, idx, batch_size, kind="sgd", lr=0.1, momentu
         g = p
         g[np.arange(nb), yb] -= 1.0
         g /= nb
-        grads = []
+        grads: List[npt.NDArray[np.float64]] = []
         for l in range(len(W) - 1, -1, -1):
             gl = [a[l].T @ g] + ([g.sum(axis=0)] if b[l] is not None else [])
             if l > 0:

@@ -12,13 +12,17 @@ Rosenblatt's classic learner with its own ``fit``.
 >>> bool(SoftmaxRegression(784, 10).flat_params.any())     # zeros, as in the tutorial
 False
 """
+from __future__ import annotations
+
 import math
 import numbers
+from typing import Any, Callable, Dict, Iterable, List, Optional, SupportsFloat
 
 import numpy as np
+import numpy.typing as npt
 
 from .errors import DTypeError, ShapeError
-from .layers import Dense
+from .layers import Dense, Layer
 from .sequential import Sequential
 
 __all__ = ["Perceptron", "SoftmaxRegression", "MLP"]
@@ -33,7 +37,7 @@ class SoftmaxRegression(Sequential):
     (4, 3)
     """
 
-    def __init__(self, n_features, n_classes, dtype=np.float32):
+    def __init__(self, n_features: int, n_classes: int, dtype: npt.DTypeLike = np.float32) -> None:
         super().__init__([Dense(n_features, n_classes, init="zeros", dtype=dtype)])
 
 
@@ -48,7 +52,9 @@ class MLP(Sequential):
     [16, 12, 5]
     """
 
-    def __init__(self, sizes, activation="relu", init="torch", dtype=np.float32, seed=None):
+    def __init__(self, sizes: Iterable[int], activation: Optional[str] = "relu",
+                 init: str = "torch", dtype: npt.DTypeLike = np.float32,
+                 seed: Optional[int] = None) -> None:
         if isinstance(sizes, (str, bytes)) or not hasattr(sizes, "__iter__"):
             raise TypeError(f"MLP: sizes must be a list of layer widths, e.g. [784, 128, 10], "
                             f"got {type(sizes).__name__} {sizes!r:.40}")
@@ -56,7 +62,7 @@ class MLP(Sequential):
         if len(sizes) < 2:
             raise ValueError(f"MLP: sizes must list at least the input and output widths, "
                              f"got {sizes!r}")
-        layers = []
+        layers: List[Layer] = []
         for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
             last = i == len(sizes) - 2
             layers.append(Dense(fan_in, fan_out, activation=None if last else activation,
@@ -66,7 +72,9 @@ class MLP(Sequential):
 
 # ============================================================================ perceptron
 
-def _perceptron_epoch_py(x, y, order, w, b, lr, binary):
+def _perceptron_epoch_py(x: npt.NDArray[np.floating], y: npt.NDArray[np.int64],
+                         order: npt.NDArray[np.int64], w: npt.NDArray[np.float64],
+                         b: npt.NDArray[np.float64], lr: float, binary: bool) -> int:
     """One pass of the perceptron rule over x[order] (the Numba kernel's source).
 
     x (N, D) float, y (N,) int64, order (N,) int64, w (K, D) float64, b (K,)
@@ -102,10 +110,10 @@ def _perceptron_epoch_py(x, y, order, w, b, lr, binary):
     return mistakes
 
 
-_epoch_kernel = None
+_epoch_kernel: Optional[Callable[..., int]] = None
 
 
-def _kernel():
+def _kernel() -> Callable[..., int]:
     """The Numba-compiled epoch (compiled on first use, cached on disk)."""
     global _epoch_kernel
     if _epoch_kernel is None:
@@ -141,7 +149,8 @@ class Perceptron:
     [0, 0, 0, 1]
     """
 
-    def __init__(self, n_features, n_classes=2, lr=1.0, seed=None):
+    def __init__(self, n_features: int, n_classes: int = 2, lr: SupportsFloat = 1.0,
+                 seed: Optional[int] = None) -> None:
         for name, v, lo in (("n_features", n_features, 1), ("n_classes", n_classes, 2)):
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
                 raise ValueError(f"Perceptron: {name} must be an integer >= {lo}, got {v!r}")
@@ -158,10 +167,10 @@ class Perceptron:
         units = 1 if self.n_classes == 2 else self.n_classes
         self.weights = np.zeros((units, self.n_features))   # (units, n_features), float64
         self.bias = np.zeros(units)
-        self.errors_ = []
+        self.errors_: List[int] = []
 
     # -- inputs ---------------------------------------------------------------------
-    def _features(self, x):
+    def _features(self, x: Any) -> npt.NDArray[np.floating]:
         x = np.asarray(x)
         if x.dtype == np.uint8:
             x = np.multiply(x, np.float32(1.0 / 255.0), dtype=np.float32)
@@ -179,7 +188,7 @@ class Perceptron:
                              f"got shape {x.shape}")
         return np.ascontiguousarray(x.reshape(x.shape[0], self.n_features))
 
-    def _labels(self, y, n):
+    def _labels(self, y: Any, n: int) -> npt.NDArray[np.int64]:
         y = np.asarray(y)
         if y.dtype.kind not in "iub":
             raise DTypeError(f"Perceptron: y must be integer class labels, got dtype {y.dtype}")
@@ -193,7 +202,8 @@ class Perceptron:
         return y.astype(np.int64)
 
     # -- training ---------------------------------------------------------------------
-    def fit(self, x, y, epochs=10, shuffle=True):
+    def fit(self, x: npt.ArrayLike, y: npt.ArrayLike, epochs: int = 10,
+            shuffle: bool = True) -> Perceptron:
         """Run up to ``epochs`` passes of the perceptron rule; returns self."""
         x = self._features(x)
         y = self._labels(y, x.shape[0])
@@ -217,7 +227,7 @@ class Perceptron:
         return self
 
     # -- inference --------------------------------------------------------------------
-    def decision_function(self, x):
+    def decision_function(self, x: npt.ArrayLike) -> npt.NDArray[np.floating]:
         """Scores ``x @ W^T + b``: (N,) when binary, else (N, n_classes)."""
         from .kernels import matmul
         x = self._features(x)
@@ -225,19 +235,19 @@ class Perceptron:
         s = matmul(x, w, trans_b=True, bias=self.bias.astype(x.dtype, copy=False))
         return s[:, 0] if self.n_classes == 2 else s
 
-    def predict(self, x):
+    def predict(self, x: npt.ArrayLike) -> npt.NDArray[np.int64]:
         """Labels (N,) int64: step(score) when binary, argmax of the scores otherwise."""
         s = self.decision_function(x)
         if self.n_classes == 2:
             return (s > 0).astype(np.int64)
         return np.argmax(s, axis=1).astype(np.int64)
 
-    def score(self, x, y):
+    def score(self, x: npt.ArrayLike, y: npt.ArrayLike) -> float:
         """Accuracy on (x, y)."""
         x = self._features(x)
         y = self._labels(y, x.shape[0])
         return float(np.mean(self.predict(x) == y))
 
-    def get_config(self):
+    def get_config(self) -> Dict[str, Any]:
         return {"class": "Perceptron", "n_features": self.n_features,
                 "n_classes": self.n_classes, "lr": self.lr, "seed": self.seed}

@@ -10,9 +10,13 @@ NaN: NaN in a row of logits gives NaN for that row's probabilities and loss
 ``accuracy`` counts a row whose prediction is NaN as wrong only through
 argmax, so check the loss for NaN first.
 """
+from __future__ import annotations
+
 import numbers
+from typing import Any, Callable, SupportsIndex
 
 import numpy as np
+import numpy.typing as npt
 
 from .errors import DTypeError, ShapeError
 from .kernels import xent as _xent
@@ -23,14 +27,15 @@ __all__ = ["one_hot", "softmax", "log_softmax", "softmax_cross_entropy_with_logi
 _XENT_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
 
 
-def _int_indices(indices, fn, name):
+def _int_indices(indices: npt.ArrayLike, fn: str, name: str) -> npt.NDArray[Any]:
     a = np.asarray(indices)
     if a.dtype.kind not in "iu":
         raise DTypeError(f"{fn}: {name} must be integers (class indices), got dtype {a.dtype}")
     return a
 
 
-def one_hot(indices, depth, on_value=1.0, off_value=0.0, dtype=np.float32):
+def one_hot(indices: npt.ArrayLike, depth: SupportsIndex, on_value: float = 1.0,
+            off_value: float = 0.0, dtype: npt.DTypeLike = np.float32) -> npt.NDArray[Any]:
     """One-hot encoding: ``out[..., k] = on_value if indices[...] == k else off_value``.
 
     Shapes: indices any shape of integers in [0, depth); the result has shape
@@ -66,24 +71,26 @@ def one_hot(indices, depth, on_value=1.0, off_value=0.0, dtype=np.float32):
     return out
 
 
-def _float_array(x, fn, name):
+def _float_array(x: npt.ArrayLike, fn: str, name: str) -> npt.NDArray[np.floating]:
     a = np.asarray(x)
     if a.dtype not in _XENT_DTYPES:
         raise DTypeError(f"{fn}: {name} must be float16, float32 or float64, got dtype {a.dtype}")
     return a
 
 
-def _axis(a, axis, fn):
+def _axis(a: npt.NDArray[Any], axis: SupportsIndex, fn: str) -> int:
     if isinstance(axis, (bool, np.bool_)) or not isinstance(axis, numbers.Integral):
         raise TypeError(f"{fn}: axis must be an integer, got {type(axis).__name__}")
     if a.ndim == 0:
         raise ShapeError(f"{fn}: x must have at least one dimension, got a scalar")
-    if not -a.ndim <= axis < a.ndim:
+    # typeshed's numbers.Integral declares __lt__ but not __ge__
+    if not -a.ndim <= axis < a.ndim:  # type: ignore[operator]
         raise ShapeError(f"{fn}: axis {axis} is out of range for an array of rank {a.ndim}")
     return int(axis) % a.ndim
 
 
-def _rowwise(x, axis, fn, kernel):
+def _rowwise(x: npt.ArrayLike, axis: SupportsIndex, fn: str,
+             kernel: Callable[..., npt.NDArray[np.floating]]) -> npt.NDArray[np.floating]:
     a = _float_array(x, fn, "x")
     ax = _axis(a, axis, fn)
     work = np.float32 if a.dtype == np.float16 else a.dtype
@@ -94,7 +101,7 @@ def _rowwise(x, axis, fn, kernel):
     return np.moveaxis(res.reshape(moved.shape).astype(a.dtype, copy=False), -1, ax)
 
 
-def softmax(x, axis=-1):
+def softmax(x: npt.ArrayLike, axis: SupportsIndex = -1) -> npt.NDArray[np.floating]:
     """``exp(x - max) / sum(exp(x - max))`` along ``axis`` (any rank, any axis).
 
     float16 is computed in float32 and returned as float16.
@@ -106,7 +113,7 @@ def softmax(x, axis=-1):
     return _rowwise(x, axis, "softmax", _xent.softmax)
 
 
-def log_softmax(x, axis=-1):
+def log_softmax(x: npt.ArrayLike, axis: SupportsIndex = -1) -> npt.NDArray[np.floating]:
     """``x - max - log(sum(exp(x - max)))`` along ``axis`` (any rank, any axis).
 
     >>> import numpy as np, fastnn
@@ -116,7 +123,7 @@ def log_softmax(x, axis=-1):
     return _rowwise(x, axis, "log_softmax", _xent.log_softmax)
 
 
-def _logits_2d(logits, fn):
+def _logits_2d(logits: npt.ArrayLike, fn: str) -> npt.NDArray[np.floating]:
     z = _float_array(logits, fn, "logits")
     if z.ndim != 2:
         raise ShapeError(f"{fn}: logits must be 2-D [batch, classes], got shape {z.shape}")
@@ -125,7 +132,8 @@ def _logits_2d(logits, fn):
     return z
 
 
-def softmax_cross_entropy_with_logits(*, labels, logits):
+def softmax_cross_entropy_with_logits(*, labels: npt.ArrayLike,
+                                      logits: npt.ArrayLike) -> npt.NDArray[np.floating]:
     """Per-example cross-entropy between probability rows ``labels`` and softmax(logits):
 
         loss_b = -sum_c labels[b, c] * log_softmax(logits[b])_c
@@ -154,7 +162,8 @@ def softmax_cross_entropy_with_logits(*, labels, logits):
     return losses.astype(z.dtype, copy=False)
 
 
-def sparse_softmax_cross_entropy_with_logits(*, labels, logits):
+def sparse_softmax_cross_entropy_with_logits(*, labels: npt.ArrayLike,
+                                             logits: npt.ArrayLike) -> npt.NDArray[np.floating]:
     """Per-example cross-entropy with integer class ``labels``:
 
         loss_b = -log_softmax(logits[b])[labels[b]]
@@ -179,7 +188,7 @@ def sparse_softmax_cross_entropy_with_logits(*, labels, logits):
     return losses.astype(z.dtype, copy=False)
 
 
-def argmax(x, axis=-1):
+def argmax(x: npt.ArrayLike, axis: SupportsIndex = -1) -> npt.NDArray[np.int64]:
     """Index of the largest value along ``axis`` (the first one on ties), as int64.
 
     >>> import fastnn
@@ -193,7 +202,7 @@ def argmax(x, axis=-1):
     return np.argmax(a, axis=ax).astype(np.int64, copy=False)
 
 
-def accuracy(logits_or_probs, labels):
+def accuracy(logits_or_probs: npt.ArrayLike, labels: npt.ArrayLike) -> float:
     """Fraction of rows whose argmax matches the label, as a Python float.
 
     Shapes: logits_or_probs [batch, classes]; labels [batch] class indices or

@@ -24,6 +24,8 @@ before any data, so a forged header cannot cause a large allocation), the
 hash, then that the rebuilt model has exactly these parameters.  Any
 failure raises ``DataFormatError`` saying what is wrong.
 """
+from __future__ import annotations
+
 import collections
 import hashlib
 import json
@@ -31,11 +33,21 @@ import os
 import struct
 import zipfile
 import zlib
+from typing import (IO, TYPE_CHECKING, Any, Dict, List, Literal, Mapping, Optional, Tuple, Type,
+                    Union, overload)
 
 import numpy as np
+import numpy.typing as npt
 
 from ._fileio import atomic_write
 from .errors import DataFormatError
+
+if TYPE_CHECKING:
+    from .optim import Optimizer
+    from .sequential import Sequential
+
+#: a file path as ``save`` and ``load`` take it
+_Path = Union[str, os.PathLike[str]]
 
 __all__ = ["save", "load", "Checkpoint", "FORMAT", "VERSION"]
 
@@ -57,13 +69,13 @@ _OK_KINDS = "biuf"
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)
 
 
-def _json_default(obj):
+def _json_default(obj: Any) -> Any:
     if isinstance(obj, np.generic):
         return obj.item()
     raise TypeError(f"value of type {type(obj).__name__} is not JSON-serialisable")
 
 
-def _dumps(value, what):
+def _dumps(value: Any, what: str) -> str:
     try:
         return json.dumps(value, default=_json_default, sort_keys=True)
     except (TypeError, ValueError) as exc:
@@ -71,13 +83,13 @@ def _dumps(value, what):
                         f"bool, None): {exc}") from None
 
 
-def _contig(a):
+def _contig(a: npt.ArrayLike) -> npt.NDArray[Any]:
     # Not np.ascontiguousarray: it turns 0-d arrays into 1-d ones.
     a = np.asarray(a)
     return a if a.flags.c_contiguous else np.array(a, order="C")
 
 
-def _digest(arrays):
+def _digest(arrays: Mapping[str, npt.NDArray[Any]]) -> bytes:
     """SHA-256 over every member except sha256 itself, in key order."""
     h = hashlib.sha256(FORMAT.encode() + b"\0")
     for key in sorted(arrays):
@@ -89,7 +101,8 @@ def _digest(arrays):
     return h.digest()
 
 
-def _array_entry(key, name, arr, what):
+def _array_entry(key: str, name: str, arr: npt.ArrayLike,
+                 what: str) -> Tuple[npt.NDArray[Any], Dict[str, Any]]:
     arr = np.asarray(arr)
     if arr.dtype.kind not in _OK_KINDS:
         raise TypeError(f"save: {what} {name!r} has dtype {arr.dtype}; only numeric arrays "
@@ -97,11 +110,13 @@ def _array_entry(key, name, arr, what):
     return arr, {"key": key, "name": name, "shape": list(arr.shape), "dtype": arr.dtype.str}
 
 
-def _model_arrays(model):
+def _model_arrays(model: Any) -> Tuple[Dict[str, npt.NDArray[Any]], List[Dict[str, Any]]]:
     if hasattr(model, "named_parameters"):
         named = list(model.named_parameters())
     else:
         named = [(p.name, p) for p in model.parameters()]
+    arrays: Dict[str, npt.NDArray[Any]]
+    entries: List[Dict[str, Any]]
     arrays, entries = {}, []
     for i, (name, p) in enumerate(named):
         arr, entry = _array_entry(f"param.{i:03d}", name, p.data, "parameter")
@@ -110,11 +125,13 @@ def _model_arrays(model):
     return arrays, entries
 
 
-def _optimizer_arrays(optimizer):
+def _optimizer_arrays(optimizer: Any) -> Tuple[Dict[str, npt.NDArray[Any]], Dict[str, Any]]:
     if not hasattr(optimizer, "state_dict"):
         raise TypeError(f"save: optimizer must have state_dict(), got {type(optimizer).__name__}")
     state = optimizer.state_dict()
     buffers = state.get("buffers", {}) or {}
+    arrays: Dict[str, npt.NDArray[Any]]
+    entries: List[Dict[str, Any]]
     arrays, entries = {}, []
     for i, name in enumerate(buffers):
         arr, entry = _array_entry(f"optim.{i:03d}", name, buffers[name], "optimizer buffer")
@@ -125,8 +142,8 @@ def _optimizer_arrays(optimizer):
     return arrays, meta
 
 
-def _write_npz(path, arrays):
-    def write(fh):
+def _write_npz(path: _Path, arrays: Mapping[str, npt.NDArray[Any]]) -> None:
+    def write(fh: IO[bytes]) -> None:
         with zipfile.ZipFile(fh, "w", compression=zipfile.ZIP_STORED) as zf:
             for key, arr in arrays.items():
                 info = zipfile.ZipInfo(key + ".npy", date_time=_ZIP_DATE)
@@ -138,7 +155,8 @@ def _write_npz(path, arrays):
     atomic_write(path, write)
 
 
-def save(model, path, optimizer=None, extra=None):
+def save(model: Any, path: _Path, optimizer: Optional[Optimizer] = None,
+         extra: Any = None) -> _Path:
     """Write ``model`` (architecture + weights) to ``path`` as a fastnn checkpoint.
 
     ``checkpoint = {config: model.get_config(), params: [p.data for p in
@@ -177,7 +195,7 @@ def save(model, path, optimizer=None, extra=None):
             "optimizer": opt_meta, "extra": extra}
     meta_json = _dumps(meta, "the model config, the optimizer state and extra")
     _dumps(extra, "extra")
-    out = {"format": np.frombuffer(FORMAT.encode(), np.uint8),
+    out: Dict[str, npt.NDArray[Any]] = {"format": np.frombuffer(FORMAT.encode(), np.uint8),
            "version": np.array(VERSION, np.int64),
            "meta": np.frombuffer(meta_json.encode("utf-8"), np.uint8)}
     out.update(arrays)
@@ -188,11 +206,11 @@ def save(model, path, optimizer=None, extra=None):
 
 # ----------------------------------------------------------------------------- load
 
-def _bad(path, what):
+def _bad(path: _Path, what: str) -> DataFormatError:
     return DataFormatError(f"checkpoint {os.fspath(path)!r}: {what}")
 
 
-def _check_zip(path):
+def _check_zip(path: _Path) -> Dict[str, Tuple[Tuple[int, ...], np.dtype[Any]]]:
     """Structural checks on the archive; returns {key: (shape, dtype)} from the .npy headers."""
     size = os.path.getsize(path)
     try:
@@ -243,7 +261,8 @@ def _check_zip(path):
     return headers
 
 
-def _read_all(path):
+def _read_all(path: _Path) -> Tuple[Dict[str, Tuple[Tuple[int, ...], np.dtype[Any]]],
+                                   Dict[str, npt.NDArray[Any]]]:
     headers = _check_zip(path)
     for key in ("format", "version", "meta", "sha256"):
         if key not in headers:
@@ -255,13 +274,15 @@ def _read_all(path):
     return headers, arrays
 
 
-def _text(path, arr, key):
+def _text(path: _Path, arr: npt.NDArray[Any], key: str) -> bytes:
     if arr.dtype != np.uint8 or arr.ndim != 1:
         raise _bad(path, f"member {key!r} must be 1-D uint8, got {arr.dtype} {arr.shape}")
     return arr.tobytes()
 
 
-def _check_entries(path, entries, headers, prefix, what):
+def _check_entries(path: _Path, entries: Any,
+                   headers: Mapping[str, Tuple[Tuple[int, ...], np.dtype[Any]]], prefix: str,
+                   what: str) -> List[Dict[str, Any]]:
     if not isinstance(entries, list):
         raise _bad(path, f"metadata: {what} must be a list")
     out = []
@@ -285,7 +306,7 @@ def _check_entries(path, entries, headers, prefix, what):
     return out
 
 
-def _parse(path):
+def _parse(path: _Path) -> Tuple[Dict[str, Any], Dict[str, npt.NDArray[Any]]]:
     """Everything validated: (meta dict, arrays dict)."""
     headers, arrays = _read_all(path)
     if _text(path, arrays["format"], "format") != FORMAT.encode():
@@ -320,14 +341,15 @@ def _parse(path):
     return meta, arrays
 
 
-def _model_class(name):
+def _model_class(name: Any) -> Optional[Type[Sequential]]:
     # Only fastnn's own model classes: the file chooses among them, never imports code.
     # (The ready-made models of fastnn.models save as the Sequential they are.)
     from .sequential import Sequential
     return {"Sequential": Sequential}.get(name) if isinstance(name, str) else None
 
 
-def _build_model(path, meta, arrays):
+def _build_model(path: _Path, meta: Mapping[str, Any],
+                 arrays: Mapping[str, npt.NDArray[Any]]) -> Sequential:
     cfg = meta["model"]
     cls = _model_class(cfg.get("class") if isinstance(cfg, dict) else None)
     if cls is None:
@@ -350,7 +372,15 @@ def _build_model(path, meta, arrays):
     return model
 
 
-def load(path, with_optimizer=False):
+@overload
+def load(path: _Path, with_optimizer: Literal[False] = ...) -> Sequential: ...
+@overload
+def load(path: _Path, with_optimizer: Literal[True]) -> Checkpoint: ...
+@overload
+def load(path: _Path, with_optimizer: bool) -> Union[Sequential, Checkpoint]: ...
+
+
+def load(path: _Path, with_optimizer: bool = False) -> Union[Sequential, Checkpoint]:
     """Read a checkpoint written by ``save``; rebuild the model with its weights.
 
     ``model = Class.from_config(config); p.data[...] = saved[p.name] for p``.

@@ -25,16 +25,26 @@ Example::
 
 View with ``tensorboard --logdir runs`` (``pip install fastnn[tensorboard]``).
 """
+from __future__ import annotations
+
 import numbers
 import os
 import socket
 import struct
 import threading
 import time
+from typing import (IO, TYPE_CHECKING, Any, Dict, List, Mapping, Optional, SupportsFloat,
+                    SupportsIndex, Tuple, Union)
 
 import numpy as np
+import numpy.typing as npt
 
 from .errors import DataFormatError
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
+_Path = Union[str, os.PathLike[str]]
 
 __all__ = ["SummaryWriter", "read_events", "read_scalars", "crc32c", "default_buckets"]
 
@@ -43,7 +53,7 @@ FILE_VERSION = "brain.Event:2"
 # ----------------------------------------------------------------------------- CRC32C
 
 
-def _make_crc_table():
+def _make_crc_table() -> Tuple[int, ...]:
     poly = 0x82F63B78            # Castagnoli, reflected
     table = []
     for n in range(256):
@@ -57,7 +67,7 @@ def _make_crc_table():
 _CRC_TABLE = _make_crc_table()
 
 
-def crc32c(data):
+def crc32c(data: Union[bytes, bytearray, memoryview]) -> int:
     """CRC-32C (Castagnoli) of ``data`` (bytes-like): the checksum TFRecords use.
 
     >>> hex(crc32c(b"123456789"))
@@ -70,19 +80,19 @@ def crc32c(data):
     return crc ^ 0xFFFFFFFF
 
 
-def _masked_crc(data):
+def _masked_crc(data: bytes) -> int:
     c = crc32c(data)
     return (((c >> 15) | (c << 17)) + 0xA282EAD8) & 0xFFFFFFFF
 
 
-def _record(data):
+def _record(data: bytes) -> bytes:
     head = struct.pack("<Q", len(data))
     return head + struct.pack("<I", _masked_crc(head)) + data + struct.pack("<I", _masked_crc(data))
 
 
 # ----------------------------------------------------------------------------- protobuf encoding
 
-def _varint(v):
+def _varint(v: int) -> bytes:
     if v < 0:
         v += 1 << 64             # int64 negatives: ten-byte two's complement
     out = bytearray()
@@ -96,31 +106,32 @@ def _varint(v):
             return bytes(out)
 
 
-def _key(field, wire):
+def _key(field: int, wire: int) -> bytes:
     return _varint((field << 3) | wire)
 
 
-def _f_double(field, v):
+def _f_double(field: int, v: float) -> bytes:
     return _key(field, 1) + struct.pack("<d", v)
 
 
-def _f_float(field, v):
+def _f_float(field: int, v: float) -> bytes:
     return _key(field, 5) + struct.pack("<f", v)
 
 
-def _f_varint(field, v):
+def _f_varint(field: int, v: int) -> bytes:
     return _key(field, 0) + _varint(v)
 
 
-def _f_bytes(field, b):
+def _f_bytes(field: int, b: bytes) -> bytes:
     return _key(field, 2) + _varint(len(b)) + b
 
 
-def _f_packed_doubles(field, values):
+def _f_packed_doubles(field: int, values: npt.ArrayLike) -> bytes:
     return _f_bytes(field, np.asarray(values, dtype="<f8").tobytes())
 
 
-def _event(wall_time, step=None, file_version=None, summary=None):
+def _event(wall_time: float, step: Optional[int] = None, file_version: Optional[str] = None,
+           summary: Optional[bytes] = None) -> bytes:
     out = _f_double(1, wall_time)
     if step is not None:
         out += _f_varint(2, step)
@@ -131,7 +142,7 @@ def _event(wall_time, step=None, file_version=None, summary=None):
     return out
 
 
-def _histogram_proto(h):
+def _histogram_proto(h: Mapping[str, Any]) -> bytes:
     return (_f_double(1, h["min"]) + _f_double(2, h["max"]) + _f_double(3, h["num"])
             + _f_double(4, h["sum"]) + _f_double(5, h["sum_squares"])
             + _f_packed_doubles(6, h["bucket_limit"]) + _f_packed_doubles(7, h["bucket"]))
@@ -139,10 +150,10 @@ def _histogram_proto(h):
 
 # ----------------------------------------------------------------------------- histograms
 
-_DEFAULT_BUCKETS = None
+_DEFAULT_BUCKETS: Optional[npt.NDArray[np.float64]] = None
 
 
-def default_buckets():
+def default_buckets() -> npt.NDArray[np.float64]:
     """TensorFlow's default histogram bucket limits (a float64 array of 1551 edges).
 
     ``±1e-12 * 1.1**k`` up to 1e20, ``±DBL_MAX`` at the ends and 0 in the
@@ -150,7 +161,7 @@ def default_buckets():
     """
     global _DEFAULT_BUCKETS
     if _DEFAULT_BUCKETS is None:
-        pos = []
+        pos: Any = []           # the positive limits: a list, then an array
         v = 1e-12
         while v < 1e20:
             pos.append(v)
@@ -162,8 +173,10 @@ def default_buckets():
     return _DEFAULT_BUCKETS
 
 
-def _histogram(values, bins):
+def _histogram(values: npt.NDArray[np.float64],
+               bins: Union[str, SupportsIndex]) -> Dict[str, Any]:
     """HistogramProto fields for ``values`` (finite, non-empty, float64)."""
+    h: Dict[str, Any]
     h = {"min": float(values.min()), "max": float(values.max()), "num": float(values.size),
          "sum": float(values.sum()), "sum_squares": float(np.dot(values, values))}
     if isinstance(bins, str) and bins in ("tensorflow", "default"):
@@ -201,7 +214,7 @@ class SummaryWriter:
         ['train/loss']
     """
 
-    def __init__(self, logdir, filename_suffix=""):
+    def __init__(self, logdir: _Path, filename_suffix: str = "") -> None:
         self.logdir = os.fspath(logdir)
         os.makedirs(self.logdir, exist_ok=True)
         base = f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}"
@@ -212,25 +225,25 @@ class SummaryWriter:
             path = os.path.join(self.logdir, f"{base}.{os.getpid()}.{n}{filename_suffix}")
         self.path = path
         self._lock = threading.Lock()
-        self._fh = open(path, "xb")
+        self._fh: Optional[IO[bytes]] = open(path, "xb")
         self._write(_event(time.time(), step=0, file_version=FILE_VERSION))
         self.flush()
 
     # -- helpers
-    def _write(self, event_bytes):
+    def _write(self, event_bytes: bytes) -> None:
         with self._lock:
             if self._fh is None:
                 raise ValueError(f"SummaryWriter({self.logdir!r}) is closed")
             self._fh.write(_record(event_bytes))
 
     @staticmethod
-    def _check_tag(tag):
+    def _check_tag(tag: Any) -> bytes:
         if not isinstance(tag, str) or not tag:
             raise TypeError(f"tag must be a non-empty str, got {tag!r}")
         return tag.encode("utf-8")
 
     @staticmethod
-    def _check_step(step):
+    def _check_step(step: Any) -> int:
         if isinstance(step, bool) or not isinstance(step, numbers.Integral):
             raise TypeError(f"step must be an int, got {type(step).__name__} {step!r}")
         step = int(step)
@@ -239,11 +252,12 @@ class SummaryWriter:
         return step
 
     @staticmethod
-    def _walltime(walltime):
+    def _walltime(walltime: Optional[float]) -> float:
         return time.time() if walltime is None else float(walltime)
 
     # -- public
-    def add_scalar(self, tag, value, step, walltime=None):
+    def add_scalar(self, tag: str, value: SupportsFloat, step: int,
+                   walltime: Optional[float] = None) -> None:
         """Log ``value`` (a real number, stored as float32) under ``tag`` at ``step``."""
         t = self._check_tag(tag)
         step = self._check_step(step)
@@ -255,7 +269,9 @@ class SummaryWriter:
         value_msg = _f_bytes(1, t) + _f_float(2, float(value))
         self._write(_event(self._walltime(walltime), step, summary=_f_bytes(1, value_msg)))
 
-    def add_histogram(self, tag, values, step, bins="tensorflow", walltime=None):
+    def add_histogram(self, tag: str, values: npt.ArrayLike, step: int,
+                      bins: Union[str, SupportsIndex] = "tensorflow",
+                      walltime: Optional[float] = None) -> None:
         """Log the distribution of ``values`` (any shape, finite) under ``tag`` at ``step``.
 
         ``bins``: ``"tensorflow"`` (default: TensorFlow's exponential bucket
@@ -272,19 +288,20 @@ class SummaryWriter:
             raise ValueError(f"add_histogram({tag!r}): values is empty")
         if not np.isfinite(v).all():
             raise ValueError(f"add_histogram({tag!r}): values contain NaN or inf")
-        if isinstance(bins, numbers.Integral) and not isinstance(bins, bool) and bins < 1:
+        # bool is an Integral at run time; typeshed's numbers module does not say so
+        if isinstance(bins, numbers.Integral) and not isinstance(bins, bool) and bins < 1:  # type: ignore[unreachable]
             raise ValueError(f"add_histogram({tag!r}): bins must be >= 1, got {bins}")
         histo = _histogram_proto(_histogram(v, bins))
         value_msg = _f_bytes(1, t) + _f_bytes(5, histo)
         self._write(_event(self._walltime(walltime), step, summary=_f_bytes(1, value_msg)))
 
-    def flush(self):
+    def flush(self) -> None:
         """Hand buffered records to the OS so readers see them."""
         with self._lock:
             if self._fh is not None:
                 self._fh.flush()
 
-    def close(self):
+    def close(self) -> None:
         """Flush and close the file (idempotent)."""
         with self._lock:
             if self._fh is not None:
@@ -296,13 +313,13 @@ class SummaryWriter:
                 self._fh.close()
                 self._fh = None
 
-    def __enter__(self):
+    def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def __del__(self):
+    def __del__(self) -> None:
         try:
             self.close()
         except Exception:          # interpreter shutdown: nothing sensible to do
@@ -311,12 +328,12 @@ class SummaryWriter:
 
 # ----------------------------------------------------------------------------- reader
 
-def _fields(buf, where):
+def _fields(buf: bytes, where: str) -> List[Tuple[int, int, Any]]:
     """Decode one protobuf message: a list of (field number, wire type, value)."""
-    out = []
+    out: List[Tuple[int, int, Any]] = []     # value: an int (varint) or bytes
     i, n = 0, len(buf)
 
-    def varint():
+    def varint() -> int:
         nonlocal i
         shift = result = 0
         while True:
@@ -329,6 +346,7 @@ def _fields(buf, where):
                 return result
             shift += 7
 
+    val: Union[int, bytes]
     while i < n:
         key = varint()
         field, wire = key >> 3, key & 7
@@ -353,7 +371,7 @@ def _fields(buf, where):
     return out
 
 
-def _doubles(wire, val, where):
+def _doubles(wire: int, val: bytes, where: str) -> List[float]:
     if wire == 1:
         return [struct.unpack("<d", val)[0]]
     if wire == 2 and len(val) % 8 == 0:
@@ -361,9 +379,9 @@ def _doubles(wire, val, where):
     raise DataFormatError(f"{where}: expected doubles")
 
 
-def _decode_histogram(buf, where):
+def _decode_histogram(buf: bytes, where: str) -> Dict[str, Any]:
     names = {1: "min", 2: "max", 3: "num", 4: "sum", 5: "sum_squares"}
-    h = {"min": 0.0, "max": 0.0, "num": 0.0, "sum": 0.0, "sum_squares": 0.0,
+    h: Dict[str, Any] = {"min": 0.0, "max": 0.0, "num": 0.0, "sum": 0.0, "sum_squares": 0.0,
          "bucket_limit": [], "bucket": []}
     for field, wire, val in _fields(buf, where):
         if field in names and wire == 1:
@@ -375,8 +393,8 @@ def _decode_histogram(buf, where):
     return h
 
 
-def _decode_event(buf, where):
-    ev = {"wall_time": 0.0, "step": 0, "file_version": None, "summary": []}
+def _decode_event(buf: bytes, where: str) -> Dict[str, Any]:
+    ev: Dict[str, Any] = {"wall_time": 0.0, "step": 0, "file_version": None, "summary": []}
     for field, wire, val in _fields(buf, where):
         if field == 1 and wire == 1:
             ev["wall_time"] = struct.unpack("<d", val)[0]
@@ -388,7 +406,7 @@ def _decode_event(buf, where):
             for f, w, v in _fields(val, where):
                 if f != 1 or w != 2:
                     continue
-                item = {}
+                item: Dict[str, Any] = {}
                 for f2, w2, v2 in _fields(v, where):
                     if f2 == 1 and w2 == 2:
                         item["tag"] = v2.decode("utf-8", "replace")
@@ -400,7 +418,7 @@ def _decode_event(buf, where):
     return ev
 
 
-def _event_files(path):
+def _event_files(path: _Path) -> List[str]:
     path = os.fspath(path)
     if os.path.isdir(path):
         files = sorted(os.path.join(path, f) for f in os.listdir(path) if "tfevents" in f)
@@ -410,9 +428,10 @@ def _event_files(path):
     return [path]
 
 
-def _read_file(path, strict):
+def _read_file(path: str, strict: bool) -> List[Dict[str, Any]]:
     with open(path, "rb") as fh:
         data = fh.read()
+    events: List[Dict[str, Any]]
     events, pos, n = [], 0, len(data)
     while pos < n:
         where = f"event file {path!r}, record at byte {pos}"
@@ -441,7 +460,7 @@ def _read_file(path, strict):
     return events
 
 
-def read_events(path, strict=True):
+def read_events(path: _Path, strict: bool = True) -> List[Dict[str, Any]]:
     """Every event in an event file, or in all ``*tfevents*`` files of a directory (name order).
 
     Each event is a dict ``{"wall_time": float, "step": int, "file_version":
@@ -451,15 +470,15 @@ def read_events(path, strict=True):
     mismatch).  ``strict=False`` ignores a truncated last record, as left by a
     writer that is still running.
     """
-    events = []
+    events: List[Dict[str, Any]] = []
     for f in _event_files(path):
         events += _read_file(f, strict)
     return events
 
 
-def read_scalars(path, strict=True):
+def read_scalars(path: _Path, strict: bool = True) -> Dict[str, List[Tuple[int, float]]]:
     """``{tag: [(step, value), ...]}`` for every scalar in ``path`` (file or directory)."""
-    out = {}
+    out: Dict[str, List[Tuple[int, float]]] = {}
     for ev in read_events(path, strict):
         for v in ev["summary"]:
             if "simple_value" in v and "tag" in v:
