@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Optional, Union
+from typing import Optional, SupportsIndex, Union
 
 import numpy as np
 import numpy.typing as npt
@@ -70,7 +70,7 @@ def init_dense(init: str, weight: npt.NDArray[np.floating],
     return None
 
 
-def as_rng(seed: Union[None, int, np.integer, np.random.Generator]) -> np.random.Generator:
+def as_rng(seed: Union[None, SupportsIndex, np.random.Generator]) -> np.random.Generator:
     """A numpy Generator from None, an int seed, or a Generator."""
     if isinstance(seed, np.random.Generator):
         return seed
@@ -80,4 +80,4 @@ def as_rng(seed: Union[None, int, np.integer, np.random.Generator]) -> np.random
                         f"got {type(seed).__name__} {seed!r:.40}")
     if seed is not None and seed < 0:
         raise ValueError(f"seed must be an integer >= 0, got {seed}")
-    return np.random.default_rng(seed)
+    return np.random.default_rng(seed)  # type: ignore[arg-type]  # numpy's stubs: no Integral

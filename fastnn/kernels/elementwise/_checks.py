@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Any, Dict, Mapping, Optional, Sequence
+from typing import Any, Dict, Mapping, Optional, Sequence, SupportsFloat
 
 import numpy as np
 import numpy.typing as npt
@@ -93,7 +93,7 @@ def no_overlap(fn: str, out: npt.NDArray[Any], out_name: str,
                             if name in allow_same else ""))
 
 
-def real_scalar(value: float, fn: str, name: str, *, lo: Optional[float] = None,
+def real_scalar(value: SupportsFloat, fn: str, name: str, *, lo: Optional[float] = None,
                 hi: Optional[float] = None, lo_open: bool = False, hi_open: bool = False) -> float:
     """A finite Python float within [lo, hi] (open ends where asked)."""
     if type(value) is not float and (isinstance(value, (bool, np.bool_))

@@ -15,7 +15,7 @@ formulas in ``fastnn/kernels/optim/reference.py``):
 from __future__ import annotations
 
 import numbers
-from typing import List, Optional, Tuple
+from typing import List, Optional, SupportsIndex, Tuple
 
 import numpy as np
 import numpy.typing as npt
@@ -110,8 +110,9 @@ def sgd_update(params: npt.NDArray[np.floating], grads: npt.NDArray[np.floating]
 
 
 def adam_update(params: npt.NDArray[np.floating], grads: npt.NDArray[np.floating],
-                m: npt.NDArray[np.floating], v: npt.NDArray[np.floating], *, step: int, lr: float,
-                beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8,
+                m: npt.NDArray[np.floating], v: npt.NDArray[np.floating], *,
+                step: SupportsIndex, lr: float, beta1: float = 0.9, beta2: float = 0.999,
+                eps: float = 1e-8,
                 weight_decay: float = 0.0, decoupled: bool = False,
                 variant: Optional[str] = None) -> None:
     """One Adam (or AdamW) step, in place, fused into one parallel loop (PyTorch's formulas):
