@@ -25,13 +25,21 @@ imported only when a Numba kernel first runs).
 from __future__ import annotations
 
 import importlib
-from typing import Any, List
+from typing import TYPE_CHECKING, Any, List
 
 from ._threads import get_num_threads, set_num_threads, threads  # noqa: F401
 from .errors import (DataFormatError, DatasetNotFoundError, DivergenceError,  # noqa: F401
                      DTypeError, FastnnError, ShapeError)
 
 __version__ = "0.1.0"
+
+if TYPE_CHECKING:       # what type checkers see of the lazy names below (not imported)
+    from ._config import show_config  # noqa: F401
+    from .ops import (accuracy, argmax, log_softmax, one_hot, softmax,  # noqa: F401
+                      softmax_cross_entropy_with_logits, sparse_softmax_cross_entropy_with_logits)
+    from .parameter import Parameter  # noqa: F401
+    from .sequential import Sequential  # noqa: F401
+    from .serialize import load, save  # noqa: F401
 
 _LAZY_ATTRS = {
     "show_config": "fastnn._config",
@@ -48,7 +56,8 @@ _LAZY_ATTRS = {
     "load": "fastnn.serialize",
 }
 _LAZY_MODULES = ("kernels", "ops", "layers", "losses", "optim", "models", "sequential",
-                 "parameter", "fusion", "model", "datasets", "callbacks", "serialize", "tensorboard", "plot", "training", "cli")
+                 "parameter", "fusion", "model", "datasets", "callbacks", "serialize",
+                 "tensorboard", "plot", "training", "cli")
 
 
 def __getattr__(name: str) -> Any:

@@ -195,7 +195,7 @@ def test_validation_errors():
 
 
 def test_default_variant_is_native_when_built():
-    from fastnn.kernels.elementwise._checks import pick
+    from fastnn.kernels._checks import pick
     avail = K.variants("xent")
     want = "c" if "c" in avail else "cython" if "cython" in avail else "reference"
     assert pick("xent", None) is K.get("xent", want)

@@ -29,6 +29,11 @@ def _module_name(path):
     return ".".join(parts)
 
 
+def _is_type_checking(test):
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+
+
 def _top_level_imports(path, modname, known):
     """fastnn modules imported at module level (not inside functions) by one file."""
     tree = ast.parse(path.read_text(), str(path))
@@ -57,6 +62,8 @@ def _top_level_imports(path, modname, known):
                         found.add(sub)
             elif isinstance(node, ast.ClassDef):
                 visit(node.body)
+            elif isinstance(node, ast.If) and _is_type_checking(node.test):
+                visit(node.orelse)            # `if TYPE_CHECKING:` imports never run
             elif isinstance(node, (ast.If, ast.Try, ast.With)):
                 for field in ("body", "orelse", "finalbody", "handlers"):
                     for child in getattr(node, field, []) or []:
@@ -110,6 +117,7 @@ def test_import_graph_sees_module_level_imports():
     assert "fastnn.parameter" in graph["fastnn.layers"]
     assert "fastnn.layers" in graph["fastnn.sequential"]
     assert "fastnn.fusion" in graph["fastnn.training"]
+    assert "fastnn.sequential" not in graph["fastnn"]     # only under `if TYPE_CHECKING:`
 
 
 def test_package_has_no_import_cycle():

@@ -44,6 +44,7 @@ import hashlib
 import os
 import threading
 import zlib
+from typing import Any, Dict, Hashable
 
 import numpy as np
 
@@ -80,7 +81,7 @@ _EXPECTED = {
     "t10k-labels-idx1-ubyte": (10000,),
 }
 
-_cache = {}
+_cache: Dict[Hashable, Any] = {}      # file identity -> its read-only decoded array
 _cache_lock = threading.Lock()
 
 

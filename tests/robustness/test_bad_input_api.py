@@ -375,7 +375,7 @@ CASES = [
       ValueError, r"out is read-only"),
     # ---------------------------------------------------------------- kernels.sgd/adam_update
     C("kernels.sgd_update", "negative lr", lambda: sgd(lr=-0.1), ValueError,
-      r"lr must be in \[0, inf\]"),
+      r"lr must be >= 0"),
     C("kernels.sgd_update", "NaN lr", lambda: sgd(lr=NAN), ValueError, r"lr must be finite"),
     C("kernels.sgd_update", "inf lr", lambda: sgd(lr=INF), ValueError, r"lr must be finite"),
     C("kernels.sgd_update", "lr a string", lambda: sgd(lr="0.1"), TypeError,
@@ -412,7 +412,7 @@ CASES = [
       r"step must be an integer"),
     C("kernels.adam_update", "beta1 = 1", lambda: adam(beta1=1.0), ValueError, r"beta1"),
     C("kernels.adam_update", "beta2 < 0", lambda: adam(beta2=-0.1), ValueError, r"beta2"),
-    C("kernels.adam_update", "eps = 0", lambda: adam(eps=0.0), ValueError, r"eps must be in \(0"),
+    C("kernels.adam_update", "eps = 0", lambda: adam(eps=0.0), ValueError, r"eps must be > 0"),
     C("kernels.adam_update", "NaN lr", lambda: adam(lr=NAN), ValueError, r"lr must be finite"),
     C("kernels.adam_update", "m of another length", lambda: adam(m=np.zeros(5, F32)), ShapeError,
       r"m has shape"),

@@ -19,7 +19,7 @@ import numpy.typing as npt
 from ... import _threads
 from ...errors import DTypeError, ShapeError
 from .._registry import register_module_variants
-from ._checks import check_variant, float_input, no_overlap, output, pick
+from .._checks import check_variant, float_input, no_overlap, output, pick
 from .reference import KINDS
 
 __all__ = ["activation_forward", "activation_backward", "KINDS"]

@@ -23,7 +23,7 @@ import numpy.typing as npt
 from ... import _threads
 from ...errors import DTypeError, ShapeError
 from .._registry import register_module_variants
-from ..elementwise._checks import (FLOATS, check_variant, overlaps, pick, real_scalar,
+from .._checks import (FLOATS, check_variant, overlaps, pick, real_scalar,
                                    writable_contiguous)
 
 __all__ = ["sgd_update", "adam_update"]

@@ -17,7 +17,7 @@ import numpy.typing as npt
 
 from ... import _threads
 from .._registry import register_module_variants
-from ..elementwise._checks import check_variant, float_input, no_overlap, output, pick
+from .._checks import check_variant, float_input, no_overlap, output, pick
 
 __all__ = ["column_sums"]
 

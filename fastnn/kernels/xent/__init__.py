@@ -20,7 +20,7 @@ import numpy.typing as npt
 from ... import _threads
 from ...errors import DTypeError, ShapeError
 from .._registry import register_module_variants
-from ..elementwise._checks import (check_variant, float_input, no_overlap, output, pick,
+from .._checks import (check_variant, float_input, no_overlap, output, pick,
                                    real_scalar)
 
 __all__ = ["softmax_xent", "softmax", "log_softmax"]

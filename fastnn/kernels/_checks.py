@@ -6,16 +6,17 @@ clear exception (naming the function and the argument) instead of a crash.
 from __future__ import annotations
 
 import math
-import numbers
 from typing import Any, Dict, Mapping, Optional, Sequence, SupportsFloat
 
 import numpy as np
 import numpy.typing as npt
 
-from ...errors import DTypeError, ShapeError
-from .._registry import get
+from .._validation import FLOATS, real
+from ..errors import DTypeError, ShapeError
+from ._registry import get
 
-FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+__all__ = ["FLOATS", "float_input", "output", "writable_contiguous", "overlaps", "same_buffer",
+           "no_overlap", "real_scalar", "check_variant", "pick"]
 
 
 def float_input(x: npt.ArrayLike, fn: str, name: str, *,
@@ -95,22 +96,12 @@ def no_overlap(fn: str, out: npt.NDArray[Any], out_name: str,
 
 def real_scalar(value: SupportsFloat, fn: str, name: str, *, lo: Optional[float] = None,
                 hi: Optional[float] = None, lo_open: bool = False, hi_open: bool = False) -> float:
-    """A finite Python float within [lo, hi] (open ends where asked)."""
-    if type(value) is not float and (isinstance(value, (bool, np.bool_))
-                                     or not isinstance(value, numbers.Real)):
-        raise TypeError(f"{fn}: {name} must be a real number, got {type(value).__name__}")
-    v = float(value)
-    if not math.isfinite(v):
-        raise ValueError(f"{fn}: {name} must be finite, got {v}")
-    lo_bad = lo is not None and (v <= lo if lo_open else v < lo)
-    hi_bad = hi is not None and (v >= hi if hi_open else v > hi)
-    if lo_bad or hi_bad:
-        left = "(" if lo_open else "["
-        right = ")" if hi_open else "]"
-        lo_s = "-inf" if lo is None else f"{lo:g}"
-        hi_s = "inf" if hi is None else f"{hi:g}"
-        raise ValueError(f"{fn}: {name} must be in {left}{lo_s}, {hi_s}{right}, got {v:g}")
-    return v
+    """A finite Python float within [lo, hi] (open ends where asked): the API's one
+    check, ``fastnn._validation.real``, in the kernels' argument order."""
+    if type(value) is float and math.isfinite(value) and (lo is None or value > lo) \
+            and (hi is None or value < hi):
+        return value                # the per-step hot case: nothing to convert or report
+    return real(value, name, fn, lo=lo, hi=hi, lo_open=lo_open, hi_open=hi_open)
 
 
 def check_variant(fn: str, variant: Optional[str]) -> None:
