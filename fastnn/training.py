@@ -42,6 +42,7 @@ import inspect
 import math
 import sys
 import time
+import warnings
 from typing import (TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, Mapping, Optional,
                     Sequence, Tuple, Union)
 
@@ -600,6 +601,11 @@ def fit(model: Any, x: npt.NDArray[Any], y: npt.NDArray[np.integer], *, epochs: 
     if verbose == 2:
         print(f"engine: {engine.name}" + (f" ({why_not_fused})" if why_not_fused else ""),
               flush=True)
+    if epochs <= initial_epoch:
+        # Keras runs nothing here without a word; say it (a resumed run passes the total)
+        warnings.warn(f"fit: nothing to train: epochs={epochs} is the index of the last epoch "
+                      f"to run and {initial_epoch} epoch(s) are done already; pass epochs > "
+                      f"{initial_epoch}", UserWarning, stacklevel=2)
     state = TrainState(model, optimizer, loss, history, rng, history.params)
     state.engine = engine.name
     state.global_step = int(resume.get("global_step", initial_epoch * steps_per_epoch)) \

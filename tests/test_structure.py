@@ -403,3 +403,12 @@ def test_no_bar_when_not_a_terminal(capsys):
     bar.update(3, 0.1)
     bar.close()
     assert not bar.active and capsys.readouterr().out == ""
+
+
+def test_fit_with_no_epoch_to_run_warns():
+    x, y = _data()
+    m = _mlp()
+    with pytest.warns(UserWarning, match="nothing to train: epochs=0"):
+        h = m.fit(x, y, epochs=0, batch_size=16, loss=SoftmaxCrossEntropy(),
+                  optimizer=SGD(m, lr=0.1), verbose=0)
+    assert h.epoch == []

@@ -78,7 +78,8 @@ def test_no_validation_keys_and_zero_epochs(data):
     x, y, _, _ = data
     model = _mlp()
     before = model.flat_params.copy()
-    h, _ = _fit(model, x, y, epochs=0)
+    with pytest.warns(UserWarning, match="nothing to train"):
+        h, _ = _fit(model, x, y, epochs=0)
     assert h.epoch == [] and all(v == [] for v in h.history.values())
     np.testing.assert_array_equal(model.flat_params, before)
     h, _ = _fit(model, x, y, epochs=1)
