@@ -7,6 +7,8 @@
     elementwise activation_forward, activation_backward     kernels/elementwise/
     reduce      column_sums                                 kernels/reduce/
     optim       sgd_update, adam_update                     kernels/optim/
+    conv        conv2d_forward, conv2d_backward_data,       kernels/conv/
+                conv2d_backward_weights, maxpool2d_*, avgpool2d_*
 
 A variant of xent/elementwise/reduce/optim is a module-like object holding
 that family's functions (interfaces in fastnn/kernels/<family>/reference.py);
@@ -22,3 +24,6 @@ from .xent import log_softmax, softmax, softmax_xent  # noqa: F401
 from .elementwise import activation_backward, activation_forward  # noqa: F401
 from .reduce import column_sums  # noqa: F401
 from .optim import adam_update, sgd_update  # noqa: F401
+from .conv import (avgpool2d_backward, avgpool2d_forward, conv2d_backward_data,  # noqa: F401
+                   conv2d_backward_weights, conv2d_forward, conv2d_workspace_size,
+                   maxpool2d_backward, maxpool2d_forward)
