@@ -57,7 +57,7 @@ if TYPE_CHECKING:
     from .losses import Loss
     from .optim import Optimizer
 
-__all__ = ["plan", "FusedPlan", "reference_run"]
+__all__ = ["plan", "FusedPlan", "GradPlan", "reference_run"]
 
 
 def plan(model: Any, loss: Loss, optimizer: Optimizer, batch_size: int) -> Optional[FusedPlan]:
@@ -227,6 +227,66 @@ class FusedPlan:
         return {"loss_sum": float(loss_sum), "correct": int(correct), "count": int(count),
                 "steps": int(steps), "single_thread_fallback": solo > 0,
                 "single_thread_chunks": int(solo)}
+
+
+class GradPlan(FusedPlan):
+    """The fused step without its update, for data-parallel training: one step's
+    gradients into a flat buffer laid out like ``model.flat_params``, so that the
+    ranks can sum them (``fastnn.distributed``) before one optimizer step::
+
+        g_L = (softmax(z) - onehot(y)) * inv_b        inv_b = 1 / B, B the GLOBAL batch
+        grads[W_l] = a_l^T g_{l+1},  grads[b_l] = sum_r g_{l+1}   (this rank's rows only)
+
+    The tiles are the fused step's, so with all B rows and inv_b = 1/B the
+    gradient is bitwise the one ``FusedPlan.run`` applies; the update is then
+    ``optimizer.step()`` (one fused kernel call over the flat buffers).
+    ``batch_size``: the most rows one ``grad_step`` takes (a rank's slice).
+
+    >>> import numpy as np, fastnn
+    >>> from fastnn.layers import Dense
+    >>> from fastnn.losses import SoftmaxCrossEntropy
+    >>> from fastnn.optim import SGD
+    >>> from fastnn.fusion import check
+    >>> model = fastnn.Sequential([Dense(4, 8, activation="relu"), Dense(8, 3)], seed=0)
+    >>> opt = SGD(model, lr=0.1)
+    >>> gp = GradPlan(model, opt, check(model, SoftmaxCrossEntropy(), opt, 2).dense, 2)
+    >>> x = np.random.default_rng(0).random((5, 4), dtype=np.float32)
+    >>> loss_sum, correct = gp.grad_step(x, np.array([0, 1, 2, 0, 1]), np.array([3, 1]),
+    ...                                  inv_b=0.25, grads=model.flat_grads)
+    >>> bool(np.abs(model.flat_grads).sum() > 0), 0 <= correct <= 2
+    (True, True)
+    """
+
+    def grad_step(self, x: npt.NDArray[Any], y: npt.ArrayLike, rows: npt.ArrayLike,
+                  inv_b: float, grads: npt.NDArray[Any]) -> Tuple[float, int]:
+        """Gradients of ``inv_b * sum over rows of the loss`` into ``grads`` (overwritten;
+        zeros when ``rows`` is empty); returns (loss sum, correct) over the rows.  A
+        non-finite loss is returned as it is (the caller decides)."""
+        x2 = self._check_x(x)
+        rows = np.ascontiguousarray(rows, dtype=np.int64)
+        if rows.ndim != 1 or rows.shape[0] > self.batch_size:
+            raise ShapeError(f"GradPlan.grad_step: rows must be 1-D with at most "
+                             f"{self.batch_size} entries, got shape {rows.shape}")
+        if grads.dtype != np.float32 or grads.ndim != 1 or not grads.flags.c_contiguous \
+                or grads.shape != self.model.flat_params.shape:
+            raise DTypeError("GradPlan.grad_step: grads must be a contiguous float32 buffer "
+                             "shaped like model.flat_params")
+        if rows.size == 0:
+            grads.fill(0)
+            return 0.0, 0
+        if rows.min() < 0 or rows.max() >= x2.shape[0]:
+            raise ValueError(f"GradPlan.grad_step: rows outside [0, {x2.shape[0]})")
+        labels = np.ascontiguousarray(np.asarray(y)[rows], dtype=np.int64)
+        if labels.min() < 0 or labels.max() >= self.n_classes:
+            raise ValueError(f"GradPlan.grad_step: labels outside [0, {self.n_classes})")
+        W = [spec.weight.data for spec in self.layers]  # type: ignore[union-attr]  # Dense: has one
+        bias = [spec.bias.data if spec.bias is not None else None for spec in self.layers]
+        gW, gb = self._slot_views(grads)
+        with self._lock:
+            loss_sum, correct, _finite = self._trainer.grad_step(
+                W, bias, gW, gb, x2, x2.dtype == np.uint8, x2.shape[1], labels, rows,
+                float(inv_b), nthreads=_threads.get_num_threads())  # type: ignore[arg-type]
+        return float(loss_sum), int(correct)
 
 
 def reference_run(W: Sequence[npt.NDArray[Any]], b: Sequence[Optional[npt.NDArray[Any]]],

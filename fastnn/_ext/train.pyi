@@ -35,4 +35,11 @@ class Trainer:
             nthreads: int = ..., lrs: Optional[_F32] = ...,
             profile: Optional[npt.NDArray[np.float64]] = ...) -> Tuple[float, int, int, int]: ...
 
+    # returns (loss_sum, correct, the loss is finite)
+    def grad_step(self, W: Sequence[_F32], b: Sequence[Optional[_F32]],
+                  gW: Sequence[_F32], gb: Sequence[Optional[_F32]],
+                  x: npt.NDArray[Any], x_u8: bool, x_ld: int, y: npt.NDArray[np.int64],
+                  idx: npt.NDArray[np.int64], inv_b: float,
+                  nthreads: int = ...) -> Tuple[float, int, bool]: ...
+
 def __getattr__(name: str) -> Any: ...

@@ -50,6 +50,11 @@ cdef extern from "trainer.h" nogil:
                             const int64_t *y, const int64_t *idx, Py_ssize_t n,
                             const fnn_train_opt *opt, int nthreads,
                             double *loss_sum, int64_t *correct)
+    int64_t fnn_trainer_grad_step(fnn_trainer *tr, float **W, float **b,
+                                  float **gW, float **gb,
+                                  const void *x, int x_u8, Py_ssize_t x_ld,
+                                  const int64_t *y, const int64_t *idx, Py_ssize_t n,
+                                  float inv_b, int nthreads, double *loss_sum, int64_t *correct)
     void fnn_trainer_u8_to_f32(const uint8_t *src, float *dst, Py_ssize_t n)
     void fnn_trainer_alloc_stats(int64_t *live, int64_t *calls)
 
@@ -198,3 +203,35 @@ cdef class Trainer:
         if steps < 0:
             raise MemoryError("the fused trainer could not allocate its run's buffers")
         return loss_sum, int(correct), int(steps), int(solo)
+
+    def grad_step(self, W, b, gW, gb, cnp.ndarray x, bint x_u8, Py_ssize_t x_ld,
+                  cnp.ndarray y, cnp.ndarray idx, float inv_b, int nthreads=1):
+        """One step's gradients without the update (fnn_trainer_grad_step, trainer.h):
+        dW/db of the rows idx (at most ``batch``) into gW[l] / gb[l], with the loss
+        gradient scaled by ``inv_b`` (1/B of the global batch).  W, b are read only.
+        Returns (loss_sum, correct, finite).  Raises MemoryError when the step's
+        buffers cannot be allocated."""
+        cdef float *pW[FNN_TR_MAXL]
+        cdef float *pb[FNN_TR_MAXL]
+        cdef float *pgW[FNN_TR_MAXL]
+        cdef float *pgb[FNN_TR_MAXL]
+        cdef int L = self.nlayers
+        for l in range(L):
+            pW[l] = _fptr(W[l])
+            pb[l] = _fptr(b[l])
+            pgW[l] = _fptr(gW[l])
+            pgb[l] = _fptr(gb[l])
+        cdef double loss_sum = 0.0
+        cdef int64_t correct = 0, ok = 0
+        cdef const void *px = cnp.PyArray_DATA(x)
+        cdef const int64_t *py = <const int64_t *> cnp.PyArray_DATA(y)
+        cdef const int64_t *pidx = <const int64_t *> cnp.PyArray_DATA(idx)
+        cdef Py_ssize_t n = idx.shape[0]
+        if n > self.batch:
+            raise ValueError(f"grad_step: {n} rows, more than the trainer's batch {self.batch}")
+        with nogil:
+            ok = fnn_trainer_grad_step(self.tr, pW, pb, pgW, pgb, px, x_u8, x_ld, py, pidx, n,
+                                       inv_b, nthreads, &loss_sum, &correct)
+        if ok < 0:
+            raise MemoryError("the fused trainer could not allocate the step's buffers")
+        return loss_sum, int(correct), bool(ok > 0 or n == 0)

@@ -188,22 +188,27 @@ static void transpose_into(float *dst, ptrdiff_t ldd, const float *src, int rows
 
 /* ------------------------------------------------------------------- run */
 
-int64_t fnn_trainer_run(fnn_trainer *tr,
-                        float *const *W, float *const *b,
-                        float *const *s1W, float *const *s1b,
-                        float *const *s2W, float *const *s2b,
-                        const void *x, int x_u8, ptrdiff_t x_ld,
-                        const int64_t *y, const int64_t *idx, ptrdiff_t n,
-                        const fnn_train_opt *opt, int nthreads,
-                        double *loss_sum_out, int64_t *correct_out)
+/* fnn_trainer_run, or with gW != NULL the gradient-only step of
+ * fnn_trainer_grad_step (W and b only read, no optimizer state). */
+static int64_t run_steps(fnn_trainer *tr,
+                         float *const *W, float *const *b,
+                         float *const *s1W, float *const *s1b,
+                         float *const *s2W, float *const *s2b,
+                         float *const *gW, float *const *gb, float grad_inv_b,
+                         const void *x, int x_u8, ptrdiff_t x_ld,
+                         const int64_t *y, const int64_t *idx, ptrdiff_t n,
+                         const fnn_train_opt *opt, int nthreads,
+                         double *loss_sum_out, int64_t *correct_out)
 {
     const int L = tr->L;
+    const int grad = gW != NULL;
     int64_t ret = -1;
     alloc_ctx ac = {0, opt->fail_alloc_at};
     run_t R;
     memset(&R, 0, sizeof(R));
     R.tr = tr; R.x = x; R.x_u8 = x_u8; R.x_ld = x_ld; R.y = y; R.idx = idx; R.n = n;
     R.opt = opt;
+    R.grad = grad; R.grad_inv_b = grad_inv_b; R.gW = gW; R.gb = gb;
     R.avx2 = fnn_use_avx2();
     if (nthreads < 1) nthreads = 1;
     R.nthreads = nthreads;
@@ -249,6 +254,11 @@ int64_t fnn_trainer_run(fnn_trainer *tr,
     for (int l = 0; l < L; l++) {
         int in = tr->dims[l], out = tr->dims[l + 1];
         copy_in(tr->W[l], tr->ld[l + 1], W[l], in, out);
+        if (grad) {
+            if (tr->has_bias[l]) memcpy(tr->b[l], b[l], (size_t)out * sizeof(float));
+            if (l > 0) transpose_into(tr->WT[0][l], tr->ld[l], W[l], in, out);
+            continue;
+        }
         if (s1W[l]) copy_in(tr->s1W[l], tr->ld[l + 1], s1W[l], in, out);
         if (s2W[l]) copy_in(tr->s2W[l], tr->ld[l + 1], s2W[l], in, out);
         if (tr->has_bias[l]) {
@@ -260,7 +270,7 @@ int64_t fnn_trainer_run(fnn_trainer *tr,
             transpose_into(tr->WT[0][l], tr->ld[l], W[l], in, out);
     }
     if (n > 0) fnn_tr_sched_run(&R);
-    for (int l = 0; l < L; l++) {
+    for (int l = 0; l < L && !grad; l++) {
         int in = tr->dims[l], out = tr->dims[l + 1];
         copy_out(W[l], tr->W[l], tr->ld[l + 1], in, out);
         if (s1W[l]) copy_out(s1W[l], tr->s1W[l], tr->ld[l + 1], in, out);
@@ -282,4 +292,33 @@ out:
     xfree(R.pack_stamp);
     xfree(R.a0rep);
     return ret;
+}
+
+int64_t fnn_trainer_run(fnn_trainer *tr,
+                        float *const *W, float *const *b,
+                        float *const *s1W, float *const *s1b,
+                        float *const *s2W, float *const *s2b,
+                        const void *x, int x_u8, ptrdiff_t x_ld,
+                        const int64_t *y, const int64_t *idx, ptrdiff_t n,
+                        const fnn_train_opt *opt, int nthreads,
+                        double *loss_sum_out, int64_t *correct_out)
+{
+    return run_steps(tr, W, b, s1W, s1b, s2W, s2b, NULL, NULL, 0.0f, x, x_u8, x_ld, y, idx, n,
+                     opt, nthreads, loss_sum_out, correct_out);
+}
+
+int64_t fnn_trainer_grad_step(fnn_trainer *tr, float *const *W, float *const *b,
+                              float *const *gW, float *const *gb,
+                              const void *x, int x_u8, ptrdiff_t x_ld,
+                              const int64_t *y, const int64_t *idx, ptrdiff_t n, float inv_b,
+                              int nthreads, double *loss_sum_out, int64_t *correct_out)
+{
+    fnn_train_opt opt;
+    memset(&opt, 0, sizeof(opt));
+    opt.kind = FNN_OPT_SGD;          /* unused: the step stores gradients */
+    opt.solo_after = -1;
+    if (n < 0 || n > tr->batch) return -1;
+    int64_t done = run_steps(tr, W, b, NULL, NULL, NULL, NULL, gW, gb, inv_b, x, x_u8, x_ld,
+                             y, idx, n, &opt, nthreads, loss_sum_out, correct_out);
+    return done < 0 ? -1 : done;
 }

@@ -123,6 +123,25 @@ int64_t fnn_trainer_run(fnn_trainer *tr,
                         const fnn_train_opt *opt, int nthreads,
                         double *loss_sum, int64_t *correct);
 
+/* One step's gradient without the update, for data-parallel training (the
+ * gradients of the ranks are summed before an update that every rank applies,
+ * fastnn/distributed.py).  The same forward, loss and backward as a step of
+ * fnn_trainer_run on the rows idx[0:n] (n <= the trainer's batch), with
+ *   g[L] = (softmax(a[L]) - onehot(y)) * inv_b     (inv_b = 1/B of the GLOBAL batch B,
+ *                                                    so the ranks' sum is its mean gradient)
+ * and dW[l] = a[l]^T g[l+1], db[l] = sum_rows g[l+1] written to gW[l] (dims[l] x
+ * dims[l+1], dense row-major) and gb[l] (or NULL) instead of consumed by an
+ * update: the same tiles, so the same bits as the gradient the fused step
+ * applies when inv_b = 1.0f / n.  W and b are only read.  Fills loss_sum
+ * (the rows' sum of -log p[y]) and correct; returns 1 when the loss is
+ * finite, 0 when not, -1 when the run's buffers cannot be allocated (the
+ * outputs are then untouched). */
+int64_t fnn_trainer_grad_step(fnn_trainer *tr, float *const *W, float *const *b,
+                              float *const *gW, float *const *gb,
+                              const void *x, int x_u8, ptrdiff_t x_ld,
+                              const int64_t *y, const int64_t *idx, ptrdiff_t n, float inv_b,
+                              int nthreads, double *loss_sum, int64_t *correct);
+
 /* dst = src * float32(1/255), the scaling of uint8 pixels (exposed for tests). */
 void fnn_trainer_u8_to_f32(const uint8_t *src, float *dst, ptrdiff_t n);
 

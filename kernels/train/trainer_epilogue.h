@@ -7,6 +7,7 @@
  *   FWD   a[l+1] = act(T + b)                      (ReLU or identity)
  *   DX    g[l]   = T * (a[l] > 0)                  (ReLU backward, as a bit mask)
  *   DW    W -= update(T)  and W^T's column copy   (T = the tile of dW, never stored)
+ *   DWG   G = T                                    (the gradient-only step: dW stored)
  *   XENT  g[L]   = softmax(T + b) - onehot(y), the row's loss and hit
  *
  * Also declared here: trainer_epilogue.c's bias-gradient update (a column
@@ -24,7 +25,9 @@ void opt_update(const opt_sc *o, float *restrict w, float *restrict s1, float *r
                 const float *restrict g, int n)
 {
     const float lr = o->lr, wd = o->wd, mu = o->mu, d1 = o->damp1;
-    if (o->kind == FNN_OPT_SGD) {
+    if (o->kind == FNN_OPT_GRAD) {          /* the gradient-only step: keep g */
+        for (int j = 0; j < n; j++) w[j] = g[j];
+    } else if (o->kind == FNN_OPT_SGD) {
         if (mu == 0.0f) {
             for (int j = 0; j < n; j++) w[j] -= lr * (g[j] + wd * w[j]);
         } else if (o->nesterov) {
@@ -80,7 +83,7 @@ double xent_row(const float *z, int n, int64_t y, float inv_b, float *d, int *ok
     return (double)logf(s) + (double)m - (double)z[y];
 }
 
-enum { EP_FWD, EP_DX, EP_DW, EP_XENT };
+enum { EP_FWD, EP_DX, EP_DW, EP_XENT, EP_DWG };
 
 typedef struct {
     int kind;
@@ -88,7 +91,7 @@ typedef struct {
     const float *bias; int relu;      /* FWD, XENT */
     const float *mask; ptrdiff_t ldm; /* DX: keep where mask > 0 */
     int N;                            /* valid columns */
-    /* DW */
+    /* DW (DWG: W is the gradient's rows, ldw their stride) */
     float *W, *s1, *s2, *WT; ptrdiff_t ldw, ldwt;
     const opt_sc *o;
     /* XENT */
@@ -153,6 +156,10 @@ void epilogue(const tile_ep *e, ptrdiff_t i0, ptrdiff_t j0, int mr, float *T)
                 for (int i = 0; i < mr; i++) wt[i] = e->W[(i0 + i) * e->ldw + j0 + j];
             }
         }
+        break;
+    case EP_DWG:
+        for (int i = 0; i < mr; i++)
+            memcpy(e->W + (i0 + i) * e->ldw + j0, T + i * NR, (size_t)nc * sizeof(float));
         break;
     case EP_XENT:
         for (int i = 0; i < mr; i++) {

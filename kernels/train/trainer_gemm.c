@@ -280,7 +280,7 @@ void fnn_tr_gemm_tiles_avx2(ptrdiff_t M, ptrdiff_t K, const float *A, ptrdiff_t 
         }
         if (ip_lo < ip_mid) ip_lo = ip_mid;
     }
-    if (e->kind != EP_DW && K > KC + KC / 2) {
+    if (e->kind != EP_DW && e->kind != EP_DWG && K > KC + KC / 2) {
         gemm_tiles_kblock_avx2(M, K, A, rsa, csa, B, ldb, e, jp, ip_lo, ip_hi);
         return;
     }

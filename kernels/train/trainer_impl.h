@@ -61,6 +61,10 @@ struct fnn_trainer {
                                        * (an epoch per call: the load outlasts a call) */
 };
 
+/* opt_sc.kind of the gradient-only step (fnn_trainer_grad_step): the "update" of
+ * the bias panels stores the gradient (w = g); internal, not an FNN_OPT_* of the API. */
+#define FNN_OPT_GRAD 3
+
 /* Per-step optimizer scalars (Adam's bias corrections change every step). */
 typedef struct {
     int kind, nesterov;
@@ -102,6 +106,10 @@ typedef struct {
     float *a0rep;                   /* NULL, or one copy of a[0] per thread (see trainer.c) */
     int64_t a0rep_stride;
     double loss_sum; int64_t correct, done_steps;
+    /* fnn_trainer_grad_step: gradients to gW/gb instead of the update, g[L] scaled
+     * by grad_inv_b instead of 1 / rows */
+    int grad; float grad_inv_b;
+    float *const *gW, *const *gb;
 } run_t;
 
 typedef struct {                /* what a thread knows about the step it is in */

@@ -11,6 +11,8 @@
  *   backward l   dX tasks: g[l] = (g[l+1] W[l]^T) * (a[l] > 0)   (l > 0)
  *                dW tasks: W[l] updated from a[l]^T g[l+1]   (+ next W^T copy)
  *                bias tasks: b[l] updated from the column sums of g[l+1]
+ * In the gradient-only step (R->grad, fnn_trainer_grad_step) the dW and bias
+ * tasks store the gradients instead of updating W and b.
  */
 #include "trainer_sched.h"
 #include "trainer_gemm.h"
@@ -163,8 +165,9 @@ int fnn_tr_run_task(run_t *R, step_ctx *c, int64_t s, const phase_t *ph, int64_t
         c->s = s;
         c->off = (ptrdiff_t)(s * B);
         c->bs = (int)(R->n - c->off < B ? R->n - c->off : B);
-        c->inv_b = 1.0f / (float)c->bs;
+        c->inv_b = R->grad ? R->grad_inv_b : 1.0f / (float)c->bs;
         fnn_tr_opt_scalars(R->opt, s, &c->o);
+        if (R->grad) c->o.kind = FNN_OPT_GRAD;
     }
     const int l = ph->layer, L = tr->L, bs = c->bs;
     int stop = 0;
@@ -251,6 +254,11 @@ int fnn_tr_run_task(run_t *R, step_ctx *c, int64_t s, const phase_t *ph, int64_t
             e.W = tr->W[l]; e.s1 = tr->s1W[l]; e.s2 = tr->s2W[l]; e.ldw = tr->ld[l + 1];
             e.WT = l > 0 ? tr->WT[(c->s + 1) & 1][l] : NULL; e.ldwt = tr->ld[l];
             e.o = &c->o;
+            if (R->grad) {           /* store dW: W and W^T stay as they are */
+                e.kind = EP_DWG;
+                e.W = R->gW[l]; e.ldw = tr->dims[l + 1];
+                e.WT = NULL;
+            }
             const ptrdiff_t jp = t / ph->gw.nchunks, ip_lo = t % ph->gw.nchunks * ph->gw.per;
             ptrdiff_t ip_hi = ip_lo + ph->gw.per;
             if (R->pack && ph->pack) {
@@ -276,8 +284,12 @@ int fnn_tr_run_task(run_t *R, step_ctx *c, int64_t s, const phase_t *ph, int64_t
         t -= ph->gw.ntasks;
         {
             ptrdiff_t p_lo = t * BIAS_PANELS_PER_TASK, p_hi = p_lo + BIAS_PANELS_PER_TASK;
-            bias_update(R->avx2, tr->g[l + 1], tr->ld[l + 1], bs, tr->dims[l + 1], p_lo, p_hi,
-                        tr->b[l], tr->s1b[l], tr->s2b[l], &c->o);
+            if (R->grad)             /* opt kind FNN_OPT_GRAD: gb[l] = db */
+                bias_update(R->avx2, tr->g[l + 1], tr->ld[l + 1], bs, tr->dims[l + 1], p_lo,
+                            p_hi, R->gb[l], R->gb[l], R->gb[l], &c->o);
+            else
+                bias_update(R->avx2, tr->g[l + 1], tr->ld[l + 1], bs, tr->dims[l + 1], p_lo,
+                            p_hi, tr->b[l], tr->s1b[l], tr->s2b[l], &c->o);
         }
         break;
     }
