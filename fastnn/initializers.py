@@ -1,10 +1,12 @@
-"""Weight initialisers for ``Dense`` layers.
+"""Weight initialisers for ``Dense`` and ``Conv2D`` layers.
 
-For a weight W of shape (fan_in, fan_out):
+For a weight W of shape (fan_in, fan_out) -- a ``Conv2D`` kernel (KH, KW, Cin, Cout)
+counts fan_in = KH*KW*Cin and fan_out = KH*KW*Cout, as PyTorch and Keras do:
 
     he       W ~ N(0, 2 / fan_in)                          (ReLU networks; He et al. 2015)
     glorot   W ~ U(-a, a),  a = sqrt(6 / (fan_in + fan_out))  (Glorot & Bengio 2010)
-    torch    W, b ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in))      (PyTorch's nn.Linear default)
+    torch    W, b ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in))      (PyTorch's nn.Linear / nn.Conv2d
+                                                            default: kaiming_uniform, a=sqrt(5))
     zeros    W = 0                                          (the tutorial's softmax regression)
 
 Biases are zero except under ``"torch"``, which draws them like the weights.
@@ -25,7 +27,7 @@ from typing import Optional, SupportsIndex, Union
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["INITIALIZERS", "init_dense"]
+__all__ = ["INITIALIZERS", "init_dense", "init_conv"]
 
 INITIALIZERS = ("he", "glorot", "torch", "zeros")
 
@@ -43,8 +45,22 @@ def init_dense(init: str, weight: npt.NDArray[np.floating],
 
     Draws in float64 then casts, so a seed gives the same values (to rounding)
     in float32 and float64."""
-    check_init(init)
     fan_in, fan_out = weight.shape
+    _fill(init, weight, bias, rng, fan_in, fan_out)
+
+
+def init_conv(init: str, weight: npt.NDArray[np.floating],
+              bias: Optional[npt.NDArray[np.floating]], rng: np.random.Generator) -> None:
+    """Fill a ``Conv2D`` kernel ``weight`` (KH, KW, Cin, Cout) and ``bias`` (Cout,) in place.
+
+    fan_in = KH*KW*Cin, fan_out = KH*KW*Cout; otherwise exactly ``init_dense``."""
+    kh, kw, cin, cout = weight.shape
+    _fill(init, weight, bias, rng, kh * kw * cin, kh * kw * cout)
+
+
+def _fill(init: str, weight: npt.NDArray[np.floating], bias: Optional[npt.NDArray[np.floating]],
+          rng: np.random.Generator, fan_in: int, fan_out: int) -> None:
+    check_init(init)
     if init == "zeros":
         weight[...] = 0
         if bias is not None:

@@ -11,7 +11,9 @@ model's flat gradient buffer (``Sequential.zero_grad``).  Inside a
 its own owns small private arrays.
 
 Layers: ``Dense`` (fully connected, optional fused activation), ``ReLU``,
-``Sigmoid``, ``Tanh``, ``Softmax``, ``Dropout``, ``Flatten``.  Every layer has
+``Sigmoid``, ``Tanh``, ``Softmax``, ``Dropout``, ``Flatten``; for images (NHWC
+batches (N, H, W, C), HWIO kernels) ``Conv2D``, ``MaxPool2D``, ``AvgPool2D``,
+``GlobalAvgPool2D``, ``BatchNorm2D``.  Every layer has
 ``get_config()`` (a JSON-able dict with ``"class"`` and the constructor
 arguments) and ``layer_from_config(cfg)`` rebuilds it.
 
@@ -47,12 +49,16 @@ if TYPE_CHECKING:
     from typing_extensions import Self
 
 __all__ = ["Layer", "Dense", "ReLU", "Sigmoid", "Tanh", "Softmax", "Dropout", "Flatten",
-           "layer_from_config", "LAYER_CLASSES"]
+           "Conv2D", "MaxPool2D", "AvgPool2D", "GlobalAvgPool2D", "BatchNorm2D",
+           "dense_weight_from_torch", "dense_weight_to_torch", "layer_from_config",
+           "LAYER_CLASSES"]
 
 
 def _check_batch(x: npt.NDArray[Any], who: str, dtype: Optional[np.dtype[Any]] = None,
-                 features: Optional[int] = None, name: str = "x") -> npt.NDArray[Any]:
-    """Validate a 2-D float batch; return it (never copies)."""
+                 features: Optional[int] = None, name: str = "x",
+                 any_rank: bool = False) -> npt.NDArray[Any]:
+    """Validate a 2-D float batch (``any_rank``: (N, ...), e.g. NHWC images); return it
+    (never copies)."""
     if not isinstance(x, np.ndarray):
         raise TypeError(f"{who}: {name} must be a numpy array, got {type(x).__name__}")
     if dtype is not None and x.dtype != dtype:
@@ -60,7 +66,10 @@ def _check_batch(x: npt.NDArray[Any], who: str, dtype: Optional[np.dtype[Any]] =
                          f"got {x.dtype}")
     if dtype is None and x.dtype not in _FLOATS:
         raise DTypeError(f"{who}: {name} must be float32 or float64, got {x.dtype}")
-    if x.ndim != 2:
+    if any_rank and x.ndim < 2:
+        raise ShapeError(f"{who}: {name} must be a batch (N, ...) of at least 2 dimensions, "
+                         f"got shape {x.shape}")
+    if not any_rank and x.ndim != 2:
         raise ShapeError(f"{who}: {name} must be 2-D (batch, features), got shape {x.shape}")
     if x.shape[0] == 0:
         raise ShapeError(f"{who}: {name} is an empty batch (shape {x.shape})")
@@ -99,6 +108,9 @@ class Layer:
 
     dtype: Optional[np.dtype[Any]] = None
     ACCEPTS_DX_MASK: ClassVar[bool] = False
+    #: 4 for layers that take NHWC image batches (Conv2D, pooling, BatchNorm2D): a
+    #: ``Sequential`` starting with one feeds (N, H, W) images as (N, H, W, 1)
+    INPUT_RANK: ClassVar[Optional[int]] = None
 
     if TYPE_CHECKING:   # the contract every subclass implements
         def forward(self, x: npt.NDArray[np.floating],
@@ -132,6 +144,11 @@ class Layer:
     def fusion_spec(self) -> LayerSpec:
         """What this layer is for the fused native trainer (``fastnn.fusion``)."""
         raise NotFusable(f"the fused trainer has no {type(self).__name__} kernel")
+
+    def buffers(self) -> List[Tuple[str, npt.NDArray[Any]]]:
+        """Non-trainable state saved with the weights, ``[(local name, array)]``
+        (PyTorch's buffers: BatchNorm2D's running statistics); updated in place."""
+        return []
 
     def _add_param(self, name: str, shape: Tuple[int, ...], dtype: np.dtype[Any]) -> Parameter:
         p = Parameter(name, np.zeros(shape, dtype), np.zeros(shape, dtype))
@@ -345,6 +362,8 @@ class _Elementwise(Layer):
 
     # the activation kernel's name; every subclass sets it
     kind: ClassVar[str] = None  # type: ignore[assignment]
+    # True: any (N, ...) batch (ReLU follows conv layers); else 2-D rows only
+    ANY_RANK: ClassVar[bool] = False
 
     def __init__(self) -> None:
         super().__init__()
@@ -352,7 +371,7 @@ class _Elementwise(Layer):
 
     def forward(self, x: npt.NDArray[np.floating],
                 out: Optional[npt.NDArray[np.floating]] = None) -> npt.NDArray[np.floating]:
-        _check_batch(x, type(self).__name__)
+        _check_batch(x, type(self).__name__, any_rank=self.ANY_RANK)
         y = _out_buffer(out, x.shape, x.dtype)
         kernels.activation_forward(self.kind, x, out=y)
         self._y = y
@@ -367,7 +386,8 @@ class _Elementwise(Layer):
     def backward(self, dout: npt.NDArray[np.floating],
                  dx: Optional[npt.NDArray[np.floating]] = None) -> npt.NDArray[np.floating]:
         self._need_forward(self._y, type(self).__name__)
-        _check_batch(dout, type(self).__name__ + ".backward", self._y.dtype, name="dout")
+        _check_batch(dout, type(self).__name__ + ".backward", self._y.dtype, name="dout",
+                     any_rank=self.ANY_RANK)
         if dout.shape != self._y.shape:
             raise ShapeError(f"{type(self).__name__}.backward: dout must have shape "
                              f"{self._y.shape}, got {dout.shape}")
@@ -376,8 +396,9 @@ class _Elementwise(Layer):
 
 
 class ReLU(_Elementwise):
-    """y = max(x, 0);  dx = dy * (y > 0).  Shapes: (N, D) -> (N, D)."""
+    """y = max(x, 0);  dx = dy * (y > 0).  Shapes: (N, ...) -> same (rows or NHWC images)."""
     kind = "relu"
+    ANY_RANK = True
 
     def relu_output(self) -> Optional[npt.NDArray[np.floating]]:
         return self._y
@@ -552,3 +573,578 @@ def layer_from_config(cfg: Dict[str, Any]) -> Layer:
         return cls(**kwargs)
     except TypeError as exc:
         raise ValueError(f"bad config for {cfg['class']}: {exc}") from None
+
+
+# ----------------------------------------------------------------------------- images (NHWC)
+#
+# Image layers take NHWC batches (N, H, W, C): channels last, as Keras and TensorFlow do
+# (PyTorch is NCHW).  Conv2D kernels are HWIO (KH, KW, Cin, Cout); PyTorch's nn.Conv2d holds
+# OIHW (Cout, Cin, KH, KW): ``Conv2D.weight_from_torch`` / ``weight_to_torch`` convert.
+# Flatten of an NHWC batch orders features (h, w, c); PyTorch's flatten of NCHW orders them
+# (c, h, w): a Dense after Flatten crosses frameworks through ``dense_weight_from_torch``.
+
+Pads = Tuple[int, int, int, int]          # (top, bottom, left, right)
+
+
+def _check_images(x: Any, who: str, dtype: Optional[np.dtype[Any]] = None,
+                  channels: Optional[int] = None, name: str = "x") -> npt.NDArray[Any]:
+    """Validate a non-empty NHWC float batch (N, H, W, C); return it (never copies)."""
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"{who}: {name} must be a numpy array, got {type(x).__name__}")
+    if dtype is not None and x.dtype != dtype:
+        raise DTypeError(f"{who}: {name} must have dtype {dtype} (the layer's dtype), "
+                         f"got {x.dtype}")
+    if dtype is None and x.dtype not in _FLOATS:
+        raise DTypeError(f"{who}: {name} must be float32 or float64, got {x.dtype}")
+    if x.ndim != 4:
+        raise ShapeError(f"{who}: {name} must be 4-D NHWC (batch, height, width, channels), "
+                         f"got shape {x.shape}")
+    if 0 in x.shape:
+        raise ShapeError(f"{who}: {name} is empty (shape {x.shape})")
+    if channels is not None and x.shape[3] != channels:
+        raise ShapeError(f"{who}: {name} must have {channels} channels (NHWC, last axis), "
+                         f"got shape {x.shape}")
+    return x
+
+
+def _positive_pair(v: Any, name: str, who: str) -> Tuple[int, int]:
+    """An int or a pair of ints, each >= 1, as a pair."""
+    items = tuple(v) if isinstance(v, (tuple, list)) else (v, v)
+    if len(items) != 2 or any(isinstance(i, bool) or not isinstance(i, (int, np.integer))
+                              or i < 1 for i in items):
+        raise ValueError(f"{who}: {name} must be a positive integer or a pair of them, "
+                         f"got {v!r}")
+    return int(items[0]), int(items[1])
+
+
+def _check_padding(padding: Any, who: str) -> Union[str, Pads]:
+    """'valid', 'same', an int, a pair (rows, cols) or (top, bottom, left, right); ints >= 0."""
+    if isinstance(padding, str):
+        if padding not in ("valid", "same"):
+            raise ValueError(f"{who}: padding must be 'valid', 'same', an int or a tuple, "
+                             f"got {padding!r}")
+        return padding
+    items = tuple(padding) if isinstance(padding, (tuple, list)) else (padding,)
+    if len(items) not in (1, 2, 4) or any(isinstance(i, bool) or not isinstance(
+            i, (int, np.integer)) or i < 0 for i in items):
+        raise ValueError(f"{who}: padding must be 'valid', 'same', an integer >= 0, a pair "
+                         f"(rows, cols) or (top, bottom, left, right), got {padding!r}")
+    p = [int(i) for i in items]
+    if len(p) == 1:
+        return (p[0], p[0], p[0], p[0])
+    if len(p) == 2:
+        return (p[0], p[0], p[1], p[1])
+    return (p[0], p[1], p[2], p[3])
+
+
+def _same_pads(size: int, k: int, s: int) -> Tuple[int, int]:
+    """TensorFlow's 'same': output ceil(size / s); for stride 1 (k-1)//2 before, the rest after."""
+    total = max((-(-size // s) - 1) * s + k - size, 0)
+    return total // 2, total - total // 2
+
+
+def _windows_out(who: str, shape: Sequence[int], window: Tuple[int, int],
+                 stride: Tuple[int, int], pads: Pads, what: str) -> Tuple[int, int]:
+    """(OH, OW) of a sliding window over an NHWC input; ShapeError when it does not fit."""
+    h, w = int(shape[1]) + pads[0] + pads[1], int(shape[2]) + pads[2] + pads[3]
+    if window[0] > h or window[1] > w:
+        padded = " padded" if any(pads) else ""
+        raise ShapeError(f"{who}: the {what} {window[0]}x{window[1]} is larger than the{padded} "
+                         f"input {h}x{w} (input shape {tuple(shape)}, padding {pads})")
+    return (h - window[0]) // stride[0] + 1, (w - window[1]) // stride[1] + 1
+
+
+class Conv2D(Layer):
+    """2-D convolution (cross-correlation, as every framework computes it), NHWC:
+
+        y[n, i, j, o] = act(b[o] + sum_{kh, kw, c} xp[n, i*sh + kh, j*sw + kw, c] W[kh, kw, c, o])
+
+    with ``xp`` the input zero-padded.  Shapes: x (N, H, W, Cin) -- or (N, H, W)
+    when ``in_channels == 1`` (MNIST as it loads) --, W (KH, KW, Cin, Cout) (HWIO),
+    b (Cout,), y (N, OH, OW, Cout), ``OH = (H + top + bottom - KH) // sh + 1``.
+
+    Backward (``dz = dy * (y > 0)`` for ``activation="relu"``, else ``dy``)::
+
+        dW += im2col(x)^T dz      db += sum_{n,i,j} dz      dx = col2im(dz W^T)
+
+    ``padding``: ``"valid"`` (none), ``"same"`` (output ceil(H / stride); for stride 1,
+    (K-1)//2 rows/columns before and the rest after, as TensorFlow), an int, a pair
+    (rows, cols) or (top, bottom, left, right).  ``init``: ``"torch"`` (default:
+    PyTorch's nn.Conv2d, W, b ~ U(+-1/sqrt(Cin*KH*KW))), ``"he"``, ``"glorot"``,
+    ``"zeros"`` (fan_in = KH*KW*Cin).  Runs on ``fastnn.kernels.conv2d_*``.
+
+    ``Conv2D.weight_from_torch(w)`` / ``layer.weight_to_torch()`` convert to and from
+    PyTorch's (Cout, Cin, KH, KW).
+
+    >>> import numpy as np
+    >>> c = Conv2D(1, 4, 3, padding="same", activation="relu", init="zeros")
+    >>> c.forward(np.ones((2, 28, 28, 1), np.float32)).shape
+    (2, 28, 28, 4)
+    >>> Conv2D(3, 8, 5, stride=2).output_shape((16, 32, 32, 3))
+    (16, 14, 14, 8)
+    """
+
+    ACTIVATIONS: ClassVar[Tuple[Optional[str], ...]] = (None, "relu")
+    ACCEPTS_DX_MASK = True
+    INPUT_RANK = 4
+    dtype: np.dtype[Any]
+
+    def __init__(self, in_channels: int, out_channels: int,
+                 kernel_size: Union[int, Tuple[int, int]], stride: Union[int, Tuple[int, int]] = 1,
+                 padding: Union[str, int, Tuple[int, ...]] = "valid",
+                 activation: Optional[str] = None, use_bias: bool = True, init: str = "torch",
+                 dtype: npt.DTypeLike = np.float32) -> None:
+        super().__init__()
+        for name, v in (("in_channels", in_channels), ("out_channels", out_channels)):
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+                raise ValueError(f"Conv2D: {name} must be a positive integer, got {v!r}")
+        if activation not in self.ACTIVATIONS:
+            raise ValueError(f"Conv2D: activation must be one of {self.ACTIVATIONS}, "
+                             f"got {activation!r}")
+        self.in_channels = int(in_channels)
+        self.out_channels = int(out_channels)
+        self.kernel_size = _positive_pair(kernel_size, "kernel_size", "Conv2D")
+        self.stride = _positive_pair(stride, "stride", "Conv2D")
+        self.padding = _check_padding(padding, "Conv2D")
+        self.activation = activation
+        self.use_bias = bool(use_bias)
+        self.init = initializers.check_init(init)
+        self.dtype = float_dtype(dtype, "Conv2D")
+        kh, kw = self.kernel_size
+        self.weight = self._add_param("weight", (kh, kw, self.in_channels, self.out_channels),
+                                      self.dtype)
+        self.bias = self._add_param("bias", (self.out_channels,), self.dtype) if use_bias else None
+        self._x: Any = None              # cached NHWC input
+        self._in_shape: Any = None       # the caller's input shape ((N, H, W) or NHWC)
+        self._y: Any = None              # cached output
+        self._pads: Pads = (0, 0, 0, 0)
+        self._dz: Optional[npt.NDArray[np.floating]] = None
+        # the kernels' im2col workspace, shared by forward and both backward kernels
+        self._ws: Optional[npt.NDArray[np.floating]] = None
+        self.reset_parameters()
+
+    # -- PyTorch layout ------------------------------------------------------------
+    @staticmethod
+    def weight_from_torch(w: npt.ArrayLike) -> npt.NDArray[Any]:
+        """PyTorch's nn.Conv2d weight (Cout, Cin, KH, KW) as fastnn's HWIO (KH, KW, Cin, Cout)."""
+        a = np.asarray(w)
+        if a.ndim != 4:
+            raise ShapeError(f"Conv2D.weight_from_torch: expected (out, in, kh, kw), "
+                             f"got shape {a.shape}")
+        return np.ascontiguousarray(a.transpose(2, 3, 1, 0))
+
+    def weight_to_torch(self) -> npt.NDArray[Any]:
+        """This layer's weight in PyTorch's layout (Cout, Cin, KH, KW), a copy."""
+        return np.ascontiguousarray(self.weight.data.transpose(3, 2, 0, 1))
+
+    def reset_parameters(self, rng: Union[None, int, np.random.Generator] = None) -> None:
+        initializers.init_conv(self.init, self.weight.data,
+                               self.bias.data if self.bias is not None else None,
+                               initializers.as_rng(rng))
+
+    # -- shapes --------------------------------------------------------------------
+    def padding_for(self, height: int, width: int) -> Pads:
+        """(top, bottom, left, right) zero rows/columns for an input of height x width."""
+        if self.padding == "valid":
+            return (0, 0, 0, 0)
+        if self.padding == "same":
+            (kh, kw), (sh, sw) = self.kernel_size, self.stride
+            return _same_pads(height, kh, sh) + _same_pads(width, kw, sw)
+        return self.padding    # type: ignore[return-value]  # a 4-tuple once checked
+
+    def _as_nhwc_shape(self, shape: Sequence[int], who: str) -> Tuple[int, ...]:
+        shape = tuple(int(d) for d in shape)
+        if len(shape) == 3 and self.in_channels == 1:
+            shape = shape + (1,)
+        if len(shape) != 4:
+            raise ShapeError(f"{who}: input must be 4-D NHWC (batch, height, width, channels)"
+                             + (" or (batch, height, width) for one channel"
+                                if self.in_channels == 1 else "") + f", got shape {shape}")
+        if shape[3] != self.in_channels:
+            raise ShapeError(f"{who}: input must have {self.in_channels} channels (NHWC, last "
+                             f"axis), got shape {shape}")
+        return shape
+
+    def output_shape(self, input_shape: Sequence[int]) -> Tuple[int, ...]:
+        shape = self._as_nhwc_shape(input_shape, "Conv2D")
+        pads = self.padding_for(shape[1], shape[2])
+        oh, ow = _windows_out("Conv2D", shape, self.kernel_size, self.stride, pads, "kernel")
+        return (shape[0], oh, ow, self.out_channels)
+
+    def relu_output(self) -> Optional[npt.NDArray[np.floating]]:
+        return self._y if self.activation == "relu" else None
+
+    def fusion_spec(self) -> LayerSpec:
+        raise NotFusable("the fused trainer runs MLPs only (Dense, activations, Flatten); "
+                         "convolutional networks train layer by layer")
+
+    # -- forward / backward ----------------------------------------------------------
+    def forward(self, x: npt.NDArray[np.floating],
+                out: Optional[npt.NDArray[np.floating]] = None) -> npt.NDArray[np.floating]:
+        """y = act(conv(x, W) + b); x (N, H, W, Cin) of the layer's dtype."""
+        x4 = x
+        if isinstance(x, np.ndarray) and x.ndim == 3 and self.in_channels == 1:
+            x4 = x.reshape(x.shape + (1,))       # (N, H, W): one channel, as MNIST loads
+        _check_images(x4, "Conv2D", self.dtype, self.in_channels)
+        n, h, w = x4.shape[:3]
+        pads = self.padding_for(h, w)
+        oh, ow = _windows_out("Conv2D", x4.shape, self.kernel_size, self.stride, pads, "kernel")
+        y = _out_buffer(out, (n, oh, ow, self.out_channels), self.dtype)
+        need = kernels.conv2d_workspace_size(x4.shape, self.weight.shape, self.stride, pads)
+        if self._ws is None or self._ws.size < need:
+            self._ws = np.empty(need, self.dtype)
+        kernels.conv2d_forward(x4, self.weight.data,
+                               self.bias.data if self.bias is not None else None,
+                               stride=self.stride, padding=pads, activation=self.activation,
+                               out=y, workspace=self._ws)
+        self._x, self._in_shape, self._y, self._pads = x4, x.shape, y, pads
+        return y
+
+    def backward(self, dout: npt.NDArray[np.floating],
+                 dx: Optional[npt.NDArray[np.floating]] = None, *,
+                 input_grad: bool = True, premasked: bool = False,
+                 dx_mask: Optional[npt.NDArray[np.floating]] = None
+                 ) -> Optional[npt.NDArray[np.floating]]:
+        """Accumulate dW, db; return dx (None when ``input_grad`` is False).
+
+        ``premasked=True``: ``dout`` is already dL/dz (the next layer applied this
+        layer's ReLU mask).  ``dx_mask`` (the input's shape): return
+        ``dx * (dx_mask > 0)``, the previous layer's ReLU backward fused in."""
+        self._need_forward(self._x, "Conv2D")
+        x, y = self._x, self._y
+        _check_images(dout, "Conv2D.backward", self.dtype, name="dout")
+        if dout.shape != y.shape:
+            raise ShapeError(f"Conv2D.backward: dout must have the output's shape {y.shape}, "
+                             f"got {dout.shape}")
+        if self.activation is None or premasked:
+            dz = dout
+        else:
+            dz = self._dz = _out_buffer(self._dz, dout.shape, self.dtype)
+            kernels.activation_backward("relu", y, dout, dx=dz)
+        kernels.conv2d_backward_weights(x, dz, self.weight.shape, self.stride, self._pads,
+                                        dw=self.weight.grad,
+                                        dbias=self.bias.grad if self.bias is not None else None,
+                                        accumulate=True, workspace=self._ws)
+        if not input_grad:
+            return None
+        mask = None
+        if dx_mask is not None:
+            if dx_mask.size != x.size or dx_mask.dtype != self.dtype:
+                raise ShapeError(f"Conv2D.backward: dx_mask must be a {self.dtype} array of "
+                                 f"shape {x.shape}, got {dx_mask.dtype} {dx_mask.shape}")
+            mask = dx_mask.reshape(x.shape)
+        buf = _out_buffer(dx, self._in_shape, self.dtype)    # (N, H, W) stays 3-D
+        kernels.conv2d_backward_data(dz, self.weight.data, x.shape, self.stride, self._pads,
+                                     out=buf.reshape(x.shape), workspace=self._ws, mask=mask)
+        return buf
+
+    def get_config(self) -> Dict[str, Any]:
+        pad = self.padding if isinstance(self.padding, str) else list(self.padding)
+        return {"class": "Conv2D", "in_channels": self.in_channels,
+                "out_channels": self.out_channels, "kernel_size": list(self.kernel_size),
+                "stride": list(self.stride), "padding": pad, "activation": self.activation,
+                "use_bias": self.use_bias, "init": self.init, "dtype": self.dtype.name}
+
+
+def dense_weight_from_torch(w: npt.ArrayLike, chw: Optional[Tuple[int, int, int]] = None
+                            ) -> npt.NDArray[Any]:
+    """PyTorch's nn.Linear weight (out, in) as fastnn's Dense (in, out).
+
+    ``chw=(C, H, W)``: the Linear follows a flatten of NCHW maps, fastnn's Dense a
+    ``Flatten`` of NHWC maps: its input rows are reordered from (c, h, w) to (h, w, c)."""
+    a = np.asarray(w)
+    if a.ndim != 2:
+        raise ShapeError(f"dense_weight_from_torch: expected (out, in), got shape {a.shape}")
+    if chw is not None:
+        c, h, w_ = chw
+        if c * h * w_ != a.shape[1]:
+            raise ShapeError(f"dense_weight_from_torch: chw={chw} holds {c * h * w_} features "
+                             f"but the weight has {a.shape[1]} inputs")
+        a = a.reshape(a.shape[0], c, h, w_).transpose(0, 2, 3, 1).reshape(a.shape[0], -1)
+    return np.ascontiguousarray(a.T)
+
+
+def dense_weight_to_torch(w: npt.ArrayLike, hwc: Optional[Tuple[int, int, int]] = None
+                          ) -> npt.NDArray[Any]:
+    """fastnn's Dense weight (in, out) as PyTorch's nn.Linear (out, in); the inverse of
+    ``dense_weight_from_torch`` (``hwc=(H, W, C)`` after a ``Flatten`` of NHWC maps)."""
+    a = np.asarray(w)
+    if a.ndim != 2:
+        raise ShapeError(f"dense_weight_to_torch: expected (in, out), got shape {a.shape}")
+    t = a.T
+    if hwc is not None:
+        h, w_, c = hwc
+        if c * h * w_ != a.shape[0]:
+            raise ShapeError(f"dense_weight_to_torch: hwc={hwc} holds {c * h * w_} features "
+                             f"but the weight has {a.shape[0]} inputs")
+        t = t.reshape(t.shape[0], h, w_, c).transpose(0, 3, 1, 2).reshape(t.shape[0], -1)
+    return np.ascontiguousarray(t)
+
+
+class _Pool2D(Layer):
+    """Shared by MaxPool2D and AvgPool2D: a window ``pool_size`` moved by ``stride``
+    (default: the window, so windows do not overlap), no padding; a partial window at
+    the edge is dropped (floor), as PyTorch and Keras ('valid') do."""
+
+    INPUT_RANK = 4
+
+    def __init__(self, pool_size: Union[int, Tuple[int, int]] = 2,
+                 stride: Union[None, int, Tuple[int, int]] = None) -> None:
+        super().__init__()
+        who = type(self).__name__
+        self.pool_size = _positive_pair(pool_size, "pool_size", who)
+        self.stride = self.pool_size if stride is None else _positive_pair(stride, "stride", who)
+        self._x_shape: Any = None
+
+    def output_shape(self, input_shape: Sequence[int]) -> Tuple[int, ...]:
+        who = type(self).__name__
+        shape = tuple(int(d) for d in input_shape)
+        if len(shape) != 4:
+            raise ShapeError(f"{who}: input must be 4-D NHWC (batch, height, width, channels), "
+                             f"got shape {shape}")
+        oh, ow = _windows_out(who, shape, self.pool_size, self.stride, (0, 0, 0, 0), "pool")
+        return (shape[0], oh, ow, shape[3])
+
+    def _check_dout(self, dout: Any) -> Tuple[int, ...]:
+        who = type(self).__name__
+        self._need_forward(self._x_shape, who)
+        _check_images(dout, who + ".backward", name="dout")
+        want = self.output_shape(self._x_shape)
+        if dout.shape != want:
+            raise ShapeError(f"{who}.backward: dout must have the output's shape {want}, "
+                             f"got {dout.shape}")
+        return tuple(self._x_shape)
+
+    def get_config(self) -> Dict[str, Any]:
+        return {"class": type(self).__name__, "pool_size": list(self.pool_size),
+                "stride": list(self.stride)}
+
+
+class MaxPool2D(_Pool2D):
+    """y[n, i, j, c] = max of x[n, i*sh : i*sh + ph, j*sw : j*sw + pw, c].
+
+    Backward: each dy goes to the (first) maximum of its window, ``dx`` is zero
+    elsewhere.  Shapes: (N, H, W, C) -> (N, (H - ph) // sh + 1, (W - pw) // sw + 1, C).
+
+    >>> import numpy as np
+    >>> MaxPool2D(2).forward(np.arange(16, dtype=np.float32).reshape(1, 4, 4, 1))[0, :, :, 0]
+    array([[ 5.,  7.],
+           [13., 15.]], dtype=float32)
+    """
+
+    def __init__(self, pool_size: Union[int, Tuple[int, int]] = 2,
+                 stride: Union[None, int, Tuple[int, int]] = None) -> None:
+        super().__init__(pool_size, stride)
+        self._argmax: Optional[npt.NDArray[np.int32]] = None
+
+    def forward(self, x: npt.NDArray[np.floating],
+                out: Optional[npt.NDArray[np.floating]] = None) -> npt.NDArray[np.floating]:
+        _check_images(x, "MaxPool2D")
+        shape = self.output_shape(x.shape)
+        y = _out_buffer(out, shape, x.dtype)
+        am = _out_buffer(self._argmax, shape, np.int32)
+        y, self._argmax = kernels.maxpool2d_forward(x, self.pool_size, self.stride, out=y,
+                                                    argmax=am)
+        self._x_shape = x.shape
+        return y
+
+    def backward(self, dout: npt.NDArray[np.floating],
+                 dx: Optional[npt.NDArray[np.floating]] = None) -> npt.NDArray[np.floating]:
+        x_shape = self._check_dout(dout)
+        buf = _out_buffer(dx, x_shape, dout.dtype)
+        assert self._argmax is not None            # set with _x_shape by forward
+        return kernels.maxpool2d_backward(dout, self._argmax, x_shape, out=buf)
+
+
+class AvgPool2D(_Pool2D):
+    """y[n, i, j, c] = mean of x[n, i*sh : i*sh + ph, j*sw : j*sw + pw, c].
+
+    Backward: ``dx`` of every window element += dy / (ph * pw).
+    Shapes: (N, H, W, C) -> (N, (H - ph) // sh + 1, (W - pw) // sw + 1, C)."""
+
+    def forward(self, x: npt.NDArray[np.floating],
+                out: Optional[npt.NDArray[np.floating]] = None) -> npt.NDArray[np.floating]:
+        _check_images(x, "AvgPool2D")
+        y = _out_buffer(out, self.output_shape(x.shape), x.dtype)
+        kernels.avgpool2d_forward(x, self.pool_size, self.stride, out=y)
+        self._x_shape = x.shape
+        return y
+
+    def backward(self, dout: npt.NDArray[np.floating],
+                 dx: Optional[npt.NDArray[np.floating]] = None) -> npt.NDArray[np.floating]:
+        x_shape = self._check_dout(dout)
+        buf = _out_buffer(dx, x_shape, dout.dtype)
+        return kernels.avgpool2d_backward(dout, x_shape, self.pool_size, self.stride, out=buf)
+
+
+class GlobalAvgPool2D(Layer):
+    """y[n, c] = mean over (h, w) of x[n, h, w, c];  dx[n, h, w, c] = dy[n, c] / (H W).
+
+    Shapes: (N, H, W, C) -> (N, C)."""
+
+    INPUT_RANK = 4
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._x_shape: Any = None
+
+    def output_shape(self, input_shape: Sequence[int]) -> Tuple[int, ...]:
+        if len(input_shape) != 4:
+            raise ShapeError(f"GlobalAvgPool2D: input must be 4-D NHWC, got shape "
+                             f"{tuple(input_shape)}")
+        return (input_shape[0], input_shape[3])
+
+    def forward(self, x: npt.NDArray[np.floating],
+                out: Optional[npt.NDArray[np.floating]] = None) -> npt.NDArray[np.floating]:
+        _check_images(x, "GlobalAvgPool2D")
+        y = _out_buffer(out, (x.shape[0], x.shape[3]), x.dtype)
+        np.mean(x, axis=(1, 2), out=y)
+        self._x_shape = x.shape
+        return y
+
+    def backward(self, dout: npt.NDArray[np.floating],
+                 dx: Optional[npt.NDArray[np.floating]] = None) -> npt.NDArray[np.floating]:
+        self._need_forward(self._x_shape, "GlobalAvgPool2D")
+        n, h, w, c = self._x_shape
+        _check_batch(dout, "GlobalAvgPool2D.backward", name="dout", features=c)
+        if dout.shape[0] != n:
+            raise ShapeError(f"GlobalAvgPool2D.backward: dout must have shape {(n, c)}, "
+                             f"got {dout.shape}")
+        buf = _out_buffer(dx, self._x_shape, dout.dtype)
+        np.multiply(dout[:, None, None, :], dout.dtype.type(1.0 / (h * w)), out=buf)
+        return buf
+
+
+class BatchNorm2D(Layer):
+    """Batch normalisation over the channels of an NHWC batch (PyTorch's BatchNorm2d).
+
+    Training, with mean and biased variance over (N, H, W) per channel (m = N*H*W values)::
+
+        xhat = (x - mean) / sqrt(var + eps);   y = gamma * xhat + beta
+        running_mean = (1 - momentum) running_mean + momentum mean
+        running_var  = (1 - momentum) running_var  + momentum var * m / (m - 1)  (unbiased)
+
+    Evaluation (``eval()``) normalises with ``running_mean`` / ``running_var`` instead.
+    Backward in training::
+
+        dgamma += sum(dy xhat)    dbeta += sum(dy)
+        dx = gamma / sqrt(var + eps) * (dy - mean(dy) - xhat mean(dy xhat))
+
+    ``gamma`` (ones) and ``beta`` (zeros) are trainable ``Parameter`` s;
+    ``running_mean`` / ``running_var`` are buffers (``buffers()``): not trained,
+    saved in checkpoints.  Shapes: (N, H, W, C) -> same.
+
+    >>> import numpy as np
+    >>> bn = BatchNorm2D(2)
+    >>> y = bn.forward(np.random.default_rng(0).normal(3, 2, (8, 4, 4, 2)).astype(np.float32))
+    >>> bool(abs(y.mean()) < 1e-5), [round(float(v), 1) for v in bn.running_mean]
+    (True, [0.3, 0.3])
+    """
+
+    INPUT_RANK = 4
+    dtype: np.dtype[Any]
+
+    def __init__(self, num_features: int, momentum: float = 0.1, eps: float = 1e-5,
+                 dtype: npt.DTypeLike = np.float32) -> None:
+        super().__init__()
+        if isinstance(num_features, bool) or not isinstance(num_features, (int, np.integer)) \
+                or num_features < 1:
+            raise ValueError(f"BatchNorm2D: num_features must be a positive integer, "
+                             f"got {num_features!r}")
+        self.num_features = int(num_features)
+        self.momentum = real(momentum, "momentum", "BatchNorm2D", lo=0.0, hi=1.0)
+        self.eps = real(eps, "eps", "BatchNorm2D", lo=0.0, lo_open=True)
+        self.dtype = float_dtype(dtype, "BatchNorm2D")
+        self.gamma = self._add_param("gamma", (self.num_features,), self.dtype)
+        self.beta = self._add_param("beta", (self.num_features,), self.dtype)
+        self.running_mean = np.zeros(self.num_features, self.dtype)
+        self.running_var = np.ones(self.num_features, self.dtype)
+        self._xhat: Any = None          # cached normalised input (N*H*W, C)
+        self._inv_std: Any = None       # 1 / sqrt(var + eps) used by the last forward
+        self._shape: Any = None
+        self._batch_stats = True        # the last forward normalised with batch statistics
+        self.reset_parameters()
+
+    def reset_parameters(self, rng: Union[None, int, np.random.Generator] = None) -> None:
+        """gamma = 1, beta = 0, running statistics reset (no randomness)."""
+        self.gamma.data[...] = 1
+        self.beta.data[...] = 0
+        self.running_mean[...] = 0
+        self.running_var[...] = 1
+
+    def buffers(self) -> List[Tuple[str, npt.NDArray[Any]]]:
+        return [("running_mean", self.running_mean), ("running_var", self.running_var)]
+
+    def output_shape(self, input_shape: Sequence[int]) -> Tuple[int, ...]:
+        shape = tuple(int(d) for d in input_shape)
+        if len(shape) != 4 or shape[3] != self.num_features:
+            raise ShapeError(f"BatchNorm2D: input must be 4-D NHWC with {self.num_features} "
+                             f"channels, got shape {shape}")
+        return shape
+
+    def forward(self, x: npt.NDArray[np.floating],
+                out: Optional[npt.NDArray[np.floating]] = None) -> npt.NDArray[np.floating]:
+        _check_images(x, "BatchNorm2D", self.dtype, self.num_features)
+        c = self.num_features
+        x2 = x.reshape(-1, c)
+        m = x2.shape[0]
+        if self.training:
+            if m < 2:
+                raise ShapeError(f"BatchNorm2D: training needs more than one value per channel "
+                                 f"(input shape {x.shape}); call eval() to use the running "
+                                 f"statistics")
+            mean = x2.mean(axis=0)
+            var = x2.var(axis=0)
+            mom = self.dtype.type(self.momentum)
+            self.running_mean *= 1 - mom
+            self.running_mean += mom * mean
+            self.running_var *= 1 - mom
+            self.running_var += mom * var * self.dtype.type(m / (m - 1))
+        else:
+            mean, var = self.running_mean, self.running_var
+        inv = (1.0 / np.sqrt(var + self.dtype.type(self.eps))).astype(self.dtype)
+        y = _out_buffer(out, x.shape, self.dtype)
+        y2 = y.reshape(-1, c)
+        np.subtract(x2, mean, out=y2)
+        y2 *= inv
+        self._xhat = y2.copy()
+        y2 *= self.gamma.data
+        y2 += self.beta.data
+        self._inv_std, self._shape = inv, x.shape
+        self._batch_stats = self.training
+        return y
+
+    def backward(self, dout: npt.NDArray[np.floating],
+                 dx: Optional[npt.NDArray[np.floating]] = None) -> npt.NDArray[np.floating]:
+        self._need_forward(self._xhat, "BatchNorm2D")
+        _check_images(dout, "BatchNorm2D.backward", self.dtype, name="dout")
+        if dout.shape != self._shape:
+            raise ShapeError(f"BatchNorm2D.backward: dout must have shape {self._shape}, "
+                             f"got {dout.shape}")
+        c = self.num_features
+        dy = dout.reshape(-1, c)
+        xhat = self._xhat
+        sum_dy = dy.sum(axis=0)
+        sum_dy_xhat = np.einsum("ij,ij->j", dy, xhat)
+        self.gamma.grad += sum_dy_xhat
+        self.beta.grad += sum_dy
+        buf = _out_buffer(dx, self._shape, self.dtype)
+        g = buf.reshape(-1, c)
+        scale = self.gamma.data * self._inv_std
+        if self._batch_stats:
+            m = dy.shape[0]
+            np.multiply(xhat, -sum_dy_xhat / m, out=g)
+            g += dy
+            g -= sum_dy / m
+            g *= scale
+        else:
+            np.multiply(dy, scale, out=g)
+        return buf
+
+    def get_config(self) -> Dict[str, Any]:
+        return {"class": "BatchNorm2D", "num_features": self.num_features,
+                "momentum": self.momentum, "eps": self.eps, "dtype": self.dtype.name}
+
+
+LAYER_CLASSES.update({cls.__name__: cls for cls in (Conv2D, MaxPool2D, AvgPool2D,
+                                                     GlobalAvgPool2D, BatchNorm2D)})

@@ -37,7 +37,7 @@ from ._validation import float_dtype
 from .errors import DTypeError, ShapeError
 from .fusion import NotFusable, require_own_methods
 from .initializers import as_rng
-from .layers import Dense, Flatten, Layer, layer_from_config
+from .layers import BatchNorm2D, Conv2D, Dense, Flatten, GlobalAvgPool2D, Layer, layer_from_config
 from .parameter import Parameter
 
 if TYPE_CHECKING:
@@ -129,6 +129,7 @@ class Sequential:
         self._fwd_ws: List[Optional[npt.NDArray[Any]]] = [None] * len(layers)
         self._bwd_ws: List[Optional[npt.NDArray[Any]]] = [None] * len(layers)
         self._last_out_shape: Optional[Tuple[int, ...]] = None
+        self._last_in_shape: Optional[Tuple[int, ...]] = None     # for summary()
         # Workspaces and the layers' forward caches are shared state: concurrent
         # forwards on one model used to overwrite each other's activations.
         self._lock = threading.RLock()
@@ -151,15 +152,26 @@ class Sequential:
 
     # ----------------------------------------------------------------- construction
     def _check_chain(self) -> None:
-        width = None
+        """Adjacent layers must agree: Dense widths, and the channels of image layers."""
+        width = None           # features per row after the last Dense
+        channels = None        # NHWC channels after the last Conv2D / BatchNorm2D
         for i, layer in enumerate(self.layers):
             if isinstance(layer, Dense):
                 if width is not None and width != layer.in_features:
                     raise ShapeError(f"Sequential: layer {i} (Dense) expects {layer.in_features} "
                                      f"input features but the previous layer gives {width}")
-                width = layer.out_features
-            elif isinstance(layer, Flatten):
+                width, channels = layer.out_features, None
+            elif isinstance(layer, (Conv2D, BatchNorm2D)):
+                want = layer.in_channels if isinstance(layer, Conv2D) else layer.num_features
+                if channels is not None and channels != want:
+                    raise ShapeError(f"Sequential: layer {i} ({type(layer).__name__}) expects "
+                                     f"{want} input channels but the previous layer gives "
+                                     f"{channels}")
+                channels = layer.out_channels if isinstance(layer, Conv2D) else want
                 width = None
+            elif isinstance(layer, (Flatten, GlobalAvgPool2D)):
+                width = channels if isinstance(layer, GlobalAvgPool2D) else None
+                channels = None
 
     def _allocate_flat(self) -> None:
         params = [p for layer in self.layers for p in layer._params]
@@ -205,23 +217,32 @@ class Sequential:
         """Set every gradient to zero: one fill of ``flat_grads``."""
         self.flat_grads.fill(0)
 
+    def named_buffers(self) -> List[Tuple[str, npt.NDArray[Any]]]:
+        """Non-trainable state, ``[(name, array)]`` with names like ``"1.running_mean"``
+        (BatchNorm2D's running statistics); the arrays themselves, updated in place."""
+        return [(f"{i}.{name}", buf) for i, layer in enumerate(self.layers)
+                for name, buf in layer.buffers()]
+
     def state_dict(self) -> Dict[str, npt.NDArray[Any]]:
-        """``{name: copy of the parameter's values}``."""
-        return {p.name: p.data.copy() for p in self._params}
+        """``{name: copy of the values}`` of every parameter, then every buffer."""
+        out = {p.name: p.data.copy() for p in self._params}
+        out.update((name, buf.copy()) for name, buf in self.named_buffers())
+        return out
 
     def load_state_dict(self, state: Mapping[str, npt.ArrayLike]) -> None:
         """Copy values from ``state_dict()`` output; names and shapes must match."""
-        names = [p.name for p in self._params]
+        targets = [(p.name, p.data) for p in self._params] + self.named_buffers()
+        names = [n for n, _ in targets]
         missing = [n for n in names if n not in state]
         extra = [n for n in state if n not in names]
         if missing or extra:
             raise ValueError(f"load_state_dict: missing {missing}, unexpected {extra}")
-        for p in self._params:
-            v = np.asarray(state[p.name])
-            if v.shape != p.shape:
-                raise ShapeError(f"load_state_dict: {p.name} must have shape {p.shape}, "
+        for name, target in targets:
+            v = np.asarray(state[name])
+            if v.shape != target.shape:
+                raise ShapeError(f"load_state_dict: {name} must have shape {target.shape}, "
                                  f"got {v.shape}")
-            p.data[...] = v
+            target[...] = v
 
     # ----------------------------------------------------------------- mode
     def train(self, mode: bool = True) -> Self:
@@ -271,7 +292,9 @@ class Sequential:
                              f"{x.shape}; use x[None] for a single sample")
         if x.shape[0] == 0:
             raise ShapeError(f"Sequential: input is an empty batch (shape {x.shape})")
-        if x.ndim > 2:
+        if x.ndim == 3 and self.layers[0].INPUT_RANK == 4:
+            x = x.reshape(x.shape + (1,))   # (N, H, W) images: one channel, NHWC
+        elif x.ndim > 2:
             nfeat = self.input_features()
             if nfeat is not None:
                 if math.prod(x.shape[1:]) != nfeat:
@@ -287,6 +310,7 @@ class Sequential:
 
     def _forward(self, x: npt.ArrayLike) -> npt.NDArray[np.floating]:
         x = self._prepare_input(x)
+        self._last_in_shape = x.shape
         n = x.shape[0]
         last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
@@ -354,14 +378,37 @@ class Sequential:
                 print_fn: Optional[Callable[[str], Any]] = print) -> str:
         """A table of layers, output shapes and parameter counts; printed and returned.
 
-        ``input_shape``: per-sample input shape, e.g. (784,) or (28, 28); by
-        default the first Dense layer's in_features."""
+        ``input_shape``: per-sample input shape, e.g. (784,), (28, 28) or (28, 28, 1)
+        (NHWC) for a convolutional network; by default the first Dense layer's
+        in_features, else the shape of the last input seen by ``forward``.
+
+        >>> import fastnn
+        >>> from fastnn.layers import Conv2D, Dense, Flatten, MaxPool2D
+        >>> m = fastnn.Sequential([Conv2D(1, 4, 3, activation="relu"), MaxPool2D(2), Flatten(),
+        ...                        Dense(676, 10)])
+        >>> print(m.summary(input_shape=(28, 28, 1), print_fn=None))
+        #  Layer         Output shape       Params
+        ------------------------------------------
+        0  Conv2D(relu)  (None, 26, 26, 4)      40
+        1  MaxPool2D     (None, 13, 13, 4)       0
+        2  Flatten       (None, 676)             0
+        3  Dense         (None, 10)          6,770
+        ------------------------------------------
+        Total params: 6,810 (float32, 27,240 bytes)
+        """
         shape: Optional[Tuple[Optional[int], ...]]     # per-sample shape, batch dim None
         if input_shape is None:
             nfeat = self.input_features()
-            shape = (None, nfeat) if nfeat is not None else None
+            if nfeat is not None:
+                shape = (None, nfeat)
+            elif self._last_in_shape is not None:
+                shape = (None,) + self._last_in_shape[1:]
+            else:
+                shape = None
         else:
             shape = (None,) + tuple(int(d) for d in input_shape)
+            if len(shape) == 3 and self.layers[0].INPUT_RANK == 4:
+                shape = shape + (1,)            # (H, W): one channel, as forward feeds it
         rows = [("#", "Layer", "Output shape", "Params")]
         for i, layer in enumerate(self.layers):
             if shape is not None:

@@ -4,12 +4,19 @@ File layout: a plain ``.npz`` (a zip of ``.npy`` members, readable with
 ``np.load(path, allow_pickle=False)``), never pickle::
 
     format.npy     uint8   b"fastnn-checkpoint"               the marker
-    version.npy    int64   1                                   format version
+    version.npy    int64   1, or 2 when the model has buffers  format version
     meta.npy       uint8   UTF-8 JSON: {"model": get_config(), "params": [{key, name, shape,
                            dtype}], "optimizer": {class, hyper, step, buffers: [...]} | null,
-                           "extra": ... | null}
+                           "extra": ... | null, "buffers": [{key, name, shape, dtype}]
+                           (version 2 only)}
     param.000.npy  ...     one member per parameter, in model.parameters() order
+    buffer.000.npy ...     one member per model buffer (version 2: BatchNorm2D's running
+                           statistics, in model.named_buffers() order)
     optim.000.npy  ...     one member per optimizer buffer (when saved)
+
+Version 2 (fastnn with convolutional layers) adds the model's buffers; a model
+without any is still written as version 1, byte for byte what earlier releases
+wrote (so they can read it), and version 1 files load as before.
     sha256.npy     uint8   SHA-256 over every other member (key, dtype, shape, bytes)
 
 The hash detects damage and edits made without recomputing it (it is an
@@ -52,7 +59,8 @@ _Path = Union[str, os.PathLike[str]]
 __all__ = ["save", "load", "Checkpoint", "FORMAT", "VERSION"]
 
 FORMAT = "fastnn-checkpoint"
-VERSION = 1
+VERSION = 2                  # the newest format written; see the module docstring
+SUPPORTED_VERSIONS = (1, 2)
 
 #: What ``load(path, with_optimizer=True)`` returns.
 #: ``model``: the rebuilt model with the saved weights; ``optimizer_state``:
@@ -125,6 +133,19 @@ def _model_arrays(model: Any) -> Tuple[Dict[str, npt.NDArray[Any]], List[Dict[st
     return arrays, entries
 
 
+def _buffer_arrays(model: Any) -> Tuple[Dict[str, npt.NDArray[Any]], List[Dict[str, Any]]]:
+    """The model's non-trainable buffers (``named_buffers()``; none for other models)."""
+    named = list(model.named_buffers()) if hasattr(model, "named_buffers") else []
+    arrays: Dict[str, npt.NDArray[Any]]
+    entries: List[Dict[str, Any]]
+    arrays, entries = {}, []
+    for i, (name, buf) in enumerate(named):
+        arr, entry = _array_entry(f"buffer.{i:03d}", name, buf, "model buffer")
+        arrays[entry["key"]] = arr
+        entries.append(entry)
+    return arrays, entries
+
+
 def _optimizer_arrays(optimizer: Any) -> Tuple[Dict[str, npt.NDArray[Any]], Dict[str, Any]]:
     if not hasattr(optimizer, "state_dict"):
         raise TypeError(f"save: optimizer must have state_dict(), got {type(optimizer).__name__}")
@@ -187,16 +208,20 @@ def save(model: Any, path: _Path, optimizer: Optional[Optimizer] = None,
     if not hasattr(model, "get_config"):
         raise TypeError(f"save: model must have get_config(), got {type(model).__name__}")
     arrays, param_entries = _model_arrays(model)
+    buf_arrays, buf_entries = _buffer_arrays(model)
+    arrays.update(buf_arrays)
     opt_meta = None
     if optimizer is not None:
         opt_arrays, opt_meta = _optimizer_arrays(optimizer)
         arrays.update(opt_arrays)
     meta = {"model": model.get_config(), "params": param_entries,
             "optimizer": opt_meta, "extra": extra}
+    if buf_entries:
+        meta["buffers"] = buf_entries
     meta_json = _dumps(meta, "the model config, the optimizer state and extra")
     _dumps(extra, "extra")
     out: Dict[str, npt.NDArray[Any]] = {"format": np.frombuffer(FORMAT.encode(), np.uint8),
-           "version": np.array(VERSION, np.int64),
+           "version": np.array(2 if buf_entries else 1, np.int64),
            "meta": np.frombuffer(meta_json.encode("utf-8"), np.uint8)}
     out.update(arrays)
     out["sha256"] = np.frombuffer(_digest(out), np.uint8)
@@ -315,9 +340,9 @@ def _parse(path: _Path) -> Tuple[Dict[str, Any], Dict[str, npt.NDArray[Any]]]:
     if version.shape != () or version.dtype.kind not in "iu":
         raise _bad(path, f"member 'version' must be an integer scalar, got {version.dtype} "
                          f"{version.shape}")
-    if int(version) != VERSION:
+    if int(version) not in SUPPORTED_VERSIONS:
         raise _bad(path, f"format version {int(version)} is not supported (this fastnn reads "
-                         f"version {VERSION}); upgrade fastnn")
+                         f"versions {', '.join(map(str, SUPPORTED_VERSIONS))}); upgrade fastnn")
     try:
         meta = json.loads(_text(path, arrays["meta"], "meta").decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
@@ -325,13 +350,19 @@ def _parse(path: _Path) -> Tuple[Dict[str, Any], Dict[str, npt.NDArray[Any]]]:
     if not isinstance(meta, dict) or not {"model", "params", "optimizer", "extra"} <= set(meta):
         raise _bad(path, "metadata lacks model/params/optimizer/extra")
     params = _check_entries(path, meta["params"], headers, "param", "parameter")
+    if int(version) == 1 and "buffers" in meta:
+        raise _bad(path, "metadata: a version 1 checkpoint cannot hold model buffers")
+    model_bufs = _check_entries(path, meta.get("buffers", []), headers, "buffer",
+                                "model buffer")
+    meta["buffers"] = model_bufs
     opt = meta["optimizer"]
     bufs = []
     if opt is not None:
         if not isinstance(opt, dict) or "buffers" not in opt:
             raise _bad(path, "metadata: optimizer must be null or a dict with buffers")
         bufs = _check_entries(path, opt["buffers"], headers, "optim", "optimizer buffer")
-    expected = set(_FIXED_KEYS) | {e["key"] for e in params} | {e["key"] for e in bufs}
+    expected = (set(_FIXED_KEYS) | {e["key"] for e in params} | {e["key"] for e in bufs}
+                | {e["key"] for e in model_bufs})
     unexpected = sorted(set(arrays) - expected)
     if unexpected:
         raise _bad(path, f"unexpected members {unexpected}")
@@ -369,6 +400,16 @@ def _build_model(path: _Path, meta: Mapping[str, Any],
                              f"expects {p.data.dtype} {p.data.shape}")
         # In place: parameters are views into the model's flat buffer.
         p.data[...] = arr
+    named_bufs = list(model.named_buffers())
+    saved_bufs = [(e["name"], arrays[e["key"]]) for e in meta["buffers"]]
+    if [n for n, _ in named_bufs] != [n for n, _ in saved_bufs]:
+        raise _bad(path, f"buffers {[n for n, _ in saved_bufs]} do not match the rebuilt "
+                         f"model's {[n for n, _ in named_bufs]}")
+    for (name, buf), (_, arr) in zip(named_bufs, saved_bufs):
+        if buf.shape != arr.shape or buf.dtype != arr.dtype:
+            raise _bad(path, f"buffer {name!r}: saved {arr.dtype} {arr.shape}, the model "
+                             f"expects {buf.dtype} {buf.shape}")
+        buf[...] = arr
     return model
 
 

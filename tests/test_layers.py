@@ -163,8 +163,8 @@ def test_layer_bad_calls():
         r = L.ReLU()
         r.forward(np.zeros((2, 3)))
         r.backward(np.zeros((2, 4)))
-    with pytest.raises(ValueError, match="unknown layer class 'Conv2D'"):
-        L.layer_from_config({"class": "Conv2D"})
+    with pytest.raises(ValueError, match="unknown layer class 'Conv3D'"):
+        L.layer_from_config({"class": "Conv3D"})
     with pytest.raises(ValueError, match="bad config for Dense"):
         L.layer_from_config({"class": "Dense", "in_features": 3})
 

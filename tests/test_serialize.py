@@ -267,8 +267,8 @@ def test_tampered_bytes_in_place(ckpt):
 
 def test_wrong_version_and_marker(ckpt):
     path, _ = ckpt
-    rewrite(path, lambda a: a.__setitem__("version", np.array(2, np.int64)))
-    with pytest.raises(DataFormatError, match="version 2 is not supported"):
+    rewrite(path, lambda a: a.__setitem__("version", np.array(3, np.int64)))
+    with pytest.raises(DataFormatError, match="version 3 is not supported"):
         serialize.load(path)
     rewrite(path, lambda a: a.__setitem__("format", np.frombuffer(b"other-format", np.uint8)))
     with pytest.raises(DataFormatError, match="marker"):
@@ -348,3 +348,59 @@ def test_resume_with_real_optimizer_is_bitwise(tmp_path, opt_name, kwargs):
         opt.step()
         opt2.step()
     np.testing.assert_array_equal(ck.model.flat_params, model.flat_params)
+
+
+# ----------------------------------------------------------------- format versions, buffers
+
+FIXTURE_V1 = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures",
+                          "checkpoint_v1.npz")
+
+
+def test_loads_a_checkpoint_written_by_the_previous_release():
+    # tests/fixtures/checkpoint_v1.npz: MLP([6, 5, 3], seed=0), one Adam step, written by
+    # fastnn at ac05f4f (format version 1, before model buffers existed)
+    model, opt_state, extra = serialize.load(FIXTURE_V1, with_optimizer=True)
+    assert extra["epoch"] == 1 and opt_state["class"] == "Adam" and opt_state["step"] == 1
+    assert model.count_params() == 53 and model.named_buffers() == []
+    np.testing.assert_allclose(model.flat_params[:3], [0.10182875, -0.17796838, -0.37479356],
+                               rtol=1e-6)
+
+
+def test_model_without_buffers_is_still_written_as_version_1(tmp_path):
+    path = serialize.save(make_model(), tmp_path / "m.npz")
+    a = members(path)
+    assert int(a["version"]) == 1
+    assert "buffers" not in get_meta(a)
+
+
+def _bn_model():
+    from fastnn.layers import BatchNorm2D, Conv2D, Flatten
+    model = fastnn.Sequential([Conv2D(1, 2, 3), BatchNorm2D(2), Flatten(), layers.Dense(8, 3)], seed=0)
+    model(np.random.default_rng(0).standard_normal((4, 4, 4, 1)).astype(np.float32))
+    return model
+
+
+def test_buffers_round_trip_as_version_2(tmp_path):
+    model = _bn_model()
+    path = serialize.save(model, tmp_path / "bn.npz")
+    a = members(path)
+    assert int(a["version"]) == 2
+    assert [e["name"] for e in get_meta(a)["buffers"]] == ["1.running_mean", "1.running_var"]
+    loaded = serialize.load(path)
+    for (n1, b1), (n2, b2) in zip(model.named_buffers(), loaded.named_buffers()):
+        assert n1 == n2
+        np.testing.assert_array_equal(b1, b2)
+
+
+def test_damaged_buffers_are_refused(tmp_path):
+    path = serialize.save(_bn_model(), tmp_path / "bn.npz")
+    rewrite(path, lambda a: a.pop("buffer.001"))
+    with pytest.raises(DataFormatError, match="model buffer '1.running_var'.*missing"):
+        serialize.load(path)
+    path = serialize.save(_bn_model(), tmp_path / "bn2.npz")
+
+    def downgrade(a):
+        a["version"] = np.array(1, np.int64)
+    rewrite(path, downgrade)
+    with pytest.raises(DataFormatError, match="version 1 checkpoint cannot hold model buffers"):
+        serialize.load(path)
