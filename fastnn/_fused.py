@@ -285,7 +285,7 @@ class GradPlan(FusedPlan):
         with self._lock:
             loss_sum, correct, _finite = self._trainer.grad_step(
                 W, bias, gW, gb, x2, x2.dtype == np.uint8, x2.shape[1], labels, rows,
-                float(inv_b), nthreads=_threads.get_num_threads())  # type: ignore[arg-type]
+                float(inv_b), nthreads=_threads.get_num_threads())
         return float(loss_sum), int(correct)
 
 

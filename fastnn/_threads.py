@@ -15,7 +15,10 @@ The count, in order of precedence:
 3. ``$OMP_NUM_THREADS`` (the first entry of a list such as ``4,2``), the
    conventional variable OpenMP programs honour;
 4. the CPUs this process may run on, honouring the affinity mask and a
-   cgroup CPU quota (containers).
+   cgroup CPU quota (containers); under an MPI launcher (``mpirun -n N``,
+   detected from its environment) with L ranks on this machine and no binding
+   (each rank's mask holds every CPU), a rank's share: those CPUs / L.  A rank
+   that the launcher bound to its own cores keeps its mask.
 
 A variable that is set but not an integer in [1, 4096] is a ``ValueError``
 naming it.  Asking for more threads than the CPUs this process may use
@@ -119,16 +122,37 @@ def _env_count(name):
     return n
 
 
+def rank_cpus():
+    """``(CPUs, local ranks)``: the CPUs this MPI rank may use by default and the
+    number of ranks on this machine (``(available CPUs, 1)`` outside a launcher).
+    Ranks that share one affinity mask (the launcher did not bind them) split it."""
+    from .distributed import launcher_world
+    cpus = _cpus()
+    local = launcher_world()[2]
+    if local <= 1:
+        return cpus, 1
+    machine = os.cpu_count() or cpus
+    try:
+        bound = len(os.sched_getaffinity(0)) < machine
+    except (AttributeError, OSError):
+        bound = False
+    return (cpus if bound else max(1, cpus // local)), local
+
+
 def default_threads_source():
     """``(count, where it comes from)`` of the default count: the first of
     ``$FASTNN_NUM_THREADS``, ``$OMP_NUM_THREADS`` that is set, else the CPUs
-    this process may use (``"available CPUs"``)."""
+    this process may use (``"available CPUs"``), or under an MPI launcher this
+    rank's share of them (``"available CPUs / L local ranks"``)."""
     for name in ENV_VARS:
         n = _env_count(name)
         if n is not None:
             _warn_if_oversubscribed(n, name, stacklevel=5)
             return n, name
-    return _cpus(), "available CPUs"
+    n, local = rank_cpus()
+    if local > 1:
+        return n, f"available CPUs / {local} local ranks"
+    return n, "available CPUs"
 
 
 def _default_threads():

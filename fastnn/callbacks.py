@@ -57,6 +57,11 @@ class Callback:
     """Base class: every hook does nothing."""
 
     step_freq: Optional[int] = None  # None: no per-step calls; n: on_batch_end every n steps
+    # Data-parallel runs (fit(distributed=...)): True for a callback that writes files or
+    # prints (checkpoints, logs), which runs on rank 0 alone; False (the default) for one
+    # that runs on every rank, e.g. EarlyStopping: the ranks see the same reduced logs and
+    # must all take the same decision.  A rank-0-only callback must not stop training.
+    rank0_only: bool = False
 
     def __init__(self) -> None:
         # set by fit (set_state) before any hook runs: the run's fastnn.training.TrainState
@@ -113,6 +118,8 @@ class TensorBoard(Callback):
     >>> TensorBoard(os.path.join(tempfile.mkdtemp(), "mlp"), update_freq=100).step_freq
     100
     """
+
+    rank0_only = True      # writes files: rank 0 alone in a data-parallel run
 
     _train: Optional[SummaryWriter]
     _val: Optional[SummaryWriter]
@@ -183,6 +190,8 @@ class CSVLogger(Callback):
     With ``append=True`` an existing file is continued (a resumed run).  The
     whole history is also written to ``<path minus .csv>.json`` after every
     epoch when ``json_history`` is True."""
+
+    rank0_only = True      # writes files: rank 0 alone in a data-parallel run
 
     def __init__(self, path: Union[str, os.PathLike[str]], append: bool = False,
                  json_history: bool = True) -> None:
@@ -269,6 +278,8 @@ class ModelCheckpoint(Callback):
     leaves a checkpoint to resume from.  ``extra``: a JSON-able dict stored
     with every checkpoint (the command line keeps its recipe there).
     ``last_saved`` is the latest path, ``epochs_done`` the epochs it holds."""
+
+    rank0_only = True      # writes files: rank 0 alone in a data-parallel run
 
     def __init__(self, path: Union[str, os.PathLike[str]], save_best_only: bool = False,
                  monitor: str = "val_loss", mode: str = "auto", save_initial: bool = False,

@@ -52,6 +52,7 @@ import numpy.typing as npt
 from . import _fused, fusion
 from ._validation import check_finite_rows
 from ._validation import integer as _integer
+from .distributed import Communicator, get_world, split_rows, startup_items
 from .errors import DivergenceError, DTypeError, ShapeError
 
 if TYPE_CHECKING:
@@ -387,6 +388,73 @@ class _FusedEngine:
                 "count": int(res["count"]), "steps": steps}
 
 
+class _DistributedEngine:
+    """Data-parallel steps (``fit(distributed=...)``, see ``fastnn.distributed``): each
+    rank computes the gradient of the SUM of the loss over its slice of the global
+    batch divided by the global batch's size, the ranks sum ``model.flat_grads`` (one
+    allreduce), and every rank applies the same ``optimizer.step()``.  The gradient
+    comes from the fused trainer's gradient-only step (``_fused.GradPlan``) when it
+    covers the model, else from the layer-by-layer path."""
+
+    def __init__(self, comm: Communicator, model: Any, loss: Loss, optimizer: Optimizer,
+                 x: npt.NDArray[Any], y: npt.NDArray[Any], batch_size: int,
+                 schedule: Optional[_Schedule], plan: Optional[_fused.GradPlan]) -> None:
+        self.comm, self.model, self.loss, self.optimizer = comm, model, loss, optimizer
+        self.x, self.y, self.batch_size, self.schedule, self.plan = x, y, batch_size, schedule, plan
+        self.name = "fused" if plan is not None else "general"
+        self.per_rank = -(-batch_size // comm.size)
+        self.dtype = _model_dtype(model, x)
+        self.feed = _BatchFeeder(x, self.per_rank, self.dtype) if plan is None else None
+        try:
+            params: Mapping[str, Any] = inspect.signature(model.backward).parameters
+        except (TypeError, ValueError):
+            params = {}
+        self.backward_kw = {"input_grad": False} if "input_grad" in params else {}
+
+    def _local_grad(self, rows: npt.NDArray[Any], nb: int) -> Tuple[float, int]:
+        """This rank's share of the batch gradient into model.flat_grads; (loss sum, hits)."""
+        model, grads = self.model, self.model.flat_grads
+        if self.plan is not None:
+            return self.plan.grad_step(self.x, self.y, rows, float(np.float32(1) / np.float32(nb)),
+                                       grads)
+        model.zero_grad()
+        if len(rows) == 0:
+            return 0.0, 0
+        xb = self.feed(rows)  # type: ignore[misc]  # the general path has a feeder
+        yb = self.y[rows]
+        out = model(xb)
+        batch_loss = float(self.loss(out, yb))
+        g = self.loss.backward()
+        if len(rows) != nb:     # the loss's mean over the slice -> its sum / nb
+            g = np.multiply(g, np.asarray(len(rows) / nb, dtype=g.dtype), dtype=g.dtype)
+        model.backward(g, **self.backward_kw)
+        return batch_loss * len(rows), int(np.count_nonzero(np.argmax(out, axis=1) == yb))
+
+    def run(self, perm: npt.NDArray[Any], start: int, stop: int,
+            state: TrainState) -> Dict[str, Any]:
+        comm, opt, b = self.comm, self.optimizer, self.batch_size
+        loss_sum, correct, count = 0.0, 0, 0
+        for step in range(start, stop):
+            idx = perm[step * b:(step + 1) * b]
+            nb = len(idx)
+            lo, hi = split_rows(nb, comm.rank, comm.size)
+            if self.schedule is not None:
+                _apply_schedule(self.schedule, opt, state.global_step)
+            ls, c = self._local_grad(idx[lo:hi], nb)
+            comm.allreduce_(self.model.flat_grads)
+            opt.step()
+            state.global_step += 1
+            loss_sum += ls
+            correct += c
+            count += hi - lo
+        tot = comm.allreduce_values([loss_sum, correct, count])
+        if not math.isfinite(tot[0]):
+            # every rank sees the same sum: all of them stop here
+            raise _Diverged(stop - 1, float(tot[0]), "weights", first=start)
+        return {"loss_sum": float(tot[0]), "correct": int(tot[1]), "count": int(tot[2]),
+                "steps": stop - start}
+
+
 class _Diverged(Exception):
     """Non-finite loss at ``step`` (0-based, in the epoch), or non-finite weights found
     after a chunk of steps ending at ``step`` that began at ``first``."""
@@ -427,6 +495,63 @@ def _make_engine(model: Any, loss: Loss, optimizer: Optimizer, x: npt.NDArray[An
         raise ValueError(f"fused=True but the fused trainer cannot run this model, loss and "
                          f"optimizer: {reason}")
     return _GeneralEngine(model, loss, optimizer, x, y, batch_size, schedule), reason
+
+
+def _make_distributed_engine(comm: Communicator, model: Any, loss: Loss, optimizer: Optimizer,
+                             x: npt.NDArray[Any], y: npt.NDArray[Any], batch_size: int,
+                             schedule: Optional[_Schedule], fused: Optional[bool]
+                             ) -> Tuple[_DistributedEngine, str]:
+    """The data-parallel engine: the fused gradient step when ``fusion.check`` accepts
+    the model for the per-rank batch, else the layer-by-layer gradient."""
+    if getattr(model, "flat_grads", None) is None or getattr(optimizer, "model", None) is not model:
+        raise ValueError("distributed training needs a model with flat buffers (a "
+                         "fastnn.Sequential) and an optimizer built on the whole model "
+                         "(e.g. SGD(model, lr=0.1)): the gradients are summed as one buffer")
+    per_rank = -(-batch_size // comm.size)
+    plan: Optional[_fused.GradPlan] = None
+    if fused is False:
+        reason = "fused=False"
+    elif x.dtype != np.uint8 and x.dtype != _model_dtype(model, x):
+        reason = f"x is {x.dtype}, not uint8 or the model's {_model_dtype(model, x)}"
+    else:
+        verdict = fusion.check(model, loss, optimizer, per_rank)
+        reason = verdict.reason
+        if verdict.ok:
+            plan = _fused.GradPlan(model, optimizer, verdict.dense, per_rank)
+    if fused is True and plan is None:
+        raise ValueError(f"fused=True but the fused trainer cannot run this model, loss and "
+                         f"optimizer: {reason}")
+    return _DistributedEngine(comm, model, loss, optimizer, x, y, batch_size, schedule,
+                              plan), ("" if plan is not None else reason)
+
+
+def _distributed_start(comm: Communicator, model: Any, optimizer: Optimizer,
+                       seed: Optional[int], batch_size: int, n: int,
+                       extra: Mapping[str, Any]) -> int:
+    """Start-up of a data-parallel fit: the ranks must agree on fastnn's version, the
+    architecture, the optimizer, the seed and the run's settings; rank 0's weights and
+    optimizer state are then broadcast (as DDP does).  Returns the shared seed (rank 0
+    draws one when none was given)."""
+    comm.check_agree(startup_items(model, optimizer, seed, batch_size, n, extra))
+    if seed is None:
+        seed = comm.bcast_int(int(np.random.default_rng().integers(1 << 62)))
+    comm.bcast_array_(model.flat_params, what="the broadcast of rank 0's weights")
+    for buf in optimizer.state_buffers().values():
+        comm.bcast_array_(buf, what="the broadcast of rank 0's optimizer state")
+    return seed
+
+
+def _evaluate_sharded(comm: Communicator, model: Any, x: npt.NDArray[Any],
+                      y: npt.NDArray[Any], loss: Loss) -> Dict[str, float]:
+    """``evaluate`` with the rows split over the ranks and the sums reduced."""
+    lo, hi = split_rows(x.shape[0], comm.rank, comm.size)
+    loss_sum = correct = 0.0
+    if hi > lo:
+        ev = evaluate(model, x[lo:hi], y[lo:hi], loss=loss, _checked=True)
+        loss_sum, correct = ev["loss"] * (hi - lo), round(ev["accuracy"] * (hi - lo))
+    tot = comm.allreduce_values([loss_sum, correct], what="the evaluation allreduce")
+    n = x.shape[0]
+    return {"loss": float(tot[0]) / n, "accuracy": float(tot[1]) / n}
 
 
 # ---------------------------------------------------------------- progress output
@@ -523,7 +648,8 @@ def fit(model: Any, x: npt.NDArray[Any], y: npt.NDArray[np.integer], *, epochs: 
         validation_data: Optional[Tuple[npt.NDArray[Any], npt.NDArray[np.integer]]] = None,
         shuffle: bool = True, seed: Optional[int] = None, callbacks: Iterable[Callback] = (),
         verbose: int = 1, schedule: Optional[_Schedule] = None, initial_epoch: int = 0,
-        resume: Optional[Mapping[str, Any]] = None, fused: Optional[bool] = None) -> History:
+        resume: Optional[Mapping[str, Any]] = None, fused: Optional[bool] = None,
+        distributed: Union[bool, Communicator, None] = None) -> History:
     """Train ``model`` on (x, y); returns a :class:`History`.
 
     Arguments follow Keras: ``epochs`` is the index of the last epoch to run
@@ -539,6 +665,20 @@ def fit(model: Any, x: npt.NDArray[Any], y: npt.NDArray[np.integer], *, epochs: 
     not the fused one, is in ``history.params["engine"]`` /
     ``["why_not_fused"]`` (``fastnn.fusion.check`` decides); ``verbose=2``
     prints it first.
+
+    ``distributed``: True (``MPI.COMM_WORLD``) or a
+    :class:`fastnn.distributed.Communicator` trains data-parallel, launched
+    as ``mpirun -n N python ...``: ``batch_size`` is the GLOBAL batch, every
+    rank takes a disjoint slice of each batch of the shared permutation, the
+    gradients are summed by an allreduce and every rank applies the same
+    update, so N ranks give the weights of one process with the same batch
+    (to float summation order).  The ranks must agree on fastnn's version, the
+    architecture, the optimizer and the seed (else ``DistributedError`` naming
+    the ranks); rank 0's weights are broadcast first, and the weights and
+    optimizer state are compared (by hash) after every epoch.  Evaluation is
+    sharded and reduced; only rank 0 prints and runs the callbacks whose
+    ``rank0_only`` is True (checkpoints, logs), so a checkpoint does not
+    depend on the number of ranks.
 
     Raises ValueError before any step when x (or the validation x) holds NaN
     or inf, naming the first such row.
@@ -584,6 +724,17 @@ def fit(model: Any, x: npt.NDArray[Any], y: npt.NDArray[np.integer], *, epochs: 
     if validation_data is not None:
         check_finite_rows(xv, "validation x")
 
+    comm: Optional[Communicator] = None
+    if distributed is not None and distributed is not False:
+        comm = get_world() if distributed is True else distributed
+        seed = _distributed_start(comm, model, optimizer, seed, batch_size, n, {
+            "epochs": epochs, "shuffle": bool(shuffle), "initial epoch": initial_epoch,
+            "resumed at": None if resume is None else resume.get("global_step"),
+            "validation samples": None if validation_data is None else xv.shape[0]})
+        if comm.rank != 0:      # rank 0 alone prints and writes files
+            verbose = 0
+            callbacks = [cb for cb in callbacks if not getattr(cb, "rank0_only", False)]
+
     rng = np.random.default_rng(seed)
     history = History()
     if resume is not None:
@@ -593,11 +744,19 @@ def fit(model: Any, x: npt.NDArray[Any], y: npt.NDArray[np.integer], *, epochs: 
         history = History.from_dict(resume.get("history"))
 
     steps_per_epoch = -(-n // batch_size)
-    engine, why_not_fused = _make_engine(model, loss, optimizer, x, y, batch_size, schedule,
-                                         fused)
+    engine: Union[_GeneralEngine, _FusedEngine, _DistributedEngine]
+    if comm is not None:
+        engine, why_not_fused = _make_distributed_engine(comm, model, loss, optimizer, x, y,
+                                                         batch_size, schedule, fused)
+    else:
+        engine, why_not_fused = _make_engine(model, loss, optimizer, x, y, batch_size,
+                                             schedule, fused)
     history.params.update({"epochs": epochs, "batch_size": batch_size, "steps": steps_per_epoch,
                            "samples": n, "engine": engine.name,
                            "why_not_fused": why_not_fused})
+    if comm is not None:
+        history.params.update({"ranks": comm.size,
+                               "per_rank_batch": -(-batch_size // comm.size)})
     if verbose == 2:
         print(f"engine: {engine.name}" + (f" ({why_not_fused})" if why_not_fused else ""),
               flush=True)
@@ -676,7 +835,8 @@ def fit(model: Any, x: npt.NDArray[Any], y: npt.NDArray[np.integer], *, epochs: 
             count = max(totals["count"], 1)
             logs = {"loss": totals["loss_sum"] / count, "accuracy": totals["correct"] / count}
             if validation_data is not None:
-                ev = evaluate(model, xv, yv, loss=loss, _checked=True)
+                ev = (evaluate(model, xv, yv, loss=loss, _checked=True) if comm is None
+                      else _evaluate_sharded(comm, model, xv, yv, loss))
                 logs["val_loss"], logs["val_accuracy"] = ev["loss"], ev["accuracy"]
                 model.train()
             logs["epoch_time"] = elapsed
@@ -685,6 +845,9 @@ def fit(model: Any, x: npt.NDArray[Any], y: npt.NDArray[np.integer], *, epochs: 
             state.rng_state = rng.bit_generator.state
             for cb in callbacks:
                 cb.on_epoch_end(epoch, dict(logs))
+            if comm is not None:
+                comm.check_identical(model, optimizer, epoch)
+                state.stop_training = comm.any(state.stop_training)
             if verbose:     # after the callbacks: the line means "done, logged and saved"
                 print(format_epoch_line(epoch, epochs, logs), flush=True)
             if state.stop_training:

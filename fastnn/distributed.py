@@ -1,0 +1,320 @@
+"""Data-parallel training across processes and machines on MPI (mpi4py).
+
+Synchronous data parallelism, as PyTorch DDP and Horovod do it: every rank
+holds the whole model and takes a disjoint slice of every global batch; the
+gradients are summed by an allreduce before every (identical) update::
+
+    global batch  idx = perm[k*B : (k+1)*B]            perm shared: same seed on every rank
+    rank r's rows idx[lo_r : hi_r],  lo_r = nb*r // N,  hi_r = nb*(r+1) // N   (nb = len(idx))
+    g_r = sum_{i in rows_r} dL_i/dtheta / nb           (the gradient of the SUM over the slice)
+    g   = allreduce_sum(g_r) = mean_{i in idx} dL_i/dtheta    (the full batch's, any split)
+    theta <- optimizer(theta, g)                       (the same on every rank)
+
+This module is the communicator: rank and size from the launcher's
+environment, an in-place bucketed allreduce of one flat float buffer,
+broadcasts, and the checks that keep ranks identical (a start-up check of
+fastnn's version, the architecture, the optimizer and the seeds; an
+end-of-epoch hash of the weights and the optimizer state).  ``mpi4py`` is
+imported only when a communicator is made (``pip install "fastnn[mpi]"``).
+
+Faults: every collective is nonblocking (``Iallreduce`` ...) and polled
+against a deadline (``FASTNN_MPI_TIMEOUT`` seconds, default 120), so a rank
+that is lost without its process dying (a network partition, a stopped
+process) ends the job with a message instead of a hang; a rank whose process
+dies is noticed at once by Open MPI's runtime, which ends the other ranks
+and names the lost one ("prterun noticed that process rank 1 ... exited on
+signal 9").  On a deadline the rank calls ``MPI_Abort``: a rank stuck in
+``MPI_Finalize`` would hang the job.
+
+Without a launcher ``Communicator()`` is one rank (size 1), and everything
+works the same:
+
+>>> from fastnn.distributed import launcher_world, split_rows
+>>> launcher_world({})                                         # not under mpirun
+(0, 1, 1)
+>>> launcher_world({"OMPI_COMM_WORLD_RANK": "2", "OMPI_COMM_WORLD_SIZE": "3",
+...                 "OMPI_COMM_WORLD_LOCAL_SIZE": "3"})
+(2, 3, 3)
+>>> [split_rows(10, r, 3) for r in range(3)]                   # a global batch of 10 rows
+[(0, 3), (3, 6), (6, 10)]
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import time
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+import numpy.typing as npt
+
+from .errors import FastnnError
+
+__all__ = ["Communicator", "DistributedError", "launcher_world", "under_launcher",
+           "split_rows", "get_world", "DEFAULT_TIMEOUT_S", "BUCKET_BYTES"]
+
+#: seconds a collective may take before the job is aborted (``FASTNN_MPI_TIMEOUT``)
+DEFAULT_TIMEOUT_S = 120.0
+#: bytes per allreduce bucket: each bucket is one Iallreduce, posted before the next
+BUCKET_BYTES = 1 << 20
+
+# (rank, size, local size) variables of the launchers: Open MPI, then MPICH / Intel MPI
+# (PMI) and PMIx, then Slurm's srun
+_ENV = (("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_SIZE"),
+        ("PMI_RANK", "PMI_SIZE", "MPI_LOCALNRANKS"),
+        ("PMIX_RANK", "PMIX_SIZE", "PMIX_LOCAL_SIZE"),
+        ("SLURM_PROCID", "SLURM_NTASKS", "SLURM_NTASKS_PER_NODE"))
+
+
+class DistributedError(FastnnError, RuntimeError):
+    """The ranks of a distributed run disagree (start-up settings, weights), or one of
+    them was lost; the message names the ranks."""
+
+
+def launcher_world(environ: Optional[Mapping[str, str]] = None) -> Tuple[int, int, int]:
+    """``(rank, size, local_size)`` that an MPI launcher announced in the environment,
+    ``(0, 1, 1)`` when none did.  ``local_size``: ranks on this machine."""
+    env = os.environ if environ is None else environ
+    for rank_v, size_v, local_v in _ENV:
+        if size_v in env and rank_v in env:
+            try:
+                rank, size = int(env[rank_v]), int(env[size_v])
+                local = int(env.get(local_v, "").split("(")[0] or size)
+            except ValueError:
+                continue
+            return rank, size, max(1, min(local, size))
+    return 0, 1, 1
+
+
+def under_launcher(environ: Optional[Mapping[str, str]] = None) -> bool:
+    """True when this process was started by ``mpirun`` / ``srun`` with more than one rank."""
+    return launcher_world(environ)[1] > 1
+
+
+def split_rows(nb: int, rank: int, size: int) -> Tuple[int, int]:
+    """Rank ``rank``'s rows ``[lo, hi)`` of a batch of ``nb`` rows split over ``size`` ranks:
+    contiguous, disjoint, sizes differing by at most one (a rank may get none)."""
+    return nb * rank // size, nb * (rank + 1) // size
+
+
+def _digest(value: Any) -> str:
+    """A stable hash of a JSON-able value (arrays hashed by their bytes)."""
+    h = hashlib.sha256()
+
+    def feed(v: Any) -> None:
+        if isinstance(v, np.ndarray):
+            a = np.ascontiguousarray(v)
+            h.update(f"nd{a.dtype.str}{a.shape}".encode())
+            h.update(a.tobytes())
+        elif isinstance(v, Mapping):
+            h.update(b"{")
+            for k in sorted(v, key=str):
+                h.update(str(k).encode() + b":")
+                feed(v[k])
+            h.update(b"}")
+        elif isinstance(v, (list, tuple)):
+            h.update(b"[")
+            for item in v:
+                feed(item)
+                h.update(b",")
+            h.update(b"]")
+        else:
+            h.update(json.dumps(v, default=repr).encode())
+
+    feed(value)
+    return h.hexdigest()
+
+
+def _timeout_from_env() -> float:
+    text = os.environ.get("FASTNN_MPI_TIMEOUT", "").strip()
+    if not text:
+        return DEFAULT_TIMEOUT_S
+    try:
+        t = float(text)
+    except ValueError:
+        raise ValueError(f"FASTNN_MPI_TIMEOUT must be a number of seconds, got {text!r}") from None
+    if not t > 0:
+        raise ValueError(f"FASTNN_MPI_TIMEOUT must be > 0 seconds, got {text!r}")
+    return t
+
+
+class Communicator:
+    """The ranks of one data-parallel run: ``MPI.COMM_WORLD`` by default.
+
+    ``rank``, ``size``; ``local_size`` the ranks on this machine (for the thread
+    count).  Collectives (``allreduce_``, ``allreduce_values``, ``bcast_array``,
+    ``allgather``) are nonblocking requests polled against ``timeout`` seconds;
+    past it the job is aborted with a message.  ``allreduce_seconds`` adds up the
+    time spent waiting in gradient allreduces (benchmarks)."""
+
+    def __init__(self, comm: Any = None, timeout: Optional[float] = None) -> None:
+        try:
+            from mpi4py import MPI
+        except ImportError as e:
+            raise ImportError("distributed training needs mpi4py and an MPI library: "
+                              "pip install \"fastnn[mpi]\" (mpi4py + Open MPI)") from e
+        self.MPI = MPI
+        self.comm = MPI.COMM_WORLD if comm is None else comm
+        self.rank: int = int(self.comm.Get_rank())
+        self.size: int = int(self.comm.Get_size())
+        local = self.comm.Split_type(MPI.COMM_TYPE_SHARED, key=self.rank)
+        self.local_size: int = int(local.Get_size())
+        self.local_rank: int = int(local.Get_rank())
+        local.Free()
+        self.timeout = _timeout_from_env() if timeout is None else float(timeout)
+        self.allreduce_seconds = 0.0
+        self.allreduce_bytes = 0
+
+    def __repr__(self) -> str:
+        return f"Communicator(rank={self.rank}, size={self.size}, local_size={self.local_size})"
+
+    # ------------------------------------------------------------ waiting
+
+    def _wait(self, reqs: Sequence[Any], what: str) -> None:
+        """Wait for every request, polling; abort the job past the deadline.  Spins
+        for the first millisecond (a step's allreduce takes about that), then sleeps
+        50 us between polls so that a waiting rank leaves its core to the others."""
+        MPI = self.MPI
+        t0 = time.perf_counter()
+        deadline = t0 + self.timeout
+        spin_until = t0 + 1e-3
+        while not MPI.Request.Testall(list(reqs)):
+            now = time.perf_counter()
+            if now > deadline:
+                self._abort(f"{what} did not complete within {self.timeout:g} s "
+                            f"(FASTNN_MPI_TIMEOUT): another rank is lost or stuck")
+            if now > spin_until:
+                time.sleep(5e-5)
+
+    def _abort(self, message: str) -> None:
+        sys.stderr.write(f"fastnn: rank {self.rank} of {self.size}: {message}; aborting "
+                         f"the job\n")
+        sys.stderr.flush()
+        self.comm.Abort(1)
+
+    # ------------------------------------------------------------ collectives
+
+    def allreduce_(self, buf: npt.NDArray[Any], bucket_bytes: int = BUCKET_BYTES,
+                   what: str = "the gradient allreduce") -> npt.NDArray[Any]:
+        """``buf = sum over ranks of buf``, in place; buf: a contiguous 1-D float32 or
+        float64 array (``model.flat_grads``).  The buffer goes in buckets of about
+        ``bucket_bytes``, each one ``Iallreduce`` posted at once, so that the
+        transfers of one bucket overlap the reduction of the previous."""
+        if buf.ndim != 1 or not buf.flags.c_contiguous:
+            raise ValueError("allreduce_: buf must be a contiguous 1-D array")
+        if buf.dtype not in (np.float32, np.float64):
+            raise TypeError(f"allreduce_: buf must be float32 or float64, got {buf.dtype}")
+        t0 = time.perf_counter()
+        if self.size > 1 and buf.size:
+            MPI = self.MPI
+            per = max(1, bucket_bytes // buf.itemsize)
+            reqs = [self.comm.Iallreduce(MPI.IN_PLACE, buf[s:s + per], op=MPI.SUM)
+                    for s in range(0, buf.size, per)]
+            self._wait(reqs, what)
+        self.allreduce_seconds += time.perf_counter() - t0
+        self.allreduce_bytes += buf.nbytes
+        return buf
+
+    def allreduce_values(self, values: Sequence[float], op: str = "sum",
+                         what: str = "the metrics allreduce") -> npt.NDArray[np.float64]:
+        """Sum (or max) over ranks of a few numbers, in float64."""
+        a = np.array(values, np.float64)
+        if self.size > 1:
+            MPI = self.MPI
+            req = self.comm.Iallreduce(MPI.IN_PLACE, a, op=MPI.SUM if op == "sum" else MPI.MAX)
+            self._wait([req], what)
+        return a
+
+    def bcast_array_(self, buf: npt.NDArray[Any], root: int = 0,
+                     what: str = "a broadcast") -> npt.NDArray[Any]:
+        """``buf = root's buf`` on every rank, in place (contiguous arrays)."""
+        if self.size > 1 and buf.size:
+            req = self.comm.Ibcast(buf, root=root)
+            self._wait([req], what)
+        return buf
+
+    def allgather(self, value: str, what: str = "an allgather") -> List[str]:
+        """Every rank's short string (a hash), in rank order."""
+        if self.size == 1:
+            return [value]
+        raw = value.encode()
+        width = int(self.allreduce_values([len(raw)], op="max", what=what)[0])
+        raw = raw.ljust(width, b"\0")
+        send = np.frombuffer(raw, np.uint8).copy()
+        recv = np.empty(width * self.size, np.uint8)
+        req = self.comm.Iallgather(send, recv)
+        self._wait([req], what)
+        return [recv[i * width:(i + 1) * width].tobytes().rstrip(b"\0").decode()
+                for i in range(self.size)]
+
+    def bcast_int(self, value: int, root: int = 0) -> int:
+        a = np.array([value], np.int64)
+        return int(self.bcast_array_(a, root, "the seed broadcast")[0])
+
+    def barrier(self) -> None:
+        if self.size > 1:
+            self._wait([self.comm.Ibarrier()], "a barrier")
+
+    # ------------------------------------------------------------ agreement
+
+    def check_agree(self, items: Mapping[str, Any], when: str = "at start-up") -> None:
+        """Raise :class:`DistributedError` on every rank unless every rank passed equal
+        ``items`` (name -> JSON-able value or array): one hash per item, gathered and
+        compared with rank 0's; the message names each item and the ranks that differ."""
+        names = sorted(items)
+        digests = [_digest(items[k])[:12] for k in names]
+        every = [d.split(",") for d in self.allgather(",".join(digests), "the agreement check")]
+        bad = []
+        for i, name in enumerate(names):
+            differ = [r for r in range(self.size) if every[r][i] != every[0][i]]
+            if differ:
+                bad.append(f"{name} (ranks {', '.join(map(str, differ))} differ from rank 0)")
+        if bad:
+            raise DistributedError(f"the {self.size} ranks disagree {when}: " + "; ".join(bad)
+                                   + ". Every rank must run the same fastnn, model, optimizer "
+                                   "and seeds")
+
+    def check_identical(self, model: Any, optimizer: Any, epoch: int) -> None:
+        """End of epoch: the hash of the weights and of the optimizer state must be the
+        same on every rank (they apply identical updates to identical gradients)."""
+        state = getattr(optimizer, "state_buffers", None)
+        self.check_agree({"weights": model.flat_params,
+                          "optimizer state": dict(state() if callable(state) else {}),
+                          "optimizer step": int(getattr(optimizer, "step_count", 0))},
+                         when=f"after epoch {epoch + 1} (the replicas drifted apart)")
+
+    def any(self, flag: bool) -> bool:
+        """True on every rank when ``flag`` is true on any rank."""
+        return bool(self.allreduce_values([1.0 if flag else 0.0], op="max")[0] > 0)
+
+
+_world: Optional[Communicator] = None
+
+
+def get_world() -> Communicator:
+    """The process's ``Communicator`` over ``MPI.COMM_WORLD`` (made once)."""
+    global _world
+    if _world is None:
+        _world = Communicator()
+    return _world
+
+
+def startup_items(model: Any, optimizer: Any, seed: Optional[int], batch_size: int,
+                  n_samples: int, extra: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
+    """What every rank must agree on before the first step."""
+    from . import __version__
+    cfg = getattr(model, "get_config", None)
+    hyper = getattr(optimizer, "hyper", None)
+    items: Dict[str, Any] = {
+        "fastnn version": __version__,
+        "architecture": cfg() if callable(cfg) else type(model).__name__,
+        "optimizer": {"class": type(optimizer).__name__,
+                      "hyper": hyper() if callable(hyper) else None},
+        "seed": seed,
+        "batch size": batch_size,
+        "training samples": n_samples,
+    }
+    items.update(extra or {})
+    return items
