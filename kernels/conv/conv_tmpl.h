@@ -1,0 +1,394 @@
+/* The conv and pooling kernels for one dtype: included by conv.c with REAL
+ * (float/double), SFX (f32/f64) and GEMM (fnn_sgemm/fnn_dgemm) defined.
+ * The decomposition is described in conv.h.
+ *
+ * Inner loops (im2col, col2im, pooling) are written once as always-inline
+ * bodies and compiled twice: a baseline clone and an AVX2+FMA clone
+ * (FNN_TARGET_AVX2) that the compiler vectorises 8 floats / 4 doubles wide;
+ * fnn_use_avx2() picks one per call.  They only move, add and compare, so
+ * both clones give the same bits.
+ */
+#define CAT_(a, b) a##_##b
+#define CAT(a, b) CAT_(a, b)
+#define FN(name) CAT(name, SFX)
+
+/* ---- im2col / col2im of one image -------------------------------------------------------- */
+
+/* dst (OH*OW, KH*KW*Cin) = the columns of one image xi (H, W, Cin) */
+INLINE void FN(im2col_body)(const fnn_conv_shape *s, const REAL *restrict xi,
+                            REAL *restrict dst)
+{
+    const ptrdiff_t W = s->W, C = s->Cin, KW = s->KW, K = s->KH * KW * C;
+    for (ptrdiff_t oh = 0; oh < s->OH; oh++) {
+        for (ptrdiff_t ow = 0; ow < s->OW; ow++) {
+            REAL *row = dst + (oh * s->OW + ow) * K;
+            ptrdiff_t ih0 = oh * s->sh - s->pt, iw0 = ow * s->sw - s->pl, kw0, kw1;
+            kw_range(iw0, KW, W, &kw0, &kw1);
+            for (ptrdiff_t kh = 0; kh < s->KH; kh++) {
+                REAL *seg = row + kh * KW * C;
+                ptrdiff_t ih = ih0 + kh;
+                if (ih < 0 || ih >= s->H) {
+                    for (ptrdiff_t i = 0; i < KW * C; i++)
+                        seg[i] = 0;
+                    continue;
+                }
+                const REAL *src = xi + (ih * W + iw0 + kw0) * C;
+                for (ptrdiff_t i = 0; i < kw0 * C; i++)
+                    seg[i] = 0;
+                REAL *mid = seg + kw0 * C;
+                for (ptrdiff_t i = 0; i < (kw1 - kw0) * C; i++)
+                    mid[i] = src[i];
+                for (ptrdiff_t i = kw1 * C; i < KW * C; i++)
+                    seg[i] = 0;
+            }
+        }
+    }
+}
+
+/* dxi (H, W, Cin) = col2im(src) * (maski > 0): the adjoint of im2col_body */
+INLINE void FN(col2im_body)(const fnn_conv_shape *s, const REAL *restrict src,
+                            const REAL *restrict maski, REAL *restrict dxi)
+{
+    const ptrdiff_t W = s->W, C = s->Cin, KW = s->KW, K = s->KH * KW * C;
+    for (ptrdiff_t i = 0; i < s->H * W * C; i++)
+        dxi[i] = 0;
+    for (ptrdiff_t oh = 0; oh < s->OH; oh++) {
+        for (ptrdiff_t ow = 0; ow < s->OW; ow++) {
+            const REAL *row = src + (oh * s->OW + ow) * K;
+            ptrdiff_t ih0 = oh * s->sh - s->pt, iw0 = ow * s->sw - s->pl, kw0, kw1;
+            kw_range(iw0, KW, W, &kw0, &kw1);
+            for (ptrdiff_t kh = 0; kh < s->KH; kh++) {
+                ptrdiff_t ih = ih0 + kh;
+                if (ih < 0 || ih >= s->H)
+                    continue;
+                const REAL *seg = row + (kh * KW + kw0) * C;
+                REAL *d = dxi + (ih * W + iw0 + kw0) * C;
+                for (ptrdiff_t i = 0; i < (kw1 - kw0) * C; i++)
+                    d[i] += seg[i];
+            }
+        }
+    }
+    if (maski)
+        for (ptrdiff_t i = 0; i < s->H * W * C; i++)
+            dxi[i] = maski[i] > 0 ? dxi[i] : 0;
+}
+
+/* ---- pooling bodies ------------------------------------------------------------------------ */
+
+/* one output row (n, oh) of max pooling */
+INLINE void FN(maxpool_row_body)(const fnn_pool_shape *s, const REAL *restrict xn,
+                                 ptrdiff_t oh, REAL *restrict yr, int *restrict ar)
+{
+    const ptrdiff_t W = s->W, C = s->C;
+    for (ptrdiff_t ow = 0; ow < s->OW; ow++) {
+        REAL *yo = yr + ow * C;
+        int *ao = ar + ow * C;
+        const ptrdiff_t ih0 = oh * s->sh, iw0 = ow * s->sw;
+        const REAL *x0 = xn + (ih0 * W + iw0) * C;
+        const int first = (int)(ih0 * W + iw0);
+        for (ptrdiff_t c = 0; c < C; c++) {
+            yo[c] = x0[c];
+            ao[c] = first;
+        }
+        for (ptrdiff_t i = 0; i < s->ph; i++) {
+            for (ptrdiff_t j = 0; j < s->pw; j++) {
+                if (i == 0 && j == 0)
+                    continue;
+                const REAL *xr = xn + ((ih0 + i) * W + iw0 + j) * C;
+                const int cand = (int)((ih0 + i) * W + iw0 + j);
+                for (ptrdiff_t c = 0; c < C; c++) {
+                    REAL v = xr[c], b = yo[c];
+                    /* strictly greater: ties keep the first; a NaN wins over a number */
+                    int upd = (v > b) | ((v != v) & (b == b));
+                    yo[c] = upd ? v : b;
+                    ao[c] = upd ? cand : ao[c];
+                }
+            }
+        }
+    }
+}
+
+INLINE void FN(avgpool_row_body)(const fnn_pool_shape *s, const REAL *restrict xn,
+                                 ptrdiff_t oh, REAL *restrict yr)
+{
+    const ptrdiff_t W = s->W, C = s->C;
+    const REAL area = (REAL)(s->ph * s->pw);
+    for (ptrdiff_t ow = 0; ow < s->OW; ow++) {
+        REAL *yo = yr + ow * C;
+        const ptrdiff_t ih0 = oh * s->sh, iw0 = ow * s->sw;
+        for (ptrdiff_t c = 0; c < C; c++)
+            yo[c] = 0;
+        for (ptrdiff_t i = 0; i < s->ph; i++)
+            for (ptrdiff_t j = 0; j < s->pw; j++) {
+                const REAL *xr = xn + ((ih0 + i) * W + iw0 + j) * C;
+                for (ptrdiff_t c = 0; c < C; c++)
+                    yo[c] += xr[c];
+            }
+        for (ptrdiff_t c = 0; c < C; c++)
+            yo[c] /= area;
+    }
+}
+
+/* dxn (H, W, C) of one image = the scatter of its dy over the windows */
+INLINE void FN(avgpool_back_body)(const fnn_pool_shape *s, const REAL *restrict dyn,
+                                  REAL *restrict dxn)
+{
+    const ptrdiff_t W = s->W, C = s->C;
+    const REAL area = (REAL)(s->ph * s->pw);
+    for (ptrdiff_t i = 0; i < s->H * W * C; i++)
+        dxn[i] = 0;
+    for (ptrdiff_t oh = 0; oh < s->OH; oh++)
+        for (ptrdiff_t ow = 0; ow < s->OW; ow++) {
+            const REAL *g = dyn + (oh * s->OW + ow) * C;
+            for (ptrdiff_t i = 0; i < s->ph; i++)
+                for (ptrdiff_t j = 0; j < s->pw; j++) {
+                    REAL *d = dxn + ((oh * s->sh + i) * W + ow * s->sw + j) * C;
+                    for (ptrdiff_t c = 0; c < C; c++)
+                        d[c] += g[c] / area;
+                }
+        }
+}
+
+/* the scalar and AVX2 clones of each body, and the run-time pick */
+#define CLONES(name, PARAMS, ARGS)                                                            \
+    static void FN(name##_scalar) PARAMS { FN(name##_body) ARGS; }                            \
+    AVX2_FN(static void FN(name##_avx2) PARAMS { FN(name##_body) ARGS; })
+#if FNN_X86
+#define AVX2_FN(...) FNN_TARGET_AVX2 __VA_ARGS__
+#define PICK(name) (fnn_use_avx2() ? FN(name##_avx2) : FN(name##_scalar))
+#else
+#define AVX2_FN(...)
+#define PICK(name) FN(name##_scalar)
+#endif
+
+CLONES(im2col, (const fnn_conv_shape *s, const REAL *xi, REAL *dst), (s, xi, dst))
+CLONES(col2im, (const fnn_conv_shape *s, const REAL *src, const REAL *maski, REAL *dxi),
+       (s, src, maski, dxi))
+CLONES(maxpool_row, (const fnn_pool_shape *s, const REAL *xn, ptrdiff_t oh, REAL *yr, int *ar),
+       (s, xn, oh, yr, ar))
+CLONES(avgpool_row, (const fnn_pool_shape *s, const REAL *xn, ptrdiff_t oh, REAL *yr),
+       (s, xn, oh, yr))
+CLONES(avgpool_back, (const fnn_pool_shape *s, const REAL *dyn, REAL *dxn), (s, dyn, dxn))
+
+/* ---- convolution ---------------------------------------------------------------------------- */
+
+/* the columns start after the dbias and dW partials (see conv.h) */
+static REAL *FN(cols_of)(const fnn_conv_shape *s, REAL *ws)
+{
+    return ws + 2 * s->max_blocks * s->Cout + s->max_blocks * s->KH * s->KW * s->Cin * s->Cout;
+}
+
+void FN(fnn_conv2d_forward)(const fnn_conv_shape *s, const REAL *x, const REAL *w,
+                            const REAL *bias, int relu, REAL *y, REAL *ws, int nthreads)
+{
+    /* x (N, H, W, Cin), w (K = KH*KW*Cin, Cout), y (N*OH*OW, Cout) */
+    void (*im2col)(const fnn_conv_shape *, const REAL *, REAL *) = PICK(im2col);
+    const ptrdiff_t P = s->OH * s->OW, K = s->KH * s->KW * s->Cin, HWC = s->H * s->W * s->Cin;
+    const int direct = is_direct(s);
+    const ptrdiff_t g = group_images(P);
+    REAL *cols = FN(cols_of)(s, ws);
+    fnn_epilogue ep = {.bias = bias, .relu = relu};
+    if (nthreads < 1)
+        nthreads = 1;
+    for (ptrdiff_t n0 = 0; n0 < s->N; n0 += s->chunk) {
+        const ptrdiff_t nb = s->N - n0 < s->chunk ? s->N - n0 : s->chunk, ng = (nb + g - 1) / g;
+        const int outer = nthreads > 1 && ng >= nthreads, inner = outer ? 1 : nthreads;
+        (void)outer;
+        _Pragma("omp parallel for num_threads(nthreads) schedule(dynamic, 1) if (outer)")
+        for (ptrdiff_t gi = 0; gi < ng; gi++) {
+            const ptrdiff_t i0 = gi * g, i1 = i0 + g < nb ? i0 + g : nb;
+            const REAL *A = x + (n0 + i0) * HWC;      /* direct: x's rows are the columns */
+            if (!direct) {
+                for (ptrdiff_t i = i0; i < i1; i++)
+                    im2col(s, x + (n0 + i) * HWC, cols + i * P * K);
+                A = cols + i0 * P * K;
+            }
+            GEMM((i1 - i0) * P, s->Cout, K, A, K, 1, w, s->Cout, 1,
+                 y + (n0 + i0) * P * s->Cout, s->Cout, 1, &ep, inner);
+        }
+    }
+}
+
+void FN(fnn_conv2d_backward_data)(const fnn_conv_shape *s, const REAL *dy, const REAL *w,
+                                  const REAL *mask, REAL *dx, REAL *ws, int nthreads)
+{
+    /* dcols (rows, K) = dy (rows, Cout) @ w^T; w^T[co, k] = w[k*Cout + co] */
+    void (*col2im)(const fnn_conv_shape *, const REAL *, const REAL *, REAL *) = PICK(col2im);
+    const ptrdiff_t P = s->OH * s->OW, K = s->KH * s->KW * s->Cin, HWC = s->H * s->W * s->Cin;
+    const int direct = is_direct(s);
+    const ptrdiff_t g = group_images(P);
+    REAL *cols = FN(cols_of)(s, ws);
+    if (nthreads < 1)
+        nthreads = 1;
+    for (ptrdiff_t n0 = 0; n0 < s->N; n0 += s->chunk) {
+        const ptrdiff_t nb = s->N - n0 < s->chunk ? s->N - n0 : s->chunk, ng = (nb + g - 1) / g;
+        const int outer = nthreads > 1 && ng >= nthreads, inner = outer ? 1 : nthreads;
+        (void)outer;
+        _Pragma("omp parallel for num_threads(nthreads) schedule(dynamic, 1) if (outer)")
+        for (ptrdiff_t gi = 0; gi < ng; gi++) {
+            const ptrdiff_t i0 = gi * g, i1 = i0 + g < nb ? i0 + g : nb, rows = (i1 - i0) * P;
+            const REAL *dyg = dy + (n0 + i0) * P * s->Cout;
+            if (direct) {
+                /* 1x1, stride 1, no padding: dx rows = dy @ w^T, the mask in the epilogue */
+                fnn_epilogue ep = {.mask = mask ? mask + (n0 + i0) * HWC : NULL, .rs_mask = K,
+                                    .cs_mask = 1};
+                GEMM(rows, K, s->Cout, dyg, s->Cout, 1, w, 1, s->Cout,
+                     dx + (n0 + i0) * HWC, K, 1, &ep, inner);
+                continue;
+            }
+            fnn_epilogue ep = {.relu = 0};
+            REAL *cg = cols + i0 * P * K;
+            GEMM(rows, K, s->Cout, dyg, s->Cout, 1, w, 1, s->Cout, cg, K, 1, &ep, inner);
+            for (ptrdiff_t i = i0; i < i1; i++)
+                col2im(s, cols + i * P * K, mask ? mask + (n0 + i) * HWC : NULL,
+                       dx + (n0 + i) * HWC);
+        }
+    }
+}
+
+/* part[c] = sum over rows r0..r1-1 of d[r, c], in row order, in double */
+static void FN(dbias_block)(const REAL *d, ptrdiff_t r0, ptrdiff_t r1, ptrdiff_t C, double *part)
+{
+    for (ptrdiff_t c = 0; c < C; c++)
+        part[c] = 0;
+    for (ptrdiff_t r = r0; r < r1; r++)
+        for (ptrdiff_t c = 0; c < C; c++)
+            part[c] += (double)d[r * C + c];
+}
+
+void FN(fnn_conv2d_backward_weights)(const fnn_conv_shape *s, const REAL *x, const REAL *dy,
+                                     REAL *dw, REAL *dbias, int accumulate, REAL *ws,
+                                     int nthreads)
+{
+    /* dw (K, Cout) (+)= cols^T (K, rows) @ dy (rows, Cout), chunk by chunk, block by block */
+    void (*im2col)(const fnn_conv_shape *, const REAL *, REAL *) = PICK(im2col);
+    const ptrdiff_t P = s->OH * s->OW, K = s->KH * s->KW * s->Cin, HWC = s->H * s->W * s->Cin;
+    const ptrdiff_t Cout = s->Cout, KC = K * Cout;
+    const int direct = is_direct(s);
+    double *dbpart = (double *)(void *)ws;
+    REAL *wpart = ws + 2 * s->max_blocks * Cout;
+    REAL *cols = FN(cols_of)(s, ws);
+    if (nthreads < 1)
+        nthreads = 1;
+    for (ptrdiff_t n0 = 0; n0 < s->N; n0 += s->chunk) {
+        const ptrdiff_t nb = s->N - n0 < s->chunk ? s->N - n0 : s->chunk, rows = nb * P;
+        const int acc = accumulate || n0 > 0;
+        const REAL *A = x + n0 * HWC, *D = dy + n0 * P * Cout;
+        if (!direct) {
+            _Pragma("omp parallel for num_threads(nthreads) schedule(dynamic, 1) if (nthreads > 1 && nb > 1)")
+            for (ptrdiff_t i = 0; i < nb; i++)
+                im2col(s, x + (n0 + i) * HWC, cols + i * P * K);
+            A = cols;
+        }
+        ptrdiff_t nblk = (rows + s->row_block - 1) / s->row_block;
+        if (nblk > s->max_blocks)
+            nblk = s->max_blocks;
+        if (nblk < 1)
+            nblk = 1;
+        const ptrdiff_t br = (rows + nblk - 1) / nblk;
+        nblk = (rows + br - 1) / br;
+        if (nblk == 1) {
+            fnn_epilogue ep = {.accumulate = acc};
+            GEMM(K, Cout, rows, A, 1, K, D, Cout, 1, dw, Cout, 1, &ep, nthreads);
+            if (dbias) {
+                FN(dbias_block)(D, 0, rows, Cout, dbpart);
+                for (ptrdiff_t c = 0; c < Cout; c++)
+                    dbias[c] = (REAL)(acc ? (double)dbias[c] + dbpart[c] : dbpart[c]);
+            }
+            continue;
+        }
+        const int outer = nthreads > 1 && nblk >= nthreads, inner = outer ? 1 : nthreads;
+        (void)outer;
+        _Pragma("omp parallel for num_threads(nthreads) schedule(dynamic, 1) if (outer)")
+        for (ptrdiff_t b = 0; b < nblk; b++) {
+            const ptrdiff_t r0 = b * br, r1 = r0 + br < rows ? r0 + br : rows;
+            fnn_epilogue ep = {.relu = 0};
+            GEMM(K, Cout, r1 - r0, A + r0 * K, 1, K, D + r0 * Cout, Cout, 1, wpart + b * KC, Cout,
+                 1, &ep, inner);
+            if (dbias)
+                FN(dbias_block)(D, r0, r1, Cout, dbpart + b * Cout);
+        }
+        /* the partials, added in block order */
+        _Pragma("omp parallel for num_threads(nthreads) schedule(static) if (nthreads > 1 && KC * nblk >= 65536)")
+        for (ptrdiff_t e = 0; e < KC; e++) {
+            REAL t = wpart[e];
+            for (ptrdiff_t b = 1; b < nblk; b++)
+                t += wpart[b * KC + e];
+            dw[e] = acc ? dw[e] + t : t;
+        }
+        if (dbias)
+            for (ptrdiff_t c = 0; c < Cout; c++) {
+                double t = dbpart[c];
+                for (ptrdiff_t b = 1; b < nblk; b++)
+                    t += dbpart[b * Cout + c];
+                dbias[c] = (REAL)(acc ? (double)dbias[c] + t : t);
+            }
+    }
+}
+
+/* ---- pooling ---------------------------------------------------------------------------------- */
+
+void FN(fnn_maxpool2d_forward)(const fnn_pool_shape *s, const REAL *x, REAL *y, int *argmax,
+                               int nthreads)
+{
+    void (*row)(const fnn_pool_shape *, const REAL *, ptrdiff_t, REAL *, int *) = PICK(maxpool_row);
+    const ptrdiff_t rowsz = s->OW * s->C, items = s->N * s->OH;
+    const int par = nthreads > 1 && items > 1 && items * rowsz * s->ph * s->pw >= POOL_PAR_MIN;
+    (void)par;
+    _Pragma("omp parallel for num_threads(nthreads) schedule(static) if (par)")
+    for (ptrdiff_t it = 0; it < items; it++) {
+        ptrdiff_t n = it / s->OH, oh = it % s->OH;
+        row(s, x + n * s->H * s->W * s->C, oh, y + it * rowsz, argmax + it * rowsz);
+    }
+}
+
+void FN(fnn_avgpool2d_forward)(const fnn_pool_shape *s, const REAL *x, REAL *y, int nthreads)
+{
+    void (*row)(const fnn_pool_shape *, const REAL *, ptrdiff_t, REAL *) = PICK(avgpool_row);
+    const ptrdiff_t rowsz = s->OW * s->C, items = s->N * s->OH;
+    const int par = nthreads > 1 && items > 1 && items * rowsz * s->ph * s->pw >= POOL_PAR_MIN;
+    (void)par;
+    _Pragma("omp parallel for num_threads(nthreads) schedule(static) if (par)")
+    for (ptrdiff_t it = 0; it < items; it++) {
+        ptrdiff_t n = it / s->OH, oh = it % s->OH;
+        row(s, x + n * s->H * s->W * s->C, oh, y + it * rowsz);
+    }
+}
+
+void FN(fnn_maxpool2d_backward)(const fnn_pool_shape *s, const REAL *dy, const int *argmax,
+                                REAL *dx, int nthreads)
+{
+    /* a scatter: one image per thread, outputs visited in order (overlaps add in order) */
+    const ptrdiff_t C = s->C, HWC = s->H * s->W * C, O = s->OH * s->OW * C;
+    const int par = nthreads > 1 && s->N > 1 && s->N * (HWC + O) >= POOL_PAR_MIN;
+    (void)par;
+    _Pragma("omp parallel for num_threads(nthreads) schedule(static) if (par)")
+    for (ptrdiff_t n = 0; n < s->N; n++) {
+        REAL *dxn = dx + n * HWC;
+        const REAL *g = dy + n * O;
+        const int *a = argmax + n * O;
+        for (ptrdiff_t i = 0; i < HWC; i++)
+            dxn[i] = 0;
+        for (ptrdiff_t o = 0; o < O; o += C)
+            for (ptrdiff_t c = 0; c < C; c++)
+                dxn[(ptrdiff_t)a[o + c] * C + c] += g[o + c];
+    }
+}
+
+void FN(fnn_avgpool2d_backward)(const fnn_pool_shape *s, const REAL *dy, REAL *dx, int nthreads)
+{
+    void (*back)(const fnn_pool_shape *, const REAL *, REAL *) = PICK(avgpool_back);
+    const ptrdiff_t HWC = s->H * s->W * s->C, O = s->OH * s->OW * s->C;
+    const int par = nthreads > 1 && s->N > 1 && s->N * (HWC + O * s->ph * s->pw) >= POOL_PAR_MIN;
+    (void)par;
+    _Pragma("omp parallel for num_threads(nthreads) schedule(static) if (par)")
+    for (ptrdiff_t n = 0; n < s->N; n++)
+        back(s, dy + n * O, dx + n * HWC);
+}
+
+#undef CLONES
+#undef AVX2_FN
+#undef PICK
+#undef FN
+#undef CAT
+#undef CAT_
