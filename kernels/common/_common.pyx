@@ -1,5 +1,7 @@
 # Build facts and the FMA peak probe, for fastnn.show_config() and the benchmarks.
-from fnn_common cimport fnn_cpu_has_avx2_fma, fnn_cpu_has_avx512f
+from fnn_common cimport (fnn_cpu_has_avx2_fma, fnn_cpu_has_avx512f, fnn_cpu_has_avx512,
+                         fnn_cpu_has_avx512bf16, fnn_cpu_max_level, fnn_cpu_double_pumped_512,
+                         fnn_cpu_model_name, fnn_simd_env_level)
 
 include "simd_api.pxi"
 
@@ -26,7 +28,24 @@ cdef extern from *:
 def cpu_features():
     """CPU features that matter to fastnn, as the running CPU reports them."""
     return {"avx2": bool(fnn_cpu_has_avx2_fma()), "fma": bool(fnn_cpu_has_avx2_fma()),
-            "avx512f": bool(fnn_cpu_has_avx512f())}
+            "avx512f": bool(fnn_cpu_has_avx512f()),
+            "avx512": bool(fnn_cpu_has_avx512()),
+            "avx512_bf16": bool(fnn_cpu_has_avx512bf16())}
+
+
+def cpu_max_level():
+    """Highest SIMD level the CPU and the OS support (0 scalar .. 3 avx512_bf16)."""
+    return fnn_cpu_max_level()
+
+
+def cpu_model():
+    """The CPU model class the dispatchers tune for: "zen4" or "other x86-64"."""
+    return fnn_cpu_model_name().decode()
+
+
+def simd_env_level():
+    """FASTNN_SIMD as the C side parses it: 0..3, -1 when unset, -2 when unknown."""
+    return fnn_simd_env_level()
 
 
 def openmp_info():

@@ -35,12 +35,15 @@
 
 #include <pthread.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #if FNN_X86
 #include <immintrin.h>
 #endif
+
+#include "gemm_bf16.h"
 
 /* ---------------------------------------------------------------- per-thread buffers */
 
@@ -353,6 +356,14 @@ static inline void hsum2_pd(__m256d a, __m256d b, double *o)
 }
 #endif
 
+/* ---------------------------------------------------------------- bf16 hooks of the template */
+
+/* Emulated bf16 rounds the packed panels (float); double never does. */
+static void round_packed_s(float *x, size_t n) { fnn_bf16_round_buf(x, n); }
+static void round_packed_d(double *x, size_t n) { (void)x; (void)n; }
+static inline float in_s(float x, int bf16) { return bf16 ? fnn_bf16_round(x) : x; }
+static inline double in_d(double x, int bf16) { (void)bf16; return x; }
+
 /* ---------------------------------------------------------------- float */
 
 #define T float
@@ -433,6 +444,43 @@ static inline void hsum2_pd(__m256d a, __m256d b, double *o)
 #endif
 #include "gemm_tmpl.h"
 
+/* ---------------------------------------------------------------- AVX-512 engine (float) */
+
+#include "gemm_x512.h"
+
+/* ---------------------------------------------------------------- dispatch */
+
+/* Whether the fp32 GEMM of this shape runs on the AVX-512 engine at the
+ * current level (and why not, in *why, when it does not).
+ *
+ * - Narrow outputs that the AVX2 engine computes as dot products (N or M
+ *   <= 12: an output layer) stay there: the AVX-512 engine has no such path
+ *   and a 32-wide tile would leave most lanes idle.
+ * - On CPUs that double-pump 512-bit FMAs (Zen 4) the 12 x 32 tile has the
+ *   same FLOP peak as AVX2's 6 x 16 and saves only loads and C traffic;
+ *   measured side by side (fastnn bench kernels, see FNN_X512_ZEN4_MIN_K)
+ *   it is slower where K is short (the fixed cost per tile -- zeroing 24
+ *   accumulators, the masked C update -- is spread over few k steps). */
+#define FNN_X512_ZEN4_MIN_K 0
+static int x_fp32_wanted(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, ptrdiff_t csa, ptrdiff_t rsb,
+                         const char **why)
+{
+    if (!fnn_use_avx512()) {
+        *why = "level below avx512";
+        return 0;
+    }
+    if (K >= 16 && ((N <= 12 && csa == 1 && N <= M) || (M <= 12 && rsb == 1))) {
+        *why = "narrow output: AVX2 dot-product path";
+        return 0;
+    }
+    if (fnn_cpu_double_pumped_512() && K < FNN_X512_ZEN4_MIN_K) {
+        *why = "short K on Zen 4 (double-pumped 512-bit FMA): AVX2 measured faster";
+        return 0;
+    }
+    *why = "";
+    return 1;
+}
+
 /* ---------------------------------------------------------------- public API */
 
 void fnn_sgemm(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K,
@@ -441,7 +489,61 @@ void fnn_sgemm(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K,
                float *C, ptrdiff_t rsc, ptrdiff_t csc,
                const fnn_epilogue *ep, int nthreads)
 {
-    fnn_gemm_s(M, N, K, A, rsa, csa, B, rsb, csb, C, rsc, csc, ep, nthreads);
+#if FNN_X86
+    const char *why;
+    if (x_fp32_wanted(M, N, K, csa, rsb, &why)) {
+        x_gemm(M, N, K, A, rsa, csa, B, rsb, csb, C, rsc, csc, ep, nthreads, X_FP32);
+        return;
+    }
+#endif
+    fnn_gemm_s(M, N, K, A, rsa, csa, B, rsb, csb, C, rsc, csc, ep, nthreads, 0);
+}
+
+void fnn_sgemm_bf16(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K,
+                    const float *A, ptrdiff_t rsa, ptrdiff_t csa,
+                    const float *B, ptrdiff_t rsb, ptrdiff_t csb,
+                    float *C, ptrdiff_t rsc, ptrdiff_t csc,
+                    const fnn_epilogue *ep, int nthreads)
+{
+#if FNN_X86
+    if (fnn_use_avx512bf16()) {
+        x_gemm(M, N, K, A, rsa, csa, B, rsb, csb, C, rsc, csc, ep, nthreads, X_BF16);
+        return;
+    }
+    if (fnn_use_avx512()) {
+        x_gemm(M, N, K, A, rsa, csa, B, rsb, csb, C, rsc, csc, ep, nthreads, X_BF16_EMUL);
+        return;
+    }
+#endif
+    fnn_gemm_s(M, N, K, A, rsa, csa, B, rsb, csb, C, rsc, csc, ep, nthreads, 1);
+}
+
+const char *fnn_sgemm_path(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, ptrdiff_t csa, ptrdiff_t rsb,
+                           int bf16)
+{
+    int level = fnn_simd_level();
+    if (bf16) {
+        if (level >= FNN_SIMD_AVX512_BF16)
+            return "avx512_bf16 12x32 vdpbf16ps";
+        if (level >= FNN_SIMD_AVX512)
+            return "avx512 12x32, bf16 emulated (rounded inputs, fp32 FMA)";
+        if (level >= FNN_SIMD_AVX2)
+            return "avx2+fma 6x16, bf16 emulated (rounded inputs, fp32 FMA)";
+        return "scalar, bf16 emulated";
+    }
+#if FNN_X86
+    static __thread char buf[160];
+    const char *why;
+    if (x_fp32_wanted(M, N, K, csa, rsb, &why))
+        return "avx512 12x32";
+    if (level >= FNN_SIMD_AVX512) {
+        snprintf(buf, sizeof buf, "avx2+fma (%s)", why);
+        return buf;
+    }
+#else
+    (void)M; (void)N; (void)K; (void)csa; (void)rsb;
+#endif
+    return level >= FNN_SIMD_AVX2 ? "avx2+fma" : "scalar";
 }
 
 void fnn_dgemm(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K,
@@ -450,5 +552,5 @@ void fnn_dgemm(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K,
                double *C, ptrdiff_t rsc, ptrdiff_t csc,
                const fnn_epilogue *ep, int nthreads)
 {
-    fnn_gemm_d(M, N, K, A, rsa, csa, B, rsb, csb, C, rsc, csc, ep, nthreads);
+    fnn_gemm_d(M, N, K, A, rsa, csa, B, rsb, csb, C, rsc, csc, ep, nthreads, 0);
 }

@@ -52,4 +52,25 @@ void fnn_dgemm(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K,
                double *C, ptrdiff_t rsc, ptrdiff_t csc,
                const fnn_epilogue *ep, int nthreads);
 
+/* bf16 GEMM (fp32 in, fp32 out): every element of A and B is rounded to bf16
+ * (round to nearest even; zero and denormals -> signed zero, NaN stays NaN,
+ * as vcvtneps2bf16 does) and the products are accumulated in fp32, then the
+ * same epilogue as fnn_sgemm.  With AVX512_BF16 (level avx512_bf16) the
+ * packed panels hold bf16 pairs and vdpbf16ps does the arithmetic; below it
+ * the same rounded values are multiplied with fp32 FMAs ("emulated"), which
+ * differs from the native instruction only by summation order (and
+ * vdpbf16ps's flush of denormal results).  Same contract as fnn_sgemm
+ * otherwise: bitwise repeatable for every nthreads at a fixed level. */
+void fnn_sgemm_bf16(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K,
+                    const float *A, ptrdiff_t rsa, ptrdiff_t csa,
+                    const float *B, ptrdiff_t rsb, ptrdiff_t csb,
+                    float *C, ptrdiff_t rsc, ptrdiff_t csc,
+                    const fnn_epilogue *ep, int nthreads);
+
+/* The code path fnn_sgemm (bf16 = 0) or fnn_sgemm_bf16 (bf16 = 1) takes for
+ * this shape at the current SIMD level, in words (for `fastnn info` and the
+ * benchmarks); csa / rsb as passed to the GEMM. */
+const char *fnn_sgemm_path(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, ptrdiff_t csa, ptrdiff_t rsb,
+                           int bf16);
+
 #endif

@@ -17,3 +17,10 @@ cdef extern from "gemm.h" nogil:
                    const double *B, Py_ssize_t rsb, Py_ssize_t csb,
                    double *C, Py_ssize_t rsc, Py_ssize_t csc,
                    const fnn_epilogue *ep, int nthreads)
+    void fnn_sgemm_bf16(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K,
+                        const float *A, Py_ssize_t rsa, Py_ssize_t csa,
+                        const float *B, Py_ssize_t rsb, Py_ssize_t csb,
+                        float *C, Py_ssize_t rsc, Py_ssize_t csc,
+                        const fnn_epilogue *ep, int nthreads)
+    const char *fnn_sgemm_path(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K,
+                               Py_ssize_t csa, Py_ssize_t rsb, int bf16)

@@ -16,6 +16,11 @@
  * in the same order whatever the thread split, so results do not depend on
  * the number of threads.  The epilogue (accumulate, bias, ReLU, mask) runs in
  * the microkernel's store phase of the last K block.
+ *
+ * Emulated bf16 (p->bf16, float only): the packed panels are rounded to bf16
+ * in place after packing (F(round_packed_)), so the microkernels multiply
+ * bf16 values in fp32 -- the arithmetic of vdpbf16ps up to summation order.
+ * Needs F(round_packed_) and F(in_) (a no-op for double) from the includer.
  */
 
 #define CAT_(a, b) a##b
@@ -336,6 +341,7 @@ typedef struct {
     ptrdiff_t kcb, mcb, ncb;            /* cache blocks */
     F(ukr_fn_) ukr;
     int vec;                            /* SIMD packing allowed */
+    int bf16;                           /* emulated bf16: round packed inputs (float only) */
 } F(prob_);
 
 /* Straightforward loop with the same epilogue: used for K == 0 and when a
@@ -356,7 +362,8 @@ static void F(naive_)(const F(prob_) *p, ptrdiff_t i0, ptrdiff_t i1, ptrdiff_t j
             for (int jj = 0; jj < n; jj++) {
                 T s = 0;
                 for (ptrdiff_t k = 0; k < p->K; k++)
-                    s += p->A[i * p->rsa + k * p->csa] * p->B[k * p->rsb + (j + jj) * p->csb];
+                    s += F(in_)(p->A[i * p->rsa + k * p->csa], p->bf16) *
+                         F(in_)(p->B[k * p->rsb + (j + jj) * p->csb], p->bf16);
                 acc[jj] = s;
             }
             t.bias = p->bias ? p->bias + (p->bias_row ? i : j) : NULL;
@@ -395,11 +402,15 @@ static void F(gemm_block_)(const F(prob_) *p, ptrdiff_t i0, ptrdiff_t i1, ptrdif
         for (ptrdiff_t pc = 0; pc < K; pc += kcb) {
             ptrdiff_t kc = K - pc < kcb ? K - pc : kcb;
             F(pack_b_)(kc, nc, p->B + pc * rsb + jc * csb, rsb, csb, Bbuf, p->vec);
+            if (p->bf16)
+                F(round_packed_)(Bbuf, (size_t)((nc + NR - 1) / NR * NR) * (size_t)kc);
             t.beta = p->accumulate || pc > 0;
             t.last = pc + kc >= K;
             for (ptrdiff_t ic = i0; ic < i1; ic += mcb) {
                 ptrdiff_t mc = i1 - ic < mcb ? i1 - ic : mcb;
                 F(pack_a_)(mc, kc, p->A + ic * rsa + pc * csa, rsa, csa, Abuf, p->vec);
+                if (p->bf16)     /* every panel written (the 4 + 4 tail adds one) */
+                    F(round_packed_)(Abuf, (size_t)((mc + MR - 1) / MR * MR + MR) * (size_t)kc);
                 for (ptrdiff_t jr = 0; jr < nc; jr += NR) {
                     int nr = (int)(nc - jr < NR ? nc - jr : NR);
                     ptrdiff_t j = jc + jr;
@@ -538,11 +549,12 @@ static void F(fnn_gemm_)(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K,
                          const T *A, ptrdiff_t rsa, ptrdiff_t csa,
                          const T *B, ptrdiff_t rsb, ptrdiff_t csb,
                          T *C, ptrdiff_t rsc, ptrdiff_t csc,
-                         const fnn_epilogue *ep, int nthreads)
+                         const fnn_epilogue *ep, int nthreads, int bf16)
 {
     if (M <= 0 || N <= 0)
         return;
     F(prob_) p;
+    p.bf16 = bf16;
     p.bias = ep ? (const T *)ep->bias : NULL;
     p.bias_row = 0;
     p.mask = ep ? (const T *)ep->mask : NULL;
@@ -558,7 +570,7 @@ static void F(fnn_gemm_)(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K,
     int vec = fnn_use_avx2();
     int dot = 0, swap = F(padded_)(N, M) < F(padded_)(M, N) * 0.97;
 #if FNN_X86
-    if (vec && K >= 2 * VW) {
+    if (vec && K >= 2 * VW && !bf16) {       /* the dot path reads A unpacked */
         if (N <= DOT_MAX_N && csa == 1 && N <= M) {
             dot = 1;
             swap = 0;

@@ -3,16 +3,52 @@
 # passed through, so transposed and strided operands are never copied.
 #
 #   matmul(a, b, out, bias, relu, nthreads)      the registry variant
-#   gemm_ex(a, b, out, bias, relu, mask, accumulate, nthreads)
+#   matmul_bf16(a, b, out, bias, relu, nthreads)  the same with bf16 inputs, fp32 accumulation
+#   gemm_ex(a, b, out, bias, relu, mask, accumulate, nthreads, bf16)
 #                                                 every epilogue option (tests, other kernels)
-#   gemm_raw(a, b, out, nthreads, repeat)         the engine alone, `repeat` times without
+#   gemm_raw(a, b, out, nthreads, repeat, bf16)   the engine alone, `repeat` times without
 #                                                 leaving C (call-overhead benchmark)
+#   gemm_path(m, k, n, layout, bf16)              the code path a shape takes at this level
+#   simd_level / set_simd_level / simd_name       this module's level (it has AVX-512 paths,
+#                                                 so it does not take simd_api.pxi's names)
 cimport numpy as cnp
-from gemm cimport fnn_epilogue, fnn_sgemm, fnn_dgemm
+from gemm cimport fnn_epilogue, fnn_sgemm, fnn_dgemm, fnn_sgemm_bf16, fnn_sgemm_path
+from fnn_common cimport fnn_simd_level, fnn_set_simd_level, fnn_simd_name
 
 import numpy as np
 
-include "simd_api.pxi"
+
+def simd_level():
+    """Current SIMD level of this module: 0 scalar, 1 AVX2+FMA, 2 AVX-512, 3 AVX-512+BF16."""
+    return fnn_simd_level()
+
+
+def set_simd_level(int level):
+    """Set this module's SIMD level (clamped to what the CPU supports); returns it."""
+    return fnn_set_simd_level(level)
+
+
+def gemm_path(Py_ssize_t m, Py_ssize_t k, Py_ssize_t n, str layout="NN", bint bf16=False):
+    """The code path a float32 (M, K) @ (K, N) product takes at the current level;
+    ``layout`` "NN", "TN", "NT", "TT" says which operand is a transposed view."""
+    cdef Py_ssize_t csa = m if layout[0] == "T" else 1
+    cdef Py_ssize_t rsb = 1 if layout[1] == "T" else n
+    return fnn_sgemm_path(m, n, k, csa, rsb, bf16).decode()
+
+
+def simd_name():
+    """What the float32 GEMM runs at the current level, per shape class."""
+    cdef int level = fnn_simd_level()
+    if level < 2:
+        return fnn_simd_name(level).decode()
+    big = gemm_path(128, 784, 512, "NN")
+    narrow = gemm_path(128, 512, 10, "NN")
+    short = gemm_path(784, 128, 512, "TN")
+    text = f"{fnn_simd_name(level).decode()}: fp32 {big}"
+    if short != big:
+        text += f", K <= 128: {short}"
+    text += f"; N <= 12: {narrow}; bf16: {gemm_path(128, 784, 512, 'NN', True)}; float64: avx2+fma"
+    return text
 
 cnp.import_array()
 
@@ -23,7 +59,7 @@ cdef inline Py_ssize_t _es(cnp.ndarray x, int axis):
 
 
 cdef void _run(cnp.ndarray a, cnp.ndarray b, cnp.ndarray out, fnn_epilogue *ep,
-               int nthreads, int repeat):
+               int nthreads, int repeat, bint bf16=False):
     cdef Py_ssize_t M = a.shape[0], K = a.shape[1], N = b.shape[1]
     cdef void *pa = cnp.PyArray_DATA(a)
     cdef void *pb = cnp.PyArray_DATA(b)
@@ -32,7 +68,14 @@ cdef void _run(cnp.ndarray a, cnp.ndarray b, cnp.ndarray out, fnn_epilogue *ep,
     cdef Py_ssize_t rsb = _es(b, 0), csb = _es(b, 1)
     cdef Py_ssize_t rsc = _es(out, 0), csc = _es(out, 1)
     cdef int r
-    if a.dtype.num == cnp.NPY_FLOAT32:
+    if bf16:
+        if a.dtype.num != cnp.NPY_FLOAT32:
+            raise TypeError("bf16 GEMM: operands must be float32")
+        with nogil:
+            for r in range(repeat):
+                fnn_sgemm_bf16(M, N, K, <const float *> pa, rsa, csa, <const float *> pb, rsb,
+                               csb, <float *> pc, rsc, csc, ep, nthreads)
+    elif a.dtype.num == cnp.NPY_FLOAT32:
         with nogil:
             for r in range(repeat):
                 fnn_sgemm(M, N, K, <const float *> pa, rsa, csa, <const float *> pb, rsb, csb,
@@ -58,6 +101,25 @@ def matmul(cnp.ndarray a, cnp.ndarray b, cnp.ndarray out, bias, bint relu, int n
         bias_arr = <cnp.ndarray> bias
         ep.bias = cnp.PyArray_DATA(bias_arr)
     _run(a, b, out, &ep, nthreads, 1)
+    return out
+
+
+def matmul_bf16(cnp.ndarray a, cnp.ndarray b, cnp.ndarray out, bias, bint relu,
+                int nthreads=1):
+    """out = relu?(bf16(a) @ bf16(b) + bias), fp32 accumulation (float32 only; inputs
+    validated by the caller)."""
+    cdef fnn_epilogue ep
+    ep.bias = NULL
+    ep.relu = relu
+    ep.mask = NULL
+    ep.rs_mask = 0
+    ep.cs_mask = 0
+    ep.accumulate = 0
+    cdef cnp.ndarray bias_arr
+    if bias is not None:
+        bias_arr = <cnp.ndarray> bias
+        ep.bias = cnp.PyArray_DATA(bias_arr)
+    _run(a, b, out, &ep, nthreads, 1, True)
     return out
 
 
@@ -90,7 +152,7 @@ def _check_abc(a, b, out):
 
 
 def gemm_ex(a, b, out, bias=None, bint relu=False, mask=None, bint accumulate=False,
-            int nthreads=1):
+            int nthreads=1, bint bf16=False):
     """Every option of the engine's epilogue, from Python.
 
         acc = a @ b;  if accumulate: acc += out;  acc += bias;  relu;
@@ -98,7 +160,8 @@ def gemm_ex(a, b, out, bias=None, bint relu=False, mask=None, bint accumulate=Fa
 
     Shapes: a (M, K), b (K, N), out (M, N), bias (N,), mask (M, N); one float
     dtype; any strides (transposes are views).  ``mask`` and ``bias`` must
-    not overlap ``out``.  Checks are light (this is a test and building-block
+    not overlap ``out``.  ``bf16=True`` (float32 only) rounds a and b to
+    bf16 and accumulates in fp32 (``fnn_sgemm_bf16``).  Checks are light (this is a test and building-block
     entry point; ``fastnn.kernels.matmul`` is the validated public API).
 
     >>> import numpy as np
@@ -129,11 +192,12 @@ def gemm_ex(a, b, out, bias=None, bint relu=False, mask=None, bint accumulate=Fa
         ep.mask = cnp.PyArray_DATA(mask_arr)
         ep.rs_mask = _es(mask_arr, 0)
         ep.cs_mask = _es(mask_arr, 1)
-    _run(a, b, out, &ep, nthreads, 1)
+    _run(a, b, out, &ep, nthreads, 1, bf16)
     return out
 
 
-def gemm_raw(cnp.ndarray a, cnp.ndarray b, cnp.ndarray out, int nthreads=1, int repeat=1):
+def gemm_raw(cnp.ndarray a, cnp.ndarray b, cnp.ndarray out, int nthreads=1, int repeat=1,
+             bint bf16=False):
     """Call the engine `repeat` times in one native loop (no epilogue, no checks):
     the benchmark's measure of what the engine costs without Python around it."""
     _check_abc(a, b, out)
@@ -144,5 +208,5 @@ def gemm_raw(cnp.ndarray a, cnp.ndarray b, cnp.ndarray out, int nthreads=1, int 
     ep.rs_mask = 0
     ep.cs_mask = 0
     ep.accumulate = 0
-    _run(a, b, out, &ep, nthreads, repeat)
+    _run(a, b, out, &ep, nthreads, repeat, bf16)
     return out
