@@ -205,6 +205,11 @@ def build_parser():
                    help="continue from a checkpoint written by --save (its recipe is kept; "
                         "only --epochs, the new total, may change)")
     t.add_argument("--json", action="store_true", help="one JSON object per epoch + a summary")
+    t.add_argument("--distributed", action="store_true",
+                   help="data-parallel over MPI ranks (implied when started by mpirun -n N, "
+                        "N > 1): every rank trains on its slice of each global batch "
+                        "(--batch-size), rank 0 prints and writes files; pip install "
+                        "\"fastnn[mpi]\"")
 
     e = sub.add_parser("evaluate", help="test-set loss and accuracy of a saved model")
     e.add_argument("model", help="model or checkpoint file (.npz)")
@@ -308,6 +313,9 @@ def _resolve_preset(args, stored=None):
         base = get_preset(args.preset or "mlp")
     changes = {}
     if args.hidden is not None:
+        if base.arch != "mlp":
+            raise _Fail(f"--hidden sets an MLP's widths; preset {base.name!r} is a "
+                        f"convolutional network ({base.arch_text()})", code=2)
         changes["sizes"] = (base.sizes[0],) + args.hidden + (base.sizes[-1],)
     for arg, field in (("epochs", "epochs"), ("batch_size", "batch_size"), ("lr", "lr"),
                        ("optimizer", "optimizer"), ("momentum", "momentum"),
@@ -326,6 +334,7 @@ class _EpochPrinter:
     """--json: one object per epoch on stdout."""
 
     step_freq = None
+    rank0_only = True        # prints: rank 0 alone in a data-parallel run
 
     def __init__(self, epochs):
         self.epochs = epochs
@@ -353,10 +362,12 @@ def _cmd_train(args):
     t_start = process_start_time()
     from . import callbacks as cbs
     from . import fusion, presets, training
+    from .distributed import DistributedError
     from .errors import DivergenceError
 
     _set_threads(args.threads)
     from ._threads import get_num_threads
+    comm = _train_communicator(args)
 
     resume_extra = None
     if args.resume is not None:
@@ -397,7 +408,8 @@ def _cmd_train(args):
         stored = {}
 
     (x_train, y_train), (x_test, y_test) = _load_mnist(args.data)
-    x_train, x_test = _flat(x_train), _flat(x_test)
+    if preset.arch == "mlp":           # a convolutional preset takes the (N, 28, 28) images
+        x_train, x_test = _flat(x_train), _flat(x_test)
     subset = stored.get("subset") if resume_extra is not None else args.subset
     if subset is not None:
         x_train, y_train = x_train[:subset], y_train[:subset]
@@ -427,23 +439,37 @@ def _cmd_train(args):
     if args.json:
         callbacks.append(_EpochPrinter(preset.epochs))
 
+    if comm is not None:
+        per_rank = -(-preset.batch_size // comm.size)
+        if not args.json:
+            print(f"fastnn train: distributed: {comm.size} ranks x {get_num_threads()} "
+                  f"threads, global batch {preset.batch_size}, per-rank batch {per_rank}",
+                  flush=True)
     if not args.json:
-        print(f"fastnn train: preset {preset.name} {'-'.join(map(str, preset.sizes))}, "
+        print(f"fastnn train: preset {preset.name} {preset.arch_text()}, "
               f"batch {preset.batch_size}, {preset.optimizer} lr {preset.lr}"
               + (f" momentum {preset.momentum}" if preset.optimizer == "sgd" else "")
               + f", {preset.epochs} epochs, {get_num_threads()} threads, seed {seed}"
               + (f"; resuming after epoch {resume_extra.get('epoch', 0)}"
                  if resume_extra is not None else ""), flush=True)
-        verdict = fusion.check(model, loss, optimizer, preset.batch_size)
-        print("engine: fused (one native call per epoch)" if verdict.ok else
-              f"engine: general, layer by layer ({verdict.reason})", flush=True)
+        if comm is None:
+            verdict = fusion.check(model, loss, optimizer, preset.batch_size)
+            print("engine: fused (one native call per epoch)" if verdict.ok else
+                  f"engine: general, layer by layer ({verdict.reason})", flush=True)
+        else:
+            verdict = fusion.check(model, loss, optimizer, per_rank)
+            print("engine: fused gradient step + allreduce + optimizer step" if verdict.ok
+                  else f"engine: general, layer by layer, + allreduce ({verdict.reason})",
+                  flush=True)
     t_fit = time.time()
     try:
         hist = training.fit(model, x_train, y_train, epochs=preset.epochs,
                             batch_size=preset.batch_size, loss=loss, optimizer=optimizer,
                             validation_data=(x_test, y_test), shuffle=True, seed=seed,
                             callbacks=callbacks, verbose=0 if args.json else 1,
-                            schedule=schedule, resume=resume_extra)
+                            schedule=schedule, resume=resume_extra, distributed=comm)
+    except DistributedError as exc:
+        raise _Fail(str(exc), code=1) from None
     except KeyboardInterrupt:
         msg = "\nInterrupted."
         if ckpt is not None and ckpt.last_saved:
@@ -473,6 +499,9 @@ def _cmd_train(args):
         "wall_s_since_process_start": t_end - t_start,
         "epoch_time": h.get("epoch_time", []),
     }
+    if comm is not None:
+        summary.update({"ranks": comm.size, "per_rank_batch": hist.params.get("per_rank_batch"),
+                        "allreduce_s": comm.allreduce_seconds})
     if stop_at is not None:
         summary["target_accuracy"] = stop_at.target
         summary["target_reached_epoch"] = stop_at.reached_epoch
@@ -495,6 +524,22 @@ def _cmd_train(args):
         if ckpt is not None:
             print(f"checkpoint: {ckpt.last_saved}")
     return 0
+
+
+def _train_communicator(args):
+    """The MPI communicator of a data-parallel `fastnn train` (--distributed, or started
+    by an MPI launcher with more than one rank), else None.  Ranks other than 0 print
+    nothing on stdout (errors still go to stderr)."""
+    from .distributed import Communicator, get_world, under_launcher
+    if not (args.distributed or under_launcher()):
+        return None
+    try:
+        comm: Communicator = get_world()
+    except ImportError as exc:
+        raise _Fail(str(exc), code=1) from None
+    if comm.rank != 0:
+        sys.stdout = open(os.devnull, "w")
+    return comm
 
 
 def _load_checkpoint(path, with_optimizer=False):
@@ -526,7 +571,8 @@ def _cmd_evaluate(args):
     model, _, _ = _load_checkpoint(args.model)
     (_, _), (x_test, y_test) = _load_mnist(args.data)
     t0 = time.perf_counter()
-    res = training.evaluate(model, _flat(x_test), y_test)
+    from .presets import model_input
+    res = training.evaluate(model, model_input(model, x_test), y_test)
     dt = time.perf_counter() - t0
     if args.json:
         _print_json({"model": args.model, "test_loss": res["loss"],
@@ -590,7 +636,8 @@ def _cmd_predict(args, parser):
                 raise _Fail(f"--index {i} is out of range: the test set has {x_test.shape[0]} "
                             f"images (0..{x_test.shape[0] - 1})", code=2)
             items.append((f"test[{i}]", x_test[i], int(y_test[i])))
-    x = np.stack([it[1] for it in items]).reshape(len(items), -1)
+    from .presets import model_input
+    x = model_input(model, np.stack([it[1] for it in items]))
     probs = _softmax(training.predict(model, x).astype(np.float64))
     for (name, _, label), p in zip(items, probs):
         digit = int(np.argmax(p))

@@ -774,6 +774,10 @@ def fit(model: Any, x: npt.NDArray[Any], y: npt.NDArray[np.integer], *, epochs: 
 
     bar = _Bar(verbose == 1)
     chunk = _chunk_steps(callbacks, bar, steps_per_epoch)
+    if comm is not None:
+        # rank 0's chunks (its bar and its rank-0-only callbacks): a chunk ends in a
+        # collective, so every rank must end its chunks at the same steps
+        chunk = comm.bcast_int(chunk or 0) or None
     step_cbs = [cb for cb in callbacks if getattr(cb, "step_freq", None)]
 
     model.train()
