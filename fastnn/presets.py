@@ -10,6 +10,15 @@ PyTorch, so changing a number here changes the comparison.
     mlp         784-128-10 ReLU, batch 64, SGD lr 0.05 momentum 0.9 (>= 97% in 3 epochs)
     mlp-keras   784-512-512-10 ReLU, batch 128, SGD lr 0.05 momentum 0.9
     speedrun    the fastest recipe found to 98% test accuracy; stops as soon as it gets there
+    lenet5      LeNet-5 (ReLU, max pooling): conv5x5x6 pad 2, pool 2, conv5x5x16, pool 2,
+                400-120-84-10; batch 128, Adam lr 1e-3
+    convnet     Keras' "simple MNIST convnet": conv3x3x32, pool 2, conv3x3x64, pool 2,
+                dropout 0.5, 1600-10; batch 128, Adam lr 1e-3
+
+An MLP preset's architecture is ``sizes``; a convolutional one names a builder in
+``ARCHITECTURES`` (``arch``) and keeps its Dense head's widths in ``sizes``.
+Convolutional models take NHWC images ((N, 28, 28) MNIST batches are fed as
+(N, 28, 28, 1)); ``model_input(model, x)`` shapes data for either kind.
 
 >>> from fastnn.presets import get_preset, build_model
 >>> p = get_preset("mlp")
@@ -17,22 +26,25 @@ PyTorch, so changing a number here changes the comparison.
 ((784, 128, 10), 64, 0.05)
 >>> build_model(p, seed=0).count_params()
 101770
+>>> build_model(get_preset("lenet5"), seed=0).count_params()
+61706
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Any, Dict, Mapping, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 import numpy.typing as npt
 
 if TYPE_CHECKING:
+    from .layers import Layer
     from .losses import SoftmaxCrossEntropy
     from .models import MLP
     from .optim import OneCycle, Optimizer
     from .sequential import Sequential
 
-__all__ = ["Preset", "PRESETS", "get_preset", "build_model", "build_optimizer",
-           "build_schedule", "build_loss"]
+__all__ = ["Preset", "PRESETS", "ARCHITECTURES", "get_preset", "build_model",
+           "build_optimizer", "build_schedule", "build_loss", "model_input"]
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 
@@ -42,7 +54,7 @@ class Preset:
     """A complete training recipe (architecture, batches, optimizer, schedule)."""
 
     name: str
-    sizes: Tuple[int, ...]            # layer widths, input first, classes last
+    sizes: Tuple[int, ...]            # (Dense) layer widths, input first, classes last
     batch_size: int
     lr: float
     optimizer: str = "sgd"
@@ -58,6 +70,13 @@ class Preset:
     schedule: Optional[Tuple[Any, ...]] = None
     target_accuracy: Optional[float] = None   # stop when test accuracy reaches it
     description: str = ""
+    # "mlp": Dense layers of ``sizes``; else the name of a builder in ARCHITECTURES
+    arch: str = "mlp"
+
+    def arch_text(self) -> str:
+        """The architecture in one word: ``784-128-10``, ``conv5x5x6-pool2-...-10``."""
+        widths = "-".join(map(str, self.sizes))
+        return widths if self.arch == "mlp" else f"{_ARCH_PREFIX[self.arch]}-{widths}"
 
     def replace(self, **changes: Any) -> Preset:
         return dataclasses.replace(self, **changes)
@@ -73,6 +92,7 @@ class Preset:
         d = dict(d)
         d["sizes"] = tuple(int(s) for s in d["sizes"])
         d["schedule"] = tuple(d["schedule"]) if d.get("schedule") else None
+        d.setdefault("arch", "mlp")         # recipes stored before convolutional presets
         return cls(**d)
 
 
@@ -90,6 +110,10 @@ PRESETS = {p.name: p for p in (
     Preset("speedrun", (784, 256, 10), batch_size=128, lr=0.3, momentum=0.9, nesterov=True,
            epochs=3, schedule=("onecycle", 0.25), target_accuracy=0.98,
            description="fastest recipe to 98% test accuracy (stops when reached)"),
+    Preset("lenet5", (400, 120, 84, 10), batch_size=128, lr=1e-3, optimizer="adam", epochs=3,
+           arch="lenet5", description="LeNet-5 with ReLU and max pooling, Adam"),
+    Preset("convnet", (1600, 10), batch_size=128, lr=1e-3, optimizer="adam", epochs=3,
+           arch="convnet", description="Keras simple MNIST convnet, Adam"),
 )}
 
 
@@ -102,11 +126,65 @@ def get_preset(name: str) -> Preset:
 
 
 def build_model(preset: Preset, seed: Optional[int] = None,
-                dtype: npt.DTypeLike = "float32") -> MLP:
-    """``fastnn.models.MLP(preset.sizes)``: Dense layers, ReLU between, logits last."""
+                dtype: npt.DTypeLike = "float32") -> Sequential:
+    """``fastnn.models.MLP(preset.sizes)`` (Dense layers, ReLU between, logits last), or
+    the convolutional network ``ARCHITECTURES[preset.arch]`` builds."""
+    if preset.arch != "mlp":
+        try:
+            builder = ARCHITECTURES[preset.arch]
+        except KeyError:
+            raise ValueError(f"preset {preset.name!r}: unknown architecture {preset.arch!r}; "
+                             f"choose 'mlp' or one of {', '.join(ARCHITECTURES)}") from None
+        return builder(preset, seed, dtype)
     from .models import MLP
     return MLP(list(preset.sizes), activation=preset.activation, init=preset.init, dtype=dtype,
                seed=seed)
+
+
+def _dense_head(preset: Preset, dtype: npt.DTypeLike) -> List[Layer]:
+    from .layers import Dense
+    pairs = list(zip(preset.sizes[:-1], preset.sizes[1:]))
+    return [Dense(i, o, activation=preset.activation if k < len(pairs) - 1 else None,
+                  init=preset.init, dtype=dtype) for k, (i, o) in enumerate(pairs)]
+
+
+def _lenet5(preset: Preset, seed: Optional[int], dtype: npt.DTypeLike) -> Sequential:
+    """28x28x1 -> conv5x5x6 pad 2 (28x28x6) -> pool 2 (14x14x6) -> conv5x5x16 (10x10x16)
+    -> pool 2 (5x5x16) -> flatten 400 -> 120 -> 84 -> 10; ReLU after every conv and hidden
+    Dense."""
+    from .layers import Conv2D, Flatten, MaxPool2D
+    from .sequential import Sequential
+    act, init = preset.activation, preset.init
+    layers = [Conv2D(1, 6, 5, padding=2, activation=act, init=init, dtype=dtype), MaxPool2D(2),
+              Conv2D(6, 16, 5, activation=act, init=init, dtype=dtype), MaxPool2D(2), Flatten()]
+    return Sequential(layers + _dense_head(preset, dtype), seed=seed)
+
+
+def _convnet(preset: Preset, seed: Optional[int], dtype: npt.DTypeLike) -> Sequential:
+    """28x28x1 -> conv3x3x32 (26x26x32) -> pool 2 (13x13x32) -> conv3x3x64 (11x11x64)
+    -> pool 2 (5x5x64) -> flatten 1600 -> dropout 0.5 -> 10 (Keras' mnist_convnet)."""
+    from .layers import Conv2D, Dropout, Flatten, MaxPool2D
+    from .sequential import Sequential
+    act, init = preset.activation, preset.init
+    layers = [Conv2D(1, 32, 3, activation=act, init=init, dtype=dtype), MaxPool2D(2),
+              Conv2D(32, 64, 3, activation=act, init=init, dtype=dtype), MaxPool2D(2), Flatten(),
+              Dropout(0.5, seed=seed)]
+    return Sequential(layers + _dense_head(preset, dtype), seed=seed)
+
+
+#: Builders of the convolutional presets: ``(preset, seed, dtype) -> Sequential``.
+ARCHITECTURES: Dict[str, Callable[[Preset, Optional[int], npt.DTypeLike], Sequential]] = {
+    "lenet5": _lenet5, "convnet": _convnet}
+_ARCH_PREFIX = {"lenet5": "conv5x5x6-pool2-conv5x5x16-pool2",
+                "convnet": "conv3x3x32-pool2-conv3x3x64-pool2-dropout0.5"}
+
+
+def model_input(model: Any, x: npt.NDArray[Any]) -> npt.NDArray[Any]:
+    """``x`` (N, ...) shaped for ``model``: rows (N, features) for a model whose first
+    layer takes features (an MLP), the images unchanged for a convolutional one."""
+    if getattr(model, "input_features", lambda: None)() is not None:
+        return x.reshape(x.shape[0], -1)
+    return x
 
 
 def build_optimizer(preset: Preset, model: Sequential) -> Optimizer:

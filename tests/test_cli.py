@@ -113,6 +113,24 @@ def test_resume_cli_is_bitwise(capsys, tmp_path):
         assert code == 2 and f"trained with {flag} " in err and "only --epochs" in err
 
 
+def test_lenet5_train_evaluate_predict(capsys, tmp_path):
+    path = str(tmp_path / "m.npz")
+    code, out, err = run_main(["train", "--preset", "lenet5", "--epochs", "1", "--subset",
+                               "2000", "--save", path], capsys)
+    assert code == 0, err
+    assert "preset lenet5 conv5x5x6-pool2-conv5x5x16-pool2-400-120-84-10" in out
+    assert "engine: general, layer by layer (layer 0 (Conv2D)" in out
+    model = serialize.load(path)
+    assert model.count_params() == 61706 and type(model.layers[0]).__name__ == "Conv2D"
+    code, out, err = run_main(["evaluate", path, "--json"], capsys)
+    assert code == 0, err
+    res = json_lines(out)[0]
+    assert res["samples"] == 10000 and res["test_accuracy"] > 0.3   # 16 Adam steps
+    code, out, err = run_main(["predict", path, "--index", "0", "1", "--json"], capsys)
+    assert code == 0, err
+    assert [o["label"] for o in json_lines(out)] == [7, 2]
+
+
 def test_speedrun_preset_reports_target(capsys):
     # a handful of steps: the run must say whether it reached 98% and when it stopped
     code, out, err = run_main(["train", "--preset", "speedrun", "--epochs", "1", "--subset",
@@ -202,6 +220,7 @@ def test_info_json(capsys):
     (["train", "--threads", "0"], "--threads: must be >= 1"),
     (["train", "--bogus"], "unrecognized arguments: --bogus"),
     (["train", "--optimizer", "adam", "--momentum", "0.9"], "--momentum applies to"),
+    (["train", "--preset", "lenet5", "--hidden", "64"], "preset 'lenet5' is a convolutional"),
     (["bench", "train", "--epochs", "0"], "--epochs: must be >= 1"),
     (["bench"], "required"),
     (["fly"], "invalid choice: 'fly'"),

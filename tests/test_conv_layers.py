@@ -421,3 +421,104 @@ BAD = [
 def test_bad_input_is_refused_clearly(call, exc, match):
     with pytest.raises(exc, match=match):
         call()
+
+
+# ------------------------------------------------------------------ presets, fit, callbacks
+
+LENET5_SUMMARY = """\
+#  Layer         Output shape        Params
+-------------------------------------------
+0  Conv2D(relu)  (None, 28, 28, 6)      156
+1  MaxPool2D     (None, 14, 14, 6)        0
+2  Conv2D(relu)  (None, 10, 10, 16)   2,416
+3  MaxPool2D     (None, 5, 5, 16)         0
+4  Flatten       (None, 400)              0
+5  Dense(relu)   (None, 120)         48,120
+6  Dense(relu)   (None, 84)          10,164
+7  Dense         (None, 10)             850
+-------------------------------------------
+Total params: 61,706 (float32, 246,824 bytes)"""
+
+
+def test_lenet5_summary():
+    from fastnn import presets
+    model = presets.build_model(presets.get_preset("lenet5"), seed=0)
+    assert model.summary(input_shape=(28, 28, 1), print_fn=None) == LENET5_SUMMARY
+    assert model.summary(input_shape=(28, 28), print_fn=None) == LENET5_SUMMARY
+    assert "?" in model.summary(print_fn=None)          # no input seen yet: shapes unknown
+    model(np.zeros((2, 28, 28), np.uint8))
+    assert model.summary(print_fn=None) == LENET5_SUMMARY   # inferred from the last input
+
+
+def test_convnet_preset_shapes_and_config_round_trip():
+    from fastnn import presets
+    p = presets.get_preset("convnet")
+    model = presets.build_model(p, seed=0)
+    assert model.count_params() == 34826                  # Keras' mnist_convnet: 34,826
+    assert model(np.zeros((3, 28, 28), np.uint8)).shape == (3, 10)
+    again = fastnn.Sequential.from_config(model.get_config())
+    assert again.get_config() == model.get_config()
+    assert presets.Preset.from_dict(p.to_dict()) == p
+    old = {k: v for k, v in presets.get_preset("mlp").to_dict().items() if k != "arch"}
+    assert presets.Preset.from_dict(old).arch == "mlp"     # recipes stored before `arch`
+
+
+@pytest.fixture(scope="module")
+def mnist_small():
+    from fastnn.datasets import mnist
+    (x, y), (xt, yt) = mnist.load_data()
+    return (x[:2000], y[:2000]), (xt[:1000], yt[:1000])
+
+
+def test_lenet5_learns_mnist_subset(mnist_small):
+    from fastnn import presets
+    (x, y), (xt, yt) = mnist_small
+    p = presets.get_preset("lenet5")
+    model = presets.build_model(p, seed=0)
+    opt = presets.build_optimizer(p, model)
+    hist = model.fit(x, y, epochs=2, batch_size=32, loss=presets.build_loss(p), optimizer=opt,
+                     validation_data=(xt, yt), seed=0, verbose=0)
+    assert hist.params["engine"] == "general"
+    assert "Conv2D" in hist.params["why_not_fused"]
+    assert hist.history["val_accuracy"][-1] > 0.8
+    assert model.evaluate(xt, yt)["accuracy"] == hist.history["val_accuracy"][-1]
+    assert model.predict(xt[:5]).shape == (5, 10)
+
+
+def test_convnet_fit_callbacks_and_bitwise_resume(mnist_small, tmp_path):
+    from fastnn import callbacks as cbs
+    from fastnn import optim
+    from fastnn.losses import SoftmaxCrossEntropy
+    from fastnn.tensorboard import read_events
+    (x, y), (xt, yt) = mnist_small
+    x, y, xt, yt = x[:256], y[:256], xt[:100], yt[:100]
+
+    def build():
+        model = fastnn.Sequential([
+            L.Conv2D(1, 4, 3, activation="relu"), L.MaxPool2D(2), L.BatchNorm2D(4),
+            L.Conv2D(4, 8, 3, stride=2, padding="same", activation="relu"),
+            L.Flatten(), L.Dropout(0.3, seed=1), L.Dense(392, 10)], seed=0)
+        return model, optim.Adam(model.parameters(), lr=1e-3)
+
+    kw = dict(batch_size=64, loss=SoftmaxCrossEntropy(), validation_data=(xt, yt), seed=0,
+              verbose=0)
+    model, opt = build()
+    model.fit(x, y, epochs=3, optimizer=opt, **kw)
+
+    part, popt = build()
+    ck = str(tmp_path / "ck.npz")
+    log = tmp_path / "runs"
+    part.fit(x, y, epochs=2, optimizer=popt, callbacks=[
+        cbs.ModelCheckpoint(ck), cbs.CSVLogger(str(tmp_path / "log.csv")),
+        cbs.TensorBoard(str(log)), cbs.EarlyStopping(monitor="val_loss", patience=5)], **kw)
+    loaded, ostate, extra = fastnn.load(ck, with_optimizer=True)
+    lopt = optim.optimizer_from_state(loaded.parameters(), ostate)
+    loaded.fit(x, y, epochs=3, optimizer=lopt, resume=extra, **kw)
+    np.testing.assert_array_equal(loaded.flat_params, model.flat_params)
+    for (_, a), (_, b) in zip(loaded.named_buffers(), model.named_buffers()):
+        np.testing.assert_array_equal(a, b)
+    assert len(open(tmp_path / "log.csv").read().strip().splitlines()) == 3   # header + 2
+    histos = {v["tag"]: v["histo"] for ev in read_events(log / "train")
+              for v in ev.get("summary", []) if "histo" in v}
+    conv_w = [t for t in histos if "0.weight" in t or "0/weight" in t]
+    assert conv_w and histos[conv_w[0]]["num"] == 3 * 3 * 1 * 4      # the conv kernel's values
