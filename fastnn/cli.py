@@ -530,11 +530,11 @@ def _train_communicator(args):
     """The MPI communicator of a data-parallel `fastnn train` (--distributed, or started
     by an MPI launcher with more than one rank), else None.  Ranks other than 0 print
     nothing on stdout (errors still go to stderr)."""
-    from .distributed import Communicator, get_world, under_launcher
+    from .distributed import get_world, under_launcher
     if not (args.distributed or under_launcher()):
         return None
     try:
-        comm: Communicator = get_world()
+        comm = get_world()
     except ImportError as exc:
         raise _Fail(str(exc), code=1) from None
     if comm.rank != 0:
