@@ -522,3 +522,103 @@ def test_convnet_fit_callbacks_and_bitwise_resume(mnist_small, tmp_path):
               for v in ev.get("summary", []) if "histo" in v}
     conv_w = [t for t in histos if "0.weight" in t or "0/weight" in t]
     assert conv_w and histos[conv_w[0]]["num"] == 3 * 3 * 1 * 4      # the conv kernel's values
+
+
+# ------------------------------------------------------------------ against PyTorch
+
+TORCH_FIXTURE = os.path.join(HERE, "fixtures", "lenet5_torch.npz")
+
+
+def _live_torch_reference():
+    pytest.importorskip("torch")
+    import sys
+    sys.path.insert(0, os.path.join(HERE, "..", "bench"))
+    try:
+        import make_lenet5_torch_fixture as mk
+    finally:
+        sys.path.pop(0)
+    return mk.torch_reference()
+
+
+@pytest.fixture(scope="module", params=["fixture", "live"])
+def torch_ref(request):
+    """bench/make_lenet5_torch_fixture.py's numbers: the committed file, then live torch
+    (when it imports)."""
+    if request.param == "live":
+        return _live_torch_reference()
+    with np.load(TORCH_FIXTURE, allow_pickle=False) as f:
+        return {k: f[k] for k in f.files}
+
+
+def _lenet5(ref, dtype):
+    from fastnn import presets
+    model = presets.build_model(presets.get_preset("lenet5"), dtype=dtype)
+    model.flat_params[:] = ref["params"]
+    return model
+
+
+def _conv_runs_avx512():
+    from fastnn._ext import conv_c
+    return conv_c.simd_level() >= 2
+
+
+# Found while writing these tests: at SIMD level >= 2 (AVX-512) the float32 conv2d_forward
+# of the c variant is wrong when Cout % 32 == 16 (lenet5's second conv, Cout 16: logits off
+# by 5e-4); FASTNN_SIMD=avx2 gives torch's numbers.  Strict: this fails once it is fixed,
+# so the marker goes then.
+AVX512_CONV_BUG = pytest.mark.xfail(
+    condition=_conv_runs_avx512(), strict=True,
+    reason="conv c variant, float32, AVX-512 level, Cout % 32 == 16: wrong output (issue 11)")
+
+
+@pytest.mark.parametrize("dtype", [np.float64,
+                                   pytest.param(np.float32, marks=AVX512_CONV_BUG)])
+def test_lenet5_gradients_match_torch(torch_ref, dtype):
+    from fastnn.losses import SoftmaxCrossEntropy
+    tol = dict(rtol=1e-9, atol=1e-12) if dtype == np.float64 else dict(rtol=2e-3, atol=2e-5)
+    model = _lenet5(torch_ref, dtype)
+    loss = SoftmaxCrossEntropy()
+    logits = model(torch_ref["x"])
+    value = loss(logits, torch_ref["y"])
+    model.zero_grad()
+    dx = model.backward(loss.backward())
+    np.testing.assert_allclose(logits, torch_ref["logits"], **tol)
+    np.testing.assert_allclose(value, torch_ref["loss"], **tol)
+    np.testing.assert_allclose(model.flat_grads, torch_ref["grads"], **tol)
+    np.testing.assert_allclose(dx, torch_ref["dx"], **tol)
+
+
+def test_lenet5_adam_steps_match_torch(torch_ref):
+    from fastnn import optim
+    from fastnn.losses import SoftmaxCrossEntropy
+    model = _lenet5(torch_ref, np.float64)
+    opt = optim.Adam(model.parameters(), lr=1e-3)
+    loss = SoftmaxCrossEntropy()
+    for step in range(len(torch_ref["adam_losses"])):
+        opt.zero_grad()
+        value = loss(model(torch_ref["x"]), torch_ref["y"])
+        model.backward(loss.backward(), input_grad=False)
+        opt.step()
+        np.testing.assert_allclose(value, torch_ref["adam_losses"][step], rtol=1e-10)
+    np.testing.assert_allclose(model.flat_params, torch_ref["adam_params"], rtol=1e-8,
+                               atol=1e-12)
+
+
+def test_torch_fixture_converts_with_fastnn_helpers():
+    # the generator's plain transposes agree with Conv2D.weight_from_torch and
+    # dense_weight_from_torch (flatten order NCHW -> NHWC)
+    import sys
+    sys.path.insert(0, os.path.join(HERE, "..", "bench"))
+    try:
+        import make_lenet5_torch_fixture as mk
+    finally:
+        sys.path.pop(0)
+    _, _, weights = mk.make_inputs()
+    parts = []
+    for i, (w, b) in enumerate(weights):
+        if w.ndim == 4:
+            w = L.Conv2D.weight_from_torch(w)
+        else:
+            w = L.dense_weight_from_torch(w, chw=(16, 5, 5) if i == 2 else None)
+        parts += [w.ravel(), b]
+    np.testing.assert_array_equal(np.concatenate(parts), mk.to_fastnn(weights))
