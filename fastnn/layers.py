@@ -649,8 +649,9 @@ def _windows_out(who: str, shape: Sequence[int], window: Tuple[int, int],
     h, w = int(shape[1]) + pads[0] + pads[1], int(shape[2]) + pads[2] + pads[3]
     if window[0] > h or window[1] > w:
         padded = " padded" if any(pads) else ""
+        detail = f", padding {pads}" if any(pads) else ""
         raise ShapeError(f"{who}: the {what} {window[0]}x{window[1]} is larger than the{padded} "
-                         f"input {h}x{w} (input shape {tuple(shape)}, padding {pads})")
+                         f"input {h}x{w} (input shape {tuple(shape)}{detail})")
     return (h - window[0]) // stride[0] + 1, (w - window[1]) // stride[1] + 1
 
 
