@@ -41,17 +41,49 @@ INLINE void kw_range(ptrdiff_t iw0, ptrdiff_t KW, ptrdiff_t W, ptrdiff_t *kw0, p
     *kw1 = hi;
 }
 
+#if FNN_X86
+#include <immintrin.h>
+#endif
+
+/* the vector operations of the AVX2 run helpers, per dtype (conv_tmpl.h) */
 #define REAL float
 #define SFX f32
 #define GEMM fnn_sgemm
+#define VW 8
+#define VMASK __m256i
+#define VMASK_FOR(n) _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(n)), \
+                                        _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7))
+#define VLOADU _mm256_loadu_ps
+#define VSTOREU _mm256_storeu_ps
+#define VMASKLOAD _mm256_maskload_ps
+#define VMASKSTORE _mm256_maskstore_ps
+#define VADD _mm256_add_ps
+#define VZERO _mm256_setzero_ps
 #include "conv_tmpl.h"
 #undef REAL
 #undef SFX
 #undef GEMM
+#undef VW
+#undef VMASK_FOR
+#undef VLOADU
+#undef VSTOREU
+#undef VMASKLOAD
+#undef VMASKSTORE
+#undef VADD
+#undef VZERO
 
 #define REAL double
 #define SFX f64
 #define GEMM fnn_dgemm
+#define VW 4
+#define VMASK_FOR(n) _mm256_cmpgt_epi64(_mm256_set1_epi64x((long long)(n)), \
+                                        _mm256_setr_epi64x(0, 1, 2, 3))
+#define VLOADU _mm256_loadu_pd
+#define VSTOREU _mm256_storeu_pd
+#define VMASKLOAD _mm256_maskload_pd
+#define VMASKSTORE _mm256_maskstore_pd
+#define VADD _mm256_add_pd
+#define VZERO _mm256_setzero_pd
 #include "conv_tmpl.h"
 #undef REAL
 #undef SFX

@@ -2,76 +2,86 @@
  * (float/double), SFX (f32/f64) and GEMM (fnn_sgemm/fnn_dgemm) defined.
  * The decomposition is described in conv.h.
  *
- * Inner loops (im2col, col2im, pooling) are written once as always-inline
- * bodies and compiled twice: a baseline clone and an AVX2+FMA clone
- * (FNN_TARGET_AVX2) that the compiler vectorises 8 floats / 4 doubles wide;
- * fnn_use_avx2() picks one per call.  They only move, add and compare, so
- * both clones give the same bits.
+ * Inner loops are compiled twice, plain C and AVX2 (FNN_TARGET_AVX2), and
+ * fnn_use_avx2() picks one per call: im2col/col2im (conv_cols.h) move and add
+ * short runs with explicit AVX2 helpers (masked tails); the pooling bodies are
+ * always-inline loops that the compiler vectorises 8 floats / 4 doubles wide
+ * in the AVX2 clone.  They only move, add and compare, so both paths give the
+ * same bits.
  */
 #define CAT_(a, b) a##_##b
 #define CAT(a, b) CAT_(a, b)
 #define FN(name) CAT(name, SFX)
 
-/* ---- im2col / col2im of one image -------------------------------------------------------- */
+/* ---- run helpers: copy, zero and add n contiguous elements ------------------------------ */
 
-/* dst (OH*OW, KH*KW*Cin) = the columns of one image xi (H, W, Cin) */
-INLINE void FN(im2col_body)(const fnn_conv_shape *s, const REAL *restrict xi,
-                            REAL *restrict dst)
+INLINE void FN(copy_scalar)(REAL *restrict d, const REAL *restrict src, ptrdiff_t n)
 {
-    const ptrdiff_t W = s->W, C = s->Cin, KW = s->KW, K = s->KH * KW * C;
-    for (ptrdiff_t oh = 0; oh < s->OH; oh++) {
-        for (ptrdiff_t ow = 0; ow < s->OW; ow++) {
-            REAL *row = dst + (oh * s->OW + ow) * K;
-            ptrdiff_t ih0 = oh * s->sh - s->pt, iw0 = ow * s->sw - s->pl, kw0, kw1;
-            kw_range(iw0, KW, W, &kw0, &kw1);
-            for (ptrdiff_t kh = 0; kh < s->KH; kh++) {
-                REAL *seg = row + kh * KW * C;
-                ptrdiff_t ih = ih0 + kh;
-                if (ih < 0 || ih >= s->H) {
-                    for (ptrdiff_t i = 0; i < KW * C; i++)
-                        seg[i] = 0;
-                    continue;
-                }
-                const REAL *src = xi + (ih * W + iw0 + kw0) * C;
-                for (ptrdiff_t i = 0; i < kw0 * C; i++)
-                    seg[i] = 0;
-                REAL *mid = seg + kw0 * C;
-                for (ptrdiff_t i = 0; i < (kw1 - kw0) * C; i++)
-                    mid[i] = src[i];
-                for (ptrdiff_t i = kw1 * C; i < KW * C; i++)
-                    seg[i] = 0;
-            }
-        }
+    for (ptrdiff_t i = 0; i < n; i++)
+        d[i] = src[i];
+}
+
+INLINE void FN(zero_scalar)(REAL *restrict d, ptrdiff_t n)
+{
+    for (ptrdiff_t i = 0; i < n; i++)
+        d[i] = 0;
+}
+
+INLINE void FN(add_scalar)(REAL *restrict d, const REAL *restrict src, ptrdiff_t n)
+{
+    for (ptrdiff_t i = 0; i < n; i++)
+        d[i] += src[i];
+}
+
+#if FNN_X86
+/* whole vectors, then one masked vector for the tail: the runs are short (KW*Cin
+ * elements: 5 for a 5x5 kernel on one channel), where a scalar tail or a memcpy
+ * call would cost more than the copy */
+FNN_TARGET_AVX2 INLINE void FN(copy_avx2)(REAL *restrict d, const REAL *restrict src, ptrdiff_t n)
+{
+    ptrdiff_t i = 0;
+    for (; i + VW <= n; i += VW)
+        VSTOREU(d + i, VLOADU(src + i));
+    if (i < n) {
+        VMASK m = VMASK_FOR(n - i);
+        VMASKSTORE(d + i, m, VMASKLOAD(src + i, m));
     }
 }
 
-/* dxi (H, W, Cin) = col2im(src) * (maski > 0): the adjoint of im2col_body */
-INLINE void FN(col2im_body)(const fnn_conv_shape *s, const REAL *restrict src,
-                            const REAL *restrict maski, REAL *restrict dxi)
+FNN_TARGET_AVX2 INLINE void FN(zero_avx2)(REAL *restrict d, ptrdiff_t n)
 {
-    const ptrdiff_t W = s->W, C = s->Cin, KW = s->KW, K = s->KH * KW * C;
-    for (ptrdiff_t i = 0; i < s->H * W * C; i++)
-        dxi[i] = 0;
-    for (ptrdiff_t oh = 0; oh < s->OH; oh++) {
-        for (ptrdiff_t ow = 0; ow < s->OW; ow++) {
-            const REAL *row = src + (oh * s->OW + ow) * K;
-            ptrdiff_t ih0 = oh * s->sh - s->pt, iw0 = ow * s->sw - s->pl, kw0, kw1;
-            kw_range(iw0, KW, W, &kw0, &kw1);
-            for (ptrdiff_t kh = 0; kh < s->KH; kh++) {
-                ptrdiff_t ih = ih0 + kh;
-                if (ih < 0 || ih >= s->H)
-                    continue;
-                const REAL *seg = row + (kh * KW + kw0) * C;
-                REAL *d = dxi + (ih * W + iw0 + kw0) * C;
-                for (ptrdiff_t i = 0; i < (kw1 - kw0) * C; i++)
-                    d[i] += seg[i];
-            }
-        }
-    }
-    if (maski)
-        for (ptrdiff_t i = 0; i < s->H * W * C; i++)
-            dxi[i] = maski[i] > 0 ? dxi[i] : 0;
+    ptrdiff_t i = 0;
+    for (; i + VW <= n; i += VW)
+        VSTOREU(d + i, VZERO());
+    if (i < n)
+        VMASKSTORE(d + i, VMASK_FOR(n - i), VZERO());
 }
+
+FNN_TARGET_AVX2 INLINE void FN(add_avx2)(REAL *restrict d, const REAL *restrict src, ptrdiff_t n)
+{
+    ptrdiff_t i = 0;
+    for (; i + VW <= n; i += VW)
+        VSTOREU(d + i, VADD(VLOADU(d + i), VLOADU(src + i)));
+    if (i < n) {
+        VMASK m = VMASK_FOR(n - i);
+        VMASKSTORE(d + i, m, VADD(VMASKLOAD(d + i, m), VMASKLOAD(src + i, m)));
+    }
+}
+#endif
+
+/* im2col and col2im of one image, once per helper flavour (conv_cols.h) */
+#define COLS_FLAVOR scalar
+#define COLS_ATTR
+#include "conv_cols.h"
+#undef COLS_FLAVOR
+#undef COLS_ATTR
+#if FNN_X86
+#define COLS_FLAVOR avx2
+#define COLS_ATTR FNN_TARGET_AVX2
+#include "conv_cols.h"
+#undef COLS_FLAVOR
+#undef COLS_ATTR
+#endif
 
 /* ---- pooling bodies ------------------------------------------------------------------------ */
 
@@ -161,9 +171,6 @@ INLINE void FN(avgpool_back_body)(const fnn_pool_shape *s, const REAL *restrict 
 #define PICK(name) FN(name##_scalar)
 #endif
 
-CLONES(im2col, (const fnn_conv_shape *s, const REAL *xi, REAL *dst), (s, xi, dst))
-CLONES(col2im, (const fnn_conv_shape *s, const REAL *src, const REAL *maski, REAL *dxi),
-       (s, src, maski, dxi))
 CLONES(maxpool_row, (const fnn_pool_shape *s, const REAL *xn, ptrdiff_t oh, REAL *yr, int *ar),
        (s, xn, oh, yr, ar))
 CLONES(avgpool_row, (const fnn_pool_shape *s, const REAL *xn, ptrdiff_t oh, REAL *yr),
