@@ -37,13 +37,15 @@ def _new(**kw):
 
 def _run(trainer, params, data, nthreads, **kw):
     """One SGD-momentum call on copies of params; returns (the copies after the
-    call, its result), the result None when the call raised MemoryError."""
+    call, its deterministic result), the result None when the call raised MemoryError."""
     W, b, s1W, s1b = [[a.copy() for a in group] for group in params]
     x, y, idx = data
     none = [None] * len(W)
     try:
+        # (loss_sum, correct, steps): the 4th value counts chunks a thread finished alone
+        # because its partner lost the core -- scheduling, not results (a busy CI run had 1)
         res = trainer.run(W, b, s1W, s1b, none, none, x, True, SIZES[0], y, idx, "sgd", 0.05,
-                          momentum=0.9, nthreads=nthreads, **kw)
+                          momentum=0.9, nthreads=nthreads, **kw)[:3]
     except MemoryError:
         res = None
     return W + b + s1W + s1b, res
@@ -119,7 +121,7 @@ def test_an_empty_run_allocates_nothing(problem):
     trainer = _new()
     live0, calls0 = train._alloc_stats()
     arrays, res = _run(trainer, params, (x, y[:0], idx[:0]), 2)
-    assert res == (0.0, 0, 0, 0) and train._alloc_stats() == (live0, calls0)
+    assert res == (0.0, 0, 0) and train._alloc_stats() == (live0, calls0)
     assert _same(arrays, [a for group in params for a in group])
 
 
