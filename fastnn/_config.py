@@ -41,6 +41,25 @@ def _numba_info():
             "max_threads": numba.config.NUMBA_NUM_THREADS}
 
 
+def _simd_info(common):
+    """The SIMD level in use, the CPU's highest, $FASTNN_SIMD, and the GEMM's
+    code path per bench shape (which engine, and why AVX2 is kept where it is)."""
+    import os
+
+    from .bench import MATMUL_SHAPES
+    levels = _registry.SIMD_LEVELS
+    level = _registry.simd_level()
+    mc = _registry.native_module("matmul_c")
+    paths = {}
+    for m, k, n, layout in MATMUL_SHAPES:
+        paths[f"{m}x{k}x{n} {layout}"] = {"fp32": mc.gemm_path(m, k, n, layout),
+                                         "bf16": mc.gemm_path(m, k, n, layout, True)}
+    return {"level": levels[level] if level is not None else None,
+            "max": levels[common.cpu_max_level()], "levels": list(levels),
+            "cpu_model": common.cpu_model(),
+            "env_FASTNN_SIMD": os.environ.get("FASTNN_SIMD"), "gemm_paths": paths}
+
+
 def config():
     """Everything show_config prints, as a dict."""
     import numpy as np
@@ -54,6 +73,7 @@ def config():
         omp, ver, mx = common.openmp_info()
         info["openmp"] = {"compiled": omp, "version": ver, "max_threads": mx}
         info["simd_path"] = common.simd_name()
+        info["simd"] = _simd_info(common)
     except ImportError as exc:
         info["native"] = f"not built: {exc}"
     info["kernels"] = _registry.describe()
@@ -76,7 +96,15 @@ def show_config(as_json=False, file=None):
     p(f"cpu      : {info['cpu']}")
     if "cpu_features" in info:
         feats = ", ".join(k for k, v in info["cpu_features"].items() if v) or "baseline x86-64"
-        p(f"features : {feats}   -> native SIMD path: {info['simd_path']}")
+        sd = info["simd"]
+        p(f"features : {feats}")
+        p(f"simd     : running {sd['level']} (this CPU's highest: {sd['max']}; levels "
+          f"{' < '.join(sd['levels'])}; FASTNN_SIMD={sd['env_FASTNN_SIMD'] or '(unset)'} "
+          f"forces a lower one)")
+        p("gemm     : float32 code path per shape of `fastnn bench kernels` at this level:")
+        for shape, pth in sd["gemm_paths"].items():
+            p(f"  {shape:<20} fp32 {pth['fp32']}")
+            p(f"  {'':<20} bf16 {pth['bf16']}")
         o = info["openmp"]
         p(f"openmp   : {'yes (_OPENMP=%d)' % o['version'] if o['compiled'] else 'NO (single-threaded build)'}")
     else:

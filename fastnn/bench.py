@@ -43,7 +43,14 @@ import numpy as np
 from . import _threads
 from .kernels import _registry
 
-__all__ = ["bench_kernels", "MATMUL_SHAPES", "fma_peak"]
+__all__ = ["bench_kernels", "MATMUL_SHAPES", "fma_peak", "SIMD_VARIANTS"]
+
+# The `c` variant on one code path each (issue 12), timed in the same rounds
+# as the registry's variants: name -> (fp32 engine, bf16?).  "c" itself runs
+# the dispatcher's choice; "c@bf16" is matmul(..., precision="bf16") and its
+# % column is of the vdpbf16ps peak (bf16_probe), not of the fp32 FMA peak.
+SIMD_VARIANTS = {"c@avx2": ("avx2", False), "c@avx512": ("avx512", False),
+                 "c@bf16": ("auto", True)}
 
 # (M, K, N, layout): op(a) is (M, K), op(b) is (K, N); "T" means that operand
 # is a transposed view of a C-ordered array (as in a backward pass)
@@ -97,11 +104,38 @@ def fma_peak(nthreads, seconds=0.2, clock=time.perf_counter):
     return best
 
 
-def _mark_peaks(results, peaks):
+def _simd_variant(name):
+    """The kernel function of a SIMD_VARIANTS name (or of "c" at the dispatcher's
+    choice, when it is benchmarked beside them)."""
+    mc = _registry.native_module("matmul_c")
+    engine, bf16 = SIMD_VARIANTS.get(name, ("auto", False))
+    run = mc.matmul_bf16 if bf16 else mc.matmul
+
+    def fn(a, b, out, bias, relu, nthreads=1):
+        mc.set_fp32_engine(engine)
+        return run(a, b, out, bias, relu, nthreads)
+    return fn
+
+
+def _bf16_peak(nthreads, clock, iters=200_000):
+    """FLOP/s of vdpbf16ps on ``nthreads`` threads (best of 3), 0 without AVX512_BF16."""
+    common = _registry.native_module("_common")
+    best = 0.0
+    for _ in range(3):
+        t0 = clock()
+        flops = common.bf16_probe(iters, nthreads)
+        best = max(best, flops / max(clock() - t0, 1e-9))
+    return best
+
+
+def _mark_peaks(results, peaks, bf16_peaks=None):
     """Fill ``frac_peak`` from the final peaks; the results that beat their peak."""
     exceeded = []
     for r in results:
-        r["frac_peak"] = r["gflops"] * 1e9 / peaks[r["threads"]]
+        peak = peaks[r["threads"]]
+        if r["variant"] == "c@bf16" and bf16_peaks and bf16_peaks.get(r["threads"]):
+            peak = bf16_peaks[r["threads"]]
+        r["frac_peak"] = r["gflops"] * 1e9 / peak
         if r["frac_peak"] > 1.0:
             exceeded.append(r)
     return exceeded
@@ -182,8 +216,9 @@ def bench_kernels(threads=None, as_json=False, repeat=9, variants=None, file=Non
         threads = 1
     file = file or sys.stdout
     from . import kernels  # noqa: F401  (registers the families)
-    names = variants or _registry.variants("matmul")
-    names = [v for v in names if v in _registry.variants("matmul")]
+    names = variants or _registry.variants("matmul") + _default_simd_variants()
+    names = [v for v in names if v in _registry.variants("matmul") or v in SIMD_VARIANTS]
+    simd_side = any(v in SIMD_VARIANTS for v in names)
     # BLAS users last in each round (its pool spins after each call): `blas`, and
     # `reference`, whose float64 product is numpy's BLAS dgemm too
     uses_blas = [v for v in ("reference", "blas") if v in names]
@@ -198,10 +233,15 @@ def bench_kernels(threads=None, as_json=False, repeat=9, variants=None, file=Non
         probe_iters[nt] = max(1000, int(iters * _PROBE_S / dt))
         peaks[nt] = max(peaks[nt], best)
         probes[nt] = 0
+    bf16_peaks = {nt: _bf16_peak(nt, tclock) for nt in nts} if "c@bf16" in names else {}
     simd = {}
     for row in _registry.describe("matmul"):
         if row["name"] in names:
             simd[row["name"]] = row["simd"]
+    for name in SIMD_VARIANTS:
+        if name in names:
+            eng, bf = SIMD_VARIANTS[name]
+            simd[name] = "bf16 (level's path)" if bf else f"fp32 engine {eng}"
     rng = np.random.default_rng(0)
 
     numba_first = None
@@ -221,7 +261,8 @@ def bench_kernels(threads=None, as_json=False, repeat=9, variants=None, file=Non
                 flops = 2.0 * m * n * k
                 fns, calls, active = {}, {}, []
                 for name in names:
-                    fn = _registry.get("matmul", name)
+                    fn = _simd_variant(name) if name in SIMD_VARIANTS or \
+                        (simd_side and name == "c") else _registry.get("matmul", name)
                     out = np.empty((m, n), np.float32)
                     args = (a, b, out, None, False, nt)
                     t1 = _time_block(fn, args, 1)              # warm-up, not timed
@@ -259,13 +300,17 @@ def bench_kernels(threads=None, as_json=False, repeat=9, variants=None, file=Non
                         "vs_blas": (med["blas"] / med[name]) if "blas" in med else None,
                         "simd": simd.get(name),
                     })
-    exceeded = _mark_peaks(results, peaks)
+    if simd_side:
+        _registry.native_module("matmul_c").set_fp32_engine("auto")
+    exceeded = _mark_peaks(results, peaks, bf16_peaks)
     info = _header(nts, peaks, simd, numba_first)
+    info["bf16_peak_gflops"] = {str(nt): v / 1e9 for nt, v in bf16_peaks.items()}
     info["fma_peak_probes"] = {str(nt): probes[nt] for nt in nts}
     info["peak_exceeded"] = [{"variant": r["variant"], "M": r["M"], "K": r["K"], "N": r["N"],
                               "threads": r["threads"], "frac_peak": r["frac_peak"]}
                              for r in exceeded]
-    info["call_overhead_us"] = _call_overhead(names, tclock)
+    info["call_overhead_us"] = _call_overhead([v for v in names if v not in SIMD_VARIANTS],
+                                              tclock)
     info["clock"] = clock
     info["results"] = results
     info["skipped"] = [{"variant": s[0], "M": s[1], "K": s[2], "N": s[3], "threads": s[4],
@@ -283,6 +328,16 @@ def bench_kernels(threads=None, as_json=False, repeat=9, variants=None, file=Non
     else:
         _print_table(info, names, nts, shapes, file)
     return info
+
+
+def _default_simd_variants():
+    """c@avx512 and c@bf16 beside the registry's variants where the CPU has AVX-512
+    (c@avx2 on request: it is what "c" runs where the dispatcher keeps AVX2)."""
+    try:
+        top = _registry.cpu_max_simd_level()
+    except ImportError:
+        return []
+    return ["c@avx512", "c@bf16"] if top >= 2 else []
 
 
 def _call_overhead(names, clock, sizes=(8, 64)):
@@ -322,12 +377,21 @@ def _print_table(info, names, nts, shapes, file):
                                f"{info['fma_peak_gflops'][str(nt)]:.1f} GFLOP/s"
                                for nt in nts)
       + "  (fma_probe, avx2+fma; best of a long probe and one per round)")
+    if info.get("bf16_peak_gflops"):
+        p("bf16 peak: " + ", ".join(f"{nt} thread{'s' if int(nt) > 1 else ''} {v:.1f} GFLOP/s"
+                                    for nt, v in info["bf16_peak_gflops"].items())
+          + "  (bf16_probe, vdpbf16ps; the % column of c@bf16 is of this peak)")
     p("variants : " + ", ".join(f"{v} [{info['simd'].get(v)}]" for v in names))
     if info["numba_first_call_s"] is not None:
         p(f"numba    : first call {info['numba_first_call_s']:.2f} s "
           "(compile, or load from the cache), excluded from the timings")
     p("cell     : GFLOP/s  % of FMA peak  ratio vs blas (numpy a @ b, same rounds)")
     w = 22
+    simd_levels = _registry.SIMD_LEVELS
+    level = _registry.simd_level()
+    p(f"simd     : level {simd_levels[level] if level is not None else '?'} "
+      "(FASTNN_SIMD / fastnn.kernels.set_simd_level); c@avx2 / c@avx512 force the fp32 "
+      "engine, c@bf16 is precision='bf16'")
     for nt in nts:
         p("")
         p(f"threads={nt}".ljust(22) + "".join(v.rjust(w) for v in names))

@@ -141,9 +141,10 @@ def test_threads_bitwise_identical(variant, dtype):
 
 @pytest.fixture
 def scalar_simd():
+    old = fastnn.kernels.simd_level()
     fastnn.kernels.set_simd_level(0)
     yield
-    fastnn.kernels.set_simd_level(1)
+    fastnn.kernels.set_simd_level(old)
 
 
 @pytest.mark.parametrize("variant", NATIVE)
@@ -188,10 +189,14 @@ def _gemm_ex():
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", [(1, 1, 1), (7, 13, 17), (13, 700, 37), (128, 512, 10),
                                    (64, 96, 130), (5, 0, 9), (5, 64, 40)])
-@pytest.mark.parametrize("level", [1, 0])
+@pytest.mark.parametrize("level", [3, 2, 1, 0])
 def test_gemm_ex_mask_accumulate(dtype, shape, level):
+    """Every SIMD level (clamped to the CPU's); at the AVX-512 levels the fp32
+    AVX-512 engine is forced, since the dispatcher may keep AVX2 on this CPU."""
     gemm_ex = _gemm_ex()
     from fastnn._ext import matmul_c
+    old_level = matmul_c.simd_level()
+    matmul_c.set_fp32_engine("avx512" if level >= 2 else "auto")
     rng = np.random.default_rng(8)
     m, k, n = shape
     a = rng.standard_normal((m, k)).astype(dtype)
@@ -222,7 +227,8 @@ def test_gemm_ex_mask_accumulate(dtype, shape, level):
                 outs.append(out)
             assert np.array_equal(outs[0], outs[1])
     finally:
-        matmul_c.set_simd_level(1)
+        matmul_c.set_simd_level(old_level)
+        matmul_c.set_fp32_engine("auto")
 
 
 def test_gemm_ex_strided_out_and_mask():

@@ -11,12 +11,15 @@ the reason.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 import threading
 import types
+import warnings
 from typing import Any, Callable, Dict, List, Optional
 
 __all__ = ["register", "register_module_variants", "variants", "available", "get", "describe", "set_simd_level", "simd_level",
+           "SIMD_LEVELS", "cpu_max_simd_level",
            "native_module"]
 
 _lock = threading.RLock()
@@ -126,7 +129,10 @@ def describe(family: Optional[str] = None) -> List[Dict[str, Any]]:
 def native_module(name: str) -> types.ModuleType:
     """Import ``fastnn._ext.<name>``, with a clear error when it was not built."""
     try:
-        return importlib.import_module("fastnn._ext." + name)
+        mod = importlib.import_module("fastnn._ext." + name)
+        if not _env_checked:
+            _check_env()
+        return mod
     except ImportError as exc:
         from ..errors import NotBuiltError
         raise NotBuiltError(
@@ -139,22 +145,74 @@ def _loaded_native_modules() -> List[types.ModuleType]:
             if n.startswith("fastnn._ext.") and hasattr(m, "set_simd_level")]
 
 
-def set_simd_level(level: int) -> int:
-    """Set the SIMD path of every native module (0 scalar, 1 AVX2+FMA).
+#: SIMD levels, lowest first: index = the level number used by the native modules.
+SIMD_LEVELS = ("scalar", "avx2", "avx512", "avx512_bf16")
+_ENV = "FASTNN_SIMD"
+_env_checked = False
+
+
+def _level_number(level: Any) -> int:
+    if isinstance(level, str) and level in SIMD_LEVELS:
+        return SIMD_LEVELS.index(level)
+    if isinstance(level, int) and not isinstance(level, bool) and 0 <= level < len(SIMD_LEVELS):
+        return level
+    raise ValueError(f"SIMD level must be 0 (scalar), 1 (avx2), 2 (avx512) or 3 (avx512_bf16), "
+                     f"or one of those names, got {level!r}")
+
+
+def cpu_max_simd_level() -> int:
+    """The highest SIMD level this CPU and OS support (CPUID + XGETBV)."""
+    return int(native_module("_common").cpu_max_level())
+
+
+def _check_env() -> None:
+    """Warn once when $FASTNN_SIMD is unknown, or asks for more than the CPU has
+    (the native side then runs the highest available level; see cpu.h)."""
+    global _env_checked
+    if _env_checked:
+        return
+    _env_checked = True
+    raw = os.environ.get(_ENV)
+    if not raw:
+        return
+    aliases = {name: i for i, name in enumerate(SIMD_LEVELS)}
+    aliases.update({str(i): i for i in range(len(SIMD_LEVELS))})
+    aliases["avx2+fma"] = 1
+    top = cpu_max_simd_level()
+    if raw not in aliases:
+        warnings.warn(f"{_ENV}={raw!r} is not a SIMD level ({', '.join(SIMD_LEVELS)}); "
+                      f"ignored: running {SIMD_LEVELS[top]}", RuntimeWarning, stacklevel=3)
+    elif aliases[raw] > top:
+        warnings.warn(f"{_ENV}={raw} asks for more than this CPU supports; running "
+                      f"{SIMD_LEVELS[top]}, the highest available level", RuntimeWarning,
+                      stacklevel=3)
+
+
+def set_simd_level(level: Any) -> int:
+    """Set the SIMD level of every native module: 0 / "scalar", 1 / "avx2"
+    (AVX2+FMA), 2 / "avx512" (F+BW+VL+DQ), 3 / "avx512_bf16".
 
     Loads all registered variants first so that modules imported later do not
-    miss the setting.  Returns the level actually set (clamped to the CPU)."""
-    if level not in (0, 1):
-        raise ValueError(f"SIMD level must be 0 (scalar) or 1 (avx2+fma), got {level!r}")
+    miss the setting.  Returns the level actually set: clamped to what the CPU
+    supports (``cpu_max_simd_level()``).  Modules without AVX-512 paths run
+    AVX2 at levels 2 and 3."""
+    want = _level_number(level)
     for fam in list(_families):
         variants(fam)
-    got = level
+    native_module("_common")
+    got = want
     for mod in _loaded_native_modules():
-        got = min(got, mod.set_simd_level(level)) if level else mod.set_simd_level(level)
+        got = min(got, mod.set_simd_level(want))
     return got
 
 
 def simd_level() -> Optional[int]:
-    """The lowest SIMD level among loaded native modules (1 when none is loaded)."""
+    """The lowest SIMD level among loaded native modules (0..3, see SIMD_LEVELS);
+    None only when the native modules are not built."""
+    try:
+        native_module("_common")
+    except ImportError:
+        return None
+    _check_env()
     levels = [m.simd_level() for m in _loaded_native_modules()]
     return min(levels) if levels else None

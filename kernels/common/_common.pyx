@@ -8,6 +8,7 @@ include "simd_api.pxi"
 cdef extern from *:
     """
     double fnn_fma_probe(long iters, int nthreads, float *sink);
+    double fnn_bf16_probe(long iters, int nthreads, float *sink);
     #ifdef FASTNN_HAVE_OPENMP
     #include <omp.h>
     static int fnn_have_openmp(void) { return 1; }
@@ -20,6 +21,7 @@ cdef extern from *:
     #endif
     """
     double fnn_fma_probe(long iters, int nthreads, float *sink) nogil
+    double fnn_bf16_probe(long iters, int nthreads, float *sink) nogil
     int fnn_have_openmp()
     int fnn_omp_version()
     int fnn_omp_max_threads()
@@ -59,4 +61,13 @@ def fma_probe(long iters, int nthreads):
     cdef double flops
     with nogil:
         flops = fnn_fma_probe(iters, nthreads, &sink)
+    return flops
+
+
+def bf16_probe(long iters, int nthreads):
+    """Run the vdpbf16ps loop; returns the FLOPs executed (0 below level avx512_bf16)."""
+    cdef float sink = 0
+    cdef double flops
+    with nogil:
+        flops = fnn_bf16_probe(iters, nthreads, &sink)
     return flops

@@ -46,6 +46,50 @@ static float fma_loop_scalar(long iters, float seed)
     return c[0] + c[7];
 }
 
+#if FNN_X86
+/* vdpbf16ps: each instruction adds 16 lanes x 2 bf16 products (64 FLOPs).
+ * The inputs are the bf16 pairs of ~1.0 and ~1e-7, so the sums stay finite. */
+FNN_TARGET_AVX512BF16
+static float bf16_loop(long iters, float seed)
+{
+    __m512bh a = (__m512bh)_mm512_set1_epi32(0x3f803f80), b = (__m512bh)_mm512_set1_epi32(0x33d633d6);
+    __m512 c[12];
+    for (int j = 0; j < 12; j++)
+        c[j] = _mm512_set1_ps(seed + (float)j);
+    for (long i = 0; i < iters; i++) {
+#pragma GCC unroll 12
+        for (int j = 0; j < 12; j++)
+            c[j] = _mm512_dpbf16_ps(c[j], a, b);
+    }
+    __m512 s = c[0];
+    for (int j = 1; j < 12; j++)
+        s = _mm512_add_ps(s, c[j]);
+    return _mm512_reduce_add_ps(s);
+}
+#endif
+
+/* The bf16 peak probe: like fnn_fma_probe with vdpbf16ps (12 x 64 FLOPs per
+ * iteration); returns 0 without running when the level is below avx512_bf16. */
+double fnn_bf16_probe(long iters, int nthreads, float *sink)
+{
+    if (!fnn_use_avx512bf16())
+        return 0.0;
+    float acc = 0.0f;
+    if (nthreads < 1) nthreads = 1;
+#ifdef FASTNN_HAVE_OPENMP
+#pragma omp parallel num_threads(nthreads) reduction(+:acc)
+#else
+    nthreads = 1;
+#endif
+    {
+#if FNN_X86
+        acc += bf16_loop(iters, 1.0f);
+#endif
+    }
+    *sink = acc;
+    return 12.0 * 64.0 * (double)iters * (double)nthreads;
+}
+
 /* Runs `iters` iterations on each of `nthreads` threads; returns the FLOPs
  * executed in total (the caller times it).  *sink defeats dead-code removal. */
 double fnn_fma_probe(long iters, int nthreads, float *sink)

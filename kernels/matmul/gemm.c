@@ -457,11 +457,23 @@ static inline double in_d(double x, int bf16) { (void)bf16; return x; }
  *   <= 12: an output layer) stay there: the AVX-512 engine has no such path
  *   and a 32-wide tile would leave most lanes idle.
  * - On CPUs that double-pump 512-bit FMAs (Zen 4) the 12 x 32 tile has the
- *   same FLOP peak as AVX2's 6 x 16 and saves only loads and C traffic;
- *   measured side by side (fastnn bench kernels, see FNN_X512_ZEN4_MIN_K)
- *   it is slower where K is short (the fixed cost per tile -- zeroing 24
- *   accumulators, the masked C update -- is spread over few k steps). */
-#define FNN_X512_ZEN4_MIN_K 0
+ *   same FLOP peak as AVX2's 6 x 16 and saves only loads and C traffic.
+ *   Measured side by side on the shapes of `fastnn bench kernels` (one
+ *   thread, thread CPU time, medians of 11-15 interleaved rounds, three
+ *   runs): 0.90-1.10x on the MLP shapes (128 x {512,784} x {512,784}, and
+ *   784 x 128 x 512), 0.92x on 64x784x128 and 0.89-0.93x on 1024^3 -- no
+ *   shape class is reliably at least as fast, so fp32 keeps AVX2 there.
+ *   (bf16 is another matter: vdpbf16ps doubles the peak, see fnn_sgemm_bf16.)
+ */
+static int g_fp32_engine = 0;      /* 0 auto, 1 AVX-512 wherever the level allows, 2 never */
+
+int fnn_sgemm_set_fp32_engine(int which)
+{
+    int old = g_fp32_engine;
+    g_fp32_engine = which >= 0 && which <= 2 ? which : 0;
+    return old;
+}
+
 static int x_fp32_wanted(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, ptrdiff_t csa, ptrdiff_t rsb,
                          const char **why)
 {
@@ -469,12 +481,21 @@ static int x_fp32_wanted(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, ptrdiff_t csa, p
         *why = "level below avx512";
         return 0;
     }
+    if (g_fp32_engine == 2) {
+        *why = "AVX2 forced (set_fp32_engine)";
+        return 0;
+    }
+    if (g_fp32_engine == 1) {
+        *why = "";
+        return 1;
+    }
     if (K >= 16 && ((N <= 12 && csa == 1 && N <= M) || (M <= 12 && rsb == 1))) {
         *why = "narrow output: AVX2 dot-product path";
         return 0;
     }
-    if (fnn_cpu_double_pumped_512() && K < FNN_X512_ZEN4_MIN_K) {
-        *why = "short K on Zen 4 (double-pumped 512-bit FMA): AVX2 measured faster";
+    if (fnn_cpu_double_pumped_512()) {
+        *why = "kept on Zen 4: 512-bit FMAs are double-pumped, the AVX-512 tile measured "
+               "0.89-1.10x of AVX2 on the bench shapes";
         return 0;
     }
     *why = "";

@@ -73,4 +73,10 @@ void fnn_sgemm_bf16(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K,
 const char *fnn_sgemm_path(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, ptrdiff_t csa, ptrdiff_t rsb,
                            int bf16);
 
+/* Which engine fnn_sgemm uses at levels >= avx512: 0 the dispatcher's choice
+ * per shape and CPU model (default), 1 the AVX-512 engine for every shape
+ * (tests, benchmarks), 2 always AVX2.  Process-wide for this module; returns
+ * the previous setting. */
+int fnn_sgemm_set_fp32_engine(int which);
+
 #endif

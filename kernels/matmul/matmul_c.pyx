@@ -12,7 +12,8 @@
 #   simd_level / set_simd_level / simd_name       this module's level (it has AVX-512 paths,
 #                                                 so it does not take simd_api.pxi's names)
 cimport numpy as cnp
-from gemm cimport fnn_epilogue, fnn_sgemm, fnn_dgemm, fnn_sgemm_bf16, fnn_sgemm_path
+from gemm cimport (fnn_epilogue, fnn_sgemm, fnn_dgemm, fnn_sgemm_bf16, fnn_sgemm_path,
+                   fnn_sgemm_set_fp32_engine)
 from fnn_common cimport fnn_simd_level, fnn_set_simd_level, fnn_simd_name
 
 import numpy as np
@@ -34,6 +35,18 @@ def gemm_path(Py_ssize_t m, Py_ssize_t k, Py_ssize_t n, str layout="NN", bint bf
     cdef Py_ssize_t csa = m if layout[0] == "T" else 1
     cdef Py_ssize_t rsb = 1 if layout[1] == "T" else n
     return fnn_sgemm_path(m, n, k, csa, rsb, bf16).decode()
+
+
+_ENGINES = ("auto", "avx512", "avx2")
+
+
+def set_fp32_engine(str which="auto"):
+    """Which float32 engine runs at levels >= avx512: "auto" (the dispatcher's
+    choice per shape class and CPU model), "avx512" (every shape: tests and
+    side-by-side benchmarks) or "avx2".  Returns the previous setting."""
+    if which not in _ENGINES:
+        raise ValueError(f"fp32 engine must be one of {_ENGINES}, got {which!r}")
+    return _ENGINES[fnn_sgemm_set_fp32_engine(_ENGINES.index(which))]
 
 
 def simd_name():

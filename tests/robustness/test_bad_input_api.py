@@ -504,7 +504,7 @@ CASES = [
       r"unknown kernel family 'conv3d'"),
     C("kernels.get", "unknown variant", lambda: K.get("matmul", "gpu"), ValueError,
       r"unknown matmul variant 'gpu'"),
-    C("kernels.set_simd_level", "level 2", lambda: K.set_simd_level(2), ValueError,
+    C("kernels.set_simd_level", "level 4", lambda: K.set_simd_level(4), ValueError,
       r"SIMD level must be 0"),
     C("fastnn.set_num_threads", "0 threads", lambda: fastnn.set_num_threads(0), ValueError,
       r"number of threads must be >= 1"),

@@ -6,8 +6,13 @@ Variants (see ``fastnn.kernels.variants("matmul")``):
     blas       numpy's BLAS, the yardstick               fastnn/kernels/matmul/blas.py
     numba      blocked, prange over output tiles         fastnn/kernels/matmul/numba_impl.py
     cython     blocked loops, OpenMP prange              kernels/matmul/matmul_cy.pyx
-    c          packed panels + AVX2/FMA microkernel,     kernels/matmul/gemm.c (engine),
+    c          packed panels + AVX2/FMA 6x16 and AVX-512  kernels/matmul/gemm.c (engine),
+               12x32 microkernels (fp32, bf16 vdpbf16ps), gemm_tmpl.h, gemm_x512.h,
                fused bias/ReLU epilogue, OpenMP           kernels/matmul/matmul_c.pyx (wrapper)
+
+``matmul(..., precision="bf16")`` rounds the operands to bfloat16 and
+accumulates in float32 (``c``: ``fnn_sgemm_bf16``; ``reference``:
+``reference.matmul_bf16``).
 """
 from __future__ import annotations
 
@@ -212,7 +217,8 @@ def autotune_table() -> Dict[Tuple[Any, ...], str]:
 def matmul(a: npt.ArrayLike, b: npt.ArrayLike, *, trans_a: bool = False, trans_b: bool = False,
            out: Optional[npt.NDArray[np.floating]] = None, bias: Optional[npt.ArrayLike] = None,
            activation: Optional[str] = None,
-           variant: Optional[str] = None) -> npt.NDArray[np.floating]:
+           variant: Optional[str] = None,
+           precision: str = "fp32") -> npt.NDArray[np.floating]:
     """``act(op(a) @ op(b) + bias)`` on fastnn's kernels.
 
     op(x) is x or x.T (``trans_a``/``trans_b``); transposes are strided views,
@@ -226,14 +232,46 @@ def matmul(a: npt.ArrayLike, b: npt.ArrayLike, *, trans_a: bool = False, trans_b
     None lets a per-process autotuner pick the fastest for the shape, and
     ``$FASTNN_MATMUL_VARIANT`` forces one.
 
+    ``precision="bf16"`` (float32 operands only) rounds op(a) and op(b) to
+    bfloat16 (round to nearest even, see ``reference.bf16_round``) and
+    accumulates in float32: ``vdpbf16ps`` where the CPU has AVX512_BF16 and
+    the SIMD level allows it, otherwise the same rounded products with
+    float32 FMAs.  The two differ by summation order only: for inputs of
+    magnitude ~1 the results agree within about ``1e-6 * sqrt(K)`` of the
+    output's scale, far below bf16's own rounding error (``2**-9`` relative
+    per input).  Variants: ``"c"`` (default) and ``"reference"``.
+
     >>> import numpy as np, fastnn
     >>> x = np.ones((2, 3), np.float32); w = np.ones((3, 4), np.float32)
     >>> float(fastnn.kernels.matmul(x, w, bias=np.zeros(4, np.float32), activation="relu")[0, 0])
     3.0
+    >>> float(fastnn.kernels.matmul(np.full((1, 1), 1.00390625, np.float32),
+    ...                             np.ones((1, 1), np.float32), precision="bf16")[0, 0])
+    1.0
     """
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(f"matmul: precision must be 'fp32' or 'bf16', got {precision!r}")
     a_op, b_op, out, bias = _validate(a, b, trans_a, trans_b, out, bias, activation)
     relu = activation == "relu"
     nthreads = _threads.get_num_threads()
+    if precision == "bf16":
+        return _matmul_bf16(a_op, b_op, out, bias, relu, nthreads, variant)
     name = variant if variant is not None else _choose(a_op, b_op, out, bias, relu, nthreads)
     fn = get("matmul", name)
     return fn(a_op, b_op, out, bias, relu, nthreads)
+
+
+def _matmul_bf16(a: npt.NDArray[np.floating], b: npt.NDArray[np.floating],
+                 out: npt.NDArray[np.floating], bias: Optional[npt.NDArray[np.floating]],
+                 relu: bool, nthreads: int, variant: Optional[str]) -> npt.NDArray[np.floating]:
+    if a.dtype != np.float32:
+        raise DTypeError(f"matmul: precision='bf16' needs float32 operands, got {a.dtype}")
+    name = variant or "c"
+    if name == "reference":
+        from .reference import matmul_bf16
+        return matmul_bf16(a, b, out, bias, relu, nthreads)
+    if name != "c":
+        raise ValueError(f"matmul: precision='bf16' runs on variant 'c' or 'reference', "
+                         f"not {name!r}")
+    fn: Callable[..., npt.NDArray[np.floating]] = native_module("matmul_c").matmul_bf16
+    return fn(a, b, out, bias, relu, nthreads)
