@@ -26,8 +26,11 @@ SHAPES = [
     (1, 3, 3, 1, 3, 3, 1, (1, 1), (0, 0, 0, 0)),       # one output pixel
     (2, 4, 5, 2, 2, 2, 3, (3, 3), (5, 0, 0, 4)),       # windows entirely in the padding
     (5, 13, 11, 5, 5, 5, 17, (1, 1), (2, 2, 2, 2)),    # odd sizes, several GEMM groups
+    (3, 12, 21, 1, 5, 5, 6, (2, 1), (2, 1, 2, 3)),     # one channel: the direct forward
+    (2, 9, 10, 1, 3, 3, 8, (1, 1), (0, 0, 0, 0)),      # one channel, widest direct forward
 ]
-IDS = ["3x3", "s2-pad", "asym", "1x1", "1x1-s2-pad", "7x7-c1-b1", "1px", "all-pad", "5x5-odd"]
+IDS = ["3x3", "s2-pad", "asym", "1x1", "1x1-s2-pad", "7x7-c1-b1", "1px", "all-pad", "5x5-odd",
+       "c1-direct", "c1-direct-8"]
 
 
 def _data(shape, dtype, seed=0):
@@ -178,7 +181,8 @@ def _all_outputs(v, x, w, b, dy, mask, st, pd):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("shape", [BIG, SHAPES[3]], ids=["3x3", "1x1"])
+@pytest.mark.parametrize("shape", [BIG, SHAPES[3], (6, 16, 40, 1, 5, 5, 6, (1, 1), (2, 2, 2, 2))],
+                         ids=["3x3", "1x1", "c1-direct"])
 @pytest.mark.parametrize("small_plan", [False, True], ids=["plan", "chunked"])
 def test_one_and_two_threads_identical(variant, dtype, shape, small_plan, monkeypatch):
     if small_plan:

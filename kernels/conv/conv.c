@@ -14,6 +14,11 @@
  * GEMM's 6-row tiles and packing to pay off, few enough that a group's
  * columns (rows x K) stay in L2 while the GEMM reads them */
 #define GROUP_ROWS 256
+/* one input channel, stride 1 along W: the direct forward up to this many
+ * output channels (one accumulator per channel and 8 pixels, then scalar
+ * stores into NHWC; from 16 channels the GEMM's tiles are full and it was
+ * faster on the convnet's 3x3x32) */
+#define C1_MAX_COUT 8
 /* pooling below this many element visits runs on one thread */
 #define POOL_PAR_MIN 32768
 
@@ -59,6 +64,10 @@ INLINE void kw_range(ptrdiff_t iw0, ptrdiff_t KW, ptrdiff_t W, ptrdiff_t *kw0, p
 #define VMASKSTORE _mm256_maskstore_ps
 #define VADD _mm256_add_ps
 #define VZERO _mm256_setzero_ps
+#define VTYPE __m256
+#define VSET1 _mm256_set1_ps
+#define VFMA _mm256_fmadd_ps
+#define VMAX _mm256_max_ps
 #include "conv_tmpl.h"
 #undef REAL
 #undef SFX
@@ -71,6 +80,10 @@ INLINE void kw_range(ptrdiff_t iw0, ptrdiff_t KW, ptrdiff_t W, ptrdiff_t *kw0, p
 #undef VMASKSTORE
 #undef VADD
 #undef VZERO
+#undef VTYPE
+#undef VSET1
+#undef VFMA
+#undef VMAX
 
 #define REAL double
 #define SFX f64
@@ -84,6 +97,10 @@ INLINE void kw_range(ptrdiff_t iw0, ptrdiff_t KW, ptrdiff_t W, ptrdiff_t *kw0, p
 #define VMASKSTORE _mm256_maskstore_pd
 #define VADD _mm256_add_pd
 #define VZERO _mm256_setzero_pd
+#define VTYPE __m256d
+#define VSET1 _mm256_set1_pd
+#define VFMA _mm256_fmadd_pd
+#define VMAX _mm256_max_pd
 #include "conv_tmpl.h"
 #undef REAL
 #undef SFX

@@ -185,9 +185,111 @@ static REAL *FN(cols_of)(const fnn_conv_shape *s, REAL *ws)
     return ws + 2 * s->max_blocks * s->Cout + s->max_blocks * s->KH * s->KW * s->Cin * s->Cout;
 }
 
+/* ---- one input channel: direct forward (no columns) ------------------------------------- */
+
+/* The first layer of an image model has Cin = 1, K = KH*KW is tiny and Cout
+ * small: im2col would copy runs of KW elements and the GEMM would run a
+ * narrow, short-K problem.  With stride 1 along W, the KW taps of VW
+ * neighbouring outputs are VW contiguous inputs, so one output row (n, oh) is
+ * computed from KH zero-padded input rows: acc[pixels] += row[ow + kw] * w[tap, co],
+ * taps in (kh, kw) order, co in groups of four sharing each input load. */
+
+/* rows (KH, Wbuf) = the padded input rows of output row oh of image xi (zeros outside) */
+static void FN(c1_rows)(const fnn_conv_shape *s, const REAL *xi, ptrdiff_t oh, REAL *rows,
+                        ptrdiff_t Wbuf)
+{
+    for (ptrdiff_t i = 0; i < s->KH * Wbuf; i++)
+        rows[i] = 0;
+    for (ptrdiff_t kh = 0; kh < s->KH; kh++) {
+        ptrdiff_t ih = oh * s->sh - s->pt + kh;
+        if (ih >= 0 && ih < s->H)
+            for (ptrdiff_t iw = 0; iw < s->W; iw++)
+                rows[kh * Wbuf + s->pl + iw] = xi[ih * s->W + iw];
+    }
+}
+
+static void FN(c1_row_scalar)(const fnn_conv_shape *s, const REAL *rows, ptrdiff_t Wbuf,
+                              const REAL *w, const REAL *bias, int relu, REAL *yr)
+{
+    const ptrdiff_t Cout = s->Cout;
+    for (ptrdiff_t ow = 0; ow < s->OW; ow++)
+        for (ptrdiff_t co = 0; co < Cout; co++) {
+            REAL acc = bias ? bias[co] : 0;
+            for (ptrdiff_t kh = 0; kh < s->KH; kh++)
+                for (ptrdiff_t kw = 0; kw < s->KW; kw++)
+                    acc += rows[kh * Wbuf + ow + kw] * w[(kh * s->KW + kw) * Cout + co];
+            yr[ow * Cout + co] = relu && acc < 0 ? 0 : acc;      /* NaN stays NaN */
+        }
+}
+
+#if FNN_X86
+FNN_TARGET_AVX2 static void FN(c1_row_avx2)(const fnn_conv_shape *s, const REAL *rows,
+                                            ptrdiff_t Wbuf, const REAL *w, const REAL *bias,
+                                            int relu, REAL *yr)
+{
+    const ptrdiff_t Cout = s->Cout, KH = s->KH, KW = s->KW;
+    REAL tmp[4][VW];
+    for (ptrdiff_t ow0 = 0; ow0 < s->OW; ow0 += VW) {
+        const ptrdiff_t nv = s->OW - ow0 < VW ? s->OW - ow0 : VW;
+        for (ptrdiff_t c0 = 0; c0 < Cout; c0 += 4) {
+            const ptrdiff_t nc = Cout - c0 < 4 ? Cout - c0 : 4;
+            VTYPE acc[4];
+            for (ptrdiff_t j = 0; j < 4; j++)
+                acc[j] = VSET1(bias && j < nc ? bias[c0 + j] : 0);
+            for (ptrdiff_t kh = 0; kh < KH; kh++)
+                for (ptrdiff_t kw = 0; kw < KW; kw++) {
+                    const VTYPE xv = VLOADU(rows + kh * Wbuf + ow0 + kw);
+                    const REAL *wt = w + (kh * KW + kw) * Cout + c0;
+                    for (ptrdiff_t j = 0; j < nc; j++)     /* nc == 4 but at the end */
+                        acc[j] = VFMA(xv, VSET1(wt[j]), acc[j]);
+                }
+            for (ptrdiff_t j = 0; j < nc; j++) {
+                /* max(acc, 0) with the 0 first: a NaN stays NaN, as the GEMM's ReLU */
+                VSTOREU(tmp[j], relu ? VMAX(VZERO(), acc[j]) : acc[j]);
+                for (ptrdiff_t i = 0; i < nv; i++)
+                    yr[(ow0 + i) * Cout + c0 + j] = tmp[j][i];
+            }
+        }
+    }
+}
+#endif
+
+#define C1_BUF 4096     /* elements of the padded rows kept on the stack */
+
+static int FN(c1_fits)(const fnn_conv_shape *s)
+{
+    return s->Cin == 1 && s->sw == 1 && s->Cout <= C1_MAX_COUT
+           && s->KH * (s->W + s->pl + s->pr + VW) <= C1_BUF;
+}
+
+static void FN(c1_forward)(const fnn_conv_shape *s, const REAL *x, const REAL *w,
+                           const REAL *bias, int relu, REAL *y, int nthreads)
+{
+    void (*row)(const fnn_conv_shape *, const REAL *, ptrdiff_t, const REAL *, const REAL *,
+                int, REAL *) = PICK(c1_row);
+    const ptrdiff_t Wbuf = s->W + s->pl + s->pr + VW, items = s->N * s->OH;
+    const ptrdiff_t rowsz = s->OW * s->Cout;
+    const int par = nthreads > 1 && items > 1;
+    (void)par;
+    _Pragma("omp parallel num_threads(nthreads) if (par)")
+    {
+        REAL rows[C1_BUF];
+        _Pragma("omp for schedule(static)")
+        for (ptrdiff_t it = 0; it < items; it++) {
+            ptrdiff_t n = it / s->OH, oh = it % s->OH;
+            FN(c1_rows)(s, x + n * s->H * s->W, oh, rows, Wbuf);
+            row(s, rows, Wbuf, w, bias, relu, y + it * rowsz);
+        }
+    }
+}
+
 void FN(fnn_conv2d_forward)(const fnn_conv_shape *s, const REAL *x, const REAL *w,
                             const REAL *bias, int relu, REAL *y, REAL *ws, int nthreads)
 {
+    if (FN(c1_fits)(s)) {
+        FN(c1_forward)(s, x, w, bias, relu, y, nthreads < 1 ? 1 : nthreads);
+        return;
+    }
     /* x (N, H, W, Cin), w (K = KH*KW*Cin, Cout), y (N*OH*OW, Cout) */
     void (*im2col)(const fnn_conv_shape *, const REAL *, REAL *) = PICK(im2col);
     const ptrdiff_t P = s->OH * s->OW, K = s->KH * s->KW * s->Cin, HWC = s->H * s->W * s->Cin;
