@@ -365,6 +365,138 @@ static void FN(dbias_block)(const REAL *d, ptrdiff_t r0, ptrdiff_t r1, ptrdiff_t
             part[c] += (double)d[r * C + c];
 }
 
+/* dw (+)= the nblk partials of wpart added in block order; dbias likewise from dbpart */
+static void FN(add_partials)(const REAL *wpart, const double *dbpart, ptrdiff_t nblk,
+                             ptrdiff_t KC, ptrdiff_t Cout, REAL *dw, REAL *dbias, int acc,
+                             int nthreads)
+{
+    (void)nthreads;
+    _Pragma("omp parallel for num_threads(nthreads) schedule(static) if (nthreads > 1 && KC * nblk >= 65536)")
+    for (ptrdiff_t e = 0; e < KC; e++) {
+        REAL t = wpart[e];
+        for (ptrdiff_t b = 1; b < nblk; b++)
+            t += wpart[b * KC + e];
+        dw[e] = acc ? dw[e] + t : t;
+    }
+    if (dbias)
+        for (ptrdiff_t c = 0; c < Cout; c++) {
+            double t = dbpart[c];
+            for (ptrdiff_t b = 1; b < nblk; b++)
+                t += dbpart[b * Cout + c];
+            dbias[c] = (REAL)(acc ? (double)dbias[c] + t : t);
+        }
+}
+
+/* The weight gradient of a one-channel layer (the forward's direct case):
+ *   dw[kh, kw, co] = sum over (n, oh, ow) of row_kh[ow + kw] * dy[n, oh, ow, co]
+ * Output rows (n, oh) are cut into fixed blocks (as the GEMM path's rows);
+ * within a block each (tap, co) is summed over pixels in VW lanes, lanes
+ * added in order at the block's end into its partial (deterministic). */
+
+/* dyT (Cout, OWp) = dy's row (OW, Cout) transposed, zero beyond OW */
+static void FN(c1_dyT)(const REAL *dyr, ptrdiff_t OW, ptrdiff_t OWp, ptrdiff_t Cout, REAL *dyT)
+{
+    for (ptrdiff_t co = 0; co < Cout; co++) {
+        for (ptrdiff_t ow = 0; ow < OW; ow++)
+            dyT[co * OWp + ow] = dyr[ow * Cout + co];
+        for (ptrdiff_t ow = OW; ow < OWp; ow++)
+            dyT[co * OWp + ow] = 0;
+    }
+}
+
+static void FN(c1_dw_block_scalar)(const fnn_conv_shape *s, const REAL *x, const REAL *dy,
+                                   ptrdiff_t it0, ptrdiff_t it1, REAL *rows, REAL *dyT,
+                                   REAL *accv, REAL *part)
+{
+    const ptrdiff_t Cout = s->Cout, KH = s->KH, KW = s->KW, OW = s->OW;
+    const ptrdiff_t Wbuf = s->W + s->pl + s->pr + VW, OWp = (OW + VW - 1) / VW * VW;
+    (void)accv;
+    for (ptrdiff_t e = 0; e < KH * KW * Cout; e++)
+        part[e] = 0;
+    for (ptrdiff_t it = it0; it < it1; it++) {
+        FN(c1_rows)(s, x + (it / s->OH) * s->H * s->W, it % s->OH, rows, Wbuf);
+        FN(c1_dyT)(dy + it * OW * Cout, OW, OWp, Cout, dyT);
+        for (ptrdiff_t kh = 0; kh < KH; kh++)
+            for (ptrdiff_t kw = 0; kw < KW; kw++)
+                for (ptrdiff_t co = 0; co < Cout; co++) {
+                    const REAL *r = rows + kh * Wbuf + kw, *g = dyT + co * OWp;
+                    REAL a = part[(kh * KW + kw) * Cout + co];
+                    for (ptrdiff_t ow = 0; ow < OW; ow++)
+                        a += r[ow] * g[ow];
+                    part[(kh * KW + kw) * Cout + co] = a;
+                }
+    }
+}
+
+#if FNN_X86
+FNN_TARGET_AVX2 static void FN(c1_dw_block_avx2)(const fnn_conv_shape *s, const REAL *x,
+                                                 const REAL *dy, ptrdiff_t it0, ptrdiff_t it1,
+                                                 REAL *rows, REAL *dyT, REAL *accv, REAL *part)
+{
+    const ptrdiff_t Cout = s->Cout, KH = s->KH, KW = s->KW, OW = s->OW, KC = KH * KW * Cout;
+    const ptrdiff_t Wbuf = s->W + s->pl + s->pr + VW, OWp = (OW + VW - 1) / VW * VW;
+    for (ptrdiff_t e = 0; e < KC * VW; e++)
+        accv[e] = 0;
+    for (ptrdiff_t it = it0; it < it1; it++) {
+        FN(c1_rows)(s, x + (it / s->OH) * s->H * s->W, it % s->OH, rows, Wbuf);
+        FN(c1_dyT)(dy + it * OW * Cout, OW, OWp, Cout, dyT);
+        for (ptrdiff_t kh = 0; kh < KH; kh++)
+            for (ptrdiff_t kw = 0; kw < KW; kw++)
+                for (ptrdiff_t co = 0; co < Cout; co++) {
+                    const REAL *r = rows + kh * Wbuf + kw, *g = dyT + co * OWp;
+                    REAL *av = accv + ((kh * KW + kw) * Cout + co) * VW;
+                    VTYPE a = VLOADU(av);
+                    for (ptrdiff_t ow = 0; ow < OWp; ow += VW)
+                        a = VFMA(VLOADU(r + ow), VLOADU(g + ow), a);
+                    VSTOREU(av, a);
+                }
+    }
+    for (ptrdiff_t e = 0; e < KC; e++) {
+        REAL t = accv[e * VW];
+        for (ptrdiff_t l = 1; l < VW; l++)
+            t += accv[e * VW + l];
+        part[e] = t;
+    }
+}
+#endif
+
+static int FN(c1_dw_fits)(const fnn_conv_shape *s)
+{
+    const ptrdiff_t OWp = (s->OW + VW - 1) / VW * VW;
+    return FN(c1_fits)(s) && s->KH * s->KW * s->Cout * VW <= C1_BUF && OWp * s->Cout <= C1_BUF;
+}
+
+static void FN(c1_backward_weights)(const fnn_conv_shape *s, const REAL *x, const REAL *dy,
+                                    REAL *dw, REAL *dbias, int acc, REAL *ws, int nthreads)
+{
+    void (*blk)(const fnn_conv_shape *, const REAL *, const REAL *, ptrdiff_t, ptrdiff_t,
+                REAL *, REAL *, REAL *, REAL *) = PICK(c1_dw_block);
+    const ptrdiff_t Cout = s->Cout, KC = s->KH * s->KW * Cout, items = s->N * s->OH;
+    double *dbpart = (double *)(void *)ws;
+    REAL *wpart = ws + 2 * s->max_blocks * Cout;
+    ptrdiff_t nblk = (items * s->OW + s->row_block - 1) / s->row_block;
+    if (nblk > s->max_blocks)
+        nblk = s->max_blocks;
+    if (nblk < 1)
+        nblk = 1;
+    const ptrdiff_t ib = (items + nblk - 1) / nblk;
+    nblk = (items + ib - 1) / ib;
+    const int par = nthreads > 1 && nblk > 1;
+    (void)par;
+    _Pragma("omp parallel num_threads(nthreads) if (par)")
+    {
+        REAL rows[C1_BUF], dyT[C1_BUF], accv[C1_BUF];
+        _Pragma("omp for schedule(dynamic, 1)")
+        for (ptrdiff_t b = 0; b < nblk; b++) {
+            const ptrdiff_t it0 = b * ib, it1 = it0 + ib < items ? it0 + ib : items;
+            blk(s, x, dy, it0, it1, rows, dyT, accv, wpart + b * KC);
+            if (dbias)
+                FN(dbias_block)(dy, it0 * s->OW, it1 * s->OW, Cout, dbpart + b * Cout);
+        }
+    }
+    FN(add_partials)(wpart, dbpart, nblk, KC, Cout, dw, dbias, acc, nthreads);
+}
+
 void FN(fnn_conv2d_backward_weights)(const fnn_conv_shape *s, const REAL *x, const REAL *dy,
                                      REAL *dw, REAL *dbias, int accumulate, REAL *ws,
                                      int nthreads)
@@ -379,6 +511,10 @@ void FN(fnn_conv2d_backward_weights)(const fnn_conv_shape *s, const REAL *x, con
     REAL *cols = FN(cols_of)(s, ws);
     if (nthreads < 1)
         nthreads = 1;
+    if (FN(c1_dw_fits)(s)) {
+        FN(c1_backward_weights)(s, x, dy, dw, dbias, accumulate, ws, nthreads);
+        return;
+    }
     for (ptrdiff_t n0 = 0; n0 < s->N; n0 += s->chunk) {
         const ptrdiff_t nb = s->N - n0 < s->chunk ? s->N - n0 : s->chunk, rows = nb * P;
         const int acc = accumulate || n0 > 0;
@@ -417,21 +553,7 @@ void FN(fnn_conv2d_backward_weights)(const fnn_conv_shape *s, const REAL *x, con
             if (dbias)
                 FN(dbias_block)(D, r0, r1, Cout, dbpart + b * Cout);
         }
-        /* the partials, added in block order */
-        _Pragma("omp parallel for num_threads(nthreads) schedule(static) if (nthreads > 1 && KC * nblk >= 65536)")
-        for (ptrdiff_t e = 0; e < KC; e++) {
-            REAL t = wpart[e];
-            for (ptrdiff_t b = 1; b < nblk; b++)
-                t += wpart[b * KC + e];
-            dw[e] = acc ? dw[e] + t : t;
-        }
-        if (dbias)
-            for (ptrdiff_t c = 0; c < Cout; c++) {
-                double t = dbpart[c];
-                for (ptrdiff_t b = 1; b < nblk; b++)
-                    t += dbpart[b * Cout + c];
-                dbias[c] = (REAL)(acc ? (double)dbias[c] + t : t);
-            }
+        FN(add_partials)(wpart, dbpart, nblk, KC, Cout, dw, dbias, acc, nthreads);
     }
 }
 
