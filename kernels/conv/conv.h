@@ -6,7 +6,11 @@
  *   backward weights dW (+)= im2col(x)^T @ dy, dbias (+)= column sums of dy
  *
  * A 1x1 kernel with stride 1 and no padding needs no columns: x itself is
- * the (M, Cin) matrix.
+ * the (M, Cin) matrix.  One input channel with stride 1 along W and at most
+ * 8 output channels (the first layer of an MNIST model) runs a direct
+ * forward and weight gradient instead (8 output pixels per AVX2 vector, read
+ * from zero-padded input rows): there im2col copies runs of KW elements and
+ * the GEMM would be narrow with a tiny K.
  *
  * Work decomposition (a function of the shapes only, never of nthreads, so
  * the bits are the same for every thread count):
