@@ -2,6 +2,17 @@
  * packed GEMM with a register-blocked AVX2+FMA microkernel, a plain C
  * fallback microkernel, a fused epilogue and an OpenMP split over C.
  *
+ * Which engine runs (SIMD level from cpu.h; `fastnn info` prints it per shape):
+ *
+ *   fnn_sgemm       scalar: gemm_tmpl.h, plain C tile
+ *                   avx2:   gemm_tmpl.h, 6 x 16 AVX2 tile (or the dot-product path)
+ *                   avx512: gemm_x512.h, 12 x 32 AVX-512 tile -- except narrow
+ *                           outputs, and on Zen 4 everywhere (x_fp32_wanted: measured)
+ *   fnn_sgemm_bf16  avx512_bf16: gemm_x512.h, bf16-pair panels, vdpbf16ps
+ *                   avx512: gemm_x512.h fp32 tile on panels rounded to bf16
+ *                   avx2 / scalar: gemm_tmpl.h on panels rounded to bf16
+ *   fnn_dgemm       gemm_tmpl.h at every level (6 x 8 AVX2 tile, or scalar)
+ *
  *   float : 6 x 16 tile (12 ymm accumulators), MC <= 144, KC <= 320, NC 4080
  *   double: 6 x  8 tile (12 ymm accumulators), MC <=  72, KC <= 320, NC 4080
  *
