@@ -57,7 +57,7 @@ class Callback:
     """Base class: every hook does nothing."""
 
     step_freq: Optional[int] = None  # None: no per-step calls; n: on_batch_end every n steps
-    # Data-parallel runs (fit(distributed=...)): True for a callback that writes files or
+    # Data-parallel runs (fit_distributed): True for a callback that writes files or
     # prints (checkpoints, logs), which runs on rank 0 alone; False (the default) for one
     # that runs on every rank, e.g. EarlyStopping: the ranks see the same reduced logs and
     # must all take the same decision.  A rank-0-only callback must not stop training.

@@ -463,11 +463,14 @@ def _cmd_train(args):
                   flush=True)
     t_fit = time.time()
     try:
-        hist = training.fit(model, x_train, y_train, epochs=preset.epochs,
-                            batch_size=preset.batch_size, loss=loss, optimizer=optimizer,
-                            validation_data=(x_test, y_test), shuffle=True, seed=seed,
-                            callbacks=callbacks, verbose=0 if args.json else 1,
-                            schedule=schedule, resume=resume_extra, distributed=comm)
+        fit_kw = dict(epochs=preset.epochs, batch_size=preset.batch_size, loss=loss,
+                      optimizer=optimizer, validation_data=(x_test, y_test), shuffle=True,
+                      seed=seed, callbacks=callbacks, verbose=0 if args.json else 1,
+                      schedule=schedule, resume=resume_extra)
+        if comm is None:
+            hist = training.fit(model, x_train, y_train, **fit_kw)
+        else:
+            hist = training.fit_distributed(model, x_train, y_train, comm=comm, **fit_kw)
     except DistributedError as exc:
         raise _Fail(str(exc), code=1) from None
     except KeyboardInterrupt:

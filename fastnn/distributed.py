@@ -10,6 +10,11 @@ gradients are summed by an allreduce before every (identical) update::
     g   = allreduce_sum(g_r) = mean_{i in idx} dL_i/dtheta    (the full batch's, any split)
     theta <- optimizer(theta, g)                       (the same on every rank)
 
+Entry points: ``mpirun -n N fastnn train --preset mlp`` (data-parallel when
+started by a launcher, or with ``--distributed``), and from Python
+``fastnn.training.fit_distributed(model, x, y, ...)`` (``fit``'s arguments)
+in a script started by ``mpirun -n N python train.py``.
+
 This module is the communicator: rank and size from the launcher's
 environment, an in-place bucketed allreduce of one flat float buffer,
 broadcasts, and the checks that keep ranks identical (a start-up check of

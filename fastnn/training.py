@@ -66,7 +66,8 @@ if TYPE_CHECKING:
 # ``model`` is duck-typed throughout (a Sequential, or any object with __call__,
 # backward, parameters, zero_grad, train and eval), so it is typed Any.
 
-__all__ = ["History", "fit", "evaluate", "predict", "TrainState", "EVAL_BATCH"]
+__all__ = ["History", "fit", "fit_distributed", "evaluate", "predict", "TrainState",
+           "EVAL_BATCH"]
 
 #: forward-only batch size of evaluate/predict: big enough to amortise per-call costs
 EVAL_BATCH = 1000
@@ -389,7 +390,7 @@ class _FusedEngine:
 
 
 class _DistributedEngine:
-    """Data-parallel steps (``fit(distributed=...)``, see ``fastnn.distributed``): each
+    """Data-parallel steps (``fit_distributed``, see ``fastnn.distributed``): each
     rank computes the gradient of the SUM of the loss over its slice of the global
     batch divided by the global batch's size, the ranks sum ``model.flat_grads`` (one
     allreduce), and every rank applies the same ``optimizer.step()``.  The gradient
@@ -649,7 +650,7 @@ def fit(model: Any, x: npt.NDArray[Any], y: npt.NDArray[np.integer], *, epochs: 
         shuffle: bool = True, seed: Optional[int] = None, callbacks: Iterable[Callback] = (),
         verbose: int = 1, schedule: Optional[_Schedule] = None, initial_epoch: int = 0,
         resume: Optional[Mapping[str, Any]] = None, fused: Optional[bool] = None,
-        distributed: Union[bool, Communicator, None] = None) -> History:
+        _distributed: Optional[Communicator] = None) -> History:
     """Train ``model`` on (x, y); returns a :class:`History`.
 
     Arguments follow Keras: ``epochs`` is the index of the last epoch to run
@@ -666,19 +667,7 @@ def fit(model: Any, x: npt.NDArray[Any], y: npt.NDArray[np.integer], *, epochs: 
     ``["why_not_fused"]`` (``fastnn.fusion.check`` decides); ``verbose=2``
     prints it first.
 
-    ``distributed``: True (``MPI.COMM_WORLD``) or a
-    :class:`fastnn.distributed.Communicator` trains data-parallel, launched
-    as ``mpirun -n N python ...``: ``batch_size`` is the GLOBAL batch, every
-    rank takes a disjoint slice of each batch of the shared permutation, the
-    gradients are summed by an allreduce and every rank applies the same
-    update, so N ranks give the weights of one process with the same batch
-    (to float summation order).  The ranks must agree on fastnn's version, the
-    architecture, the optimizer and the seed (else ``DistributedError`` naming
-    the ranks); rank 0's weights are broadcast first, and the weights and
-    optimizer state are compared (by hash) after every epoch.  Evaluation is
-    sharded and reduced; only rank 0 prints and runs the callbacks whose
-    ``rank0_only`` is True (checkpoints, logs), so a checkpoint does not
-    depend on the number of ranks.
+    Data-parallel training over MPI ranks: :func:`fit_distributed`, same arguments.
 
     Raises ValueError before any step when x (or the validation x) holds NaN
     or inf, naming the first such row.
@@ -724,9 +713,8 @@ def fit(model: Any, x: npt.NDArray[Any], y: npt.NDArray[np.integer], *, epochs: 
     if validation_data is not None:
         check_finite_rows(xv, "validation x")
 
-    comm: Optional[Communicator] = None
-    if distributed is not None and distributed is not False:
-        comm = get_world() if distributed is True else distributed
+    comm = _distributed
+    if comm is not None:
         seed = _distributed_start(comm, model, optimizer, seed, batch_size, n, {
             "epochs": epochs, "shuffle": bool(shuffle), "initial epoch": initial_epoch,
             "resumed at": None if resume is None else resume.get("global_step"),
@@ -861,6 +849,31 @@ def fit(model: Any, x: npt.NDArray[Any], y: npt.NDArray[np.integer], *, epochs: 
     for cb in callbacks:
         cb.on_train_end({})
     return history
+
+
+def fit_distributed(model: Any, x: npt.NDArray[Any], y: npt.NDArray[np.integer], *,
+                    comm: Optional[Communicator] = None, **kwargs: Any) -> History:
+    """:func:`fit` data-parallel over MPI ranks (``mpirun -n N python train.py``); ``comm``
+    a :class:`fastnn.distributed.Communicator`, by default over ``MPI.COMM_WORLD``;
+    every other argument is ``fit``'s, the same on every rank.
+
+    ``batch_size`` is the GLOBAL batch B: every rank takes a disjoint slice of
+    each batch of the permutation shared by the seed, computes the gradient of
+    the sum of the loss over its slice divided by B, the ranks sum
+    ``model.flat_grads`` (one allreduce) and every rank applies the same
+    ``optimizer.step()``.  So N ranks give the weights of one process with batch
+    B, to float summation order (the tests allow 2e-5 after an epoch).  The
+    gradient comes from the fused trainer's gradient-only step when it covers
+    the model, else from the layer-by-layer path.
+
+    The ranks must agree on fastnn's version, the architecture, the optimizer,
+    the seed and the run's settings, else ``DistributedError`` names the ranks
+    that differ; rank 0's weights and optimizer state are broadcast first, and
+    their hash is compared after every epoch.  Evaluation is sharded and
+    reduced.  Rank 0 alone prints and runs the callbacks whose ``rank0_only``
+    is True (checkpoints, TensorBoard, CSV): a checkpoint does not depend on
+    the number of ranks, and resumes on any number (``resume=``)."""
+    return fit(model, x, y, _distributed=comm if comm is not None else get_world(), **kwargs)
 
 
 # ---------------------------------------------------------------- evaluate / predict

@@ -1,4 +1,4 @@
-"""Data-parallel training on MPI (fastnn.distributed, fit(distributed=...), issue 13).
+"""Data-parallel training on MPI (fastnn.distributed, training.fit_distributed, issue 13).
 
 The multi-rank tests launch ``mpirun -n N`` on a worker script (written to a
 temporary directory) from pytest, with ``--allow-run-as-root --oversubscribe``
@@ -52,7 +52,7 @@ from fastnn.distributed import DistributedError, get_world
 from fastnn.losses import SoftmaxCrossEntropy
 from fastnn.models import MLP
 from fastnn.optim import SGD, Adam, optimizer_from_state
-from fastnn.training import fit
+from fastnn.training import fit_distributed
 
 cfg = json.loads(sys.argv[1])
 (x, y), (xt, yt) = mnist.load_data(cfg["mnist"])
@@ -87,10 +87,10 @@ for engine in cfg["engines"]:
         cbs.append(Kill())
     seed = cfg["seed"] + (rank if cfg.get("seed_differs") else 0)
     try:
-        h = fit(model, x, y, epochs=cfg["epochs"], batch_size=cfg["batch"],
-                loss=SoftmaxCrossEntropy(), optimizer=opt, seed=seed, verbose=0,
-                validation_data=(xt, yt), fused=(engine == "fused"), callbacks=cbs,
-                resume=resume, distributed=True)
+        h = fit_distributed(model, x, y, epochs=cfg["epochs"], batch_size=cfg["batch"],
+                            loss=SoftmaxCrossEntropy(), optimizer=opt, seed=seed, verbose=0,
+                            validation_data=(xt, yt), fused=(engine == "fused"),
+                            callbacks=cbs, resume=resume)
     except DistributedError as e:
         print(f"rank {rank}: DistributedError: {e}", flush=True)
         sys.exit(3)
