@@ -283,3 +283,24 @@ def test_stuck_rank_hits_the_collective_deadline(tmp_path):
     out = res.stdout + res.stderr
     assert "rank 0 of 2" in out and "did not complete within 3 s" in out, out
     assert took < 30
+
+
+def test_cli_under_mpirun_says_ranks_threads_and_batches_first(tmp_path):
+    """`mpirun -n 2 fastnn train` trains data-parallel without a flag; rank 0 alone prints."""
+    mpirun = _mpirun()
+    assert mpirun is not None, "mpirun not found: pip install -e \".[test]\""
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    for k in ("FASTNN_NUM_THREADS", "OMP_NUM_THREADS"):
+        env.pop(k, None)
+    res = subprocess.run([mpirun, "--allow-run-as-root", "--oversubscribe", "-n", "2",
+                          sys.executable, "-m", "fastnn.cli", "train", "--preset", "softmax",
+                          "--subset", "600", "--epochs", "1", "--data", MNIST,
+                          "--save", str(tmp_path / "ck.npz")],
+                         capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
+    _check_ran(res)
+    lines = res.stdout.splitlines()
+    # 2 ranks unbound on this machine's CPUs share them: cpus // 2 threads each
+    assert lines[0].startswith("fastnn train: distributed: 2 ranks x "), lines
+    assert lines[0].endswith("threads, global batch 100, per-rank batch 50"), lines
+    assert sum(line.startswith("Epoch 1/1") for line in lines) == 1      # rank 0 only
+    assert (tmp_path / "ck.npz").exists()
