@@ -20,6 +20,7 @@ aborts the job with a message naming the rank that gave up waiting.
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import sysconfig
@@ -304,3 +305,34 @@ def test_cli_under_mpirun_says_ranks_threads_and_batches_first(tmp_path):
     assert lines[0].endswith("threads, global batch 100, per-rank batch 50"), lines
     assert sum(line.startswith("Epoch 1/1") for line in lines) == 1      # rank 0 only
     assert (tmp_path / "ck.npz").exists()
+
+
+def test_ctrl_c_on_mpirun_stops_every_rank_and_leaves_a_loadable_checkpoint(tmp_path):
+    """SIGINT to mpirun (Ctrl-C) ends every rank promptly; the checkpoint on disk (written
+    atomically by rank 0) loads."""
+    mpirun = _mpirun()
+    assert mpirun is not None, "mpirun not found: pip install -e \".[test]\""
+    (tmp_path / "worker.py").write_text(WORKER)
+    ckpt = tmp_path / "ck.npz"
+    cfg = {"mnist": MNIST, "n": N_TRAIN, "batch": BATCH, "epochs": 1000, "seed": 1,
+           "out": str(tmp_path), "engines": ["fused"], "kill_rank": None, "ckpt": str(ckpt)}
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               FASTNN_NUM_THREADS="1")
+    proc = subprocess.Popen([mpirun, "--allow-run-as-root", "--oversubscribe", "-n", "2",
+                             sys.executable, str(tmp_path / "worker.py"), json.dumps(cfg)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    try:
+        deadline = time.monotonic() + 60
+        while not ckpt.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert ckpt.exists() and proc.poll() is None, "no checkpoint while training"
+        proc.send_signal(signal.SIGINT)
+        t0 = time.monotonic()
+        proc.wait(timeout=30)
+        assert time.monotonic() - t0 < 30 and proc.returncode != 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
+    from fastnn import serialize
+    assert serialize.load(str(ckpt), with_optimizer=True).extra["epoch"] >= 1
