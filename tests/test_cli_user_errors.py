@@ -118,12 +118,16 @@ def test_help_documents_thread_precedence(capsys):
 
 @pytest.mark.parametrize("var", ["OMP_NUM_THREADS", "FASTNN_NUM_THREADS"])
 def test_bad_thread_variable_is_one_line(var, monkeypatch, capsys):
+    # back to the default before the variable goes bad: once fastnn limits BLAS (any run
+    # that used the BLAS matmul variant earlier in this process), set_num_threads re-reads
+    # the count at once, and would raise here instead of in `fastnn info`
+    _threads.set_num_threads(None)
     monkeypatch.delenv("FASTNN_NUM_THREADS", raising=False)
     monkeypatch.setenv(var, "lots")
-    _threads.set_num_threads(None)
     code, out, err = run_main(["info"], capsys)
     assert code == 1
     assert one_message_line(err) == f"fastnn: {var} must be a positive integer, got 'lots'"
+    monkeypatch.undo()          # a good variable again before _restore_threads re-syncs
 
 
 def test_threads_above_cpus_warn_once_on_one_line(monkeypatch, capsys):

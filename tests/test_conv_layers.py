@@ -557,22 +557,7 @@ def _lenet5(ref, dtype):
     return model
 
 
-def _conv_runs_avx512():
-    from fastnn._ext import conv_c
-    return conv_c.simd_level() >= 2
-
-
-# Found while writing these tests: at SIMD level >= 2 (AVX-512) the float32 conv2d_forward
-# of the c variant is wrong when Cout % 32 == 16 (lenet5's second conv, Cout 16: logits off
-# by 5e-4); FASTNN_SIMD=avx2 gives torch's numbers.  Strict: this fails once it is fixed,
-# so the marker goes then.
-AVX512_CONV_BUG = pytest.mark.xfail(
-    condition=_conv_runs_avx512(), strict=True,
-    reason="conv c variant, float32, AVX-512 level, Cout % 32 == 16: wrong output (issue 11)")
-
-
-@pytest.mark.parametrize("dtype", [np.float64,
-                                   pytest.param(np.float32, marks=AVX512_CONV_BUG)])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_lenet5_gradients_match_torch(torch_ref, dtype):
     from fastnn.losses import SoftmaxCrossEntropy
     tol = dict(rtol=1e-9, atol=1e-12) if dtype == np.float64 else dict(rtol=2e-3, atol=2e-5)
