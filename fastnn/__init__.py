@@ -14,6 +14,7 @@ Where the code for a public name lives:
     models (Perceptron, MLP)   fastnn/models.py
     datasets                   fastnn/datasets/
     save, load                 fastnn/serialize.py
+    export_onnx                fastnn/onnx_export.py (needs the onnx extra)
     callbacks                  fastnn/callbacks.py
     threads                    fastnn/_threads.py
     show_config                fastnn/_config.py
@@ -37,6 +38,7 @@ if TYPE_CHECKING:       # what type checkers see of the lazy names below (not im
     from ._config import show_config  # noqa: F401
     from .ops import (accuracy, argmax, log_softmax, one_hot, softmax,  # noqa: F401
                       softmax_cross_entropy_with_logits, sparse_softmax_cross_entropy_with_logits)
+    from .onnx_export import export_onnx  # noqa: F401
     from .parameter import Parameter  # noqa: F401
     from .sequential import Sequential  # noqa: F401
     from .serialize import load, save  # noqa: F401
@@ -54,6 +56,7 @@ _LAZY_ATTRS = {
     "Parameter": "fastnn.parameter",
     "save": "fastnn.serialize",
     "load": "fastnn.serialize",
+    "export_onnx": "fastnn.onnx_export",
 }
 _LAZY_MODULES = ("kernels", "ops", "layers", "losses", "optim", "models", "sequential",
                  "parameter", "fusion", "model", "datasets", "callbacks", "serialize",

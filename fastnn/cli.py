@@ -7,6 +7,7 @@
     fastnn bench kernels [--threads N] [--json]
     fastnn bench train --preset mlp --epochs 3 --threads 2 --json
     fastnn plot LOGDIR -o curves.png
+    fastnn export MODEL.npz MODEL.onnx [--softmax] [--batch N]
 
 Exit codes: 0 success, 1 an error the message explains (data missing,
 training diverged, unreadable model file, matplotlib missing), 2 a bad
@@ -249,6 +250,18 @@ def build_parser():
     bt.add_argument("--engine", choices=("auto", "fused", "general"), default="auto",
                     help="training path (default: the fused native loop when it applies)")
     bt.add_argument("--json", action="store_true", help="one JSON line")
+
+    ex = sub.add_parser("export", help="write a saved model as an ONNX graph "
+                                       "(pip install \"fastnn[onnx]\")",
+                        description="Write a saved model as an ONNX graph (opset 17) that "
+                        "onnxruntime runs. Input: (N, 784) pixels / 255 for an MLP, NHWC "
+                        "images (N, 28, 28, C) for a convnet; output: the logits (N, 10).")
+    ex.add_argument("model", help="model or checkpoint file (.npz)")
+    ex.add_argument("output", help="ONNX file to write (.onnx)")
+    ex.add_argument("--softmax", action="store_true",
+                    help="end with a Softmax node: probabilities instead of logits")
+    ex.add_argument("--batch", metavar="N", type=_positive_int, default=None,
+                    help="fix the batch size (default: a dynamic batch dimension)")
 
     pl = sub.add_parser("plot", help="loss/accuracy curves from a --logdir or a CSV log")
     pl.add_argument("logdir", help="a `fastnn train --logdir` directory, a TensorBoard log "
@@ -704,6 +717,23 @@ def _cmd_plot(args):
     return 0
 
 
+def _cmd_export(args):
+    model, _, _ = _load_checkpoint(args.model)
+    try:
+        from .onnx_export import OPSET, export_onnx
+    except ImportError as exc:
+        raise _Fail(f"export needs the onnx package ({exc}): pip install \"fastnn[onnx]\"",
+                    code=1) from None
+    try:
+        export_onnx(model, args.output, batch=args.batch, softmax=args.softmax)
+    except ValueError as exc:
+        raise _Fail(f"cannot export {args.model}: {exc}", code=1) from None
+    print(f"wrote {args.output} (ONNX opset {OPSET}, batch "
+          f"{args.batch if args.batch is not None else 'dynamic'}, "
+          f"{'probabilities' if args.softmax else 'logits'})")
+    return 0
+
+
 def _one_line_warning(message, category, filename, lineno, file=None, line=None):
     """warnings.showwarning for the command line: one line, no source excerpt."""
     text = " ".join(str(message).split()).removeprefix("fastnn: ")
@@ -728,8 +758,8 @@ def _silence_stdout():
 
 def _check_thread_env(args):
     """A bad $FASTNN_NUM_THREADS / $OMP_NUM_THREADS is a one-line error, up front."""
-    if args.command == "plot" or (getattr(args, "threads", None) is not None
-                                  and args.command != "info"):
+    if args.command in ("plot", "export") or (getattr(args, "threads", None) is not None
+                                              and args.command != "info"):
         return                          # no kernels run, or --threads overrides them
     from ._threads import default_threads_source
     try:
@@ -754,6 +784,8 @@ def _dispatch(args, parser):
         return _cmd_bench_train(args)
     if args.command == "plot":
         return _cmd_plot(args)
+    if args.command == "export":
+        return _cmd_export(args)
     parser.error(f"unknown command {args.command!r}")
 
 
