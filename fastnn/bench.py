@@ -117,11 +117,12 @@ def _simd_variant(name):
     return fn
 
 
-def _bf16_peak(nthreads, clock, iters=200_000):
-    """FLOP/s of vdpbf16ps on ``nthreads`` threads (best of 3), 0 without AVX512_BF16."""
+def _bf16_peak(nthreads, clock, iters=200_000, tries=5):
+    """FLOP/s of vdpbf16ps on ``nthreads`` threads (best of ``tries``), 0 without
+    AVX512_BF16.  Like the FMA peak, it is also probed in every round."""
     common = _registry.native_module("_common")
     best = 0.0
-    for _ in range(3):
+    for _ in range(tries):
         t0 = clock()
         flops = common.bf16_probe(iters, nthreads)
         best = max(best, flops / max(clock() - t0, 1e-9))
@@ -283,6 +284,9 @@ def bench_kernels(threads=None, as_json=False, repeat=9, variants=None, file=Non
                     # the peak, probed in every round: what slows these rounds slows it too
                     peaks[nt] = max(peaks[nt], _fma_probe(nt, probe_iters[nt], tclock)[0])
                     probes[nt] += 1
+                    if bf16_peaks:          # the same for the vdpbf16ps peak
+                        bf16_peaks[nt] = max(bf16_peaks[nt], _bf16_peak(
+                            nt, tclock, max(1000, probe_iters[nt] // 2), tries=1))
                     for name in active:
                         if nt > 1:
                             time.sleep(_OMP_QUIET_S)
