@@ -44,11 +44,30 @@ def _extra_sources(pyx):
     return extra
 
 
+class NoKernelSources(SystemExit):
+    """Raised when the kernel sources are missing: a build without them would make a
+    pure-Python fastnn that cannot train (issue 14: an sdist without the .pyx files)."""
+
+
+def _fail(message):
+    banner = "=" * 72
+    raise NoKernelSources(f"\n{banner}\nerror: {message}\n{banner}\n")
+
+
 def discover_extensions():
     only = {s for s in os.environ.get("FASTNN_ONLY", "").split(",") if s}
     common = sorted(glob.glob(os.path.join(KERNELS, "common", "*.c")))
     exts = []
-    for pyx in sorted(glob.glob(os.path.join(KERNELS, "*", "*.pyx"))):
+    all_pyx = sorted(glob.glob(os.path.join(KERNELS, "*", "*.pyx")))
+    if not all_pyx:
+        _fail(f"fastnn: no kernel sources: found no {KERNELS}/*/*.pyx under {os.getcwd()}.\n"
+              "fastnn cannot be built without its native kernels.  Build from a git\n"
+              "clone, or from an sdist that holds kernels/ (MANIFEST.in includes\n"
+              "kernels/**/*.pyx, .pxd, .pxi, .c, .h, .inc).")
+    if only and not only & {os.path.splitext(os.path.basename(p))[0] for p in all_pyx}:
+        _fail(f"fastnn: FASTNN_ONLY={os.environ['FASTNN_ONLY']} names no kernel module; "
+              f"known: {', '.join(os.path.splitext(os.path.basename(p))[0] for p in all_pyx)}")
+    for pyx in all_pyx:
         folder = os.path.dirname(pyx)
         name = os.path.splitext(os.path.basename(pyx))[0]
         if only and name not in only:
@@ -57,6 +76,9 @@ def discover_extensions():
         sources = [pyx] + list(dict.fromkeys(c_files + common + _extra_sources(pyx)))
         if folder == os.path.join(KERNELS, "common"):
             sources = [pyx] + common
+        missing = [src for src in sources if not os.path.exists(src)]
+        if missing:
+            _fail(f"fastnn: {pyx} needs {', '.join(missing)}, which is missing")
         exts.append(Extension(
             "fastnn._ext." + name,
             sources=sources,
