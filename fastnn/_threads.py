@@ -27,7 +27,8 @@ threads only share CPUs and slow every parallel kernel down.
 
 ``with threads(n):`` restores on exit every setting it changed: fastnn's
 count, numpy's BLAS pool (to what it was at entry, limited or not) and the
-calling thread's Numba count (when Numba's pool is up).
+calling thread's Numba count (when Numba's pool is up).  ``fit``, ``evaluate``
+and ``predict`` leave numpy's BLAS pool as they found it (``blas_restored``).
 
 Fork: GNU OpenMP (libgomp) cannot start a thread team in a child forked after
 the parent used one; the child would hang.  So in a child forked after fastnn
@@ -297,6 +298,28 @@ def threads(n):
             _generation += 1
             _restore_blas(*blas)
         _restore_numba(numba_count)
+
+
+@contextlib.contextmanager
+def blas_restored():
+    """Context manager: numpy's BLAS pool is left as the block found it.
+
+    fastnn limits BLAS to its own count lazily, before the first BLAS call it
+    makes (``sync_blas``); ``fit``, ``evaluate`` and ``predict`` run inside this
+    block, so a BLAS limit they applied is lifted when they return (issue 14: a
+    library must not leave numpy's thread settings changed).  The next BLAS
+    call fastnn makes applies the limit again (one threadpoolctl call)."""
+    global _blas_generation
+    with _lock:
+        blas = (_blas_limiter, _blas_count, _blas_generation == _generation)
+    try:
+        yield
+    finally:
+        with _lock:
+            if _blas_limiter is not blas[0]:
+                _restore_blas(*blas)
+                if not blas[2]:
+                    _blas_generation = -1     # stale again: re-limit before the next BLAS call
 
 
 def _numba_gnu_omp_started():

@@ -38,18 +38,19 @@ outputs (N, C).
 """
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 import sys
 import time
 import warnings
 from typing import (TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, Mapping, Optional,
-                    Sequence, Tuple, Union)
+                    Sequence, Tuple, TypeVar, Union, cast)
 
 import numpy as np
 import numpy.typing as npt
 
-from . import _fused, fusion
+from . import _fused, _threads, fusion
 from ._validation import check_finite_rows
 from ._validation import integer as _integer
 from .distributed import Communicator, get_world, split_rows, startup_items
@@ -644,6 +645,21 @@ def _chunk_steps(callbacks: Sequence[Callback], bar: _Bar, steps_per_epoch: int)
     return max(1, g)
 
 
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _leaves_blas_as_found(fn: _F) -> _F:
+    """Run ``fn`` inside ``_threads.blas_restored()``: when it returns (or raises),
+    numpy's BLAS thread pool is as the caller had it, even if fastnn's BLAS
+    kernels limited it while ``fn`` ran (issue 14)."""
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with _threads.blas_restored():
+            return fn(*args, **kwargs)
+    return cast(_F, wrapper)
+
+
+@_leaves_blas_as_found
 def fit(model: Any, x: npt.NDArray[Any], y: npt.NDArray[np.integer], *, epochs: int,
         batch_size: int, loss: Loss, optimizer: Optimizer,
         validation_data: Optional[Tuple[npt.NDArray[Any], npt.NDArray[np.integer]]] = None,
@@ -896,6 +912,7 @@ def _default_loss() -> Loss:
     return SoftmaxCrossEntropy()
 
 
+@_leaves_blas_as_found
 def evaluate(model: Any, x: npt.NDArray[Any], y: npt.NDArray[np.integer],
              loss: Optional[Loss] = None, batch_size: int = EVAL_BATCH,
              _checked: bool = False) -> Dict[str, float]:
@@ -925,6 +942,7 @@ def evaluate(model: Any, x: npt.NDArray[Any], y: npt.NDArray[np.integer],
     return {"loss": loss_sum / n, "accuracy": correct / n}
 
 
+@_leaves_blas_as_found
 def predict(model: Any, x: npt.NDArray[Any], batch_size: int = EVAL_BATCH) -> npt.NDArray[Any]:
     """Model outputs (N, C) for x, computed in eval mode in batches (uint8 scaled by 1/255)."""
     batch_size = _check_int("batch_size", batch_size, 1)
