@@ -933,10 +933,14 @@ class MaxPool2D(_Pool2D):
            [13., 15.]], dtype=float32)
     """
 
+    # takes dx_mask: a ReLU layer before the pool has its backward fused into the scatter
+    ACCEPTS_DX_MASK = True
+
     def __init__(self, pool_size: Union[int, Tuple[int, int]] = 2,
                  stride: Union[None, int, Tuple[int, int]] = None) -> None:
         super().__init__(pool_size, stride)
         self._argmax: Optional[npt.NDArray[np.int32]] = None
+        self._y: Optional[npt.NDArray[np.floating]] = None     # the last forward's output
 
     def forward(self, x: npt.NDArray[np.floating],
                 out: Optional[npt.NDArray[np.floating]] = None) -> npt.NDArray[np.floating]:
@@ -946,15 +950,33 @@ class MaxPool2D(_Pool2D):
         am = _out_buffer(self._argmax, shape, np.int32)
         y, self._argmax = kernels.maxpool2d_forward(x, self.pool_size, self.stride, out=y,
                                                     argmax=am)
-        self._x_shape = x.shape
+        self._x_shape, self._y = x.shape, y
         return y
 
     def backward(self, dout: npt.NDArray[np.floating],
-                 dx: Optional[npt.NDArray[np.floating]] = None) -> npt.NDArray[np.floating]:
+                 dx: Optional[npt.NDArray[np.floating]] = None, *,
+                 input_grad: bool = True,
+                 dx_mask: Optional[npt.NDArray[np.floating]] = None
+                 ) -> Optional[npt.NDArray[np.floating]]:
+        """dx = the scatter of dout to each window's maximum.
+
+        ``dx_mask`` (the input's shape: the previous layer's ReLU output): return
+        ``dx * (dx_mask > 0)``.  The maximum of a window of ReLU outputs is
+        positive exactly when the input at the argmax is, so the scatter keeps
+        ``dout`` where this layer's own output is > 0: the ReLU backward costs
+        nothing and the previous layer gets dL/dz (``premasked``)."""
         x_shape = self._check_dout(dout)
+        if not input_grad:
+            return None
+        mask = None
+        if dx_mask is not None:
+            if dx_mask.shape != x_shape or dx_mask.dtype != dout.dtype:
+                raise ShapeError(f"MaxPool2D.backward: dx_mask must be a {dout.dtype} array of "
+                                 f"shape {x_shape}, got {dx_mask.dtype} {dx_mask.shape}")
+            mask = self._y
         buf = _out_buffer(dx, x_shape, dout.dtype)
         assert self._argmax is not None            # set with _x_shape by forward
-        return kernels.maxpool2d_backward(dout, self._argmax, x_shape, out=buf)
+        return kernels.maxpool2d_backward(dout, self._argmax, x_shape, out=buf, mask=mask)
 
 
 class AvgPool2D(_Pool2D):

@@ -28,9 +28,16 @@ SHAPES = [
     (5, 13, 11, 5, 5, 5, 17, (1, 1), (2, 2, 2, 2)),    # odd sizes, several GEMM groups
     (3, 12, 21, 1, 5, 5, 6, (2, 1), (2, 1, 2, 3)),     # one channel: the direct forward
     (2, 9, 10, 1, 3, 3, 8, (1, 1), (0, 0, 0, 0)),      # one channel, widest direct forward
+    (3, 10, 12, 1, 3, 3, 32, (1, 1), (0, 0, 0, 0)),    # one channel, channels in vectors
+    (2, 11, 9, 1, 5, 3, 16, (2, 3), (2, 1, 0, 2)),     # ... with stride and padding
+    (2, 7, 8, 1, 3, 3, 40, (1, 2), (1, 1, 1, 1)),      # ... 4 + 1 channel vectors, odd OW
+    (2, 9, 9, 1, 3, 3, 12, (1, 1), (1, 1, 1, 1)),      # 12: GEMM in float32, vectors in float64
+    (2, 14, 14, 6, 5, 5, 16, (1, 1), (0, 0, 0, 0)),    # lenet5's conv2 (Cout % 32 == 16)
+    (2, 7, 7, 3, 3, 3, 48, (1, 1), (1, 1, 1, 1)),      # Cout % 32 == 16 again, padded
 ]
 IDS = ["3x3", "s2-pad", "asym", "1x1", "1x1-s2-pad", "7x7-c1-b1", "1px", "all-pad", "5x5-odd",
-       "c1-direct", "c1-direct-8"]
+       "c1-direct", "c1-direct-8", "c1-wide-32", "c1-wide-s2", "c1-wide-40", "c1-wide-12",
+       "lenet5-conv2", "cout48"]
 
 
 def _data(shape, dtype, seed=0):
@@ -181,8 +188,9 @@ def _all_outputs(v, x, w, b, dy, mask, st, pd):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("shape", [BIG, SHAPES[3], (6, 16, 40, 1, 5, 5, 6, (1, 1), (2, 2, 2, 2))],
-                         ids=["3x3", "1x1", "c1-direct"])
+@pytest.mark.parametrize("shape", [BIG, SHAPES[3], (6, 16, 40, 1, 5, 5, 6, (1, 1), (2, 2, 2, 2)),
+                                   (7, 16, 18, 1, 3, 3, 32, (1, 1), (0, 0, 0, 0))],
+                         ids=["3x3", "1x1", "c1-direct", "c1-wide"])
 @pytest.mark.parametrize("small_plan", [False, True], ids=["plan", "chunked"])
 def test_one_and_two_threads_identical(variant, dtype, shape, small_plan, monkeypatch):
     if small_plan:
@@ -323,3 +331,51 @@ def test_bad_inputs_raise_clear_errors():
         K.maxpool2d_forward(x, (6, 2))
     with pytest.raises(ValueError, match=r"argmax entries must be in \[0, H\*W\)"):
         K.maxpool2d_backward(np.ones((1, 1, 1, 1)), np.array([[[[4]]]], np.int32), (1, 2, 2, 1))
+
+
+# ---------------------------------------------------------------- every SIMD level (AVX-512 too)
+
+LEVEL_SHAPES = [SHAPES[i] for i in (0, 8, 11, 12, 13, 15, 16)] + [
+    (3, 13, 13, 32, 3, 3, 64, (1, 1), (0, 0, 0, 0)),   # convnet's conv2
+    (2, 28, 28, 1, 5, 5, 6, (1, 1), (2, 2, 2, 2)),     # lenet5's conv1
+]
+
+
+@pytest.mark.parametrize("level", ["scalar", "avx2", "avx512", "avx512_bf16"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_conv_every_simd_level_matches_reference(level, dtype):
+    """set_simd_level clamps to the CPU: on an AVX-512 machine the GEMM's AVX-512
+    tiles run here (a Cout % 32 == 16 float32 bug appeared there once)."""
+    K.set_simd_level(level)
+    try:
+        for shape in LEVEL_SHAPES:
+            x, w, b, dy, mask = _data(shape, dtype, seed=11)
+            st, pd = shape[7], shape[8]
+            outs = []
+            for nt in (1, 2):
+                with fastnn.threads(nt):
+                    outs.append(_all_outputs("c", x, w, b, dy, mask, st, pd))
+            want = _all_outputs("reference", x, w, b, dy, mask, st, pd)
+            for a, c, r in zip(*outs, want):
+                np.testing.assert_array_equal(a, c)
+                np.testing.assert_allclose(a, r, **TOL[dtype], err_msg=f"{level} {shape}")
+    finally:
+        K.set_simd_level(1)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_maxpool_backward_relu_mask(variant, dtype):
+    """mask > 0 keeps a gradient: the ReLU backward of the layer before the pool, fused."""
+    rng = np.random.default_rng(7)
+    x = np.maximum(rng.standard_normal((3, 9, 8, 5)), 0).astype(dtype)   # ReLU outputs
+    x[0, :4, :4, :] = 0                   # whole windows of zeros: their gradient is dropped
+    for pool, stride in POOLS:
+        y, a = K.maxpool2d_forward(x, pool, stride, variant=variant)
+        dy = rng.standard_normal(y.shape).astype(dtype)
+        got = K.maxpool2d_backward(dy, a, x.shape, mask=y, variant=variant)
+        want = K.maxpool2d_backward(dy, a, x.shape, variant="reference") * (x > 0)
+        np.testing.assert_allclose(got, want, **TOL[dtype])
+        np.testing.assert_allclose(K.maxpool2d_backward(dy, a, x.shape, mask=y,
+                                                        variant="reference"), want, **TOL[dtype])
+    with pytest.raises(ShapeError, match="mask must have dy's shape"):
+        K.maxpool2d_backward(dy, a, x.shape, mask=x, variant=variant)

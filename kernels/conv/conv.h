@@ -67,10 +67,11 @@ void fnn_maxpool2d_forward_f32(const fnn_pool_shape *s, const float *x, float *y
                                int nthreads);
 void fnn_maxpool2d_forward_f64(const fnn_pool_shape *s, const double *x, double *y, int *argmax,
                                int nthreads);
-void fnn_maxpool2d_backward_f32(const fnn_pool_shape *s, const float *dy, const int *argmax,
-                                float *dx, int nthreads);
-void fnn_maxpool2d_backward_f64(const fnn_pool_shape *s, const double *dy, const int *argmax,
-                                double *dx, int nthreads);
+/* returns the number of argmax entries outside [0, H*W) (skipped); mask: see conv_tmpl.h */
+ptrdiff_t fnn_maxpool2d_backward_f32(const fnn_pool_shape *s, const float *dy, const int *argmax,
+                                     const float *mask, float *dx, int nthreads);
+ptrdiff_t fnn_maxpool2d_backward_f64(const fnn_pool_shape *s, const double *dy, const int *argmax,
+                                     const double *mask, double *dx, int nthreads);
 void fnn_avgpool2d_forward_f32(const fnn_pool_shape *s, const float *x, float *y, int nthreads);
 void fnn_avgpool2d_forward_f64(const fnn_pool_shape *s, const double *x, double *y, int nthreads);
 void fnn_avgpool2d_backward_f32(const fnn_pool_shape *s, const float *dy, float *dx, int nthreads);

@@ -32,10 +32,12 @@ cdef extern from "conv.h" nogil:
                                    int nthreads)
     void fnn_maxpool2d_forward_f64(const fnn_pool_shape *s, const double *x, double *y,
                                    int *argmax, int nthreads)
-    void fnn_maxpool2d_backward_f32(const fnn_pool_shape *s, const float *dy, const int *argmax,
-                                    float *dx, int nthreads)
-    void fnn_maxpool2d_backward_f64(const fnn_pool_shape *s, const double *dy, const int *argmax,
-                                    double *dx, int nthreads)
+    Py_ssize_t fnn_maxpool2d_backward_f32(const fnn_pool_shape *s, const float *dy,
+                                          const int *argmax, const float *mask, float *dx,
+                                          int nthreads)
+    Py_ssize_t fnn_maxpool2d_backward_f64(const fnn_pool_shape *s, const double *dy,
+                                          const int *argmax, const double *mask, double *dx,
+                                          int nthreads)
     void fnn_avgpool2d_forward_f32(const fnn_pool_shape *s, const float *x, float *y, int nthreads)
     void fnn_avgpool2d_forward_f64(const fnn_pool_shape *s, const double *x, double *y,
                                    int nthreads)
@@ -152,18 +154,24 @@ def maxpool2d_forward(cnp.ndarray x, tuple pool, tuple stride, cnp.ndarray out,
     return out
 
 
-def maxpool2d_backward(cnp.ndarray dy, cnp.ndarray argmax, cnp.ndarray out, int nthreads=1):
+def maxpool2d_backward(cnp.ndarray dy, cnp.ndarray argmax, cnp.ndarray out, object mask=None,
+                       int nthreads=1):
+    """Returns the number of argmax entries outside [0, H*W) (skipped; the caller raises)."""
     cdef fnn_pool_shape s = _pool_shape((<object> out).shape, (<object> dy).shape, (1, 1), (1, 1))
     cdef void *pdy = _ptr(dy)
     cdef const int *pa = <const int *> _ptr(argmax)
+    cdef void *pm = _ptr(mask)
     cdef void *pdx = _ptr(out)
+    cdef Py_ssize_t bad
     if dy.dtype.num == cnp.NPY_FLOAT32:
         with nogil:
-            fnn_maxpool2d_backward_f32(&s, <const float *> pdy, pa, <float *> pdx, nthreads)
+            bad = fnn_maxpool2d_backward_f32(&s, <const float *> pdy, pa, <const float *> pm,
+                                             <float *> pdx, nthreads)
     else:
         with nogil:
-            fnn_maxpool2d_backward_f64(&s, <const double *> pdy, pa, <double *> pdx, nthreads)
-    return out
+            bad = fnn_maxpool2d_backward_f64(&s, <const double *> pdy, pa, <const double *> pm,
+                                             <double *> pdx, nthreads)
+    return bad
 
 
 def avgpool2d_forward(cnp.ndarray x, tuple pool, tuple stride, cnp.ndarray out, int nthreads=1):

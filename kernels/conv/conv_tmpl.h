@@ -217,7 +217,7 @@ static void FN(c1_row_scalar)(const fnn_conv_shape *s, const REAL *rows, ptrdiff
             REAL acc = bias ? bias[co] : 0;
             for (ptrdiff_t kh = 0; kh < s->KH; kh++)
                 for (ptrdiff_t kw = 0; kw < s->KW; kw++)
-                    acc += rows[kh * Wbuf + ow + kw] * w[(kh * s->KW + kw) * Cout + co];
+                    acc += rows[kh * Wbuf + ow * s->sw + kw] * w[(kh * s->KW + kw) * Cout + co];
             yr[ow * Cout + co] = relu && acc < 0 ? 0 : acc;      /* NaN stays NaN */
         }
 }
@@ -262,11 +262,186 @@ static int FN(c1_fits)(const fnn_conv_shape *s)
            && s->KH * (s->W + s->pl + s->pr + VW) <= C1_BUF;
 }
 
-static void FN(c1_forward)(const fnn_conv_shape *s, const REAL *x, const REAL *w,
-                           const REAL *bias, int relu, REAL *y, int nthreads)
+/* ---- one input channel, many output channels: direct, channels in vectors ---------------- */
+
+/* Cin = 1 and Cout a multiple of VW above C1_MAX_COUT (the convnet's 3x3x32 first
+ * layer), any stride: K = KH*KW is too short for the GEMM (packing and im2col cost
+ * more than the FMAs: 26 GFLOP/s at one thread), but NHWC output pixels hold Cout
+ * contiguous channels.  Forward: two pixels x NV channel vectors of accumulators,
+ * each input a broadcast, each weight vector shared by the two pixels.  Weight
+ * gradient: 3 taps x NV channel vectors of accumulators, each dy vector shared by
+ * the taps; partial sums per block of output rows as the one-channel path. */
+
+static int FN(c1w_fits)(const fnn_conv_shape *s)
 {
-    void (*row)(const fnn_conv_shape *, const REAL *, ptrdiff_t, const REAL *, const REAL *,
-                int, REAL *) = PICK(c1_row);
+    return s->Cin == 1 && s->Cout > C1_MAX_COUT && s->Cout % VW == 0
+           && s->KH * (s->W + s->pl + s->pr + VW) <= C1_BUF
+           && s->KH * s->KW * s->Cout <= C1_BUF;
+}
+
+#define C1W_NV 4    /* channel vectors per tile */
+#define C1W_NT 3    /* taps per weight-gradient tile */
+
+static void FN(c1w_row_scalar)(const fnn_conv_shape *s, const REAL *rows, ptrdiff_t Wbuf,
+                               const REAL *w, const REAL *bias, int relu, REAL *yr)
+{
+    FN(c1_row_scalar)(s, rows, Wbuf, w, bias, relu, yr);
+}
+
+/* dw partial (taps, Cout) += the taps of the padded rows times dy, pixel by pixel */
+static void FN(c1w_dw_block_scalar)(const fnn_conv_shape *s, const REAL *x, const REAL *dy,
+                                    ptrdiff_t it0, ptrdiff_t it1, REAL *rows, REAL *dyT,
+                                    REAL *accv, REAL *part)
+{
+    const ptrdiff_t Cout = s->Cout, KH = s->KH, KW = s->KW, OW = s->OW, sw = s->sw;
+    const ptrdiff_t Wbuf = s->W + s->pl + s->pr + VW;
+    (void)dyT;
+    (void)accv;
+    for (ptrdiff_t e = 0; e < KH * KW * Cout; e++)
+        part[e] = 0;
+    for (ptrdiff_t it = it0; it < it1; it++) {
+        FN(c1_rows)(s, x + (it / s->OH) * s->H * s->W, it % s->OH, rows, Wbuf);
+        const REAL *dyr = dy + it * OW * Cout;
+        for (ptrdiff_t ow = 0; ow < OW; ow++)
+            for (ptrdiff_t kh = 0; kh < KH; kh++)
+                for (ptrdiff_t kw = 0; kw < KW; kw++) {
+                    const REAL xv = rows[kh * Wbuf + ow * sw + kw];
+                    REAL *pt = part + (kh * KW + kw) * Cout;
+                    for (ptrdiff_t co = 0; co < Cout; co++)
+                        pt[co] += xv * dyr[ow * Cout + co];
+                }
+    }
+}
+
+#if FNN_X86
+/* output pixels [ow0, OW) of one row, channels [c0, c0 + NV*VW); NPIX pixels per step */
+FNN_TARGET_AVX2 INLINE ptrdiff_t FN(c1w_fwd_tile)(const fnn_conv_shape *s, const REAL *rows,
+                                                   ptrdiff_t Wbuf, const REAL *w,
+                                                   const REAL *bias, int relu, REAL *yr,
+                                                   ptrdiff_t c0, ptrdiff_t ow0, const int NV,
+                                                   const int NPIX)
+{
+    const ptrdiff_t Cout = s->Cout, KH = s->KH, KW = s->KW, sw = s->sw, OW = s->OW;
+    ptrdiff_t ow = ow0;
+    for (; ow + NPIX <= OW; ow += NPIX) {
+        VTYPE a[2][C1W_NV];
+        for (int p = 0; p < NPIX; p++)
+            for (int j = 0; j < NV; j++)
+                a[p][j] = bias ? VLOADU(bias + c0 + j * VW) : VZERO();
+        for (ptrdiff_t kh = 0; kh < KH; kh++) {
+            const REAL *r = rows + kh * Wbuf + ow * sw;
+            const REAL *wt = w + kh * KW * Cout + c0;
+            for (ptrdiff_t kw = 0; kw < KW; kw++) {
+                VTYPE xv[2];
+                for (int p = 0; p < NPIX; p++)
+                    xv[p] = VSET1(r[p * sw + kw]);
+                for (int j = 0; j < NV; j++) {
+                    const VTYPE wv = VLOADU(wt + kw * Cout + j * VW);
+                    for (int p = 0; p < NPIX; p++)
+                        a[p][j] = VFMA(xv[p], wv, a[p][j]);
+                }
+            }
+        }
+        for (int p = 0; p < NPIX; p++)
+            for (int j = 0; j < NV; j++)   /* max(0, a): a NaN stays NaN, as the GEMM's ReLU */
+                VSTOREU(yr + (ow + p) * Cout + c0 + j * VW, relu ? VMAX(VZERO(), a[p][j]) : a[p][j]);
+    }
+    return ow;
+}
+
+FNN_TARGET_AVX2 INLINE void FN(c1w_fwd_chunk)(const fnn_conv_shape *s, const REAL *rows,
+                                              ptrdiff_t Wbuf, const REAL *w, const REAL *bias,
+                                              int relu, REAL *yr, ptrdiff_t c0, const int NV)
+{
+    ptrdiff_t ow = FN(c1w_fwd_tile)(s, rows, Wbuf, w, bias, relu, yr, c0, 0, NV, 2);
+    FN(c1w_fwd_tile)(s, rows, Wbuf, w, bias, relu, yr, c0, ow, NV, 1);
+}
+
+FNN_TARGET_AVX2 static void FN(c1w_row_avx2)(const fnn_conv_shape *s, const REAL *rows,
+                                             ptrdiff_t Wbuf, const REAL *w, const REAL *bias,
+                                             int relu, REAL *yr)
+{
+    const ptrdiff_t Cout = s->Cout;
+    for (ptrdiff_t c0 = 0; c0 < Cout; c0 += C1W_NV * VW) {
+        switch ((Cout - c0) / VW) {
+        case 1: FN(c1w_fwd_chunk)(s, rows, Wbuf, w, bias, relu, yr, c0, 1); break;
+        case 2: FN(c1w_fwd_chunk)(s, rows, Wbuf, w, bias, relu, yr, c0, 2); break;
+        case 3: FN(c1w_fwd_chunk)(s, rows, Wbuf, w, bias, relu, yr, c0, 3); break;
+        default: FN(c1w_fwd_chunk)(s, rows, Wbuf, w, bias, relu, yr, c0, 4); break;
+        }
+    }
+}
+
+/* part[t0..t0+NT taps, c0..c0+NV*VW) += sum over the row's pixels of x(tap) * dy, in pixel order */
+FNN_TARGET_AVX2 INLINE void FN(c1w_dw_tile)(const fnn_conv_shape *s, const REAL *rows,
+                                            ptrdiff_t Wbuf, const REAL *dyr, ptrdiff_t t0,
+                                            ptrdiff_t c0, REAL *part, const int NT, const int NV)
+{
+    const ptrdiff_t Cout = s->Cout, KW = s->KW, OW = s->OW, sw = s->sw;
+    ptrdiff_t off[C1W_NT];
+    VTYPE a[C1W_NT][C1W_NV];
+    for (int t = 0; t < NT; t++) {
+        off[t] = ((t0 + t) / KW) * Wbuf + (t0 + t) % KW;
+        for (int j = 0; j < NV; j++)
+            a[t][j] = VLOADU(part + (t0 + t) * Cout + c0 + j * VW);
+    }
+    for (ptrdiff_t ow = 0; ow < OW; ow++) {
+        VTYPE g[C1W_NV];
+        for (int j = 0; j < NV; j++)
+            g[j] = VLOADU(dyr + ow * Cout + c0 + j * VW);
+        for (int t = 0; t < NT; t++) {
+            const VTYPE xv = VSET1(rows[off[t] + ow * sw]);
+            for (int j = 0; j < NV; j++)
+                a[t][j] = VFMA(xv, g[j], a[t][j]);
+        }
+    }
+    for (int t = 0; t < NT; t++)
+        for (int j = 0; j < NV; j++)
+            VSTOREU(part + (t0 + t) * Cout + c0 + j * VW, a[t][j]);
+}
+
+FNN_TARGET_AVX2 INLINE void FN(c1w_dw_taps)(const fnn_conv_shape *s, const REAL *rows,
+                                            ptrdiff_t Wbuf, const REAL *dyr, ptrdiff_t c0,
+                                            REAL *part, const int NV)
+{
+    const ptrdiff_t taps = s->KH * s->KW;
+    ptrdiff_t t0 = 0;
+    for (; t0 + C1W_NT <= taps; t0 += C1W_NT)
+        FN(c1w_dw_tile)(s, rows, Wbuf, dyr, t0, c0, part, C1W_NT, NV);
+    for (; t0 < taps; t0++)
+        FN(c1w_dw_tile)(s, rows, Wbuf, dyr, t0, c0, part, 1, NV);
+}
+
+FNN_TARGET_AVX2 static void FN(c1w_dw_block_avx2)(const fnn_conv_shape *s, const REAL *x,
+                                                  const REAL *dy, ptrdiff_t it0, ptrdiff_t it1,
+                                                  REAL *rows, REAL *dyT, REAL *accv, REAL *part)
+{
+    const ptrdiff_t Cout = s->Cout, OW = s->OW, Wbuf = s->W + s->pl + s->pr + VW;
+    (void)dyT;
+    (void)accv;
+    for (ptrdiff_t e = 0; e < s->KH * s->KW * Cout; e++)
+        part[e] = 0;
+    for (ptrdiff_t it = it0; it < it1; it++) {
+        FN(c1_rows)(s, x + (it / s->OH) * s->H * s->W, it % s->OH, rows, Wbuf);
+        const REAL *dyr = dy + it * OW * Cout;
+        for (ptrdiff_t c0 = 0; c0 < Cout; c0 += C1W_NV * VW) {
+            switch ((Cout - c0) / VW) {
+            case 1: FN(c1w_dw_taps)(s, rows, Wbuf, dyr, c0, part, 1); break;
+            case 2: FN(c1w_dw_taps)(s, rows, Wbuf, dyr, c0, part, 2); break;
+            case 3: FN(c1w_dw_taps)(s, rows, Wbuf, dyr, c0, part, 3); break;
+            default: FN(c1w_dw_taps)(s, rows, Wbuf, dyr, c0, part, 4); break;
+            }
+        }
+    }
+}
+#endif
+
+typedef void (*FN(c1_row_fn))(const fnn_conv_shape *, const REAL *, ptrdiff_t, const REAL *,
+                              const REAL *, int, REAL *);
+
+static void FN(c1_forward)(const fnn_conv_shape *s, const REAL *x, const REAL *w,
+                           const REAL *bias, int relu, REAL *y, int nthreads, FN(c1_row_fn) row)
+{
     const ptrdiff_t Wbuf = s->W + s->pl + s->pr + VW, items = s->N * s->OH;
     const ptrdiff_t rowsz = s->OW * s->Cout;
     const int par = nthreads > 1 && items > 1;
@@ -287,7 +462,11 @@ void FN(fnn_conv2d_forward)(const fnn_conv_shape *s, const REAL *x, const REAL *
                             const REAL *bias, int relu, REAL *y, REAL *ws, int nthreads)
 {
     if (FN(c1_fits)(s)) {
-        FN(c1_forward)(s, x, w, bias, relu, y, nthreads < 1 ? 1 : nthreads);
+        FN(c1_forward)(s, x, w, bias, relu, y, nthreads < 1 ? 1 : nthreads, PICK(c1_row));
+        return;
+    }
+    if (FN(c1w_fits)(s)) {
+        FN(c1_forward)(s, x, w, bias, relu, y, nthreads < 1 ? 1 : nthreads, PICK(c1w_row));
         return;
     }
     /* x (N, H, W, Cin), w (K = KH*KW*Cin, Cout), y (N*OH*OW, Cout) */
@@ -466,11 +645,13 @@ static int FN(c1_dw_fits)(const fnn_conv_shape *s)
     return FN(c1_fits)(s) && s->KH * s->KW * s->Cout * VW <= C1_BUF && OWp * s->Cout <= C1_BUF;
 }
 
+typedef void (*FN(c1_dw_fn))(const fnn_conv_shape *, const REAL *, const REAL *, ptrdiff_t,
+                             ptrdiff_t, REAL *, REAL *, REAL *, REAL *);
+
 static void FN(c1_backward_weights)(const fnn_conv_shape *s, const REAL *x, const REAL *dy,
-                                    REAL *dw, REAL *dbias, int acc, REAL *ws, int nthreads)
+                                    REAL *dw, REAL *dbias, int acc, REAL *ws, int nthreads,
+                                    FN(c1_dw_fn) blk)
 {
-    void (*blk)(const fnn_conv_shape *, const REAL *, const REAL *, ptrdiff_t, ptrdiff_t,
-                REAL *, REAL *, REAL *, REAL *) = PICK(c1_dw_block);
     const ptrdiff_t Cout = s->Cout, KC = s->KH * s->KW * Cout, items = s->N * s->OH;
     double *dbpart = (double *)(void *)ws;
     REAL *wpart = ws + 2 * s->max_blocks * Cout;
@@ -512,7 +693,13 @@ void FN(fnn_conv2d_backward_weights)(const fnn_conv_shape *s, const REAL *x, con
     if (nthreads < 1)
         nthreads = 1;
     if (FN(c1_dw_fits)(s)) {
-        FN(c1_backward_weights)(s, x, dy, dw, dbias, accumulate, ws, nthreads);
+        FN(c1_backward_weights)(s, x, dy, dw, dbias, accumulate, ws, nthreads,
+                                PICK(c1_dw_block));
+        return;
+    }
+    if (FN(c1w_fits)(s)) {
+        FN(c1_backward_weights)(s, x, dy, dw, dbias, accumulate, ws, nthreads,
+                                PICK(c1w_dw_block));
         return;
     }
     for (ptrdiff_t n0 = 0; n0 < s->N; n0 += s->chunk) {
@@ -586,24 +773,39 @@ void FN(fnn_avgpool2d_forward)(const fnn_pool_shape *s, const REAL *x, REAL *y, 
     }
 }
 
-void FN(fnn_maxpool2d_backward)(const fnn_pool_shape *s, const REAL *dy, const int *argmax,
-                                REAL *dx, int nthreads)
+ptrdiff_t FN(fnn_maxpool2d_backward)(const fnn_pool_shape *s, const REAL *dy, const int *argmax,
+                                     const REAL *mask, REAL *dx, int nthreads)
 {
-    /* a scatter: one image per thread, outputs visited in order (overlaps add in order) */
-    const ptrdiff_t C = s->C, HWC = s->H * s->W * C, O = s->OH * s->OW * C;
+    /* a scatter: one image per thread, outputs visited in order (overlaps add in order).
+     * mask (dy's shape, the pooled output of a ReLU layer): dy where mask > 0, else 0 --
+     * the ReLU backward of the layer before the pool, fused here (the pool's output is
+     * the ReLU output at the argmax, so its sign decides).  Entries of argmax outside
+     * [0, H*W) are skipped and counted: the caller raises (no separate min/max pass). */
+    const ptrdiff_t C = s->C, HW = s->H * s->W, HWC = HW * C, O = s->OH * s->OW * C;
     const int par = nthreads > 1 && s->N > 1 && s->N * (HWC + O) >= POOL_PAR_MIN;
+    ptrdiff_t bad = 0;
     (void)par;
-    _Pragma("omp parallel for num_threads(nthreads) schedule(static) if (par)")
+    _Pragma("omp parallel for num_threads(nthreads) schedule(static) reduction(+:bad) if (par)")
     for (ptrdiff_t n = 0; n < s->N; n++) {
         REAL *dxn = dx + n * HWC;
         const REAL *g = dy + n * O;
+        const REAL *m = mask ? mask + n * O : NULL;
         const int *a = argmax + n * O;
         for (ptrdiff_t i = 0; i < HWC; i++)
             dxn[i] = 0;
         for (ptrdiff_t o = 0; o < O; o += C)
-            for (ptrdiff_t c = 0; c < C; c++)
-                dxn[(ptrdiff_t)a[o + c] * C + c] += g[o + c];
+            for (ptrdiff_t c = 0; c < C; c++) {
+                const ptrdiff_t at = a[o + c];
+                if (at < 0 || at >= HW) {
+                    bad++;
+                    continue;
+                }
+                if (m && !(m[o + c] > 0))
+                    continue;
+                dxn[at * C + c] += g[o + c];
+            }
     }
+    return bad;
 }
 
 void FN(fnn_avgpool2d_backward)(const fnn_pool_shape *s, const REAL *dy, REAL *dx, int nthreads)
@@ -618,6 +820,8 @@ void FN(fnn_avgpool2d_backward)(const fnn_pool_shape *s, const REAL *dy, REAL *d
 }
 
 #undef CLONES
+#undef C1W_NV
+#undef C1W_NT
 #undef AVX2_FN
 #undef PICK
 #undef FN

@@ -350,12 +350,16 @@ def maxpool2d_forward(x: npt.ArrayLike, pool: Any = (2, 2), stride: Any = None,
 
 
 def maxpool2d_backward(dy: npt.ArrayLike, argmax: npt.ArrayLike, x_shape: Sequence[int],
-                       out: Optional[Array] = None, *, variant: Optional[str] = None) -> Array:
+                       out: Optional[Array] = None, mask: Optional[npt.ArrayLike] = None, *,
+                       variant: Optional[str] = None) -> Array:
     """Gradient of max pooling: ``dx = 0; dx[n, argmax[n,oh,ow,c], c] += dy[n, oh, ow, c]``.
 
-    Overlapping windows that share a maximum add their gradients.  Shapes: dy
-    and argmax (N, OH, OW, C) (argmax int32 from maxpool2d_forward, each entry
-    in [0, H*W)); out (N, H, W, C) = x_shape.
+    Overlapping windows that share a maximum add their gradients.  ``mask``
+    (dy's shape and dtype, optional): only entries with ``mask > 0`` scatter --
+    pass the pooled output of a ReLU layer to fuse that ReLU's backward (the
+    pool's output is the ReLU output at the argmax).  Shapes: dy and argmax
+    (N, OH, OW, C) (argmax int32 from maxpool2d_forward, each entry in
+    [0, H*W)); out (N, H, W, C) = x_shape.
 
     >>> import numpy as np
     >>> from fastnn.kernels import maxpool2d_backward
@@ -377,13 +381,20 @@ def maxpool2d_backward(dy: npt.ArrayLike, argmax: npt.ArrayLike, x_shape: Sequen
     if dy.shape[0] != xs[0] or dy.shape[3] != xs[3]:
         raise ShapeError(f"{fn}: dy shape {dy.shape} does not match x_shape {xs} "
                          "(batch and channels must agree)")
+    if mask is not None:
+        mask = float_input(mask, fn, "mask", ndim=4)
+        _same_dtype(fn, dy, "dy", mask, "mask")
+        if mask.shape != dy.shape:
+            raise ShapeError(f"{fn}: mask must have dy's shape {dy.shape}, got {mask.shape}")
     argmax = np.require(argmax, requirements=("C", "A"))
-    if argmax.size and (int(argmax.min()) < 0 or int(argmax.max()) >= xs[1] * xs[2]):
+    out = output(out, fn, "out", xs, dy.dtype)
+    no_overlap(fn, out, "out", {"dy": dy, "argmax": argmax, "mask": mask})
+    # the kernel checks the argmax range as it scatters (no extra pass) and skips bad entries
+    bad = pick("conv", variant).maxpool2d_backward(dy, argmax, out, mask,
+                                                   _threads.get_num_threads())
+    if bad:
         raise ValueError(f"{fn}: argmax entries must be in [0, H*W) = [0, {xs[1] * xs[2]}) for "
                          f"x_shape {xs}")
-    out = output(out, fn, "out", xs, dy.dtype)
-    no_overlap(fn, out, "out", {"dy": dy, "argmax": argmax})
-    pick("conv", variant).maxpool2d_backward(dy, argmax, out, _threads.get_num_threads())
     return out
 
 

@@ -166,14 +166,21 @@ def maxpool2d_forward(x: npt.NDArray[Any], pool: Pair, stride: Pair, out: npt.ND
 
 
 def maxpool2d_backward(dy: npt.NDArray[Any], argmax: npt.NDArray[np.int32],
-                       out: npt.NDArray[Any], nthreads: int = 1) -> npt.NDArray[Any]:
+                       out: npt.NDArray[Any], mask: Optional[npt.NDArray[Any]] = None,
+                       nthreads: int = 1) -> int:
+    """out = the scatter of dy (times mask > 0) to argmax; returns the number of
+    argmax entries outside [0, H*W), which are skipped."""
     N, H, W, C = out.shape
+    g = np.asarray(dy, dtype=np.float64)
+    if mask is not None:
+        g = np.where(np.asarray(mask) > 0, g, 0.0)
+    ok = (argmax >= 0) & (argmax < H * W)
     dx = np.zeros((N, H * W, C))
-    n = np.arange(N).reshape(N, 1, 1, 1)
-    c = np.arange(C).reshape(1, 1, 1, C)
-    np.add.at(dx, (n, argmax, c), np.asarray(dy, dtype=np.float64))
+    n = np.broadcast_to(np.arange(N).reshape(N, 1, 1, 1), argmax.shape)
+    c = np.broadcast_to(np.arange(C).reshape(1, 1, 1, C), argmax.shape)
+    np.add.at(dx, (n[ok], argmax[ok], c[ok]), g[ok])
     out[...] = dx.reshape(out.shape)
-    return out
+    return int(np.count_nonzero(~ok))
 
 
 def avgpool2d_forward(x: npt.NDArray[Any], pool: Pair, stride: Pair, out: npt.NDArray[Any],
