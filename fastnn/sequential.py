@@ -482,9 +482,11 @@ class Sequential:
                  batch_size: int = training.EVAL_BATCH) -> Dict[str, float]:
         return training.evaluate(self, x, y, loss=loss, batch_size=batch_size)
 
-    def predict(self, x: npt.NDArray[Any],
-                batch_size: int = training.EVAL_BATCH) -> npt.NDArray[np.floating]:
-        return training.predict(self, x, batch_size=batch_size)
+    def predict(self, x: npt.NDArray[Any], batch_size: int = training.EVAL_BATCH,
+                out: Optional[npt.NDArray[Any]] = None) -> npt.NDArray[np.floating]:
+        if out is None:
+            return training.predict(self, x, batch_size=batch_size)
+        return training.predict(self, x, batch_size=batch_size, out=out)
 
     fit.__doc__ = training.fit.__doc__
     evaluate.__doc__ = training.evaluate.__doc__

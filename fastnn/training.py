@@ -42,10 +42,12 @@ import functools
 import inspect
 import math
 import sys
+import threading
 import time
 import warnings
-from typing import (TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, Mapping, Optional,
-                    Sequence, Tuple, TypeVar, Union, cast)
+import weakref
+from typing import (TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, List, Mapping,
+                    Optional, Sequence, Tuple, TypeVar, Union, cast)
 
 import numpy as np
 import numpy.typing as npt
@@ -942,9 +944,130 @@ def evaluate(model: Any, x: npt.NDArray[Any], y: npt.NDArray[np.integer],
     return {"loss": loss_sum / n, "accuracy": correct / n}
 
 
+def predict(model: Any, x: npt.NDArray[Any], batch_size: int = EVAL_BATCH,
+            out: Optional[npt.NDArray[Any]] = None) -> npt.NDArray[Any]:
+    """Model outputs (N, C) for x, computed in eval mode in batches (uint8 scaled by 1/255).
+
+    ``out``: a C-contiguous array (N, C) of the model's dtype to write the outputs
+    into (returned); an MLP (Dense layers with ReLU or none, Dropout) fed a float
+    batch of its dtype then allocates nothing per call.
+
+    The lean path: for such an MLP and a C-contiguous float input of the model's dtype,
+    the layers run as bare calls of the C GEMM that ``Dense.forward`` calls (the same
+    arguments, so the same numbers), into buffers kept per model, with the last layer
+    writing straight into the result; anything else runs ``model(x)`` batch by batch."""
+    if out is not None:
+        out = _check_out(model, x, out)
+    plan = _lean_plan(model, x, batch_size)
+    if plan is not None:
+        result = _lean_predict(model, plan, x, batch_size, out)
+        if result is not None:
+            return result
+    result = _predict_general(model, x, batch_size)
+    if out is None:
+        return result
+    out[...] = result
+    return out
+
+
+def _check_out(model: Any, x: Any, out: Any) -> npt.NDArray[Any]:
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"predict: out must be a numpy array, got {type(out).__name__}")
+    x = _check_x(x)
+    n = x.shape[0]
+    dt = _model_dtype(model, x)
+    if out.dtype != dt:
+        raise DTypeError(f"predict: out must have the model's dtype {dt}, got {out.dtype}")
+    if out.ndim != 2 or out.shape[0] != n:
+        raise ShapeError(f"predict: out must have shape (N, C) with N = {n} rows, "
+                         f"got {out.shape}")
+    if not (out.flags.c_contiguous and out.flags.writeable and out.flags.aligned):
+        raise ValueError("predict: out must be a writeable, aligned, C-contiguous array")
+    return out
+
+
+# model -> its lean-path workspace: a lock and the intermediate outputs, grown as needed
+_LEAN_WS: weakref.WeakKeyDictionary[Any, Tuple[threading.Lock, List[Any]]] = \
+    weakref.WeakKeyDictionary()
+_LEAN_MODULE: List[Any] = []          # [fastnn._ext.matmul_c or None], once looked up
+
+
+def _lean_plan(model: Any, x: Any,
+               batch_size: Any) -> Optional[List[Tuple[Any, Any, bool, int]]]:
+    """[(W, b, relu, out_features)] when ``predict`` may take the lean path, else None."""
+    from .layers import Dense, Dropout
+    from .sequential import Sequential
+    if type(batch_size) is not int or batch_size < 1:
+        return None
+    cls = type(model)
+    if not (isinstance(model, Sequential) and cls.__call__ is Sequential.__call__
+            and cls.forward is Sequential.forward and cls._forward is Sequential._forward):
+        return None                   # a subclass that computes its own way
+    if not _LEAN_MODULE:
+        try:
+            from ._ext import matmul_c
+            _LEAN_MODULE.append(matmul_c)
+        except ImportError:
+            _LEAN_MODULE.append(None)
+    if _LEAN_MODULE[0] is None:
+        return None
+    dtype = model.dtype
+    if not (isinstance(x, np.ndarray) and x.dtype == dtype and x.ndim == 2 and x.shape[0] > 0
+            and x.flags.c_contiguous and x.flags.aligned):
+        return None
+    plan = []
+    width = x.shape[1]
+    for layer in model.layers:
+        if type(layer) is Dropout:
+            continue                  # the identity in eval mode
+        if type(layer) is not Dense:
+            return None
+        assert isinstance(layer, Dense)
+        if layer.activation not in (None, "relu") or layer.in_features != width \
+                or layer.dtype != dtype:
+            return None
+        plan.append((layer.weight.data, layer.bias.data if layer.bias is not None else None,
+                     layer.activation == "relu", layer.out_features))
+        width = layer.out_features
+    return plan or None
+
+
+def _lean_predict(model: Any, plan: List[Tuple[Any, Any, bool, int]], x: npt.NDArray[Any],
+                  batch_size: int, out: Optional[npt.NDArray[Any]]) -> Optional[npt.NDArray[Any]]:
+    """The lean path (see ``predict``); None when another thread is using this model's
+    workspace (the caller then takes the general path)."""
+    n = x.shape[0]
+    if out is not None and np.may_share_memory(x, out):
+        return None
+    gemm = _LEAN_MODULE[0].matmul
+    nthreads = _threads.get_num_threads()
+    entry = _LEAN_WS.get(model)
+    if entry is None:
+        entry = _LEAN_WS.setdefault(model, (threading.Lock(), []))
+    lock, bufs = entry
+    if not lock.acquire(blocking=False):
+        return None
+    try:
+        rows = min(batch_size, n)
+        if len(bufs) != len(plan) - 1 or any(
+                b.shape[0] < rows or b.shape[1] != p[3] or b.dtype != x.dtype
+                for b, p in zip(bufs, plan)):
+            bufs[:] = [np.empty((rows, p[3]), x.dtype) for p in plan[:-1]]
+        result = out if out is not None else np.empty((n, plan[-1][3]), x.dtype)
+        for s in range(0, n, batch_size):
+            e = min(n, s + batch_size)
+            h = x[s:e] if (s, e) != (0, n) else x
+            for i, (w, b, relu, _) in enumerate(plan):
+                y = result[s:e] if i == len(plan) - 1 else bufs[i][:e - s]
+                gemm(h, w, y, b, relu, nthreads)
+                h = y
+        return result
+    finally:
+        lock.release()
+
+
 @_leaves_blas_as_found
-def predict(model: Any, x: npt.NDArray[Any], batch_size: int = EVAL_BATCH) -> npt.NDArray[Any]:
-    """Model outputs (N, C) for x, computed in eval mode in batches (uint8 scaled by 1/255)."""
+def _predict_general(model: Any, x: npt.NDArray[Any], batch_size: int) -> npt.NDArray[Any]:
     batch_size = _check_int("batch_size", batch_size, 1)
     x = _check_x(x)
     was_training = getattr(model, "training", False)
