@@ -34,10 +34,12 @@ SHAPES = [
     (2, 9, 9, 1, 3, 3, 12, (1, 1), (1, 1, 1, 1)),      # 12: GEMM in float32, vectors in float64
     (2, 14, 14, 6, 5, 5, 16, (1, 1), (0, 0, 0, 0)),    # lenet5's conv2 (Cout % 32 == 16)
     (2, 7, 7, 3, 3, 3, 48, (1, 1), (1, 1, 1, 1)),      # Cout % 32 == 16 again, padded
+    (2, 5, 6, 2, 2, 3, 5, (1, 1), (3, 0, 1, 4)),       # padding wider than the kernel
+    (2, 6, 19, 8, 3, 2, 3, (1, 1), (0, 2, 1, 0)),      # 8 channels: the direct dx's widest
 ]
 IDS = ["3x3", "s2-pad", "asym", "1x1", "1x1-s2-pad", "7x7-c1-b1", "1px", "all-pad", "5x5-odd",
        "c1-direct", "c1-direct-8", "c1-wide-32", "c1-wide-s2", "c1-wide-40", "c1-wide-12",
-       "lenet5-conv2", "cout48"]
+       "lenet5-conv2", "cout48", "wide-pad", "cin8"]
 
 
 def _data(shape, dtype, seed=0):

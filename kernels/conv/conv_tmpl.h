@@ -497,6 +497,157 @@ void FN(fnn_conv2d_forward)(const fnn_conv_shape *s, const REAL *x, const REAL *
     }
 }
 
+/* ---- backward data with few input channels: direct, no columns ------------------------ */
+
+/* Stride 1 and Cin <= BD_MAX_CIN (lenet5's conv2: Cin = 6, Cout = 16): the GEMM
+ * path's inner dimension is Cout (dy @ W^T: 16), its output K = KH*KW*Cin wide
+ * columns that col2im adds back -- 12 GFLOP/s at one thread.  Here dx is the
+ * forward convolution of dy with the flipped, transposed kernel:
+ *   dx[n, ih, iw, ci] = sum_{kh, kw, co} dy[n, ih + pt - kh, iw + pl - kw, co] w[kh, kw, ci, co]
+ * (dy zero outside).  Per image, dy is copied channel-planar with KW-1 zero
+ * columns in front (dyP[co][oh][KW - 1 + ow]); an input row's pixels then sit in
+ * vectors: acc[ci][pixels] += dyP[co][row][...] * w[kh, kw, ci, co], with rows
+ * outside dy skipped (kh clipped) and the mask applied on the NHWC store.  One
+ * thread per image: every dx element is one thread's sum in (kh, kw, co) order. */
+
+#define BD_MAX_CIN 8
+#define BD_BUF 16384    /* elements of the planar dy of one image */
+
+static ptrdiff_t FN(bd_width)(const fnn_conv_shape *s)
+{
+    /* the planar row: KW - 1 zero columns, then room for the widest pixel block */
+    const ptrdiff_t Wv = (s->W + 2 * VW - 1) / (2 * VW) * (2 * VW);
+    return Wv + s->pl + s->KW - 1;
+}
+
+static int FN(bd_fits)(const fnn_conv_shape *s)
+{
+    return s->sh == 1 && s->sw == 1 && s->Cin <= BD_MAX_CIN
+           && s->Cout * s->OH * FN(bd_width)(s) <= BD_BUF
+           && s->KH * s->KW * s->Cin * s->Cout <= BD_BUF;
+}
+
+/* dyP (Cout, OH, Wb) = dy of one image (OH, OW, Cout), planar, columns shifted by KW - 1 */
+static void FN(bd_planar)(const fnn_conv_shape *s, const REAL *dyn, ptrdiff_t Wb, REAL *dyP)
+{
+    const ptrdiff_t Cout = s->Cout, OH = s->OH, OW = s->OW;
+    for (ptrdiff_t i = 0; i < Cout * OH * Wb; i++)
+        dyP[i] = 0;
+    for (ptrdiff_t oh = 0; oh < OH; oh++)
+        for (ptrdiff_t ow = 0; ow < OW; ow++)
+            for (ptrdiff_t co = 0; co < Cout; co++)
+                dyP[(co * OH + oh) * Wb + s->KW - 1 + ow] = dyn[(oh * OW + ow) * Cout + co];
+}
+
+/* the kh range whose dy row ih + pt - kh lies in [0, OH) */
+INLINE void FN(bd_kh_range)(const fnn_conv_shape *s, ptrdiff_t ih, ptrdiff_t *k0, ptrdiff_t *k1)
+{
+    ptrdiff_t lo = ih + s->pt - (s->OH - 1), hi = ih + s->pt + 1;
+    *k0 = lo < 0 ? 0 : lo;
+    *k1 = hi > s->KH ? s->KH : hi;
+}
+
+/* one image: dxn (H, W, Cin) from dyP and wT (KH, KW, Cout, Cin) */
+static void FN(bd_image_scalar)(const fnn_conv_shape *s, const REAL *dyP, ptrdiff_t Wb,
+                                const REAL *wT, const REAL *maskn, REAL *dxn)
+{
+    const ptrdiff_t Cin = s->Cin, Cout = s->Cout, KW = s->KW, OH = s->OH;
+    for (ptrdiff_t ih = 0; ih < s->H; ih++) {
+        ptrdiff_t k0, k1;
+        FN(bd_kh_range)(s, ih, &k0, &k1);
+        for (ptrdiff_t iw = 0; iw < s->W; iw++)
+            for (ptrdiff_t ci = 0; ci < Cin; ci++) {
+                REAL acc = 0;
+                for (ptrdiff_t kh = k0; kh < k1; kh++)
+                    for (ptrdiff_t kw = 0; kw < KW; kw++)
+                        for (ptrdiff_t co = 0; co < Cout; co++)
+                            acc += dyP[(co * OH + ih + s->pt - kh) * Wb + iw + s->pl + KW - 1 - kw]
+                                   * wT[((kh * KW + kw) * Cout + co) * Cin + ci];
+                const ptrdiff_t e = (ih * s->W + iw) * Cin + ci;
+                dxn[e] = maskn && !(maskn[e] > 0) ? 0 : acc;
+            }
+    }
+}
+
+#if FNN_X86
+/* NPV vectors of pixels [iw0, iw0 + NPV*VW) of input row ih, all Cin channels */
+FNN_TARGET_AVX2 INLINE void FN(bd_block)(const fnn_conv_shape *s, const REAL *dyP, ptrdiff_t Wb,
+                                         const REAL *wT, const REAL *maskn, REAL *dxn,
+                                         ptrdiff_t ih, ptrdiff_t iw0, const int NPV)
+{
+    const ptrdiff_t Cin = s->Cin, Cout = s->Cout, KW = s->KW, OH = s->OH;
+    VTYPE acc[BD_MAX_CIN][2];
+    REAL tmp[BD_MAX_CIN][2 * VW];
+    ptrdiff_t k0, k1;
+    FN(bd_kh_range)(s, ih, &k0, &k1);
+    for (ptrdiff_t ci = 0; ci < BD_MAX_CIN; ci++)
+        for (int p = 0; p < NPV; p++)
+            acc[ci][p] = VZERO();
+    for (ptrdiff_t kh = k0; kh < k1; kh++)
+        for (ptrdiff_t kw = 0; kw < KW; kw++) {
+            const REAL *d = dyP + (ih + s->pt - kh) * Wb + iw0 + s->pl + KW - 1 - kw;
+            const REAL *wt = wT + (kh * KW + kw) * Cout * Cin;
+            for (ptrdiff_t co = 0; co < Cout; co++) {
+                VTYPE g[2];
+                for (int p = 0; p < NPV; p++)
+                    g[p] = VLOADU(d + co * OH * Wb + p * VW);
+                for (ptrdiff_t ci = 0; ci < Cin; ci++) {     /* Cin <= BD_MAX_CIN */
+                    const VTYPE wv = VSET1(wt[co * Cin + ci]);
+                    for (int p = 0; p < NPV; p++)
+                        acc[ci][p] = VFMA(g[p], wv, acc[ci][p]);
+                }
+            }
+        }
+    for (ptrdiff_t ci = 0; ci < Cin; ci++)
+        for (int p = 0; p < NPV; p++)
+            VSTOREU(tmp[ci] + p * VW, acc[ci][p]);
+    const ptrdiff_t n = s->W - iw0 < NPV * VW ? s->W - iw0 : NPV * VW;
+    for (ptrdiff_t i = 0; i < n; i++)
+        for (ptrdiff_t ci = 0; ci < Cin; ci++) {
+            const ptrdiff_t e = (ih * s->W + iw0 + i) * Cin + ci;
+            dxn[e] = maskn && !(maskn[e] > 0) ? 0 : tmp[ci][i];
+        }
+}
+
+FNN_TARGET_AVX2 static void FN(bd_image_avx2)(const fnn_conv_shape *s, const REAL *dyP,
+                                              ptrdiff_t Wb, const REAL *wT, const REAL *maskn,
+                                              REAL *dxn)
+{
+    for (ptrdiff_t ih = 0; ih < s->H; ih++) {
+        ptrdiff_t iw0 = 0;
+        for (; iw0 + VW < s->W; iw0 += 2 * VW)      /* more than one vector left: two */
+            FN(bd_block)(s, dyP, Wb, wT, maskn, dxn, ih, iw0, 2);
+        if (iw0 < s->W)
+            FN(bd_block)(s, dyP, Wb, wT, maskn, dxn, ih, iw0, 1);
+    }
+}
+#endif
+
+static void FN(bd_backward_data)(const fnn_conv_shape *s, const REAL *dy, const REAL *w,
+                                 const REAL *mask, REAL *dx, int nthreads)
+{
+    void (*image)(const fnn_conv_shape *, const REAL *, ptrdiff_t, const REAL *, const REAL *,
+                  REAL *) = PICK(bd_image);
+    const ptrdiff_t Cin = s->Cin, Cout = s->Cout, taps = s->KH * s->KW, Wb = FN(bd_width)(s);
+    const ptrdiff_t HWC = s->H * s->W * Cin, O = s->OH * s->OW * Cout;
+    REAL wT[BD_BUF];      /* (KH, KW, Cout, Cin): one broadcast per (co, ci) in order */
+    for (ptrdiff_t t = 0; t < taps; t++)
+        for (ptrdiff_t ci = 0; ci < Cin; ci++)
+            for (ptrdiff_t co = 0; co < Cout; co++)
+                wT[(t * Cout + co) * Cin + ci] = w[(t * Cin + ci) * Cout + co];
+    const int par = nthreads > 1 && s->N > 1;
+    (void)par;
+    _Pragma("omp parallel num_threads(nthreads) if (par)")
+    {
+        REAL dyP[BD_BUF];
+        _Pragma("omp for schedule(static)")
+        for (ptrdiff_t n = 0; n < s->N; n++) {
+            FN(bd_planar)(s, dy + n * O, Wb, dyP);
+            image(s, dyP, Wb, wT, mask ? mask + n * HWC : NULL, dx + n * HWC);
+        }
+    }
+}
+
 void FN(fnn_conv2d_backward_data)(const fnn_conv_shape *s, const REAL *dy, const REAL *w,
                                   const REAL *mask, REAL *dx, REAL *ws, int nthreads)
 {
@@ -508,6 +659,10 @@ void FN(fnn_conv2d_backward_data)(const fnn_conv_shape *s, const REAL *dy, const
     REAL *cols = FN(cols_of)(s, ws);
     if (nthreads < 1)
         nthreads = 1;
+    if (!direct && FN(bd_fits)(s)) {
+        FN(bd_backward_data)(s, dy, w, mask, dx, nthreads);
+        return;
+    }
     for (ptrdiff_t n0 = 0; n0 < s->N; n0 += s->chunk) {
         const ptrdiff_t nb = s->N - n0 < s->chunk ? s->N - n0 : s->chunk, ng = (nb + g - 1) / g;
         const int outer = nthreads > 1 && ng >= nthreads, inner = outer ? 1 : nthreads;
@@ -820,6 +975,8 @@ void FN(fnn_avgpool2d_backward)(const fnn_pool_shape *s, const REAL *dy, REAL *d
 }
 
 #undef CLONES
+#undef BD_MAX_CIN
+#undef BD_BUF
 #undef C1W_NV
 #undef C1W_NT
 #undef AVX2_FN
