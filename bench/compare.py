@@ -19,6 +19,14 @@ epochs after the first, test accuracy after the last epoch, and the ratio
 
     python bench/compare.py                       # mlp, mlp-keras, softmax at 1,2 threads
     python bench/compare.py --presets mlp,speedrun --threads 2 --epochs 4 --json results.json
+    python bench/compare.py --presets lenet5,convnet --threads 2 --epochs 2 --engines fastnn,torch
+
+Convolutional presets (lenet5, convnet, speedrun-cnn) are replayed layer by
+layer in PyTorch (``_torch_net``): NCHW, Conv2d weights converted from fastnn's
+HWIO (``Conv2D.weight_to_torch``), the Dense after a Flatten re-ordered from
+NHWC's (h, w, c) features to NCHW's (c, h, w) (``dense_weight_to_torch``), so the
+two start from the same function.  Dropout masks come from each engine's own
+generator.  TensorFlow and JAX replay MLPs only.
 """
 import argparse
 import json
@@ -40,16 +48,16 @@ ENGINES = ("fastnn", "torch", "tensorflow", "jax")
 # ------------------------------------------------------------------ shared recipe
 
 def _recipe(preset_name, epochs, seed):
-    """Data, initial weights (fan_in, fan_out) and biases, permutations, per-step lrs."""
+    """Data, the initial model, permutations, per-step lrs.  MLP presets feed rows
+    (N, 784), convolutional ones images (N, 28, 28)."""
     from fastnn import presets
     from fastnn.datasets import mnist
     p = presets.get_preset(preset_name).replace(epochs=epochs)
     (x, y), (xt, yt) = mnist.load_data()
-    x = x.reshape(x.shape[0], -1)
-    xt = xt.reshape(xt.shape[0], -1)
+    if p.arch == "mlp":
+        x = x.reshape(x.shape[0], -1)
+        xt = xt.reshape(xt.shape[0], -1)
     model = presets.build_model(p, seed=seed)
-    Ws = [layer.weight.data.copy() for layer in model.layers]
-    bs = [layer.bias.data.copy() for layer in model.layers]
     steps = -(-x.shape[0] // p.batch_size)
     opt = presets.build_optimizer(p, model)
     sched = presets.build_schedule(p, opt, steps)
@@ -58,7 +66,69 @@ def _recipe(preset_name, epochs, seed):
     # fit() draws one permutation per epoch from default_rng(seed), in order
     rng = np.random.default_rng(seed)
     perms = [rng.permutation(x.shape[0]) for _ in range(epochs)]
-    return p, (x, y, xt, yt), Ws, bs, perms, lrs
+    return p, (x, y, xt, yt), model, perms, lrs
+
+
+def _dense_params(model):
+    """(W (in, out), b) of every layer of an MLP: the JAX and TensorFlow replays."""
+    if any(not hasattr(layer, "weight") or layer.weight.data.ndim != 2 for layer in model.layers):
+        raise NotImplementedError("this engine replays MLP presets only")
+    return ([layer.weight.data.copy() for layer in model.layers],
+            [layer.bias.data.copy() for layer in model.layers])
+
+
+def _torch_net(model, input_shape):
+    """The fastnn Sequential as a torch.nn.Sequential (NCHW), with the same weights."""
+    import torch
+    from fastnn import layers as L
+    mods, shape, after_flatten = [], tuple(input_shape), None
+    with torch.no_grad():
+        for layer in model.layers:
+            if isinstance(layer, L.Conv2D):
+                t, b, l, r = layer.padding_for(shape[1], shape[2])
+                if (t, l) != (b, r):
+                    raise NotImplementedError(f"asymmetric padding {(t, b, l, r)} in the torch "
+                                              "replay")
+                m = torch.nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size,
+                                    layer.stride, padding=(t, l), bias=layer.use_bias)
+                m.weight.copy_(torch.from_numpy(layer.weight_to_torch()))
+                if layer.bias is not None:
+                    m.bias.copy_(torch.from_numpy(layer.bias.data))
+                mods.append(m)
+                if layer.activation == "relu":
+                    mods.append(torch.nn.ReLU())
+            elif isinstance(layer, L.MaxPool2D):
+                mods.append(torch.nn.MaxPool2d(layer.pool_size, layer.stride))
+            elif isinstance(layer, L.AvgPool2D):
+                mods.append(torch.nn.AvgPool2d(layer.pool_size, layer.stride))
+            elif isinstance(layer, L.GlobalAvgPool2D):
+                mods += [torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten()]
+            elif isinstance(layer, L.BatchNorm2D):
+                mods.append(torch.nn.BatchNorm2d(layer.num_features, eps=layer.eps,
+                                                 momentum=layer.momentum))
+            elif isinstance(layer, L.Flatten):
+                mods.append(torch.nn.Flatten())
+                after_flatten = tuple(shape[1:]) if len(shape) == 4 else None
+            elif isinstance(layer, L.Dropout):
+                mods.append(torch.nn.Dropout(layer.rate))
+            elif isinstance(layer, L.ReLU):
+                mods.append(torch.nn.ReLU())
+            elif isinstance(layer, L.Dense):
+                m = torch.nn.Linear(layer.in_features, layer.out_features)
+                m.weight.copy_(torch.from_numpy(
+                    L.dense_weight_to_torch(layer.weight.data, hwc=after_flatten)))
+                m.bias.copy_(torch.from_numpy(layer.bias.data))
+                mods.append(m)
+                after_flatten = None
+                if layer.activation == "relu":
+                    mods.append(torch.nn.ReLU())
+                elif layer.activation is not None:
+                    raise NotImplementedError(f"Dense activation {layer.activation!r}")
+            else:
+                raise NotImplementedError(f"no torch replay of {type(layer).__name__}")
+            if not isinstance(layer, L.Dropout):
+                shape = tuple(layer.output_shape(shape))
+    return torch.nn.Sequential(*mods)
 
 
 def _result(engine, p, threads, epochs, times, acc):
@@ -73,20 +143,16 @@ def worker_torch(preset, threads, epochs, seed):
     import torch
     import torch.nn.functional as F
     torch.set_num_threads(threads)
-    p, (x, y, xt, yt), Ws, bs, perms, lrs = _recipe(preset, epochs, seed)
+    p, (x, y, xt, yt), model, perms, lrs = _recipe(preset, epochs, seed)
     X = torch.from_numpy(np.multiply(x, np.float32(1 / 255), dtype=np.float32))
     Y = torch.from_numpy(y.astype(np.int64))
     Xt = torch.from_numpy(np.multiply(xt, np.float32(1 / 255), dtype=np.float32))
-    mods = []
-    for i, (W, b) in enumerate(zip(Ws, bs)):
-        lin = torch.nn.Linear(W.shape[0], W.shape[1])
-        with torch.no_grad():
-            lin.weight.copy_(torch.from_numpy(W.T.copy()))
-            lin.bias.copy_(torch.from_numpy(b))
-        mods.append(lin)
-        if i < len(Ws) - 1:
-            mods.append(torch.nn.ReLU())
-    net = torch.nn.Sequential(*mods)
+    if X.ndim == 3:                      # images: NCHW with one channel
+        X, Xt = X.unsqueeze(1), Xt.unsqueeze(1)
+        net = _torch_net(model, (1,) + tuple(x.shape[1:]) + (1,))
+    else:
+        net = _torch_net(model, (1, x.shape[1]))
+    net.train()
     if p.optimizer == "sgd":
         opt = torch.optim.SGD(net.parameters(), lr=p.lr, momentum=p.momentum,
                               nesterov=p.nesterov, weight_decay=p.weight_decay)
@@ -110,8 +176,10 @@ def worker_torch(preset, threads, epochs, seed):
             opt.step()
             t += 1
         times.append(time.perf_counter() - t0)
+    net.eval()
     with torch.no_grad():
-        acc = (net(Xt).argmax(1).numpy() == yt).mean()
+        acc = (torch.cat([net(Xt[i:i + 1000]) for i in range(0, len(Xt), 1000)])
+               .argmax(1).numpy() == yt).mean()
     return _result("torch", p, threads, epochs, times, acc)
 
 
@@ -121,7 +189,8 @@ def worker_jax(preset, threads, epochs, seed):
                                f" intra_op_parallelism_threads={threads}")
     import jax
     import jax.numpy as jnp
-    p, (x, y, xt, yt), Ws, bs, perms, lrs = _recipe(preset, epochs, seed)
+    p, (x, y, xt, yt), model, perms, lrs = _recipe(preset, epochs, seed)
+    Ws, bs = _dense_params(model)
     if p.optimizer != "sgd":
         raise NotImplementedError("the JAX replay implements SGD (momentum, nesterov) only")
     X = jnp.asarray(np.multiply(x, np.float32(1 / 255), dtype=np.float32))
@@ -197,7 +266,8 @@ def worker_tensorflow(preset, threads, epochs, seed):
     import tensorflow as tf
     tf.config.threading.set_intra_op_parallelism_threads(threads)
     tf.config.threading.set_inter_op_parallelism_threads(1)
-    p, (x, y, xt, yt), Ws, bs, perms, lrs = _recipe(preset, epochs, seed)
+    p, (x, y, xt, yt), model, perms, lrs = _recipe(preset, epochs, seed)
+    Ws, bs = _dense_params(model)
     if p.optimizer != "sgd":
         raise NotImplementedError("the TensorFlow replay implements SGD (momentum, nesterov) only")
     X = tf.constant(np.multiply(x, np.float32(1 / 255), dtype=np.float32))

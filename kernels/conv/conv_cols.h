@@ -7,17 +7,21 @@
 #define ZERO FN(CF(zero, COLS_FLAVOR))
 #define ADD FN(CF(add, COLS_FLAVOR))
 
-/* dst (OH*OW, KH*KW*Cin) = the columns of one image xi (H, W, Cin) */
-COLS_ATTR static void FN(CF(im2col, COLS_FLAVOR))(const fnn_conv_shape *s,
-                                                  const REAL *restrict xi, REAL *restrict dst)
+/* dst (p1 - p0, KH*KW*Cin) = the columns of output pixels [p0, p1) of one image xi
+ * (H, W, Cin); (0, OH*OW) is the whole image */
+COLS_ATTR static void FN(CF(im2col_range, COLS_FLAVOR))(const fnn_conv_shape *s,
+                                                        const REAL *restrict xi, ptrdiff_t p0,
+                                                        ptrdiff_t p1, REAL *restrict dst)
 {
     const ptrdiff_t H = s->H, W = s->W, C = s->Cin, KH = s->KH, KW = s->KW;
     const ptrdiff_t KWC = KW * C, K = KH * KWC;
-    for (ptrdiff_t oh = 0; oh < s->OH; oh++) {
+    for (ptrdiff_t oh = p0 / s->OW; oh < s->OH && oh * s->OW < p1; oh++) {
         const ptrdiff_t ih0 = oh * s->sh - s->pt;
         const int rows_inside = ih0 >= 0 && ih0 + KH <= H;
-        for (ptrdiff_t ow = 0; ow < s->OW; ow++) {
-            REAL *row = dst + (oh * s->OW + ow) * K;
+        const ptrdiff_t owa = oh * s->OW < p0 ? p0 - oh * s->OW : 0;
+        const ptrdiff_t owb = (oh + 1) * s->OW > p1 ? p1 - oh * s->OW : s->OW;
+        for (ptrdiff_t ow = owa; ow < owb; ow++) {
+            REAL *row = dst + (oh * s->OW + ow - p0) * K;
             ptrdiff_t iw0 = ow * s->sw - s->pl, kw0, kw1;
             kw_range(iw0, KW, W, &kw0, &kw1);
             if (rows_inside && kw0 == 0 && kw1 == KW) {     /* the common, interior case */
@@ -39,6 +43,12 @@ COLS_ATTR static void FN(CF(im2col, COLS_FLAVOR))(const fnn_conv_shape *s,
             }
         }
     }
+}
+
+COLS_ATTR static void FN(CF(im2col, COLS_FLAVOR))(const fnn_conv_shape *s,
+                                                  const REAL *restrict xi, REAL *restrict dst)
+{
+    FN(CF(im2col_range, COLS_FLAVOR))(s, xi, 0, s->OH * s->OW, dst);
 }
 
 /* dxi (H, W, Cin) = col2im(src) * (maski > 0): the adjoint of im2col */

@@ -839,6 +839,8 @@ void FN(fnn_conv2d_backward_weights)(const fnn_conv_shape *s, const REAL *x, con
 {
     /* dw (K, Cout) (+)= cols^T (K, rows) @ dy (rows, Cout), chunk by chunk, block by block */
     void (*im2col)(const fnn_conv_shape *, const REAL *, REAL *) = PICK(im2col);
+    void (*im2col_range)(const fnn_conv_shape *, const REAL *, ptrdiff_t, ptrdiff_t, REAL *) =
+        PICK(im2col_range);
     const ptrdiff_t P = s->OH * s->OW, K = s->KH * s->KW * s->Cin, HWC = s->H * s->W * s->Cin;
     const ptrdiff_t Cout = s->Cout, KC = K * Cout;
     const int direct = is_direct(s);
@@ -860,13 +862,7 @@ void FN(fnn_conv2d_backward_weights)(const fnn_conv_shape *s, const REAL *x, con
     for (ptrdiff_t n0 = 0; n0 < s->N; n0 += s->chunk) {
         const ptrdiff_t nb = s->N - n0 < s->chunk ? s->N - n0 : s->chunk, rows = nb * P;
         const int acc = accumulate || n0 > 0;
-        const REAL *A = x + n0 * HWC, *D = dy + n0 * P * Cout;
-        if (!direct) {
-            _Pragma("omp parallel for num_threads(nthreads) schedule(dynamic, 1) if (nthreads > 1 && nb > 1)")
-            for (ptrdiff_t i = 0; i < nb; i++)
-                im2col(s, x + (n0 + i) * HWC, cols + i * P * K);
-            A = cols;
-        }
+        const REAL *A = direct ? x + n0 * HWC : cols, *D = dy + n0 * P * Cout;
         ptrdiff_t nblk = (rows + s->row_block - 1) / s->row_block;
         if (nblk > s->max_blocks)
             nblk = s->max_blocks;
@@ -874,6 +870,12 @@ void FN(fnn_conv2d_backward_weights)(const fnn_conv_shape *s, const REAL *x, con
             nblk = 1;
         const ptrdiff_t br = (rows + nblk - 1) / nblk;
         nblk = (rows + br - 1) / br;
+        const int outer = nthreads > 1 && nblk >= nthreads, inner = outer ? 1 : nthreads;
+        if (!direct && !outer) {
+            _Pragma("omp parallel for num_threads(nthreads) schedule(dynamic, 1) if (nthreads > 1 && nb > 1)")
+            for (ptrdiff_t i = 0; i < nb; i++)
+                im2col(s, x + (n0 + i) * HWC, cols + i * P * K);
+        }
         if (nblk == 1) {
             fnn_epilogue ep = {.accumulate = acc};
             GEMM(K, Cout, rows, A, 1, K, D, Cout, 1, dw, Cout, 1, &ep, nthreads);
@@ -884,12 +886,17 @@ void FN(fnn_conv2d_backward_weights)(const fnn_conv_shape *s, const REAL *x, con
             }
             continue;
         }
-        const int outer = nthreads > 1 && nblk >= nthreads, inner = outer ? 1 : nthreads;
-        (void)outer;
         _Pragma("omp parallel for num_threads(nthreads) schedule(dynamic, 1) if (outer)")
         for (ptrdiff_t b = 0; b < nblk; b++) {
             const ptrdiff_t r0 = b * br, r1 = r0 + br < rows ? r0 + br : rows;
             fnn_epilogue ep = {.relu = 0};
+            if (!direct && outer)
+                /* the block's own columns, just before its GEMM reads them (in L2) */
+                for (ptrdiff_t i = r0 / P; i * P < r1; i++) {
+                    const ptrdiff_t p0 = r0 > i * P ? r0 - i * P : 0;
+                    const ptrdiff_t p1 = r1 < (i + 1) * P ? r1 - i * P : P;
+                    im2col_range(s, x + (n0 + i) * HWC, p0, p1, cols + (i * P + p0) * K);
+                }
             GEMM(K, Cout, r1 - r0, A + r0 * K, 1, K, D + r0 * Cout, Cout, 1, wpart + b * KC, Cout,
                  1, &ep, inner);
             if (dbias)
