@@ -295,7 +295,8 @@ def reference_run(W: Sequence[npt.NDArray[Any]], b: Sequence[Optional[npt.NDArra
                   batch_size: int, kind: str = "sgd", lr: float = 0.1, momentum: float = 0.0,
                   nesterov: bool = False, weight_decay: float = 0.0, beta1: float = 0.9,
                   beta2: float = 0.999, eps: float = 1e-8, step: int = 0,
-                  state: Optional[Dict[str, List[npt.NDArray[np.float64]]]] = None
+                  state: Optional[Dict[str, List[npt.NDArray[np.float64]]]] = None,
+                  precision: str = "fp32"
                   ) -> Tuple[List[npt.NDArray[np.float64]], List[Optional[npt.NDArray[np.float64]]],
                              Dict[str, List[npt.NDArray[np.float64]]], float, int, int]:
     """The float64 numpy spec of ``FusedPlan.run``'s steps (also PyTorch's semantics).
@@ -304,7 +305,36 @@ def reference_run(W: Sequence[npt.NDArray[Any]], b: Sequence[Optional[npt.NDArra
     layer l; x uint8 or float rows (N, D); y labels (N,); idx the rows in step
     order.  ``state``: optimizer buffers (dict name -> list per parameter),
     created as zeros when None.  Returns (W, b, state, loss_sum, correct, steps)
-    with float64 arrays."""
+    with float64 arrays.
+
+    ``precision="bf16"``: mixed precision as ``fit(precision="bf16")`` runs it.
+    Both inputs of each of the three matmuls (a_l @ W_l, a_l^T g, g @ W_l^T)
+    are first rounded to float32, then to bfloat16 (round to nearest even,
+    ``fastnn.kernels.matmul.reference.bf16_round``: the kernels round their
+    float32 values); the products are summed in float64 here.  Everything
+    else -- bias add, ReLU and its mask, softmax, loss, the optimizer on the
+    master weights -- is the float64 math above.
+
+    >>> import numpy as np
+    >>> W, b = [np.array([[1.00390625, 0.0]])], [None]   # 1 + 2**-8 is not a bf16 value
+    >>> x, y = np.ones((1, 1)), np.ones(1, np.int64)
+    >>> for p in ("fp32", "bf16"):   # logits (1.0039, 0) vs (1, 0); the master W is float64
+    ...     W1, _, _, loss, _, _ = reference_run(W, b, [False], x, y, np.arange(1), 1,
+    ...                                          lr=0.0, precision=p)
+    ...     print(p, round(loss, 5), W1[0][0, 0])
+    fp32 1.31612 1.00390625
+    bf16 1.31326 1.00390625
+    """
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(f"reference_run: precision must be 'fp32' or 'bf16', got {precision!r}")
+    if precision == "bf16":
+        from .kernels.matmul.reference import bf16_round
+
+        def mm(p: npt.NDArray[Any], q: npt.NDArray[Any]) -> npt.NDArray[np.float64]:
+            return bf16_round(p).astype(np.float64) @ bf16_round(q).astype(np.float64)
+    else:
+        def mm(p: npt.NDArray[Any], q: npt.NDArray[Any]) -> npt.NDArray[np.float64]:
+            return np.asarray(p @ q, dtype=np.float64)
     W = [np.asarray(w, np.float64).copy() for w in W]
     b = [None if v is None else np.asarray(v, np.float64).copy() for v in b]
     params = [p for l in range(len(W)) for p in (W[l], b[l]) if p is not None]
@@ -319,7 +349,10 @@ def reference_run(W: Sequence[npt.NDArray[Any]], b: Sequence[Optional[npt.NDArra
              else xb.astype(np.float64)]
         a[0] = a[0].astype(np.float64)
         for l in range(len(W)):
-            z = a[-1] @ W[l] + (b[l] if b[l] is not None else 0.0)
+            z = mm(a[-1], W[l])
+            bl = b[l]
+            if bl is not None:
+                z = z + bl
             a.append(np.maximum(z, 0.0) if relu[l] else z)
         z = a[-1]
         e = np.exp(z - z.max(axis=1, keepdims=True))
@@ -332,9 +365,9 @@ def reference_run(W: Sequence[npt.NDArray[Any]], b: Sequence[Optional[npt.NDArra
         g /= nb
         grads: List[npt.NDArray[np.float64]] = []
         for l in range(len(W) - 1, -1, -1):
-            gl = [a[l].T @ g] + ([g.sum(axis=0)] if b[l] is not None else [])
+            gl = [mm(a[l].T, g)] + ([g.sum(axis=0)] if b[l] is not None else [])
             if l > 0:
-                g = g @ W[l].T
+                g = mm(g, W[l].T)
                 if relu[l - 1]:
                     g = g * (a[l] > 0)
             grads = gl + grads

@@ -21,11 +21,13 @@ import statistics
 __all__ = ["bench_train"]
 
 
-def bench_train(preset, epochs=3, seed=0, data=None, engine="auto"):
+def bench_train(preset, epochs=3, seed=0, data=None, engine="auto", precision="fp32"):
     """Train ``preset`` for ``epochs`` epochs; returns the JSON-able result dict.
 
     ``engine``: "auto" (the fused native loop when it applies), "fused"
-    (require it) or "general" (the layer-by-layer path)."""
+    (require it) or "general" (the layer-by-layer path).  ``precision``:
+    "fp32" or "bf16" (``fit``'s; test accuracy is measured in float32); a bf16
+    result carries ``"precision": "bf16"``."""
     from . import presets, training
     from ._threads import get_num_threads
     from .datasets import mnist
@@ -43,10 +45,13 @@ def bench_train(preset, epochs=3, seed=0, data=None, engine="auto"):
     fused = {"auto": None, "fused": True, "general": False}[engine]
     hist = training.fit(model, x, y, epochs=epochs, batch_size=p.batch_size,
                         loss=presets.build_loss(p), optimizer=opt, shuffle=True, seed=seed,
-                        verbose=0, schedule=sched, fused=fused)
+                        verbose=0, schedule=sched, fused=fused, precision=precision)
     times = hist.history["epoch_time"]
     acc = training.evaluate(model, xt, yt)["accuracy"]
-    return {"engine": "fastnn", "model": p.name, "threads": get_num_threads(),
+    res = {"engine": "fastnn", "model": p.name, "threads": get_num_threads(),
             "batch": p.batch_size, "epochs": epochs,
             "epoch_s": statistics.median(times[1:]) if len(times) > 1 else times[0],
             "first_epoch_s": times[0], "test_acc": acc}
+    if precision != "fp32":     # fp32 results keep their historical keys (tests/test_cli.py)
+        res["precision"] = precision
+    return res

@@ -1,11 +1,12 @@
 """The ``fastnn`` command line.
 
-    fastnn train --preset mlp [--epochs 3] [--save ckpt.npz] [--resume ckpt.npz] [--json]
+    fastnn train --preset mlp [--epochs 3] [--precision bf16] [--save ckpt.npz]
+                 [--resume ckpt.npz] [--json]
     fastnn evaluate MODEL.npz [--json]
     fastnn predict MODEL.npz digit.png ... | --index 0 7 42
     fastnn info [--json]
     fastnn bench kernels [--threads N] [--json]
-    fastnn bench train --preset mlp --epochs 3 --threads 2 --json
+    fastnn bench train --preset mlp --epochs 3 --threads 2 [--precision bf16] --json
     fastnn plot LOGDIR -o curves.png
     fastnn export MODEL.npz MODEL.onnx [--softmax] [--batch N]
 
@@ -162,6 +163,10 @@ exit codes: 0 success; 1 an error the message explains (data missing, diverged,
 """
 
 
+_PRECISION_HELP = ("matmul precision: bf16 rounds the Dense layers' GEMM inputs to bfloat16 "
+                   "and accumulates in float32; weights, optimizer and loss stay float32")
+
+
 def build_parser():
     from .presets import OPTIMIZERS, PRESETS
     p = argparse.ArgumentParser(prog="fastnn", description="Fast neural-network training on "
@@ -205,6 +210,8 @@ def build_parser():
     t.add_argument("--resume", metavar="PATH", default=None,
                    help="continue from a checkpoint written by --save (its recipe is kept; "
                         "only --epochs, the new total, may change)")
+    t.add_argument("--precision", choices=("fp32", "bf16"), default=None, help=_PRECISION_HELP
+                   + " (default fp32; a resumed run keeps its checkpoint's)")
     t.add_argument("--json", action="store_true", help="one JSON object per epoch + a summary")
     t.add_argument("--distributed", action="store_true",
                    help="data-parallel over MPI ranks (implied when started by mpirun -n N, "
@@ -249,6 +256,8 @@ def build_parser():
     bt.add_argument("--data", metavar="DIR", default=None, help=_DATA_HELP)
     bt.add_argument("--engine", choices=("auto", "fused", "general"), default="auto",
                     help="training path (default: the fused native loop when it applies)")
+    bt.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                    help=_PRECISION_HELP + " (default fp32)")
     bt.add_argument("--json", action="store_true", help="one JSON line")
 
     ex = sub.add_parser("export", help="write a saved model as an ONNX graph "
@@ -393,6 +402,7 @@ def _cmd_train(args):
                         f"(no training state in it)", code=1)
         preset = _resolve_preset(args, stored["preset"])
         seed = stored.get("seed", 0)
+        precision = args.precision or stored.get("precision", "fp32")
         # Only --epochs may change: everything else would make the resumed run differ
         # from the one it continues (and the restored optimizer keeps its own settings).
         recipe = {"seed": (args.seed, seed), "subset": (args.subset, stored.get("subset"))}
@@ -418,6 +428,7 @@ def _cmd_train(args):
     else:
         preset = _resolve_preset(args)
         seed = 0 if args.seed is None else args.seed
+        precision = args.precision or "fp32"
         stored = {}
 
     (x_train, y_train), (x_test, y_test) = _load_mnist(args.data)
@@ -447,7 +458,7 @@ def _cmd_train(args):
     if args.save:
         ckpt = cbs.ModelCheckpoint(args.save, save_initial=resume_extra is None,
                                    extra={"cli": {"preset": preset.to_dict(), "seed": seed,
-                                                  "subset": subset}})
+                                                  "subset": subset, "precision": precision}})
         callbacks.append(ckpt)
     if args.json:
         callbacks.append(_EpochPrinter(preset.epochs))
@@ -463,14 +474,15 @@ def _cmd_train(args):
               f"batch {preset.batch_size}, {preset.optimizer} lr {preset.lr}"
               + (f" momentum {preset.momentum}" if preset.optimizer == "sgd" else "")
               + f", {preset.epochs} epochs, {get_num_threads()} threads, seed {seed}"
+              + (f", precision {precision}" if precision != "fp32" else "")
               + (f"; resuming after epoch {resume_extra.get('epoch', 0)}"
                  if resume_extra is not None else ""), flush=True)
         if comm is None:
-            verdict = fusion.check(model, loss, optimizer, preset.batch_size)
+            verdict = fusion.check(model, loss, optimizer, preset.batch_size, precision)
             print("engine: fused (one native call per epoch)" if verdict.ok else
                   f"engine: general, layer by layer ({verdict.reason})", flush=True)
         else:
-            verdict = fusion.check(model, loss, optimizer, per_rank)
+            verdict = fusion.check(model, loss, optimizer, per_rank, precision)
             print("engine: fused gradient step + allreduce + optimizer step" if verdict.ok
                   else f"engine: general, layer by layer, + allreduce ({verdict.reason})",
                   flush=True)
@@ -479,7 +491,7 @@ def _cmd_train(args):
         fit_kw = dict(epochs=preset.epochs, batch_size=preset.batch_size, loss=loss,
                       optimizer=optimizer, validation_data=(x_test, y_test), shuffle=True,
                       seed=seed, callbacks=callbacks, verbose=0 if args.json else 1,
-                      schedule=schedule, resume=resume_extra)
+                      schedule=schedule, resume=resume_extra, precision=precision)
         if comm is None:
             hist = training.fit(model, x_train, y_train, **fit_kw)
         else:
@@ -507,6 +519,7 @@ def _cmd_train(args):
     summary = {
         "summary": True, "preset": preset.name, "sizes": list(preset.sizes),
         "batch_size": preset.batch_size, "threads": get_num_threads(), "seed": seed,
+        "precision": precision,
         "epochs_run": epochs_run, "engine": hist.params.get("engine"),
         "why_not_fused": hist.params.get("why_not_fused", ""),
         "test_loss": h["val_loss"][-1] if h.get("val_loss") else None,
@@ -691,12 +704,12 @@ def _cmd_bench_train(args):
     _set_threads(args.threads)
     with _data_option(args.data):
         res = bench_train(args.preset, epochs=args.epochs, seed=args.seed, data=args.data,
-                          engine=args.engine)
+                          engine=args.engine, precision=args.precision)
     if args.json:
         _print_json(res)
     else:
-        print(f"fastnn {res['model']}: {res['threads']} threads, batch {res['batch']}, "
-              f"{res['epochs']} epochs: median epoch {res['epoch_s']:.3f}s (first "
+        print(f"fastnn {res['model']} {res.get('precision', 'fp32')}: {res['threads']} "
+              f"threads, batch {res['batch']}, {res['epochs']} epochs: median epoch {res['epoch_s']:.3f}s (first "
               f"{res['first_epoch_s']:.3f}s), test accuracy {res['test_acc']:.4f}")
     return 0
 

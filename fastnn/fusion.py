@@ -44,7 +44,7 @@ import numpy as np
 from .parameter import Parameter
 
 __all__ = ["NotFusable", "LayerSpec", "LossSpec", "OptimizerSpec", "FusionCheck", "check",
-           "native_trainer", "require_own_methods"]
+           "native_trainer", "require_own_methods", "PRECISIONS"]
 
 
 class NotFusable(Exception):
@@ -163,13 +163,23 @@ def _compile(layers: List[LayerSpec]) -> Tuple[Tuple[LayerSpec, bool], ...]:
     return tuple((spec, bool(relu)) for spec, relu in dense)
 
 
-def check(model: Any, loss: Any, optimizer: Any, batch_size: Any) -> FusionCheck:
+PRECISIONS = ("fp32", "bf16")
+
+
+def check(model: Any, loss: Any, optimizer: Any, batch_size: Any,
+          precision: str = "fp32") -> FusionCheck:
     """Whether ``fit`` can run (model, loss, optimizer, batch_size) on the fused native
-    trainer; the returned :class:`FusionCheck` is truthy when it can, else its
-    ``reason`` says why not."""
+    trainer in ``precision`` ("fp32" or "bf16", see ``fit``); the returned
+    :class:`FusionCheck` is truthy when it can, else its ``reason`` says why not.
+    bf16 is accepted only where the native trainer has a bf16 mode (its
+    ``PRECISIONS``); otherwise ``fit`` runs bf16 on the layer-by-layer path."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     native = native_trainer()
     if native is None:
         return FusionCheck(False, "the native trainer (fastnn._ext.train) is not built")
+    if precision not in getattr(native, "PRECISIONS", ("fp32",)):
+        return FusionCheck(False, f"the fused trainer has no {precision} mode")
     if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) \
             or batch_size < 1:
         return FusionCheck(False, f"batch_size must be a positive integer, got {batch_size!r}")

@@ -205,6 +205,15 @@ class Dense(Layer):
     ``"zeros"``.  The initial values are drawn from a fresh unseeded
     generator; ``Sequential(..., seed=s)`` re-draws every layer reproducibly.
 
+    ``precision``: ``"fp32"`` (default) or ``"bf16"`` (float32 layers only):
+    the three GEMMs round both operands (x, W, dz) to bfloat16, round to
+    nearest even, and accumulate in float32 (``fastnn.kernels.matmul(...,
+    precision="bf16")``); W, b, their gradients, the bias add and the
+    activation stay float32.  It is a run-time setting, not part of the
+    layer's config: ``fit(..., precision="bf16")`` sets it for the duration
+    of the fit and restores it after, so checkpoints stay float32 and the
+    trained model evaluates in either precision.
+
     >>> import numpy as np
     >>> d = Dense(2, 1, init="zeros")
     >>> d.weight.data[:] = [[1.0], [2.0]]; d.bias.data[:] = 0.5
@@ -213,8 +222,10 @@ class Dense(Layer):
     """
 
     ACTIVATIONS: ClassVar[Tuple[Optional[str], ...]] = (None, "relu", "sigmoid", "tanh")
+    PRECISIONS: ClassVar[Tuple[str, ...]] = ("fp32", "bf16")
     ACCEPTS_DX_MASK = True
     dtype: np.dtype[Any]        # a Dense layer always has one
+    precision: str = "fp32"     # the GEMMs' input precision (see the class docstring)
 
     def __init__(self, in_features: int, out_features: int, activation: Optional[str] = None,
                  use_bias: bool = True, init: str = "he",
@@ -269,10 +280,15 @@ class Dense(Layer):
         # autotuner: its choice can differ between processes and the variants round
         # differently, so the same seed gave different weights from run to run.
         variant = "c" if _gemm_ex() is not None else None
+        precision = self._gemm_precision()
+        if precision == "bf16" and variant is None:
+            variant = "reference"       # bf16 runs on "c" or "reference" only
         if self.activation == "relu":
-            k.matmul(x, self.weight.data, out=y, bias=bias, activation="relu", variant=variant)
+            k.matmul(x, self.weight.data, out=y, bias=bias, activation="relu", variant=variant,
+                     precision=precision)
         else:
-            k.matmul(x, self.weight.data, out=y, bias=bias, variant=variant)
+            k.matmul(x, self.weight.data, out=y, bias=bias, variant=variant,
+                     precision=precision)
             if self.activation is not None:
                 k.activation_forward(self.activation, y, out=y)
         self._x = x
@@ -309,18 +325,32 @@ class Dense(Layer):
         if not input_grad:
             return None
         dx = _out_buffer(dx, x.shape, self.dtype)
+        bf16 = self._gemm_precision() == "bf16"
+        ex = _gemm_ex()
         if dx_mask is not None:
             if dx_mask.shape != x.shape or dx_mask.dtype != self.dtype:
                 raise ShapeError(f"Dense.backward: dx_mask must be a {self.dtype} array of "
                                  f"shape {x.shape}, got {dx_mask.dtype} {dx_mask.shape}")
-            ex = _gemm_ex()
             if ex is not None:
                 from . import _threads
                 return ex(dz, self.weight.data.T, dx, None, False, dx_mask, False,
-                          _threads.get_num_threads())
-            k.matmul(dz, self.weight.data, trans_b=True, out=dx)
+                          _threads.get_num_threads(), bf16)
+            _dx_matmul(dz, self.weight.data, dx, bf16)
             return k.activation_backward("relu", dx_mask, dx, dx=dx)
-        return k.matmul(dz, self.weight.data, trans_b=True, out=dx)
+        return _dx_matmul(dz, self.weight.data, dx, bf16)
+
+    def _gemm_precision(self) -> str:
+        """``self.precision``, checked: bf16 needs a float32 layer."""
+        precision = self.precision
+        if precision == "fp32":
+            return precision
+        if precision not in self.PRECISIONS:
+            raise ValueError(f"Dense: precision must be one of {self.PRECISIONS}, "
+                             f"got {precision!r}")
+        if self.dtype != np.float32:
+            raise DTypeError(f"Dense: precision={precision!r} needs a float32 layer, this one "
+                             f"is {self.dtype}")
+        return precision
 
     def get_config(self) -> Dict[str, Any]:
         return {"class": "Dense", "in_features": self.in_features,
@@ -349,12 +379,26 @@ def _gemm_accumulate(layer: Dense, x: npt.NDArray[np.floating],
     from . import _threads
     gw = layer.weight.grad
     ex = _gemm_ex()
+    bf16 = layer._gemm_precision() == "bf16"
     if ex is not None and gw.flags.c_contiguous:
-        ex(x.T, dz, gw, None, False, None, True, _threads.get_num_threads())
+        ex(x.T, dz, gw, None, False, None, True, _threads.get_num_threads(), bf16)
         return
     tmp = layer._gw = _out_buffer(layer._gw, gw.shape, gw.dtype)
-    kernels.matmul(x, dz, trans_a=True, out=tmp)
+    if bf16:
+        kernels.matmul(x, dz, trans_a=True, out=tmp, precision="bf16",
+                       variant="c" if ex is not None else "reference")
+    else:
+        kernels.matmul(x, dz, trans_a=True, out=tmp)
     gw += tmp
+
+
+def _dx_matmul(dz: npt.NDArray[np.floating], w: npt.NDArray[np.floating],
+               dx: npt.NDArray[np.floating], bf16: bool) -> npt.NDArray[np.floating]:
+    """dx = dz W^T (bf16 inputs, fp32 accumulation when ``bf16``)."""
+    if bf16:
+        return kernels.matmul(dz, w, trans_b=True, out=dx, precision="bf16",
+                              variant="c" if _gemm_ex() is not None else "reference")
+    return kernels.matmul(dz, w, trans_b=True, out=dx)
 
 
 class _Elementwise(Layer):

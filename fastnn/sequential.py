@@ -471,12 +471,12 @@ class Sequential:
             verbose: int = 1,
             schedule: Union[None, LRSchedule, Callable[[int], float]] = None,
             initial_epoch: int = 0, resume: Optional[Mapping[str, Any]] = None,
-            fused: Optional[bool] = None) -> training.History:
+            fused: Optional[bool] = None, precision: str = "fp32") -> training.History:
         return training.fit(self, x, y, epochs=epochs, batch_size=batch_size, loss=loss,
                             optimizer=optimizer, validation_data=validation_data,
                             shuffle=shuffle, seed=seed, callbacks=callbacks, verbose=verbose,
                             schedule=schedule, initial_epoch=initial_epoch, resume=resume,
-                            fused=fused)
+                            fused=fused, precision=precision)
 
     def evaluate(self, x: npt.NDArray[Any], y: npt.NDArray[np.integer], loss: Optional[Loss] = None,
                  batch_size: int = training.EVAL_BATCH) -> Dict[str, float]:

@@ -479,9 +479,30 @@ def _apply_schedule(schedule: _Schedule, optimizer: Optimizer, global_step: int)
     optimizer.lr = _schedule_lr(schedule, global_step)
 
 
+def _precision_layers(model: Any, precision: Any) -> List[Any]:
+    """The layers of ``model`` that ``fit(precision=...)`` switches: those with a
+    ``precision`` setting that lists ``precision`` in their ``PRECISIONS`` (Dense).
+    Raises when ``precision`` is unknown or no layer of the model can run it."""
+    if precision not in fusion.PRECISIONS:
+        raise ValueError(f"precision must be one of {fusion.PRECISIONS}, got {precision!r}")
+    layers = [layer for layer in getattr(model, "layers", ())
+              if precision in getattr(layer, "PRECISIONS", ())]
+    if precision == "fp32":
+        return layers
+    if not layers:
+        raise ValueError(f"precision={precision!r}: the model has no layer with a {precision} "
+                         f"kernel (Dense has one)")
+    for layer in layers:
+        if getattr(layer, "dtype", None) != np.float32:
+            raise DTypeError(f"precision={precision!r} needs float32 layers; "
+                             f"{type(layer).__name__} is {layer.dtype}")
+    return layers
+
+
 def _make_engine(model: Any, loss: Loss, optimizer: Optimizer, x: npt.NDArray[Any],
                  y: npt.NDArray[Any], batch_size: int, schedule: Optional[_Schedule],
-                 fused: Optional[bool]) -> Tuple[Union[_GeneralEngine, _FusedEngine], str]:
+                 fused: Optional[bool], precision: str = "fp32"
+                 ) -> Tuple[Union[_GeneralEngine, _FusedEngine], str]:
     """(engine, why the fused trainer does not run it: "" when it does)."""
     if fused is False:
         reason = "fused=False"
@@ -490,7 +511,7 @@ def _make_engine(model: Any, loss: Loss, optimizer: Optimizer, x: npt.NDArray[An
         # float data (float64, float16) is cast batch by batch on the general path
         reason = f"x is {x.dtype}, not uint8 or the model's {_model_dtype(model, x)}"
     else:
-        verdict = fusion.check(model, loss, optimizer, batch_size)
+        verdict = fusion.check(model, loss, optimizer, batch_size, precision)
         if verdict.ok:
             plan = _fused.FusedPlan(model, optimizer, verdict.dense, batch_size)
             return _FusedEngine(plan, optimizer, x, y, schedule), ""
@@ -503,8 +524,8 @@ def _make_engine(model: Any, loss: Loss, optimizer: Optimizer, x: npt.NDArray[An
 
 def _make_distributed_engine(comm: Communicator, model: Any, loss: Loss, optimizer: Optimizer,
                              x: npt.NDArray[Any], y: npt.NDArray[Any], batch_size: int,
-                             schedule: Optional[_Schedule], fused: Optional[bool]
-                             ) -> Tuple[_DistributedEngine, str]:
+                             schedule: Optional[_Schedule], fused: Optional[bool],
+                             precision: str = "fp32") -> Tuple[_DistributedEngine, str]:
     """The data-parallel engine: the fused gradient step when ``fusion.check`` accepts
     the model for the per-rank batch, else the layer-by-layer gradient."""
     if getattr(model, "flat_grads", None) is None or getattr(optimizer, "model", None) is not model:
@@ -518,7 +539,7 @@ def _make_distributed_engine(comm: Communicator, model: Any, loss: Loss, optimiz
     elif x.dtype != np.uint8 and x.dtype != _model_dtype(model, x):
         reason = f"x is {x.dtype}, not uint8 or the model's {_model_dtype(model, x)}"
     else:
-        verdict = fusion.check(model, loss, optimizer, per_rank)
+        verdict = fusion.check(model, loss, optimizer, per_rank, precision)
         reason = verdict.reason
         if verdict.ok:
             plan = _fused.GradPlan(model, optimizer, verdict.dense, per_rank)
@@ -668,6 +689,7 @@ def fit(model: Any, x: npt.NDArray[Any], y: npt.NDArray[np.integer], *, epochs: 
         shuffle: bool = True, seed: Optional[int] = None, callbacks: Iterable[Callback] = (),
         verbose: int = 1, schedule: Optional[_Schedule] = None, initial_epoch: int = 0,
         resume: Optional[Mapping[str, Any]] = None, fused: Optional[bool] = None,
+        precision: str = "fp32",
         _distributed: Optional[Communicator] = None) -> History:
     """Train ``model`` on (x, y); returns a :class:`History`.
 
@@ -684,6 +706,17 @@ def fit(model: Any, x: npt.NDArray[Any], y: npt.NDArray[np.integer], *, epochs: 
     not the fused one, is in ``history.params["engine"]`` /
     ``["why_not_fused"]`` (``fastnn.fusion.check`` decides); ``verbose=2``
     prints it first.
+
+    ``precision``: ``"fp32"`` (default) or ``"bf16"``, mixed precision as
+    ``torch.autocast`` runs it: the inputs of every Dense GEMM (activations,
+    weights, and in backward the gradients) are rounded to bfloat16 (round to
+    nearest even) and the products accumulated in float32; the master weights,
+    optimizer state, bias, activations' derivatives, softmax, loss and
+    reductions stay float32.  It is set on the model's layers that have a bf16
+    kernel (``Dense``; other layers run float32) for the duration of the fit,
+    validation included, and restored after: checkpoints hold float32 weights
+    and the model evaluates in either precision.  ``fastnn._fused.reference_run(...,
+    precision="bf16")`` is the spec; ``history.params["precision"]`` records it.
 
     Data-parallel training over MPI ranks: :func:`fit_distributed`, same arguments.
 
@@ -705,6 +738,7 @@ def fit(model: Any, x: npt.NDArray[Any], y: npt.NDArray[np.integer], *, epochs: 
         seed = _check_int("seed", seed, 0)
     _check_loss(loss)
     _check_optimizer(optimizer, model)
+    precision_layers = _precision_layers(model, precision)
     x = _check_x(x)
     y = _check_y(y, x.shape[0])
     n = x.shape[0]
@@ -735,6 +769,7 @@ def fit(model: Any, x: npt.NDArray[Any], y: npt.NDArray[np.integer], *, epochs: 
     if comm is not None:
         seed = _distributed_start(comm, model, optimizer, seed, batch_size, n, {
             "epochs": epochs, "shuffle": bool(shuffle), "initial epoch": initial_epoch,
+            "precision": precision,
             "resumed at": None if resume is None else resume.get("global_step"),
             "validation samples": None if validation_data is None else xv.shape[0]})
         if comm.rank != 0:      # rank 0 alone prints and writes files
@@ -753,13 +788,13 @@ def fit(model: Any, x: npt.NDArray[Any], y: npt.NDArray[np.integer], *, epochs: 
     engine: Union[_GeneralEngine, _FusedEngine, _DistributedEngine]
     if comm is not None:
         engine, why_not_fused = _make_distributed_engine(comm, model, loss, optimizer, x, y,
-                                                         batch_size, schedule, fused)
+                                                         batch_size, schedule, fused, precision)
     else:
         engine, why_not_fused = _make_engine(model, loss, optimizer, x, y, batch_size,
-                                             schedule, fused)
+                                             schedule, fused, precision)
     history.params.update({"epochs": epochs, "batch_size": batch_size, "steps": steps_per_epoch,
                            "samples": n, "engine": engine.name,
-                           "why_not_fused": why_not_fused})
+                           "why_not_fused": why_not_fused, "precision": precision})
     if comm is not None:
         history.params.update({"ranks": comm.size,
                                "per_rank_batch": -(-batch_size // comm.size)})
@@ -786,7 +821,10 @@ def fit(model: Any, x: npt.NDArray[Any], y: npt.NDArray[np.integer], *, epochs: 
         chunk = comm.bcast_int(chunk or 0) or None
     step_cbs = [cb for cb in callbacks if getattr(cb, "step_freq", None)]
 
+    saved_precision = [layer.precision for layer in precision_layers]
     model.train()
+    for layer in precision_layers:
+        layer.precision = precision
     for cb in callbacks:
         cb.on_train_begin({})
     try:
@@ -864,6 +902,8 @@ def fit(model: Any, x: npt.NDArray[Any], y: npt.NDArray[np.integer], *, epochs: 
                 break
     finally:
         model.eval()
+        for layer, saved in zip(precision_layers, saved_precision):
+            layer.precision = saved
     for cb in callbacks:
         cb.on_train_end({})
     return history
@@ -1024,7 +1064,7 @@ def _lean_plan(model: Any, x: Any,
             return None
         assert isinstance(layer, Dense)
         if layer.activation not in (None, "relu") or layer.in_features != width \
-                or layer.dtype != dtype:
+                or layer.dtype != dtype or layer.precision != "fp32":
             return None
         plan.append((layer.weight.data, layer.bias.data if layer.bias is not None else None,
                      layer.activation == "relu", layer.out_features))
