@@ -256,6 +256,43 @@ FNN_TARGET_AVX2 static void FN(c1_row_avx2)(const fnn_conv_shape *s, const REAL 
 
 #define C1_BUF 4096     /* elements of the padded rows kept on the stack */
 
+/* The padded rows of a whole image: (H + pt + pb, Wbuf), zeros outside x; output row
+ * oh reads its KH rows from row oh*sh on.  Built once per image instead of KH rows per
+ * output row when it fits in C1_BUF (MNIST-sized images do). */
+static int FN(c1_image_fits)(const fnn_conv_shape *s)
+{
+    return (s->H + s->pt + s->pb) * (s->W + s->pl + s->pr + VW) <= C1_BUF;
+}
+
+static void FN(c1_image_rows)(const fnn_conv_shape *s, const REAL *xi, REAL *img,
+                              ptrdiff_t Wbuf)
+{
+    const ptrdiff_t Hp = s->H + s->pt + s->pb;
+    for (ptrdiff_t i = 0; i < Hp * Wbuf; i++)
+        img[i] = 0;
+    for (ptrdiff_t ih = 0; ih < s->H; ih++)
+        for (ptrdiff_t iw = 0; iw < s->W; iw++)
+            img[(ih + s->pt) * Wbuf + s->pl + iw] = xi[ih * s->W + iw];
+}
+
+/* the KH padded rows of item it = (n, oh): from the whole padded image when it fits
+ * (rebuilt when n changes; *cur_n tracks it), else built into rows */
+static const REAL *FN(c1_item_rows)(const fnn_conv_shape *s, const REAL *x, ptrdiff_t it,
+                                    REAL *rows, ptrdiff_t Wbuf, ptrdiff_t *cur_n)
+{
+    const ptrdiff_t n = it / s->OH, oh = it % s->OH;
+    if (!FN(c1_image_fits)(s)) {
+        FN(c1_rows)(s, x + n * s->H * s->W, oh, rows, Wbuf);
+        return rows;
+    }
+    if (*cur_n != n) {
+        FN(c1_image_rows)(s, x + n * s->H * s->W, rows, Wbuf);
+        *cur_n = n;
+    }
+    return rows + oh * s->sh * Wbuf;
+}
+
+
 static int FN(c1_fits)(const fnn_conv_shape *s)
 {
     return s->Cin == 1 && s->sw == 1 && s->Cout <= C1_MAX_COUT
@@ -421,15 +458,16 @@ FNN_TARGET_AVX2 static void FN(c1w_dw_block_avx2)(const fnn_conv_shape *s, const
     (void)accv;
     for (ptrdiff_t e = 0; e < s->KH * s->KW * Cout; e++)
         part[e] = 0;
+    ptrdiff_t cur_n = -1;
     for (ptrdiff_t it = it0; it < it1; it++) {
-        FN(c1_rows)(s, x + (it / s->OH) * s->H * s->W, it % s->OH, rows, Wbuf);
+        const REAL *r = FN(c1_item_rows)(s, x, it, rows, Wbuf, &cur_n);
         const REAL *dyr = dy + it * OW * Cout;
         for (ptrdiff_t c0 = 0; c0 < Cout; c0 += C1W_NV * VW) {
             switch ((Cout - c0) / VW) {
-            case 1: FN(c1w_dw_taps)(s, rows, Wbuf, dyr, c0, part, 1); break;
-            case 2: FN(c1w_dw_taps)(s, rows, Wbuf, dyr, c0, part, 2); break;
-            case 3: FN(c1w_dw_taps)(s, rows, Wbuf, dyr, c0, part, 3); break;
-            default: FN(c1w_dw_taps)(s, rows, Wbuf, dyr, c0, part, 4); break;
+            case 1: FN(c1w_dw_taps)(s, r, Wbuf, dyr, c0, part, 1); break;
+            case 2: FN(c1w_dw_taps)(s, r, Wbuf, dyr, c0, part, 2); break;
+            case 3: FN(c1w_dw_taps)(s, r, Wbuf, dyr, c0, part, 3); break;
+            default: FN(c1w_dw_taps)(s, r, Wbuf, dyr, c0, part, 4); break;
             }
         }
     }
@@ -449,12 +487,11 @@ static void FN(c1_forward)(const fnn_conv_shape *s, const REAL *x, const REAL *w
     _Pragma("omp parallel num_threads(nthreads) if (par)")
     {
         REAL rows[C1_BUF];
+        ptrdiff_t cur_n = -1;
         _Pragma("omp for schedule(static)")
-        for (ptrdiff_t it = 0; it < items; it++) {
-            ptrdiff_t n = it / s->OH, oh = it % s->OH;
-            FN(c1_rows)(s, x + n * s->H * s->W, oh, rows, Wbuf);
-            row(s, rows, Wbuf, w, bias, relu, y + it * rowsz);
-        }
+        for (ptrdiff_t it = 0; it < items; it++)
+            row(s, FN(c1_item_rows)(s, x, it, rows, Wbuf, &cur_n), Wbuf, w, bias, relu,
+                y + it * rowsz);
     }
 }
 
@@ -794,6 +831,71 @@ FNN_TARGET_AVX2 static void FN(c1_dw_block_avx2)(const fnn_conv_shape *s, const 
 }
 #endif
 
+#if FNN_X86
+/* Cout <= VW (lenet5's 5x5x6 first layer): the weight gradient with the output
+ * channels in ONE vector (lanes beyond Cout read the next pixel's dy and are
+ * dropped; the row's last pixel is a masked load), C1N_NT taps of accumulators
+ * each fed by a broadcast input: the transposed-dy kernel above keeps one
+ * accumulator chain per (tap, channel) and ran at 11 GFLOP/s.  Loads that would
+ * leave dy's row (the last pixels, or all of them when Cout is tiny) are masked. */
+#define C1N_NT 13
+
+FNN_TARGET_AVX2 INLINE void FN(c1n_dw_tile)(const fnn_conv_shape *s, const REAL *rows,
+                                            ptrdiff_t Wbuf, const REAL *dyr, ptrdiff_t t0,
+                                            REAL *accp, const int NT)
+{
+    const ptrdiff_t Cout = s->Cout, KW = s->KW, OW = s->OW;
+    ptrdiff_t off[C1N_NT];
+    VTYPE a[C1N_NT];
+    for (int t = 0; t < NT; t++) {
+        off[t] = ((t0 + t) / KW) * Wbuf + (t0 + t) % KW;
+        a[t] = VLOADU(accp + (t0 + t) * VW);
+    }
+    for (ptrdiff_t ow = 0; ow < OW; ow++) {
+        /* a whole vector while it stays inside this row of dy */
+        const VTYPE g = ow * Cout + VW <= OW * Cout ? VLOADU(dyr + ow * Cout)
+                                                    : VMASKLOAD(dyr + ow * Cout, VMASK_FOR(Cout));
+        for (int t = 0; t < NT; t++)
+            a[t] = VFMA(VSET1(rows[off[t] + ow]), g, a[t]);
+    }
+    for (int t = 0; t < NT; t++)
+        VSTOREU(accp + (t0 + t) * VW, a[t]);
+}
+
+FNN_TARGET_AVX2 static void FN(c1n_dw_block_avx2)(const fnn_conv_shape *s, const REAL *x,
+                                                  const REAL *dy, ptrdiff_t it0, ptrdiff_t it1,
+                                                  REAL *rows, REAL *dyT, REAL *accv, REAL *part)
+{
+    const ptrdiff_t Cout = s->Cout, OW = s->OW, taps = s->KH * s->KW;
+    const ptrdiff_t Wbuf = s->W + s->pl + s->pr + VW;
+    (void)dyT;
+    for (ptrdiff_t e = 0; e < taps * VW; e++)
+        accv[e] = 0;
+    ptrdiff_t cur_n = -1;
+    for (ptrdiff_t it = it0; it < it1; it++) {
+        const REAL *r = FN(c1_item_rows)(s, x, it, rows, Wbuf, &cur_n);
+        const REAL *dyr = dy + it * OW * Cout;
+        /* tiles of nearly equal size (25 taps: 13 + 12): a lone short tile would be
+         * one latency-bound FMA chain */
+        const ptrdiff_t ntiles = (taps + C1N_NT - 1) / C1N_NT;
+        for (ptrdiff_t k = 0, t0 = 0; k < ntiles; k++) {
+            const ptrdiff_t nt = (taps - t0) / (ntiles - k) + ((taps - t0) % (ntiles - k) != 0);
+            switch (nt) {
+#define C1N_CASE(n) case n: FN(c1n_dw_tile)(s, r, Wbuf, dyr, t0, accv, n); break;
+            C1N_CASE(1) C1N_CASE(2) C1N_CASE(3) C1N_CASE(4) C1N_CASE(5) C1N_CASE(6) C1N_CASE(7)
+            C1N_CASE(8) C1N_CASE(9) C1N_CASE(10) C1N_CASE(11) C1N_CASE(12)
+            default: FN(c1n_dw_tile)(s, r, Wbuf, dyr, t0, accv, C1N_NT); break;
+#undef C1N_CASE
+            }
+            t0 += nt;
+        }
+    }
+    for (ptrdiff_t t = 0; t < taps; t++)
+        for (ptrdiff_t c = 0; c < Cout; c++)
+            part[t * Cout + c] = accv[t * VW + c];
+}
+#endif
+
 static int FN(c1_dw_fits)(const fnn_conv_shape *s)
 {
     const ptrdiff_t OWp = (s->OW + VW - 1) / VW * VW;
@@ -850,8 +952,12 @@ void FN(fnn_conv2d_backward_weights)(const fnn_conv_shape *s, const REAL *x, con
     if (nthreads < 1)
         nthreads = 1;
     if (FN(c1_dw_fits)(s)) {
-        FN(c1_backward_weights)(s, x, dy, dw, dbias, accumulate, ws, nthreads,
-                                PICK(c1_dw_block));
+        FN(c1_dw_fn) blk = PICK(c1_dw_block);
+#if FNN_X86
+        if (fnn_use_avx2() && s->Cout <= VW)
+            blk = FN(c1n_dw_block_avx2);
+#endif
+        FN(c1_backward_weights)(s, x, dy, dw, dbias, accumulate, ws, nthreads, blk);
         return;
     }
     if (FN(c1w_fits)(s)) {
@@ -982,6 +1088,7 @@ void FN(fnn_avgpool2d_backward)(const fnn_pool_shape *s, const REAL *dy, REAL *d
 }
 
 #undef CLONES
+#undef C1N_NT
 #undef BD_MAX_CIN
 #undef BD_BUF
 #undef C1W_NV
