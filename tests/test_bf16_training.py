@@ -274,3 +274,17 @@ def test_cli_bench_train_bf16(capsys):
     (res,) = _cli(["bench", "train", "--preset", "softmax", "--epochs", "1", "--threads", "1",
                    "--precision", "bf16", "--json"], capsys)
     assert res["precision"] == "bf16" and res["model"] == "softmax" and res["test_acc"] > 0.85
+
+
+def test_fused_true_with_bf16_names_the_reason():
+    """Until the native trainer has a bf16 mode, bf16 runs on the general path and
+    fused=True says why it cannot."""
+    if "bf16" in getattr(fusion.native_trainer(), "PRECISIONS", ("fp32",)):
+        pytest.fail("the native trainer has a bf16 mode: test the fused bf16 step instead")
+    x, y = _data()
+    model = _model()
+    with pytest.raises(ValueError, match="has no bf16 mode"):
+        model.fit(x, y, epochs=1, batch_size=16, loss=SoftmaxCrossEntropy(),
+                  optimizer=SGD(model, lr=0.1), verbose=0, precision="bf16", fused=True)
+    for layer in _dense(model):
+        assert layer.precision == "fp32"
