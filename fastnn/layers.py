@@ -1161,7 +1161,12 @@ class BatchNorm2D(Layer):
                                  f"(input shape {x.shape}); call eval() to use the running "
                                  f"statistics")
             mean = x2.mean(axis=0)
-            var = x2.var(axis=0)
+            # the centred values go straight into the output buffer: x2.var() would
+            # allocate a full-size temporary every step
+            y = _out_buffer(out, x.shape, self.dtype)
+            np.subtract(x2, mean, out=y.reshape(-1, c))
+            c2 = y.reshape(-1, c)
+            var = np.einsum("ij,ij->j", c2, c2) / self.dtype.type(m)
             mom = self.dtype.type(self.momentum)
             self.running_mean *= 1 - mom
             self.running_mean += mom * mean
@@ -1170,11 +1175,14 @@ class BatchNorm2D(Layer):
         else:
             mean, var = self.running_mean, self.running_var
         inv = (1.0 / np.sqrt(var + self.dtype.type(self.eps))).astype(self.dtype)
-        y = _out_buffer(out, x.shape, self.dtype)
+        if not self.training:
+            y = _out_buffer(out, x.shape, self.dtype)
+            np.subtract(x2, mean, out=y.reshape(-1, c))
         y2 = y.reshape(-1, c)
-        np.subtract(x2, mean, out=y2)
         y2 *= inv
-        self._xhat = y2.copy()
+        # xhat is kept for backward in a buffer reused across steps
+        self._xhat = _out_buffer(self._xhat, y2.shape, self.dtype)
+        np.copyto(self._xhat, y2)
         y2 *= self.gamma.data
         y2 += self.beta.data
         self._inv_std, self._shape = inv, x.shape

@@ -114,6 +114,10 @@ PRESETS = {p.name: p for p in (
            arch="lenet5", description="LeNet-5 with ReLU and max pooling, Adam"),
     Preset("convnet", (1600, 10), batch_size=128, lr=1e-3, optimizer="adam", epochs=3,
            arch="convnet", description="Keras simple MNIST convnet, Adam"),
+    Preset("speedrun-cnn", (1568, 10), batch_size=128, lr=0.1, momentum=0.9, nesterov=True,
+           epochs=2, schedule=("onecycle", 0.25), target_accuracy=0.99, arch="speedrun-cnn",
+           description="fastest recipe to 99% test accuracy (strided convnet; stops when "
+                       "reached)"),
 )}
 
 
@@ -172,11 +176,25 @@ def _convnet(preset: Preset, seed: Optional[int], dtype: npt.DTypeLike) -> Seque
     return Sequential(layers + _dense_head(preset, dtype), seed=seed)
 
 
+def _speedrun_cnn(preset: Preset, seed: Optional[int], dtype: npt.DTypeLike) -> Sequential:
+    """28x28x1 -> conv5x5x16 stride 2 pad 2 (14x14x16) -> conv3x3x32 stride 2 pad 1
+    (7x7x32) -> flatten 1568 -> 10: strided convolutions instead of pooling, about
+    0.65 MFLOP per image forward."""
+    from .layers import Conv2D, Flatten
+    from .sequential import Sequential
+    act, init = preset.activation, preset.init
+    layers = [Conv2D(1, 16, 5, stride=2, padding=2, activation=act, init=init, dtype=dtype),
+              Conv2D(16, 32, 3, stride=2, padding=1, activation=act, init=init, dtype=dtype),
+              Flatten()]
+    return Sequential(layers + _dense_head(preset, dtype), seed=seed)
+
+
 #: Builders of the convolutional presets: ``(preset, seed, dtype) -> Sequential``.
 ARCHITECTURES: Dict[str, Callable[[Preset, Optional[int], npt.DTypeLike], Sequential]] = {
-    "lenet5": _lenet5, "convnet": _convnet}
+    "lenet5": _lenet5, "convnet": _convnet, "speedrun-cnn": _speedrun_cnn}
 _ARCH_PREFIX = {"lenet5": "conv5x5x6-pool2-conv5x5x16-pool2",
-                "convnet": "conv3x3x32-pool2-conv3x3x64-pool2-dropout0.5"}
+                "convnet": "conv3x3x32-pool2-conv3x3x64-pool2-dropout0.5",
+                "speedrun-cnn": "conv5x5x16s2-conv3x3x32s2"}
 
 
 def model_input(model: Any, x: npt.NDArray[Any]) -> npt.NDArray[Any]:

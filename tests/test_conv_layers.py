@@ -607,3 +607,91 @@ def test_torch_fixture_converts_with_fastnn_helpers():
             w = L.dense_weight_from_torch(w, chw=(16, 5, 5) if i == 2 else None)
         parts += [w.ravel(), b]
     np.testing.assert_array_equal(np.concatenate(parts), mk.to_fastnn(weights))
+
+
+# ------------------------------------------------------------------ fused paths and buffers
+
+def test_relu_backward_fused_into_maxpool_matches_unfused():
+    """Sequential hands MaxPool2D the previous Conv2D's ReLU output as dx_mask: the pool
+    keeps dy where its own output is > 0 and the conv skips its ReLU backward."""
+    for dtype in (np.float32, np.float64):
+        conv = L.Conv2D(1, 16, 3, activation="relu", dtype=dtype)
+        pool = L.MaxPool2D(2)
+        model = fastnn.Sequential([conv, pool, L.Flatten(), L.Dense(16 * 4 * 4, 3, dtype=dtype)],
+                                  seed=3)
+        x = rng(4).standard_normal((5, 10, 10, 1)).astype(dtype)
+        g = rng(5).standard_normal((5, 3)).astype(dtype)
+        model(x)
+        model.zero_grad()
+        model.backward(g, input_grad=False)
+        fused = model.flat_grads.copy()
+        # the same step layer by layer, the ReLU backward as its own pass
+        y = conv.forward(x)
+        p = pool.forward(y)
+        d = model.layers[3]
+        d.forward(p.reshape(5, -1))
+        model.zero_grad()
+        dp = d.backward(g).reshape(p.shape)
+        dy = pool.backward(dp)
+        assert pool.backward(dp, input_grad=False) is None
+        conv.backward(dy)          # applies dy * (y > 0) itself
+        np.testing.assert_allclose(fused, model.flat_grads,
+                                   **({"rtol": 1e-5, "atol": 1e-6} if dtype == np.float32
+                                      else {"rtol": 1e-12, "atol": 1e-12}))
+        with pytest.raises(ShapeError, match="dx_mask"):
+            pool.backward(dp, dx_mask=y[:2])
+
+
+@pytest.mark.parametrize("name", ["lenet5", "speedrun-cnn"])
+def test_training_step_allocates_no_activation_sized_arrays(name):
+    """After a warm-up step every forward/backward writes into reused buffers: the
+    traced peak of five more steps stays far below one activation tensor."""
+    import tracemalloc
+    from fastnn import presets
+    p = presets.get_preset(name)
+    model = presets.build_model(p, seed=0)
+    opt, loss = presets.build_optimizer(p, model), presets.build_loss(p)
+    x = rng(6).integers(0, 256, (64, 28, 28)).astype(np.uint8)
+    xb = np.multiply(x, np.float32(1 / 255), dtype=np.float32)
+    y = rng(7).integers(0, 10, 64)
+
+    def step():
+        model.zero_grad()
+        loss(model(xb), y)
+        model.backward(loss.backward(), input_grad=False)
+        opt.step()
+
+    step()
+    step()
+    smallest_activation = 64 * 7 * 7 * 16 * 4        # bytes of the smallest conv output
+    tracemalloc.start()
+    try:
+        for _ in range(5):
+            step()
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < smallest_activation / 2, peak
+
+
+def test_batchnorm_reuses_its_buffers():
+    bn = L.BatchNorm2D(4)
+    x = rng(8).standard_normal((6, 5, 5, 4)).astype(np.float32)
+    out = np.empty_like(x)
+    bn.forward(x, out=out)
+    xhat = bn._xhat
+    y = bn.forward(x, out=out)
+    assert y is out and bn._xhat is xhat
+    np.testing.assert_allclose(xhat.reshape(x.shape), (x - x.mean((0, 1, 2)))
+                               / np.sqrt(x.var((0, 1, 2)) + 1e-5), rtol=1e-4, atol=1e-5)
+
+
+def test_speedrun_cnn_preset():
+    from fastnn import presets
+    p = presets.get_preset("speedrun-cnn")
+    assert p.target_accuracy == 0.99 and p.arch == "speedrun-cnn"
+    model = presets.build_model(p, seed=0)
+    assert model(np.zeros((2, 28, 28), np.uint8)).shape == (2, 10)
+    again = fastnn.Sequential.from_config(model.get_config())
+    assert again.get_config() == model.get_config()
+    assert p.arch_text().startswith(presets._ARCH_PREFIX["speedrun-cnn"])
