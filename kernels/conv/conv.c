@@ -68,7 +68,9 @@ INLINE void kw_range(ptrdiff_t iw0, ptrdiff_t KW, ptrdiff_t W, ptrdiff_t *kw0, p
 #define VSET1 _mm256_set1_ps
 #define VFMA _mm256_fmadd_ps
 #define VMAX _mm256_max_ps
+#define CONV_F32 1
 #include "conv_tmpl.h"
+#undef CONV_F32
 #undef REAL
 #undef SFX
 #undef GEMM

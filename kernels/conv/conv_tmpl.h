@@ -1014,10 +1014,50 @@ void FN(fnn_conv2d_backward_weights)(const fnn_conv_shape *s, const REAL *x, con
 
 /* ---- pooling ---------------------------------------------------------------------------------- */
 
+#if FNN_X86 && defined(CONV_F32)
+/* float32 max pooling with the channels in (masked) vectors: for a few channels
+ * (lenet5's 6) the scalar body's channel loop does not vectorise and ran at 2 GB/s.
+ * The same comparisons as maxpool_row_body (strictly greater, a NaN wins over a
+ * number, the first of ties), so the same values and argmax. */
+FNN_TARGET_AVX2 static void FN(maxpool_rowv_avx2)(const fnn_pool_shape *s, const REAL *xn,
+                                                  ptrdiff_t oh, REAL *yr, int *ar)
+{
+    const ptrdiff_t W = s->W, C = s->C;
+    for (ptrdiff_t ow = 0; ow < s->OW; ow++) {
+        const ptrdiff_t ih0 = oh * s->sh, iw0 = ow * s->sw;
+        for (ptrdiff_t c0 = 0; c0 < C; c0 += 8) {
+            const __m256i m = VMASK_FOR(C - c0 < 8 ? C - c0 : 8);
+            __m256 b = _mm256_maskload_ps(xn + (ih0 * W + iw0) * C + c0, m);
+            __m256 bi = _mm256_castsi256_ps(_mm256_set1_epi32((int)(ih0 * W + iw0)));
+            for (ptrdiff_t i = 0; i < s->ph; i++)
+                for (ptrdiff_t j = 0; j < s->pw; j++) {
+                    if (i == 0 && j == 0)
+                        continue;
+                    const ptrdiff_t pos = (ih0 + i) * W + iw0 + j;
+                    const __m256 v = _mm256_maskload_ps(xn + pos * C + c0, m);
+                    const __m256 upd = _mm256_or_ps(
+                        _mm256_cmp_ps(v, b, _CMP_GT_OQ),
+                        _mm256_and_ps(_mm256_cmp_ps(v, v, _CMP_UNORD_Q),
+                                      _mm256_cmp_ps(b, b, _CMP_ORD_Q)));
+                    b = _mm256_blendv_ps(b, v, upd);
+                    bi = _mm256_blendv_ps(bi, _mm256_castsi256_ps(_mm256_set1_epi32((int)pos)),
+                                          upd);
+                }
+            _mm256_maskstore_ps(yr + ow * C + c0, m, b);
+            _mm256_maskstore_epi32(ar + ow * C + c0, m, _mm256_castps_si256(bi));
+        }
+    }
+}
+#endif
+
 void FN(fnn_maxpool2d_forward)(const fnn_pool_shape *s, const REAL *x, REAL *y, int *argmax,
                                int nthreads)
 {
     void (*row)(const fnn_pool_shape *, const REAL *, ptrdiff_t, REAL *, int *) = PICK(maxpool_row);
+#if FNN_X86 && defined(CONV_F32)
+    if (fnn_use_avx2() && s->C % 8 != 0)   /* whole vectors: the compiled body is as fast */
+        row = FN(maxpool_rowv_avx2);
+#endif
     const ptrdiff_t rowsz = s->OW * s->C, items = s->N * s->OH;
     const int par = nthreads > 1 && items > 1 && items * rowsz * s->ph * s->pw >= POOL_PAR_MIN;
     (void)par;
