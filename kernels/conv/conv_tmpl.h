@@ -495,9 +495,71 @@ static void FN(c1_forward)(const fnn_conv_shape *s, const REAL *x, const REAL *w
     }
 }
 
+#if FNN_X86
+/* Cout <= VW: one output row with each pixel's channels in one vector, NPIX pixels
+ * per step sharing each tap's weight vector (wp: the weights padded to (taps, VW),
+ * bp the bias padded to VW, built by the caller).  A pixel's store may spill
+ * garbage lanes into the next pixel, which is stored after it; the row's last
+ * pixels use a masked store so nothing lands in the next row. */
+#define C1N_NPIX 8
+
+FNN_TARGET_AVX2 INLINE ptrdiff_t FN(c1n_fwd_tile)(const fnn_conv_shape *s, const REAL *rows,
+                                                   ptrdiff_t Wbuf, const REAL *wp,
+                                                   const REAL *bp, int relu, REAL *yr,
+                                                   ptrdiff_t ow0, const int NPIX)
+{
+    const ptrdiff_t Cout = s->Cout, KH = s->KH, KW = s->KW, sw = s->sw, OW = s->OW;
+    const VMASK m = VMASK_FOR(Cout);
+    ptrdiff_t ow = ow0;
+    for (; ow + NPIX <= OW; ow += NPIX) {
+        VTYPE a[C1N_NPIX];
+        for (int p = 0; p < NPIX; p++)
+            a[p] = VLOADU(bp);
+        for (ptrdiff_t kh = 0; kh < KH; kh++)
+            for (ptrdiff_t kw = 0; kw < KW; kw++) {
+                const VTYPE wv = VLOADU(wp + (kh * KW + kw) * VW);
+                const REAL *r = rows + kh * Wbuf + ow * sw + kw;
+                for (int p = 0; p < NPIX; p++)
+                    a[p] = VFMA(VSET1(r[p * sw]), wv, a[p]);
+            }
+        for (int p = 0; p < NPIX; p++) {
+            const VTYPE v = relu ? VMAX(VZERO(), a[p]) : a[p];   /* a NaN stays NaN */
+            REAL *dst = yr + (ow + p) * Cout;
+            if ((ow + p) * Cout + VW <= OW * Cout)
+                VSTOREU(dst, v);
+            else
+                VMASKSTORE(dst, m, v);
+        }
+    }
+    return ow;
+}
+
+FNN_TARGET_AVX2 static void FN(c1n_row_avx2)(const fnn_conv_shape *s, const REAL *rows,
+                                             ptrdiff_t Wbuf, const REAL *wp, const REAL *bp,
+                                             int relu, REAL *yr)
+{
+    ptrdiff_t ow = FN(c1n_fwd_tile)(s, rows, Wbuf, wp, bp, relu, yr, 0, C1N_NPIX);
+    ow = FN(c1n_fwd_tile)(s, rows, Wbuf, wp, bp, relu, yr, ow, 4);
+    FN(c1n_fwd_tile)(s, rows, Wbuf, wp, bp, relu, yr, ow, 1);
+}
+#undef C1N_NPIX
+#endif
+
 void FN(fnn_conv2d_forward)(const fnn_conv_shape *s, const REAL *x, const REAL *w,
                             const REAL *bias, int relu, REAL *y, REAL *ws, int nthreads)
 {
+#if FNN_X86
+    if (FN(c1_fits)(s) && s->Cout <= VW && s->KH * s->KW * VW <= C1_BUF && fnn_use_avx2()) {
+        REAL wp[C1_BUF], bp[VW];
+        for (ptrdiff_t t = 0; t < s->KH * s->KW; t++)
+            for (ptrdiff_t c = 0; c < VW; c++)
+                wp[t * VW + c] = c < s->Cout ? w[t * s->Cout + c] : 0;
+        for (ptrdiff_t c = 0; c < VW; c++)
+            bp[c] = bias && c < s->Cout ? bias[c] : 0;
+        FN(c1_forward)(s, x, wp, bp, relu, y, nthreads < 1 ? 1 : nthreads, FN(c1n_row_avx2));
+        return;
+    }
+#endif
     if (FN(c1_fits)(s)) {
         FN(c1_forward)(s, x, w, bias, relu, y, nthreads < 1 ? 1 : nthreads, PICK(c1_row));
         return;
