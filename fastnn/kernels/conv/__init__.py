@@ -21,7 +21,7 @@ Results are the same bits for every thread count.
 from __future__ import annotations
 
 import importlib
-from typing import Any, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import numpy.typing as npt
@@ -68,6 +68,8 @@ def _int(v: Any, fn: str, name: str, lo: int) -> int:
 
 def _tuple(v: Any, n: int, fn: str, name: str, lo: int) -> Tuple[int, ...]:
     """An int (repeated n times) or a sequence of n ints >= lo."""
+    if type(v) is tuple and len(v) == n and all(type(e) is int and e >= lo for e in v):
+        return v        # what the layers pass every step: nothing to convert
     if isinstance(v, (int, np.integer)) and not isinstance(v, bool):
         return (_int(v, fn, name, lo),) * n
     if isinstance(v, np.ndarray):
@@ -117,11 +119,23 @@ def _out_hw(fn: str, x_shape: Sequence[int], w_shape: Sequence[int], stride: Pai
     return OH, OW
 
 
+_PLANS: Dict[Tuple[Any, ...], Tuple[int, int, int, int]] = {}
+
+
 def _plan(fn: str, x_shape: Sequence[int], w_shape: Sequence[int], stride: Pair,
           padding: Pad) -> Tuple[int, int, int, int]:
-    N, H, W, Cin = x_shape
-    KH, KW, _, Cout = w_shape
-    return _ref.plan(N, H, W, Cin, KH, KW, Cout, stride, padding)
+    """reference.plan, memoised per geometry (a training step asks for the same few)."""
+    key = (tuple(x_shape), tuple(w_shape), stride, padding, _ref.COLS_CAP, _ref.ROW_BLOCK,
+           _ref.MAX_BLOCKS)
+    plan = _PLANS.get(key)
+    if plan is None:
+        N, H, W, Cin = x_shape
+        KH, KW, _, Cout = w_shape
+        plan = _ref.plan(N, H, W, Cin, KH, KW, Cout, stride, padding)
+        if len(_PLANS) > 1024:
+            _PLANS.clear()
+        _PLANS[key] = plan
+    return plan
 
 
 def _workspace(fn: str, workspace: Optional[Array], need: int, dtype: Any) -> Array:
