@@ -6,11 +6,17 @@
  *   backward weights dW (+)= im2col(x)^T @ dy, dbias (+)= column sums of dy
  *
  * A 1x1 kernel with stride 1 and no padding needs no columns: x itself is
- * the (M, Cin) matrix.  One input channel with stride 1 along W and at most
- * 8 output channels (the first layer of an MNIST model) runs a direct
- * forward and weight gradient instead (8 output pixels per AVX2 vector, read
- * from zero-padded input rows): there im2col copies runs of KW elements and
- * the GEMM would be narrow with a tiny K.
+ * the (M, Cin) matrix.  Direct paths (no columns, no GEMM) where im2col would
+ * copy runs of a few elements and the GEMM would be narrow or have a tiny K:
+ *   - one input channel (first layers), read from zero-padded input rows built
+ *     once per image: Cout <= the vector width with each pixel's channels in
+ *     one vector (forward: 8 pixels per step; weight gradient: 13 taps of
+ *     accumulators), Cout a multiple of it with the channels in vectors (any
+ *     stride), else 8 output pixels per vector (stride 1 along W);
+ *   - backward data with stride 1 and at most 8 input channels: the flipped
+ *     kernel applied to a channel-planar copy of dy, input pixels in vectors.
+ * The MaxPool2D backward takes the pooled output as a mask (the ReLU backward
+ * of the layer before it, fused).
  *
  * Work decomposition (a function of the shapes only, never of nthreads, so
  * the bits are the same for every thread count):

@@ -6,8 +6,9 @@ object with the functions of ``fastnn/kernels/conv/reference.py`` (the spec):
 
     reference  numpy in float64 (im2col + matmul), the specification   fastnn/kernels/conv/reference.py
     c          im2col + the packed GEMM (bias/ReLU/mask epilogues),      kernels/conv/conv.c,
-               OpenMP over images, AVX2 im2col/col2im/pooling; a direct  conv_tmpl.h, conv_cols.h,
-               path for one input channel (first layers)                 conv_c.pyx
+               OpenMP over images, AVX2 im2col/col2im/pooling; direct    conv_tmpl.h, conv_cols.h,
+               paths for one input channel (first layers) and for the    conv_c.pyx
+               backward data of few input channels (see conv.h)
 
 Shapes: x (N, H, W, Cin); w (KH, KW, Cin, Cout); padding (top, bottom, left,
 right); stride (sh, sw); ``OH = (H + top + bottom - KH) // sh + 1`` (likewise
