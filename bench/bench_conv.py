@@ -9,7 +9,8 @@ and backward-weights kernels of fastnn's fastest variant, with caller-owned
 outputs and workspace (what a training step runs), and the same three ops in
 PyTorch (``torch.nn.functional.conv2d`` and ``aten.convolution_backward``, NCHW,
 its default layout), when torch is installed.  FLOPs = 2 * N*OH*OW * KH*KW*Cin
-* Cout per op.  Each figure is the median of ``--repeat`` timings of a block of
+* Cout per op.  Each figure is the median (``--stat min``: the fastest, steadier on a
+shared machine) of ``--repeat`` timings of a block of
 calls lasting about 0.1 s, after a warm-up call; the header names the CPU
 features, the variant and its SIMD path.
 """
@@ -37,6 +38,9 @@ SHAPES: List[Tuple[str, Tuple[int, int, int, int], Tuple[int, int, int, int], Tu
 ]
 
 
+STAT = statistics.median
+
+
 def _time(fn: Callable[[], Any], repeat: int, target: float = 0.1) -> float:
     """Median seconds per call."""
     fn()
@@ -50,7 +54,7 @@ def _time(fn: Callable[[], Any], repeat: int, target: float = 0.1) -> float:
         for _ in range(calls):
             fn()
         times.append((time.perf_counter() - t0) / calls)
-    return statistics.median(times)
+    return STAT(times)
 
 
 def _fastnn_ops(xs: Tuple[int, ...], ws: Tuple[int, ...], st: Tuple[int, int],
@@ -106,9 +110,13 @@ def main(argv: Optional[List[str]] = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--stat", choices=["median", "min"], default="median",
+                    help="how the --repeat timings combine (min: steadier on a shared machine)")
     ap.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     ap.add_argument("--variant", default=None, help="fastnn conv variant (default: fastest)")
     a = ap.parse_args(argv)
+    global STAT
+    STAT = min if a.stat == "min" else statistics.median
     dtype = np.dtype(a.dtype).type
     try:
         import torch
