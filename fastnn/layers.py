@@ -398,7 +398,11 @@ def _dx_matmul(dz: npt.NDArray[np.floating], w: npt.NDArray[np.floating],
     if bf16:
         return kernels.matmul(dz, w, trans_b=True, out=dx, precision="bf16",
                               variant="c" if _gemm_ex() is not None else "reference")
-    return kernels.matmul(dz, w, trans_b=True, out=dx)
+    # the C engine when built, as Dense.forward: the timing-based autotuner could pick BLAS
+    # under load (its threads then fight the OpenMP team: 2 ms against 0.06 ms measured)
+    # and the variants round differently, so the weights would depend on the machine's load
+    return kernels.matmul(dz, w, trans_b=True, out=dx,
+                          variant="c" if _gemm_ex() is not None else None)
 
 
 class _Elementwise(Layer):
