@@ -54,6 +54,21 @@ __all__ = ["Layer", "Dense", "ReLU", "Sigmoid", "Tanh", "Softmax", "Dropout", "F
            "LAYER_CLASSES"]
 
 
+def _widths(who: str, **named: Any) -> Tuple[int, ...]:
+    """The named layer widths as ints, each a positive integer, else ValueError naming it."""
+    for name, v in named.items():
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+            raise ValueError(f"{who}: {name} must be a positive integer, got {v!r}")
+    return tuple(int(v) for v in named.values())
+
+
+def _check_activation(who: str, activation: Optional[str],
+                      allowed: Sequence[Optional[str]]) -> None:
+    if activation not in allowed:
+        raise ValueError(f"{who}: activation must be one of {tuple(allowed)}, "
+                         f"got {activation!r}")
+
+
 def _check_batch(x: npt.NDArray[Any], who: str, dtype: Optional[np.dtype[Any]] = None,
                  features: Optional[int] = None, name: str = "x",
                  any_rank: bool = False) -> npt.NDArray[Any]:
@@ -231,14 +246,9 @@ class Dense(Layer):
                  use_bias: bool = True, init: str = "he",
                  dtype: npt.DTypeLike = np.float32) -> None:
         super().__init__()
-        for name, v in (("in_features", in_features), ("out_features", out_features)):
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-                raise ValueError(f"Dense: {name} must be a positive integer, got {v!r}")
-        if activation not in self.ACTIVATIONS:
-            raise ValueError(f"Dense: activation must be one of {self.ACTIVATIONS}, "
-                             f"got {activation!r}")
-        self.in_features = int(in_features)
-        self.out_features = int(out_features)
+        self.in_features, self.out_features = _widths(
+            "Dense", in_features=in_features, out_features=out_features)
+        _check_activation("Dense", activation, self.ACTIVATIONS)
         self.activation = activation
         self.use_bias = bool(use_bias)
         self.init = initializers.check_init(init)
@@ -744,14 +754,9 @@ class Conv2D(Layer):
                  activation: Optional[str] = None, use_bias: bool = True, init: str = "torch",
                  dtype: npt.DTypeLike = np.float32) -> None:
         super().__init__()
-        for name, v in (("in_channels", in_channels), ("out_channels", out_channels)):
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-                raise ValueError(f"Conv2D: {name} must be a positive integer, got {v!r}")
-        if activation not in self.ACTIVATIONS:
-            raise ValueError(f"Conv2D: activation must be one of {self.ACTIVATIONS}, "
-                             f"got {activation!r}")
-        self.in_channels = int(in_channels)
-        self.out_channels = int(out_channels)
+        self.in_channels, self.out_channels = _widths(
+            "Conv2D", in_channels=in_channels, out_channels=out_channels)
+        _check_activation("Conv2D", activation, self.ACTIVATIONS)
         self.kernel_size = _positive_pair(kernel_size, "kernel_size", "Conv2D")
         self.stride = _positive_pair(stride, "stride", "Conv2D")
         self.padding = _check_padding(padding, "Conv2D")
