@@ -69,11 +69,8 @@ def _check_activation(who: str, activation: Optional[str],
                          f"got {activation!r}")
 
 
-def _check_batch(x: npt.NDArray[Any], who: str, dtype: Optional[np.dtype[Any]] = None,
-                 features: Optional[int] = None, name: str = "x",
-                 any_rank: bool = False) -> npt.NDArray[Any]:
-    """Validate a 2-D float batch (``any_rank``: (N, ...), e.g. NHWC images); return it
-    (never copies)."""
+def _check_float_array(x: Any, who: str, dtype: Optional[np.dtype[Any]], name: str) -> None:
+    """A numpy array of the layer's dtype (or, without one, float32/float64)."""
     if not isinstance(x, np.ndarray):
         raise TypeError(f"{who}: {name} must be a numpy array, got {type(x).__name__}")
     if dtype is not None and x.dtype != dtype:
@@ -81,6 +78,14 @@ def _check_batch(x: npt.NDArray[Any], who: str, dtype: Optional[np.dtype[Any]] =
                          f"got {x.dtype}")
     if dtype is None and x.dtype not in _FLOATS:
         raise DTypeError(f"{who}: {name} must be float32 or float64, got {x.dtype}")
+
+
+def _check_batch(x: npt.NDArray[Any], who: str, dtype: Optional[np.dtype[Any]] = None,
+                 features: Optional[int] = None, name: str = "x",
+                 any_rank: bool = False) -> npt.NDArray[Any]:
+    """Validate a 2-D float batch (``any_rank``: (N, ...), e.g. NHWC images); return it
+    (never copies)."""
+    _check_float_array(x, who, dtype, name)
     if any_rank and x.ndim < 2:
         raise ShapeError(f"{who}: {name} must be a batch (N, ...) of at least 2 dimensions, "
                          f"got shape {x.shape}")
@@ -647,13 +652,7 @@ Pads = Tuple[int, int, int, int]          # (top, bottom, left, right)
 def _check_images(x: Any, who: str, dtype: Optional[np.dtype[Any]] = None,
                   channels: Optional[int] = None, name: str = "x") -> npt.NDArray[Any]:
     """Validate a non-empty NHWC float batch (N, H, W, C); return it (never copies)."""
-    if not isinstance(x, np.ndarray):
-        raise TypeError(f"{who}: {name} must be a numpy array, got {type(x).__name__}")
-    if dtype is not None and x.dtype != dtype:
-        raise DTypeError(f"{who}: {name} must have dtype {dtype} (the layer's dtype), "
-                         f"got {x.dtype}")
-    if dtype is None and x.dtype not in _FLOATS:
-        raise DTypeError(f"{who}: {name} must be float32 or float64, got {x.dtype}")
+    _check_float_array(x, who, dtype, name)
     if x.ndim != 4:
         raise ShapeError(f"{who}: {name} must be 4-D NHWC (batch, height, width, channels), "
                          f"got shape {x.shape}")
