@@ -97,22 +97,24 @@ def first_nonfinite_row(x: npt.NDArray[Any]) -> Optional[int]:
     """Index of the first row of ``x`` (N, ...) holding NaN or +-inf, or None.
 
     Integer arrays (uint8 images) cannot hold either: no pass at all.  For
-    floats it is one pass over the data: ``dot(block, 0)`` is 0 for finite
-    rows and NaN for a row with NaN or inf (``0 * inf = nan``), computed by
-    BLAS block by block without a temporary the size of ``x``; only a block
-    that is not all zero is looked at row by row."""
+    floats it scans block by block without a temporary the size of ``x``:
+    a block's ``max`` and ``min`` are both finite exactly when every value in
+    it is (NaN propagates through both, +inf shows in ``max``, -inf in
+    ``min``); only a block that fails is looked at row by row.
+
+    No BLAS call (an earlier version used ``block @ zeros``): OpenBLAS's
+    worker threads keep spinning ~0.1 s after a multithreaded call and take
+    the cores from the training that follows (issue 14, BENCHMARKS.md)."""
     if x.dtype.kind != "f" or x.size == 0:
         return None
     rows = x.reshape(x.shape[0], -1)
     width = rows.shape[1]
     step = max(1, _FINITE_BLOCK_BYTES // max(1, width * x.itemsize))
-    zeros = np.zeros(width, x.dtype)
     for s in range(0, rows.shape[0], step):
         block = rows[s:s + step]
         with np.errstate(invalid="ignore", over="ignore"):
-            probe = block @ zeros
-        if np.isfinite(probe).all():
-            continue
+            if np.isfinite(block.max()) and np.isfinite(block.min()):
+                continue
         return s + int(np.flatnonzero(~np.isfinite(block).all(axis=1))[0])
     return None
 

@@ -178,7 +178,7 @@ def _histogram(values: npt.NDArray[np.float64],
     """HistogramProto fields for ``values`` (finite, non-empty, float64)."""
     h: Dict[str, Any]
     h = {"min": float(values.min()), "max": float(values.max()), "num": float(values.size),
-         "sum": float(values.sum()), "sum_squares": float(np.dot(values, values))}
+         "sum": float(values.sum()), "sum_squares": float(np.einsum("i,i->", values, values))}
     if isinstance(bins, str) and bins in ("tensorflow", "default"):
         limits = default_buckets()
         counts = np.bincount(np.searchsorted(limits, values, side="right"),

@@ -352,6 +352,11 @@ def test_first_nonfinite_row_scans_blocks():
     assert _validation.first_nonfinite_row(x) == 4321
     big = np.full((4, 3), 3e38, np.float32)       # finite, but a sum would overflow
     assert _validation.first_nonfinite_row(big) is None
+    for bad in (-np.inf, np.nan):                  # each kind alone, in a later block
+        y = np.zeros((300_000, 7), np.float32)
+        y[250_001, 3] = bad
+        assert _validation.first_nonfinite_row(y) == 250_001
+        assert _validation.first_nonfinite_row(y[:250_001]) is None
 
 
 def test_wrong_width_names_the_whole_array():
