@@ -78,21 +78,54 @@ class FusedPlan:
     dims: List[int]     # layer widths: Dense specs always carry them (LayerSpec says Optional)
 
     def __init__(self, model: Any, optimizer: Optimizer,
-                 dense: Sequence[Tuple[LayerSpec, bool]], batch_size: int) -> None:
+                 dense: Sequence[Tuple[LayerSpec, bool]], batch_size: int,
+                 precision: Optional[str] = None) -> None:
         """``dense``: the (Dense ``LayerSpec``, relu flag) pairs of
-        ``fastnn.fusion.check(...).dense``."""
+        ``fastnn.fusion.check(...).dense``.  ``precision``: "fp32" or "bf16" (bf16
+        GEMM inputs, fp32 sums, as ``fit(precision="bf16")``), or None: at each
+        call, the precision the model's Dense layers are set to (``fit`` sets
+        them for its duration, so a plan made by ``fit`` follows it)."""
         self.model, self.optimizer, self.batch_size = model, optimizer, batch_size
         self.layers = [spec for spec, _ in dense]
         self.relu = [bool(r) for _, r in dense]
         self.dims = [self.layers[0].in_features] + [spec.out_features for spec in self.layers]  # type: ignore[assignment]
         self.n_classes = self.dims[-1]
         self._native = native_trainer()
-        self._trainer = self._native.Trainer(self.dims, self.relu,
-                                             [spec.bias is not None for spec in self.layers],
-                                             batch_size)
+        if precision is not None and precision not in self._native.PRECISIONS:
+            raise ValueError(f"FusedPlan: precision must be one of {self._native.PRECISIONS}, "
+                             f"got {precision!r}")
+        self.precision = precision
+        self._has_bias = [spec.bias is not None for spec in self.layers]
+        self._trainers: Dict[str, Any] = {}       # one workspace per precision run
+        self._trainer_for(self.current_precision())
         # the workspace is shared by every call: calls from several Python
         # threads (the native loop releases the GIL) take turns
         self._lock = threading.Lock()
+
+    def current_precision(self) -> str:
+        """The precision the next call runs: ``precision`` when given, else that of
+        the model's Dense layers (all of them: a model with both raises)."""
+        if self.precision is not None:
+            return self.precision
+        found = {getattr(layer, "precision", "fp32") for layer in getattr(self.model, "layers", ())
+                 if "bf16" in getattr(layer, "PRECISIONS", ())}
+        if len(found) > 1:
+            raise ValueError(f"FusedPlan: the model's Dense layers mix precisions "
+                             f"{sorted(found)}; the fused trainer runs one")
+        return found.pop() if found else "fp32"
+
+    def _trainer_for(self, precision: str) -> Any:
+        trainer = self._trainers.get(precision)
+        if trainer is None:
+            trainer = self._native.Trainer(self.dims, self.relu, self._has_bias,
+                                           self.batch_size, precision)
+            self._trainers[precision] = trainer
+        return trainer
+
+    @property
+    def _trainer(self) -> Any:
+        """The native workspace of the current precision (allocated once per precision)."""
+        return self._trainer_for(self.current_precision())
 
     def new_profile(self) -> npt.NDArray[np.float64]:
         """A zeroed accumulator for ``run(..., profile=)``."""

@@ -42,6 +42,9 @@ cdef extern from "trainer.h" nogil:
         pass
     fnn_trainer *fnn_trainer_new_failing(int nlayers, const int *dims, const int *relu,
                                          const int *has_bias, int batch, int64_t fail_alloc_at)
+    fnn_trainer *fnn_trainer_new_prec(int nlayers, const int *dims, const int *relu,
+                                      const int *has_bias, int batch, int bf16,
+                                      int64_t fail_alloc_at)
     void fnn_trainer_free(fnn_trainer *tr)
     int fnn_trainer_phases(const fnn_trainer *tr, int *kind, int *layer)
     int64_t fnn_trainer_run(fnn_trainer *tr, float **W, float **b,
@@ -61,6 +64,9 @@ cdef extern from "trainer.h" nogil:
 MAX_LAYERS = FNN_TR_MAXL
 PROFILE_SLOTS = FNN_TR_PROFILE_SLOTS
 OPT_KINDS = {"sgd": FNN_OPT_SGD, "adam": FNN_OPT_ADAM, "adamw": FNN_OPT_ADAMW}
+# the precisions a Trainer runs (fastnn.fusion.check reads this): "bf16" is mixed
+# precision, bf16 GEMM inputs with fp32 sums, everything else fp32 (trainer.h)
+PRECISIONS = ("fp32", "bf16")
 
 
 cdef float *_fptr(a) except? NULL:
@@ -86,16 +92,20 @@ def _alloc_stats():
 cdef class Trainer:
     """Workspace of the fused loop for one (architecture, batch size).
 
-    ``Trainer(dims, relu, has_bias, batch)``: ``dims`` the L+1 layer widths,
-    ``relu[l]`` / ``has_bias[l]`` per Dense layer.  Everything a step needs is
-    allocated here, once.  ``_fail_alloc_at`` (tests): refuse that allocation
-    (from 1), as if memory ran out."""
+    ``Trainer(dims, relu, has_bias, batch, precision="fp32")``: ``dims`` the L+1
+    layer widths, ``relu[l]`` / ``has_bias[l]`` per Dense layer, ``precision`` one
+    of ``PRECISIONS`` ("bf16": the GEMMs read bf16 copies of their inputs and sum
+    in fp32; see trainer.h).  Everything a step needs is allocated here, once.
+    ``_fail_alloc_at`` (tests): refuse that allocation (from 1), as if memory ran
+    out."""
     cdef fnn_trainer *tr
     cdef int nlayers
     cdef readonly int batch
     cdef readonly tuple dims
+    cdef readonly str precision
 
-    def __cinit__(self, dims, relu, has_bias, int batch, int64_t _fail_alloc_at=0):
+    def __cinit__(self, dims, relu, has_bias, int batch, str precision="fp32",
+                  int64_t _fail_alloc_at=0):
         cdef int L = len(dims) - 1
         cdef int cdims[FNN_TR_MAXL + 1]
         cdef int crelu[FNN_TR_MAXL]
@@ -107,12 +117,16 @@ cdef class Trainer:
         for i in range(L):
             crelu[i] = 1 if relu[i] else 0
             cbias[i] = 1 if has_bias[i] else 0
-        self.tr = fnn_trainer_new_failing(L, cdims, crelu, cbias, batch, _fail_alloc_at)
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        self.tr = fnn_trainer_new_prec(L, cdims, crelu, cbias, batch,
+                                       1 if precision == "bf16" else 0, _fail_alloc_at)
         if self.tr == NULL:
             raise MemoryError("could not allocate the fused trainer's workspace")
         self.nlayers = L
         self.batch = batch
         self.dims = tuple(int(d) for d in dims)
+        self.precision = precision
 
     def phase_names(self):
         """Names of a step's phases in the order they run (the profile's slots),

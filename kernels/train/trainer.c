@@ -8,6 +8,7 @@
  * every error path frees what it took (fnn_trainer_alloc_stats).
  */
 #include "trainer_sched.h"
+#include "trainer_gemm_bf16.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -95,14 +96,57 @@ void fnn_trainer_free(fnn_trainer *tr)
         xfree(tr->s1W[l]); xfree(tr->s1b[l]); xfree(tr->s2W[l]); xfree(tr->s2b[l]);
     }
     for (int l = 0; l <= FNN_TR_MAXL; l++) { xfree(tr->a[l]); xfree(tr->g[l]); }
+    for (int l = 0; l < FNN_TR_MAXL; l++) { xfree(tr->Wb[l]); xfree(tr->WTb[0][l]); xfree(tr->WTb[1][l]); }
+    for (int l = 0; l <= FNN_TR_MAXL; l++) {
+        xfree(tr->ab[l]); xfree(tr->ap[l]); xfree(tr->gb[l]); xfree(tr->gp[l]);
+    }
     xfree(tr->rowloss);
     xfree(tr->rowok);
     xfree(tr->rowy);
     xfree(tr);
 }
 
+/* The bf16 copies of a bf16 trainer (trainer_impl.h), zeroed: the padding of
+ * every copy stays zero, so that a K pair past the valid range adds nothing.
+ * Sizes in 4-byte words, each with a line of slack for the tiles that read up
+ * to MR - 1 columns or rows past the valid ones. */
+static int alloc_bf16(alloc_ctx *ac, fnn_trainer *tr)
+{
+    const int L = tr->L;
+    const size_t pair_rows = (size_t)tr->rows / 2 + 1;
+    for (int l = 0; l < L; l++) {
+        size_t in = (size_t)tr->dims[l];
+        size_t wpairs = ((in + MR - 1) / MR * MR + 1) / 2 + 1;
+        if (!(tr->Wb[l] = (uint32_t *)zalloc(ac, wpairs * tr->ld[l + 1] + NR))) return 0;
+        if (l > 0) {
+            size_t tpairs = ((size_t)tr->dims[l + 1] + NR) / 2 + 1;
+            for (int k = 0; k < 2; k++)
+                if (!(tr->WTb[k][l] = (uint32_t *)zalloc(ac, tpairs * tr->ld[l] + NR))) return 0;
+        }
+        /* a[l]: row-major bf16 (half a word each) and pairs of rows */
+        if (!(tr->ab[l] = (uint16_t *)zalloc(ac, ((size_t)tr->rows * tr->ld[l] + 1) / 2 + NR)))
+            return 0;
+        if (!(tr->ap[l] = (uint32_t *)zalloc(ac, pair_rows * tr->ld[l] + NR))) return 0;
+    }
+    for (int l = 1; l <= L; l++) {
+        if (l >= 2 &&
+            !(tr->gb[l] = (uint16_t *)zalloc(ac, ((size_t)tr->rows * tr->ld[l] + 1) / 2 + NR)))
+            return 0;
+        if (!(tr->gp[l] = (uint32_t *)zalloc(ac, pair_rows * tr->ld[l] + NR))) return 0;
+    }
+    return 1;
+}
+
+int fnn_trainer_is_bf16(const fnn_trainer *tr) { return tr->bf16; }
+
 fnn_trainer *fnn_trainer_new_failing(int nlayers, const int *dims, const int *relu,
                                      const int *has_bias, int batch, int64_t fail_alloc_at)
+{
+    return fnn_trainer_new_prec(nlayers, dims, relu, has_bias, batch, 0, fail_alloc_at);
+}
+
+fnn_trainer *fnn_trainer_new_prec(int nlayers, const int *dims, const int *relu,
+                                  const int *has_bias, int batch, int bf16, int64_t fail_alloc_at)
 {
     if (nlayers < 1 || nlayers > FNN_TR_MAXL || batch < 1) return NULL;
     alloc_ctx ac = {0, fail_alloc_at};
@@ -144,6 +188,8 @@ fnn_trainer *fnn_trainer_new_failing(int nlayers, const int *dims, const int *re
              && (tr->rowok = xcalloc(&ac, (size_t)tr->rows * sizeof(int)))
              && (tr->rowy = xcalloc(&ac, (size_t)tr->rows * sizeof(int64_t)));
     }
+    tr->bf16 = bf16 != 0;
+    if (ok && tr->bf16) ok = alloc_bf16(&ac, tr);
     if (!ok) {
         fnn_trainer_free(tr);
         return NULL;
@@ -210,6 +256,7 @@ static int64_t run_steps(fnn_trainer *tr,
     R.opt = opt;
     R.grad = grad; R.grad_inv_b = grad_inv_b; R.gW = gW; R.gb = gb;
     R.avx2 = fnn_use_avx2();
+    R.simd = FNN_X86 ? fnn_simd_level() : FNN_SIMD_SCALAR;
     if (nthreads < 1) nthreads = 1;
     R.nthreads = nthreads;
 
@@ -217,7 +264,9 @@ static int64_t run_steps(fnn_trainer *tr,
      * taken so far is freed at `out` and the caller's arrays are untouched.
      * The per-thread copies (a[0], a^T strips) are optional: without them the
      * threads share a[0] and read a^T in place (the same results). */
-    if (n > 0 && nthreads > 1 && nthreads <= REPLICATE_MAX_THREADS) {
+    /* bf16: the threads share the bf16 copy of a[0] (half the bytes of the fp32
+     * one; the per-thread copies are an fp32-mode measure) */
+    if (n > 0 && nthreads > 1 && nthreads <= REPLICATE_MAX_THREADS && !tr->bf16) {
         /* +MR: tiles read rows past the batch; whole cache lines per copy */
         R.a0rep_stride = ((int64_t)tr->rows * tr->ld[0] + MR + ALIGN_FLOATS - 1)
                          / ALIGN_FLOATS * ALIGN_FLOATS;
@@ -231,7 +280,7 @@ static int64_t run_steps(fnn_trainer *tr,
         if (!R.claim || !R.mine || !R.mine_at) goto out;
         for (int64_t i = 0; i < R.per_step; i++) R.claim[i] = -1;    /* no step yet */
         fnn_tr_assign_owners(&R);
-        for (int p = 0; p < R.nph; p++) {
+        for (int p = 0; p < R.nph && !tr->bf16; p++) {   /* bf16: dW reads the pair copies */
             if (!R.ph[p].pack) continue;
             int64_t strips = (tr->dims[R.ph[p].layer] + MR - 1) / MR;
             if (strips > R.pack_strips) R.pack_strips = strips;
@@ -268,6 +317,15 @@ static int64_t run_steps(fnn_trainer *tr,
         }
         if (l > 0)
             transpose_into(tr->WT[0][l], tr->ld[l], W[l], in, out);
+    }
+    /* bf16: the weights' bf16 copies, from the master weights just copied in (then
+     * refreshed by every update epilogue) */
+    for (int l = 0; l < L && tr->bf16; l++) {
+        fnn_tr_bf16_rows(R.simd, tr->W[l], tr->ld[l + 1], 0, tr->dims[l], tr->ld[l + 1], NULL,
+                         tr->Wb[l]);
+        if (l > 0)
+            fnn_tr_bf16_rows(R.simd, tr->WT[0][l], tr->ld[l], 0, tr->dims[l + 1], tr->ld[l],
+                             NULL, tr->WTb[0][l]);
     }
     if (n > 0) fnn_tr_sched_run(&R);
     for (int l = 0; l < L && !grad; l++) {

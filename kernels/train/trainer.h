@@ -92,6 +92,19 @@ fnn_trainer *fnn_trainer_new(int nlayers, const int *dims, const int *relu, cons
 /* tests: fnn_trainer_new with its fail_alloc_at-th allocation (from 1) refused */
 fnn_trainer *fnn_trainer_new_failing(int nlayers, const int *dims, const int *relu,
                                      const int *has_bias, int batch, int64_t fail_alloc_at);
+/* bf16 != 0: the bf16 mixed-precision trainer.  Every GEMM of a step (forward,
+ * dX, dW) reads bf16 copies of its two inputs (rounded to nearest even once,
+ * when written: activations and gradients by the epilogue of the tile or the
+ * gather that produced them, the weights by the optimizer's update epilogue) and
+ * accumulates in fp32 (vdpbf16ps with AVX512_BF16, emulated below it: see
+ * trainer_gemm_bf16.h).  The master weights, biases, optimizer state, bias
+ * add, ReLU and its mask, softmax, loss and bias gradients stay fp32: the spec
+ * is fastnn._fused.reference_run(precision="bf16").  fail_alloc_at as above. */
+fnn_trainer *fnn_trainer_new_prec(int nlayers, const int *dims, const int *relu,
+                                  const int *has_bias, int batch, int bf16,
+                                  int64_t fail_alloc_at);
+/* 1 for a bf16 trainer, 0 for fp32. */
+int fnn_trainer_is_bf16(const fnn_trainer *tr);
 void fnn_trainer_free(fnn_trainer *tr);
 
 /* The phases of a step, in the order they run and fill the profile's slots:

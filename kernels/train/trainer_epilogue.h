@@ -96,7 +96,46 @@ typedef struct {
     const opt_sc *o;
     /* XENT */
     const int64_t *y; float inv_b; double *rowloss; int *rowok;
+    /* bf16 mode (trainer_gemm_bf16.c): FWD, DX and XENT also write their fp32 rows
+     * rounded to bf16, row-major to Cb (stride ldc) and row-pair interleaved to Cp
+     * (pair-row r/2 at Cp + (r/2) * ldc, lane j = rows (r, r+1) of column j); DW also
+     * refreshes the bf16 copies of the updated W: Wb (forward B, K pairs = rows of W,
+     * pair-row stride ldw) and WTb (dX B, K pairs = columns of W, stride ldwt) */
+    uint16_t *Cb; uint32_t *Cp;
+    uint32_t *Wb, *WTb;
 } tile_ep;
+
+/* ------------------------------------------------------------ bf16 rounding */
+
+/* The bf16 bits of x (in the low 16 bits), round to nearest even, as
+ * fastnn.kernels.matmul.reference.bf16_bits: zero and denormals become a signed
+ * zero (AVX512_BF16 flushes them), NaN stays a quiet NaN, infinities stay.
+ * Branch-free so that row loops vectorise with the caller's target. */
+static inline __attribute__((always_inline)) uint32_t bf16_bits32(float x)
+{
+    uint32_t u;
+    memcpy(&u, &x, sizeof(u));
+    uint32_t mag = u & 0x7fffffffu;
+    uint32_t rne = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+    uint32_t nan = (u | 0x00400000u) >> 16;
+    uint32_t zero = (u >> 16) & 0x8000u;
+    uint32_t r = mag < 0x00800000u ? zero : rne;
+    return mag > 0x7f800000u ? nan : r;
+}
+
+/* One row of NR floats to bf16, row-major. */
+static inline __attribute__((always_inline))
+void bf16_row16(uint16_t *restrict d, const float *restrict s)
+{
+    for (int j = 0; j < NR; j++) d[j] = (uint16_t)bf16_bits32(s[j]);
+}
+
+/* Two rows of NR floats to one pair-row: lane j = (lo[j], hi[j]). */
+static inline __attribute__((always_inline))
+void bf16_pair16(uint32_t *restrict d, const float *restrict lo, const float *restrict hi)
+{
+    for (int j = 0; j < NR; j++) d[j] = bf16_bits32(lo[j]) | (bf16_bits32(hi[j]) << 16);
+}
 
 /* Branch-free row stores (written so that the compiler vectorises them: a
  * data-dependent branch per element mispredicts half the time on ReLU masks).
@@ -126,6 +165,42 @@ void store_masked_row(float *restrict c, const float *restrict t, const float *r
     memcpy(c, ti, sizeof(ti));
 }
 
+/* The bf16 copies of rows [i0, i0 + mr) x columns [j0, j0 + NR) of the fp32 C
+ * just written (i0 even): row-major to Cb, row pairs to Cp; a pair whose second
+ * row is past mr gets zeros there (the K = rows sums of dW read whole pairs). */
+static inline __attribute__((always_inline))
+void bf16_copies(const tile_ep *e, ptrdiff_t i0, ptrdiff_t j0, int mr)
+{
+    for (int p = 0; 2 * p < mr; p++) {
+        const float *lo = e->C + (i0 + 2 * p) * e->ldc + j0;
+        const float *hi = 2 * p + 1 < mr ? lo + e->ldc : zero16;
+        if (e->Cp) bf16_pair16(e->Cp + (i0 / 2 + p) * e->ldc + j0, lo, hi);
+        if (e->Cb) {
+            bf16_row16(e->Cb + (i0 + 2 * p) * e->ldc + j0, lo);
+            if (2 * p + 1 < mr) bf16_row16(e->Cb + (i0 + 2 * p + 1) * e->ldc + j0, hi);
+        }
+    }
+}
+
+/* The bf16 copies of the W tile rows [i0, i0 + mr) x columns [j0, j0 + NR) just
+ * updated: Wb's pair-rows from i0/2 (rows past mr are W's zero padding) and, for
+ * dX, WTb's pair-rows j0/2 .. j0/2 + 7 at columns [i0, i0 + mr). */
+static inline __attribute__((always_inline))
+void bf16_weights(const tile_ep *e, ptrdiff_t i0, ptrdiff_t j0, int mr)
+{
+    const float *w = e->W + i0 * e->ldw + j0;
+    for (int p = 0; 2 * p < mr; p++)
+        bf16_pair16(e->Wb + (i0 / 2 + p) * e->ldw + j0, w + 2 * p * e->ldw,
+                    w + (2 * p + 1) * e->ldw);
+    if (!e->WTb) return;
+    for (int q = 0; q < NR / 2; q++) {
+        uint32_t *d = e->WTb + (j0 / 2 + q) * e->ldwt + i0;
+        for (int i = 0; i < mr; i++)
+            d[i] = bf16_bits32(w[i * e->ldw + 2 * q])
+                   | (bf16_bits32(w[i * e->ldw + 2 * q + 1]) << 16);
+    }
+}
+
 static inline __attribute__((always_inline))
 void epilogue(const tile_ep *e, ptrdiff_t i0, ptrdiff_t j0, int mr, float *T)
 {
@@ -135,6 +210,7 @@ void epilogue(const tile_ep *e, ptrdiff_t i0, ptrdiff_t j0, int mr, float *T)
         for (int i = 0; i < mr; i++)
             store_row(e->C + (i0 + i) * e->ldc + j0, T + i * NR,
                       e->bias ? e->bias + j0 : zero16, e->relu);
+        if (e->Cb || e->Cp) bf16_copies(e, i0, j0, mr);
         break;
     case EP_DX:
         for (int i = 0; i < mr; i++) {
@@ -144,6 +220,7 @@ void epilogue(const tile_ep *e, ptrdiff_t i0, ptrdiff_t j0, int mr, float *T)
             else
                 store_row(e->C + (i0 + i) * e->ldc + j0, T + i * NR, zero16, 0);
         }
+        if (e->Cb || e->Cp) bf16_copies(e, i0, j0, mr);
         break;
     case EP_DW:
         for (int i = 0; i < mr; i++) {
@@ -156,6 +233,7 @@ void epilogue(const tile_ep *e, ptrdiff_t i0, ptrdiff_t j0, int mr, float *T)
                 for (int i = 0; i < mr; i++) wt[i] = e->W[(i0 + i) * e->ldw + j0 + j];
             }
         }
+        if (e->Wb) bf16_weights(e, i0, j0, mr);
         break;
     case EP_DWG:
         for (int i = 0; i < mr; i++)
@@ -169,6 +247,7 @@ void epilogue(const tile_ep *e, ptrdiff_t i0, ptrdiff_t j0, int mr, float *T)
             float *d = e->C + (i0 + i) * e->ldc;
             e->rowloss[i0 + i] = xent_row(t, e->N, e->y[i0 + i], e->inv_b, d, &e->rowok[i0 + i]);
         }
+        if (e->Cb || e->Cp) bf16_copies(e, i0, 0, mr);
         break;
     }
 }
@@ -191,6 +270,9 @@ void prefetch_tile(const tile_ep *e, ptrdiff_t i0, ptrdiff_t j0, int mr)
         int nc = e->N - (int)j0 < NR ? e->N - (int)j0 : NR;
         for (int j = 0; j < nc; j++) __builtin_prefetch(e->WT + (j0 + j) * e->ldwt + i0, 1, 3);
     }
+    if (e->WTb)
+        for (int q = 0; q < NR / 2; q++)
+            __builtin_prefetch(e->WTb + (j0 / 2 + q) * e->ldwt + i0, 1, 3);
 }
 
 /* ---------------------------------------------------- trainer_epilogue.c */

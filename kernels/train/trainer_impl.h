@@ -59,6 +59,23 @@ struct fnn_trainer {
     int64_t *rowy;                    /* labels of the batch rows */
     int solo_streak, solo_hold;       /* the fallback's back-off, carried from call to call
                                        * (an epoch per call: the load outlasts a call) */
+    /* bf16 mode (fnn_trainer_new_prec): the GEMMs read bf16 copies, as uint32 pairs
+     * of bf16 along K (what vdpbf16ps multiplies), accumulate in fp32; W, b, the
+     * optimizer state, a[], g[] (ReLU masks, bias gradients, the loss) stay fp32.
+     *   Wb[l]     W[l] in pairs of rows: pair-row k/2, lane j = (W[k, j], W[k+1, j]),
+     *             stride ld[l+1] pairs (forward B)
+     *   WTb[s][l] W[l]^T likewise (pairs of columns of W, stride ld[l]; dX B),
+     *             double-buffered as WT
+     *   ab[l]     a[l] row-major bf16, stride ld[l] (forward A, l < L)
+     *   ap[l]     a[l] in pairs of rows, stride ld[l] pairs (dW A, l < L)
+     *   gb[l]     g[l] row-major bf16 (dX A, 2 <= l <= L)
+     *   gp[l]     g[l] in pairs of rows (dW B, l >= 1)
+     * The forward / dX / loss epilogues write them from the fp32 rows, the dW
+     * epilogue refreshes Wb / WTb from the updated master weights. */
+    int bf16;
+    uint32_t *Wb[FNN_TR_MAXL], *WTb[2][FNN_TR_MAXL];
+    uint16_t *ab[FNN_TR_MAXL + 1], *gb[FNN_TR_MAXL + 1];
+    uint32_t *ap[FNN_TR_MAXL + 1], *gp[FNN_TR_MAXL + 1];
 };
 
 /* opt_sc.kind of the gradient-only step (fnn_trainer_grad_step): the "update" of
@@ -92,7 +109,7 @@ typedef struct {
     const void *x; int x_u8; ptrdiff_t x_ld;
     const int64_t *y, *idx; ptrdiff_t n;
     const fnn_train_opt *opt;
-    int avx2, nthreads;
+    int avx2, simd, nthreads;       /* simd: fnn_simd_level() at the start of the run */
     phase_t ph[MAX_PHASES]; int nph;
     int64_t per_step;               /* tasks per step (all phases) */
     int64_t row_tasks;              /* tasks of ROWS_PER_TASK rows in a batch (one gather copy) */

@@ -16,6 +16,7 @@
  */
 #include "trainer_sched.h"
 #include "trainer_gemm.h"
+#include "trainer_gemm_bf16.h"
 
 #include <math.h>
 
@@ -178,6 +179,10 @@ int fnn_tr_run_task(run_t *R, step_ctx *c, int64_t s, const phase_t *ph, int64_t
         const int64_t copy = t / R->row_tasks;
         ptrdiff_t lo = (t % R->row_tasks) * ROWS_PER_TASK, hi = lo + ROWS_PER_TASK;
         if (hi > bs) hi = bs;
+        if (tr->bf16)            /* the bf16 copies only: no GEMM reads the fp32 a[0] */
+            fnn_tr_bf16_gather(R->simd, tr->ab[0], tr->ap[0], tr->ld[0], lo, hi, tr->dims[0],
+                               R->x, R->x_u8, R->x_ld, R->idx + c->off);
+        else
         gather_rows(R->avx2, R->a0rep ? R->a0rep + copy * R->a0rep_stride : tr->a[0], tr->ld[0],
                     lo, hi, tr->dims[0], R->x, R->x_u8, R->x_ld, R->idx + c->off);
         if (copy == 0)
@@ -209,6 +214,18 @@ int fnn_tr_run_task(run_t *R, step_ctx *c, int64_t s, const phase_t *ph, int64_t
             e.C = tr->a[l + 1]; e.ldc = tr->ld[l + 1];
             e.relu = tr->relu[l];
         }
+        if (tr->bf16) {
+            /* A = a[l] row-major bf16 (pairs along K = the row), B = W[l]'s row pairs;
+             * the epilogue also writes a[l+1]'s bf16 copies (g[L]'s for the loss) */
+            if (l < L - 1) { e.Cb = tr->ab[l + 1]; e.Cp = tr->ap[l + 1]; }
+            else if (tr->fuse_xent) { e.Cb = tr->gb[L]; e.Cp = tr->gp[L]; }
+            /* else: the fp32 logits go to the loss phase, which writes g[L]'s copies */
+            gemm_tiles_bf16(R->simd, bs, (tr->dims[l] + 1) / 2, (const uint32_t *)tr->ab[l],
+                            tr->ld[l] / 2, 1, MR * tr->ld[l] / 2, tr->Wb[l], tr->ld[l + 1], &e,
+                            t / ph->gw.nchunks, t % ph->gw.nchunks * ph->gw.per,
+                            (t % ph->gw.nchunks + 1) * ph->gw.per);
+            break;
+        }
         gemm_tiles(R->avx2, bs, tr->dims[l], act(R, c, l), tr->ld[l], 1, MR * tr->ld[l], tr->W[l],
                    tr->ld[l + 1], &e,
                    t / ph->gw.nchunks, t % ph->gw.nchunks * ph->gw.per,
@@ -220,6 +237,9 @@ int fnn_tr_run_task(run_t *R, step_ctx *c, int64_t s, const phase_t *ph, int64_t
         for (ptrdiff_t r = lo; r < hi; r++)
             tr->rowloss[r] = xent_row(tr->a[L] + r * tr->ld[L], tr->dims[L], tr->rowy[r],
                                       c->inv_b, tr->g[L] + r * tr->ld[L], &tr->rowok[r]);
+        if (tr->bf16 && hi > lo)     /* lo is even: whole row pairs */
+            fnn_tr_bf16_rows(R->simd, tr->g[L], tr->ld[L], lo, hi - lo, tr->ld[L], tr->gb[L],
+                             tr->gp[L]);
         break;
     }
     case FNN_PHASE_BACKWARD:
@@ -240,6 +260,18 @@ int fnn_tr_run_task(run_t *R, step_ctx *c, int64_t s, const phase_t *ph, int64_t
             e.C = tr->g[l]; e.ldc = tr->ld[l];
             e.mask = tr->relu[l - 1] ? tr->a[l] : NULL; e.ldm = tr->ld[l];
             e.N = tr->dims[l];
+            if (tr->bf16) {
+                /* A = g[l+1] row-major bf16, B = this step's W^T row pairs; the
+                 * epilogue writes g[l]'s bf16 copies (row-major only for a next dX) */
+                e.Cb = l >= 2 ? tr->gb[l] : NULL;
+                e.Cp = tr->gp[l];
+                gemm_tiles_bf16(R->simd, bs, (tr->dims[l + 1] + 1) / 2,
+                                (const uint32_t *)tr->gb[l + 1], tr->ld[l + 1] / 2, 1,
+                                MR * tr->ld[l + 1] / 2, tr->WTb[c->s & 1][l], tr->ld[l], &e,
+                                t / ph->gx.nchunks, t % ph->gx.nchunks * ph->gx.per,
+                                (t % ph->gx.nchunks + 1) * ph->gx.per);
+                break;
+            }
             gemm_tiles(R->avx2, bs, tr->dims[l + 1], tr->g[l + 1], tr->ld[l + 1], 1,
                        MR * tr->ld[l + 1], tr->WT[c->s & 1][l], tr->ld[l], &e,
                        t / ph->gx.nchunks, t % ph->gx.nchunks * ph->gx.per,
@@ -261,6 +293,19 @@ int fnn_tr_run_task(run_t *R, step_ctx *c, int64_t s, const phase_t *ph, int64_t
             }
             const ptrdiff_t jp = t / ph->gw.nchunks, ip_lo = t % ph->gw.nchunks * ph->gw.per;
             ptrdiff_t ip_hi = ip_lo + ph->gw.per;
+            if (tr->bf16) {
+                /* A = a[l]^T: a[l]'s row pairs (pairs along K = the batch rows), B =
+                 * g[l+1]'s row pairs; the update epilogue refreshes W's bf16 copies
+                 * (W^T's for the next step's dX) */
+                if (e.kind == EP_DW) {
+                    e.WT = NULL;
+                    e.Wb = tr->Wb[l];
+                    e.WTb = l > 0 ? tr->WTb[(c->s + 1) & 1][l] : NULL;
+                }
+                gemm_tiles_bf16(R->simd, tr->dims[l], (bs + 1) / 2, tr->ap[l], 1, tr->ld[l], MR,
+                                tr->gp[l + 1], tr->ld[l + 1], &e, jp, ip_lo, ip_hi);
+                break;
+            }
             if (R->pack && ph->pack) {
                 /* this thread's copy of the strips [ip_lo, ip_hi) of a[l]^T */
                 const ptrdiff_t nstrips = (tr->dims[l] + MR - 1) / MR;
