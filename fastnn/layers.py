@@ -529,7 +529,11 @@ class Dropout(Layer):
     ``m ~ Bernoulli(1 - rate)`` drawn per element; in eval ``y = x``.
 
     Backward: ``dx = dy * m / (1 - rate)``.  ``rate`` in [0, 1).  ``seed``
-    makes the masks reproducible.  Shapes: any (N, ...) -> same.
+    makes the masks reproducible: each training forward draws one 64-bit key
+    from the layer's generator (whose state checkpoints carry), and the mask is
+    a hash of (key, element index) computed by the native kernel
+    (``fastnn.kernels.elementwise.dropout_forward``), the same for any thread
+    count.  Shapes: any (N, ...) -> same.
 
     >>> import numpy as np
     >>> d = Dropout(0.5, seed=0).eval()
@@ -542,8 +546,10 @@ class Dropout(Layer):
         self.rate = real(rate, "rate", "Dropout", lo=0.0, hi=1.0, hi_open=True)
         self.seed = seed
         self._rng = np.random.default_rng(seed)
-        # scaled mask of the last training forward, or None (identity)
-        self._mask: Optional[npt.NDArray[np.floating]] = None
+        # keep mask (uint8 0/1) of the last training forward, or None (identity);
+        # the buffer is reused while the batch shape stays the same
+        self._mask: Optional[npt.NDArray[np.uint8]] = None
+        self._mask_buf: Optional[npt.NDArray[np.uint8]] = None
 
     def forward(self, x: npt.NDArray[np.floating],
                 out: Optional[npt.NDArray[np.floating]] = None) -> npt.NDArray[np.floating]:
@@ -556,11 +562,18 @@ class Dropout(Layer):
         if not self.training or self.rate == 0.0:
             self._mask = None
             return x
-        keep = 1.0 - self.rate
-        mask = self._rng.random(x.shape, dtype=x.dtype) >= self.rate
-        self._mask = np.multiply(mask, x.dtype.type(1.0 / keep), dtype=x.dtype)
+        if self._mask_buf is None or self._mask_buf.shape != x.shape:
+            self._mask_buf = np.empty(x.shape, np.uint8)
+        key = int(self._rng.bit_generator.random_raw())
         y = _out_buffer(out, x.shape, x.dtype)
-        return np.multiply(x, self._mask, out=y)
+        y, self._mask = kernels.elementwise.dropout_forward(x, self.rate, key, out=y, mask=self._mask_buf)
+        return y
+
+    def scaled_mask(self) -> Optional[npt.NDArray[np.floating]]:
+        """``m / (1 - rate)`` of the last training forward as float64 (None in eval)."""
+        if self._mask is None:
+            return None
+        return self._mask.astype(np.float64) / (1.0 - self.rate)
 
     def backward(self, dout: npt.NDArray[np.floating],
                  dx: Optional[npt.NDArray[np.floating]] = None) -> npt.NDArray[np.floating]:
@@ -576,7 +589,7 @@ class Dropout(Layer):
             raise ShapeError(f"Dropout.backward: dout must have shape {self._mask.shape}, "
                              f"got {dout.shape}")
         dx = _out_buffer(dx, dout.shape, dout.dtype)
-        return np.multiply(dout, self._mask, out=dx)
+        return kernels.elementwise.dropout_backward(dout, self._mask, self.rate, dx=dx)
 
     def get_config(self) -> Dict[str, Any]:
         return {"class": "Dropout", "rate": self.rate, "seed": self.seed}

@@ -98,7 +98,7 @@ def test_dropout_train_mode_gradient():
     layer = L.Dropout(0.4, seed=7)
     x = rng.standard_normal((6, 5))
     y = layer.forward(x)
-    mask = layer._mask.copy()          # keep the same mask for every probe
+    mask = layer.scaled_mask()         # keep the same mask for every probe
 
     r = rng.standard_normal(y.shape)
     dx = layer.backward(r)

@@ -5,6 +5,7 @@
     matmul      fastnn.kernels.matmul                       kernels/matmul/
     xent        softmax_xent, softmax, log_softmax          kernels/xent/
     elementwise activation_forward, activation_backward     kernels/elementwise/
+    dropout     elementwise.dropout_forward, _backward      kernels/elementwise/dropout.c
     reduce      column_sums                                 kernels/reduce/
     optim       sgd_update, adam_update                     kernels/optim/
     conv        conv2d_forward, conv2d_backward_data,       kernels/conv/

@@ -8,27 +8,38 @@ module-like object with ``activation_forward`` and ``activation_backward``
     numba      prange over the flat array              fastnn/kernels/elementwise/numba_impl.py
     cython     OpenMP prange, libm exp/tanh             kernels/elementwise/elementwise_cy.pyx
     c          OpenMP over chunks, AVX2/FMA exp         kernels/elementwise/elementwise.c (+ _c.pyx)
+
+Inverted dropout (``dropout_forward``/``dropout_backward``) is the family
+``"dropout"``: ``reference`` (numpy, reference.py) and ``c``
+(kernels/elementwise/dropout.c), the same counter-based mask bit for bit.
 """
 from __future__ import annotations
 
-from typing import Optional
+import importlib
+from typing import Optional, Tuple
 
 import numpy as np
 import numpy.typing as npt
 
 from ... import _threads
 from ...errors import DTypeError, ShapeError
-from .._registry import register_module_variants
+from .._registry import native_module, register, register_module_variants
 from .._checks import check_variant, float_input, no_overlap, output, pick
 from .reference import KINDS
 
-__all__ = ["activation_forward", "activation_backward", "KINDS"]
+__all__ = ["activation_forward", "activation_backward", "KINDS", "dropout_forward",
+           "dropout_backward", "dropout_threshold"]
 
 
 register_module_variants("elementwise", __name__, "elementwise",
                          numba="Numba, prange over the flat array",
                          cython="Cython, OpenMP prange over the flat array, libm exp/tanh",
                          c="C, OpenMP over chunks, AVX2/FMA exp")
+register("dropout", "reference", lambda: importlib.import_module(__name__ + ".reference"),
+         description="numpy (specification)", simd=lambda: "numpy")
+register("dropout", "c", lambda: native_module("elementwise_c"),
+         description="C, one pass: counter-based mask, y and a byte mask",
+         simd=lambda: native_module("elementwise_c").simd_name())
 
 
 def _kind(kind: str, fn: str) -> int:
@@ -103,4 +114,85 @@ def activation_backward(kind: str, y: npt.ArrayLike, dout: npt.ArrayLike,
     impl = pick("elementwise", variant)
     impl.activation_backward(code, y.reshape(-1), dout.reshape(-1), dx.reshape(-1),
                              bool(accumulate), _threads.get_num_threads())
+    return dx
+
+
+def dropout_threshold(rate: float) -> int:
+    """``floor(rate * 2**32)``: element i is dropped when its 32-bit hash is below it."""
+    if not (0.0 <= rate < 1.0):
+        raise ValueError(f"dropout: rate must be in [0, 1), got {rate!r}")
+    return min(int(rate * 4294967296.0), 4294967295)
+
+
+def _key(key: int, fn: str) -> int:
+    if isinstance(key, (bool, np.bool_)) or not isinstance(key, (int, np.integer)):
+        raise TypeError(f"{fn}: key must be an integer, got {type(key).__name__}")
+    if not 0 <= int(key) < 1 << 64:
+        raise ValueError(f"{fn}: key must be in [0, 2**64), got {key}")
+    return int(key)
+
+
+def dropout_forward(x: npt.ArrayLike, rate: float, key: int,
+                    out: Optional[npt.NDArray[np.floating]] = None,
+                    mask: Optional[npt.NDArray[np.uint8]] = None, *,
+                    variant: Optional[str] = None
+                    ) -> Tuple[npt.NDArray[np.floating], npt.NDArray[np.uint8]]:
+    """Inverted dropout: ``y = x * m / (1 - rate)``, ``m[i] = hash(i, key) >= rate * 2**32``.
+
+    The keep mask ``m`` (returned as uint8 0/1, for the backward pass) is a
+    32-bit hash of each element's flat index keyed by ``key`` (see
+    reference.py): it depends on (key, index) only, never on the thread count,
+    and each element is kept with probability ``1 - rate`` (to 2**-32).
+
+    Shapes: x any shape, float32/float64; out like x (may be x itself); mask
+    uint8 of x's shape, C-contiguous.  Returns ``(out, mask)``.
+
+    >>> import numpy as np
+    >>> from fastnn.kernels.elementwise import dropout_forward
+    >>> y, m = dropout_forward(np.ones(8, np.float32), 0.5, key=7)
+    >>> sorted(set(y.tolist())) == [0.0, 2.0] and int(m.sum()) == int((y != 0).sum())
+    True
+    """
+    fn = "dropout_forward"
+    check_variant(fn, variant)
+    thr = dropout_threshold(float(rate))
+    k = _key(key, fn)
+    x = float_input(x, fn, "x")
+    out = output(out, fn, "out", x.shape, x.dtype)
+    mask = output(mask, fn, "mask", x.shape, np.uint8)
+    no_overlap(fn, out, "out", {"x": x}, allow_same=("x",))
+    no_overlap(fn, mask, "mask", {"x": x, "out": out})
+    scale = 1.0 / (1.0 - float(rate))
+    pick("dropout", variant).dropout_forward(x.reshape(-1), out.reshape(-1), mask.reshape(-1),
+                                             k, thr, scale, _threads.get_num_threads())
+    return out, mask
+
+
+def dropout_backward(dy: npt.ArrayLike, mask: npt.NDArray[np.uint8], rate: float,
+                     dx: Optional[npt.NDArray[np.floating]] = None, *,
+                     variant: Optional[str] = None) -> npt.NDArray[np.floating]:
+    """``dx = dy * m / (1 - rate)`` with the uint8 mask ``m`` of ``dropout_forward``.
+
+    Shapes: dy float32/float64, mask uint8 of dy's shape, dx like dy (may be dy).
+
+    >>> import numpy as np
+    >>> from fastnn.kernels.elementwise import dropout_backward
+    >>> dropout_backward(np.ones(3), np.array([1, 0, 1], np.uint8), 0.5).tolist()
+    [2.0, 0.0, 2.0]
+    """
+    fn = "dropout_backward"
+    check_variant(fn, variant)
+    dropout_threshold(float(rate))
+    dy = float_input(dy, fn, "dy")
+    if not isinstance(mask, np.ndarray) or mask.dtype != np.uint8:
+        raise DTypeError(f"{fn}: mask must be a uint8 numpy array (dropout_forward's), "
+                         f"got {getattr(mask, 'dtype', type(mask).__name__)}")
+    if mask.shape != dy.shape:
+        raise ShapeError(f"{fn}: mask must have dy's shape {dy.shape}, got {mask.shape}")
+    mask = np.ascontiguousarray(mask)
+    dx = output(dx, fn, "dx", dy.shape, dy.dtype)
+    no_overlap(fn, dx, "dx", {"dy": dy, "mask": mask}, allow_same=("dy",))
+    pick("dropout", variant).dropout_backward(dy.reshape(-1), mask.reshape(-1), dx.reshape(-1),
+                                              1.0 / (1.0 - float(rate)),
+                                              _threads.get_num_threads())
     return dx

@@ -72,3 +72,54 @@ def activation_backward(kind: int, y: npt.NDArray[np.floating], dout: npt.NDArra
     else:
         dx[...] = g
     return dx
+
+
+# ---------------------------------------------------------------- dropout
+#
+# Inverted dropout with a counter-based mask (kernels/elementwise/dropout.c):
+#     keep[i] = hash(i, key) >= threshold,   threshold = floor(rate * 2**32)
+#     y[i]  = x[i] * scale if keep[i] else 0,   scale = 1 / (1 - rate)
+#     dx[i] = dy[i] * scale if keep[i] else 0
+# hash: two rounds of a 32-bit xorshift-multiply finaliser, keyed by the 64-bit
+# ``key`` (low word xored in before round one, high word added before round two).
+# The mask depends on (key, i) only.  Variant interface, on flat C-contiguous arrays:
+#     dropout_forward(x, y, mask, key, threshold, scale, nthreads)   y may be x; mask uint8
+#     dropout_backward(dy, mask, dx, scale, nthreads)                dx may be dy
+
+_M32 = np.uint64(0xFFFFFFFF)
+
+
+def _mix32(x: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint64]:
+    """One finaliser round on uint32 values held in uint64 (products reduced mod 2**32)."""
+    x = x ^ (x >> np.uint64(16))
+    x = (x * np.uint64(0x21F0AAAD)) & _M32
+    x = x ^ (x >> np.uint64(15))
+    x = (x * np.uint64(0xD35A2D97)) & _M32
+    return x ^ (x >> np.uint64(15))
+
+
+def dropout_keep(n: int, key: int, threshold: int) -> npt.NDArray[np.bool_]:
+    """The keep mask of ``n`` elements: ``hash(i, key) >= threshold``."""
+    i = np.arange(n, dtype=np.uint64)
+    k = np.uint64(key)
+    hi = ((i >> np.uint64(32)) * np.uint64(0x9E3779B9)) & _M32
+    x = (i & _M32) ^ (k & _M32) ^ hi
+    x = _mix32(x)
+    x = (x + (k >> np.uint64(32))) & _M32
+    return _mix32(x) >= np.uint64(threshold)
+
+
+def dropout_forward(x: npt.NDArray[np.floating], y: npt.NDArray[np.floating],
+                    mask: npt.NDArray[np.uint8], key: int, threshold: int, scale: float,
+                    nthreads: int = 1) -> npt.NDArray[np.floating]:
+    keep = dropout_keep(x.size, key, threshold)
+    mask[...] = keep
+    y[...] = np.where(keep, x * x.dtype.type(scale), 0)
+    return y
+
+
+def dropout_backward(dy: npt.NDArray[np.floating], mask: npt.NDArray[np.uint8],
+                     dx: npt.NDArray[np.floating], scale: float,
+                     nthreads: int = 1) -> npt.NDArray[np.floating]:
+    dx[...] = np.where(mask != 0, dy * dy.dtype.type(scale), 0)
+    return dx
