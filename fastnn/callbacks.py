@@ -70,23 +70,34 @@ class Callback:
         self.model: Any = None
 
     def set_state(self, state: Any) -> None:
+        """Called by ``fit`` before any hook: ``state`` is the run's
+        ``fastnn.training.TrainState`` (model, optimizer, history, ``stop_training``);
+        sets ``self.state`` and ``self.model``."""
         self.state = state
         self.model = state.model
 
     def on_train_begin(self, logs: Dict[str, float]) -> None:
-        pass
+        """Called once by ``fit`` before its first epoch (a resumed run too); ``logs`` is empty."""
 
     def on_train_end(self, logs: Dict[str, float]) -> None:
-        pass
+        """Called once after the last epoch, or after the epoch that set
+        ``self.state.stop_training``; ``logs`` is empty (the epochs' logs are in
+        ``self.state.history``).  Not called when ``fit`` raises."""
 
     def on_epoch_begin(self, epoch: int, logs: Dict[str, float]) -> None:
-        pass
+        """Called before epoch ``epoch`` (0-based) runs its first step."""
 
     def on_epoch_end(self, epoch: int, logs: Dict[str, float]) -> None:
-        pass
+        """Called after epoch ``epoch`` (0-based) and its validation.  ``logs`` holds
+        ``loss``, ``accuracy`` (training means), ``val_loss``/``val_accuracy`` with
+        validation data, ``epoch_time`` and ``samples_per_s``.  Setting
+        ``self.state.stop_training = True`` ends the run after this epoch."""
 
     def on_batch_end(self, step: int, logs: Dict[str, float]) -> None:
-        pass
+        """Called when the number of steps done, ``step``, is a multiple of ``step_freq``
+        and at the end of every epoch (never when ``step_freq`` is None).  ``logs``
+        holds ``loss`` and ``accuracy``, the means over the steps since the previous
+        call.  Setting ``self.state.stop_training`` here also ends the current epoch."""
 
 
 def _mode_for(monitor: str, mode: str) -> str:
@@ -150,14 +161,19 @@ class TensorBoard(Callback):
         return self._train, self._val  # type: ignore[return-value]  # set together above
 
     def on_train_begin(self, logs: Dict[str, float]) -> None:
+        """Opens (or continues) the train/ and validation/ event files."""
         self._writers()
 
     def on_batch_end(self, step: int, logs: Dict[str, float]) -> None:
+        """Writes ``batch_loss`` and ``batch_accuracy`` at ``step`` to train/."""
         train, _ = self._writers()
         train.add_scalar("batch_loss", logs["loss"], step)
         train.add_scalar("batch_accuracy", logs["accuracy"], step)
 
     def on_epoch_end(self, epoch: int, logs: Dict[str, float]) -> None:
+        """Writes ``epoch_loss``/``epoch_accuracy`` (and timings) at step ``epoch + 1``
+        to train/, the validation ones to validation/, the weight histograms every
+        ``histogram_freq`` epochs, and flushes both files."""
         train, val = self._writers()
         step = epoch + 1
         train.add_scalar("epoch_loss", logs["loss"], step)
@@ -175,9 +191,11 @@ class TensorBoard(Callback):
         val.flush()
 
     def on_train_end(self, logs: Dict[str, float]) -> None:
+        """Closes the event files (``close``)."""
         self.close()
 
     def close(self) -> None:
+        """Flushes and closes both event files; a later hook opens them again."""
         for w in (self._train, self._val):
             if w is not None:
                 w.close()
@@ -205,10 +223,13 @@ class CSVLogger(Callback):
 
     @property
     def json_path(self) -> str:
+        """Where the JSON history goes: ``path`` with ``.csv`` replaced by ``.json``
+        (``.json`` appended to any other name)."""
         root, ext = os.path.splitext(self.path)
         return (root if ext.lower() == ".csv" else self.path) + ".json"
 
     def on_train_begin(self, logs: Dict[str, float]) -> None:
+        """Truncates the file, or with ``append=True`` keeps it and its header."""
         self._fields = None
         if self.append and os.path.exists(self.path) and os.path.getsize(self.path) > 0:
             with open(self.path, newline="") as fh:
@@ -221,6 +242,8 @@ class CSVLogger(Callback):
             open(self.path, "w").close()
 
     def on_epoch_end(self, epoch: int, logs: Dict[str, float]) -> None:
+        """Appends the row ``epoch + 1, logs...`` (header first on a new file), flushed;
+        rewrites the JSON history atomically when ``json_history`` is True."""
         if self._fields is None:
             self._fields = ["epoch"] + list(logs)
             with open(self.path, "w", newline="") as fh:
@@ -313,10 +336,13 @@ class ModelCheckpoint(Callback):
             self.epochs_done = extra["epoch"]
 
     def on_train_begin(self, logs: Dict[str, float]) -> None:
+        """With ``save_initial``, writes the untrained weights as epoch 0 (not when resuming)."""
         if self.save_initial and not self.state.history.epoch:
             self._save(0, {})
 
     def on_epoch_end(self, epoch: int, logs: Dict[str, float]) -> None:
+        """Saves the checkpoint of epoch ``epoch + 1``; with ``save_best_only``, only
+        when ``monitor`` improved (a missing ``monitor`` warns and saves nothing)."""
         if self.save_best_only:
             cur = logs.get(self.monitor)
             if cur is None:
@@ -359,6 +385,7 @@ class EarlyStopping(Callback):
         self.restore_best_weights = bool(restore_best_weights)
 
     def on_train_begin(self, logs: Dict[str, float]) -> None:
+        """Resets the wait count, the best value and ``stopped_epoch``."""
         self.wait = 0
         self.stopped_epoch = 0
         self.best = math.inf if self.mode == "min" else -math.inf
@@ -366,6 +393,8 @@ class EarlyStopping(Callback):
         self._best_weights: Optional[npt.NDArray[Any]] = None
 
     def on_epoch_end(self, epoch: int, logs: Dict[str, float]) -> None:
+        """Counts epochs without an improvement larger than ``min_delta`` and sets
+        ``stop_training`` once there are ``patience`` of them (a missing ``monitor`` warns)."""
         cur = logs.get(self.monitor)
         if cur is None:
             warnings.warn(f"EarlyStopping: {self.monitor!r} is not in the logs ({sorted(logs)})",
@@ -384,6 +413,7 @@ class EarlyStopping(Callback):
             self.state.stop_training = True
 
     def on_train_end(self, logs: Dict[str, float]) -> None:
+        """With ``restore_best_weights``, puts the best epoch's weights back after a stop."""
         if self.stopped_epoch and self._best_weights is not None:
             self.model.flat_params[...] = self._best_weights
 

@@ -113,6 +113,8 @@ class Loss:
         return self._grad
 
     def get_config(self) -> Dict[str, Any]:
+        """The loss's settings as a JSON-able dict, ``{"class": name, **arguments}``;
+        ``loss_from_config`` rebuilds the loss from it (checkpoints store it)."""
         return {"class": type(self).__name__}
 
     def fusion_spec(self) -> LossSpec:

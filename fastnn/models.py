@@ -249,5 +249,6 @@ class Perceptron:
         return float(np.mean(self.predict(x) == y))
 
     def get_config(self) -> Dict[str, Any]:
+        """The constructor's arguments as a JSON-able dict (with ``"class"``)."""
         return {"class": "Perceptron", "n_features": self.n_features,
                 "n_classes": self.n_classes, "lr": self.lr, "seed": self.seed}

@@ -129,6 +129,7 @@ class Optimizer:
     # -- learning rate -----------------------------------------------------------
     @property
     def lr(self) -> float:
+        """The learning rate the next ``step()`` uses (settable, >= 0; schedules set it)."""
         return self._lr
 
     @lr.setter
@@ -424,13 +425,19 @@ class LRSchedule:
         return lr
 
     def hyper(self) -> Dict[str, Any]:
+        """The schedule's own settings as a JSON-able dict (its constructor's keyword
+        arguments besides ``optimizer``)."""
         return {}
 
     def state_dict(self) -> Dict[str, Any]:
+        """``{"class", "base_lr", "last_step", "hyper"}``: what a checkpoint stores to
+        resume the schedule where it was."""
         return {"class": type(self).__name__, "base_lr": self.base_lr,
                 "last_step": self.last_step, "hyper": self.hyper()}
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
+        """Restore ``state_dict()`` output (same class) and set the optimizer's lr to
+        the restored step's."""
         who = f"{type(self).__name__}.load_state_dict"
         if not isinstance(state, dict) or state.get("class") != type(self).__name__:
             raise ValueError(f"{who}: state is not for {type(self).__name__}")

@@ -48,6 +48,9 @@ class Parameter:
 
     @property
     def data(self) -> npt.NDArray[Any]:
+        """The values (an array of ``shape``/``dtype``; a view of the model's
+        ``flat_params`` inside a model).  ``p.data = values`` copies ``values`` in
+        (same shape, else ``ShapeError``); the array object itself never changes."""
         return self._data
 
     @data.setter
@@ -56,6 +59,9 @@ class Parameter:
 
     @property
     def grad(self) -> npt.NDArray[Any]:
+        """The gradient of the loss with respect to ``data``, same shape and dtype,
+        accumulated by ``backward`` (a view of the model's ``flat_grads`` inside a
+        model).  ``p.grad = values`` copies in, as for ``data``."""
         return self._grad
 
     @grad.setter
@@ -76,14 +82,17 @@ class Parameter:
 
     @property
     def shape(self) -> Tuple[int, ...]:
+        """``data.shape``."""
         return self._data.shape
 
     @property
     def size(self) -> int:
+        """The number of values, ``data.size``."""
         return int(self._data.size)
 
     @property
     def dtype(self) -> np.dtype[Any]:
+        """``data.dtype`` (float32 or float64)."""
         return self._data.dtype
 
     def bind(self, data_view: npt.NDArray[Any], grad_view: npt.NDArray[Any], owner: Any,

@@ -92,6 +92,8 @@ class History:
         self.params = dict(params or {})
 
     def append(self, epoch: int, logs: Mapping[str, float]) -> None:
+        """Record epoch ``epoch`` (0-based): its index, and each value of ``logs``
+        appended to its list (a new key starts a new list)."""
         self.epoch.append(int(epoch))
         for k, v in logs.items():
             self.history.setdefault(k, []).append(float(v))
@@ -103,6 +105,7 @@ class History:
 
     @classmethod
     def from_dict(cls, d: Optional[Mapping[str, Any]]) -> History:
+        """The History that ``to_dict()`` described (None or {} gives an empty one)."""
         d = d or {}
         return cls(d.get("history"), d.get("epoch"), d.get("params"))
 
