@@ -127,6 +127,121 @@ static void mkb_x512_12(ptrdiff_t KP, const uint32_t *A0, const uint32_t *A1, pt
 }
 #endif
 
+#if FNN_X86
+/* ------------------------------------ dW tiles with their update (AVX512_BF16) */
+
+/* The optimizer update of one row of 16 weights on its gradient g (a zmm of
+ * the tile's accumulators): opt_update's formulas lane by lane; returns the
+ * new weights (also stored, with the state). */
+FNN_TARGET_AVX512BF16 static inline __attribute__((always_inline))
+__m512 update_x512(const opt_sc *o, __m512 g, float *pw, float *p1, float *p2)
+{
+    __m512 w = _mm512_load_ps(pw);
+    if (o->kind == FNN_OPT_SGD) {
+        g = _mm512_fmadd_ps(_mm512_set1_ps(o->wd), w, g);
+        if (o->mu == 0.0f) {
+            w = _mm512_fnmadd_ps(_mm512_set1_ps(o->lr), g, w);
+        } else {
+            const __m512 mu = _mm512_set1_ps(o->mu);
+            __m512 v = _mm512_fmadd_ps(mu, _mm512_load_ps(p1),
+                                       _mm512_mul_ps(_mm512_set1_ps(o->damp1), g));
+            _mm512_store_ps(p1, v);
+            w = _mm512_fnmadd_ps(_mm512_set1_ps(o->lr), o->nesterov ? _mm512_fmadd_ps(mu, v, g) : v,
+                                 w);
+        }
+    } else {
+        const float wda = o->kind == FNN_OPT_ADAM ? o->wd : 0.0f;
+        __m512 wj = _mm512_mul_ps(w, _mm512_set1_ps(o->decay));
+        g = _mm512_fmadd_ps(_mm512_set1_ps(wda), wj, g);
+        __m512 m = _mm512_fmadd_ps(_mm512_set1_ps(o->b1), _mm512_load_ps(p1),
+                                   _mm512_mul_ps(_mm512_set1_ps(o->c1), g));
+        __m512 v = _mm512_fmadd_ps(_mm512_set1_ps(o->b2), _mm512_load_ps(p2),
+                                   _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(o->c2), g), g));
+        _mm512_store_ps(p1, m);
+        _mm512_store_ps(p2, v);
+        __m512 den = _mm512_add_ps(_mm512_div_ps(_mm512_sqrt_ps(v), _mm512_set1_ps(o->bc2_sqrt)),
+                                   _mm512_set1_ps(o->eps));
+        w = _mm512_fnmadd_ps(_mm512_set1_ps(o->step_size), _mm512_div_ps(m, den), wj);
+    }
+    _mm512_store_ps(pw, w);
+    return w;
+}
+
+/* r[0..7]: 8 rows of 8 uint32 (bf16 pairs of W columns 2q, 2q+1); stores lanes
+ * [0, n) of the transposed rows: dst[q * ld + i] = r[i] lane q. */
+FNN_TARGET_AVX512BF16 static inline __attribute__((always_inline))
+void store_t8(const __m256i *r, int n, uint32_t *dst, ptrdiff_t ld)
+{
+    __m256i t0 = _mm256_unpacklo_epi32(r[0], r[1]), t1 = _mm256_unpackhi_epi32(r[0], r[1]);
+    __m256i t2 = _mm256_unpacklo_epi32(r[2], r[3]), t3 = _mm256_unpackhi_epi32(r[2], r[3]);
+    __m256i t4 = _mm256_unpacklo_epi32(r[4], r[5]), t5 = _mm256_unpackhi_epi32(r[4], r[5]);
+    __m256i t6 = _mm256_unpacklo_epi32(r[6], r[7]), t7 = _mm256_unpackhi_epi32(r[6], r[7]);
+    __m256i u[8] = {_mm256_unpacklo_epi64(t0, t2), _mm256_unpackhi_epi64(t0, t2),
+                    _mm256_unpacklo_epi64(t1, t3), _mm256_unpackhi_epi64(t1, t3),
+                    _mm256_unpacklo_epi64(t4, t6), _mm256_unpackhi_epi64(t4, t6),
+                    _mm256_unpacklo_epi64(t5, t7), _mm256_unpackhi_epi64(t5, t7)};
+    const __mmask8 m = (__mmask8)((1u << n) - 1u);
+#pragma GCC unroll 4
+    for (int q = 0; q < 4; q++) {
+        _mm256_mask_storeu_epi32(dst + q * ld, m, _mm256_permute2x128_si256(u[q], u[4 + q], 0x20));
+        _mm256_mask_storeu_epi32(dst + (q + 4) * ld, m,
+                                 _mm256_permute2x128_si256(u[q], u[4 + q], 0x31));
+    }
+}
+
+/* ROWS (6 or 12: one or two whole row tiles from row i0) x 16 of dW, updated in
+ * registers: the same update and bf16 copies as the generic epilogue
+ * (vcvtneps2bf16 rounds as bf16_bits32), without the round trip through T. */
+#define DW_X512_BODY(ROWS)                                                            \
+    const opt_sc *o = e->o;                                                           \
+    __m512 c[ROWS];                                                                   \
+    __m256i rb[16];                                                                   \
+    _Pragma("GCC unroll 12")                                                          \
+    for (int i = 0; i < ROWS; i++) c[i] = _mm512_setzero_ps();                        \
+    for (ptrdiff_t kp = 0; kp < KP; kp++) {                                           \
+        __m512bh b = (__m512bh)_mm512_loadu_si512((const void *)(B + kp * ldb));      \
+        const uint32_t *a = A + kp * csa;                                             \
+        _Pragma("GCC unroll 12")                                                      \
+        for (int i = 0; i < ROWS; i++)                                                \
+            c[i] = _mm512_dpbf16_ps(c[i], (__m512bh)_mm512_set1_epi32(                \
+                                               (int)a[(i / MR) * tsa + (i % MR) * rsa]), b); \
+    }                                                                                 \
+    _Pragma("GCC unroll 12")                                                          \
+    for (int i = 0; i < ROWS; i++) {                                                  \
+        const ptrdiff_t off = (i0 + i) * e->ldw + j0;                                 \
+        __m512 w = update_x512(o, c[i], e->W + off, e->s1 + off, e->s2 + off);        \
+        rb[i] = (__m256i)_mm512_cvtneps_pbh(w);                                       \
+    }                                                                                 \
+    _Pragma("GCC unroll 6")                                                           \
+    for (int p = 0; p < ROWS / 2; p++) {                                              \
+        __m512i pr = _mm512_or_si512(_mm512_cvtepu16_epi32(rb[2 * p]),                \
+                                     _mm512_slli_epi32(_mm512_cvtepu16_epi32(rb[2 * p + 1]), 16)); \
+        _mm512_store_si512((void *)(e->Wb + (i0 / 2 + p) * e->ldw + j0), pr);         \
+    }                                                                                 \
+    if (e->WTb) {                                                                     \
+        uint32_t *d = e->WTb + (j0 / 2) * e->ldwt + i0;                               \
+        for (int i = ROWS; i < 16; i++) rb[i] = _mm256_setzero_si256();               \
+        store_t8(rb, ROWS < 8 ? ROWS : 8, d, e->ldwt);                                \
+        if (ROWS > 8) store_t8(rb + 8, ROWS - 8, d + 8, e->ldwt);                     \
+    }
+
+FNN_TARGET_AVX512BF16
+static void dw_x512_6(ptrdiff_t KP, const uint32_t *A, ptrdiff_t rsa, ptrdiff_t csa,
+                      ptrdiff_t tsa, const uint32_t *B, ptrdiff_t ldb, const tile_ep *e,
+                      ptrdiff_t i0, ptrdiff_t j0)
+{
+    DW_X512_BODY(MR)
+}
+
+FNN_TARGET_AVX512BF16
+static void dw_x512_12(ptrdiff_t KP, const uint32_t *A, ptrdiff_t rsa, ptrdiff_t csa,
+                       ptrdiff_t tsa, const uint32_t *B, ptrdiff_t ldb, const tile_ep *e,
+                       ptrdiff_t i0, ptrdiff_t j0)
+{
+    DW_X512_BODY(2 * MR)
+}
+#endif
+
 /* ------------------------------------------------------------- tile loops */
 
 #define BF16_ONE_TILE(MK)                                                             \
@@ -161,6 +276,23 @@ FNN_TARGET_AVX512BF16
 void fnn_tr_bf16_tiles_x512(FNN_TR_BF16_TILES_ARGS)
 {
     BF16_TILES_HEAD
+    if (e->kind == EP_DW) {
+        /* whole row tiles (every row a weight row) updated in registers, two at a
+         * time; the columns past N are W's zero padding with zero gradients, so
+         * their update leaves them zero (no N check needed) */
+        ptrdiff_t full = M / MR, ip_mid = ip_hi < full ? ip_hi : full, ip = ip_lo;
+        for (; ip + 1 < ip_mid; ip += 2) {
+            prefetch_tile(e, ip * MR, j0, MR);
+            prefetch_tile(e, ip * MR + MR, j0, MR);
+            dw_x512_12(KP, A + ip * tsa, rsa, csa, tsa, B + j0, ldb, e, ip * MR, j0);
+        }
+        if (ip < ip_mid) {
+            prefetch_tile(e, ip * MR, j0, MR);
+            dw_x512_6(KP, A + ip * tsa, rsa, csa, tsa, B + j0, ldb, e, ip * MR, j0);
+            ip++;
+        }
+        if (ip_lo < ip) ip_lo = ip;
+    }
     ptrdiff_t ip = ip_lo;
     for (; ip + 1 < ip_hi; ip += 2) {
         ptrdiff_t i0 = ip * MR;
