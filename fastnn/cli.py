@@ -352,8 +352,29 @@ def _resolve_preset(args, stored=None):
     return base.replace(**changes)
 
 
+def _rss_mb():
+    """This process's resident set now, in MB (Linux /proc), or None elsewhere."""
+    try:
+        with open("/proc/self/statm") as f:
+            pages = int(f.read().split()[1])
+        return round(pages * os.sysconf("SC_PAGE_SIZE") / 2**20, 1)
+    except (OSError, ValueError, IndexError, AttributeError):
+        return None
+
+
+def _peak_rss_mb():
+    """The largest resident set this process has had, in MB (Unix), or None."""
+    try:
+        import resource
+    except ImportError:
+        return None
+    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss      # KiB on Linux
+    return round(kb / 1024, 1)
+
+
 class _EpochPrinter:
-    """--json: one object per epoch on stdout."""
+    """--json: one object per epoch on stdout (with the process's RSS at the epoch's end,
+    so that a run shows whether memory stays flat across epochs)."""
 
     step_freq = None
     rank0_only = True        # prints: rank 0 alone in a data-parallel run
@@ -374,7 +395,7 @@ class _EpochPrinter:
         pass
 
     def on_epoch_end(self, epoch, logs):
-        _print_json({"epoch": epoch + 1, "epochs": self.epochs, **logs})
+        _print_json({"epoch": epoch + 1, "epochs": self.epochs, **logs, "rss_mb": _rss_mb()})
 
     def on_train_end(self, logs):
         pass
@@ -527,6 +548,7 @@ def _cmd_train(args):
         "train_s": t_end - t_fit,
         "wall_s_since_process_start": t_end - t_start,
         "epoch_time": h.get("epoch_time", []),
+        "peak_rss_mb": _peak_rss_mb(),
     }
     if comm is not None:
         summary.update({"ranks": comm.size, "per_rank_batch": hist.params.get("per_rank_batch"),
@@ -542,7 +564,9 @@ def _cmd_train(args):
         if summary["test_accuracy"] is not None:
             print(f"test accuracy {summary['test_accuracy']:.4f}, loss {summary['test_loss']:.4f}"
                   f" after {epochs_run} epoch(s); training {summary['train_s']:.2f}s, "
-                  f"{summary['wall_s_since_process_start']:.2f}s since process start")
+                  f"{summary['wall_s_since_process_start']:.2f}s since process start"
+                  + (f", peak RSS {summary['peak_rss_mb']:.0f} MB"
+                     if summary["peak_rss_mb"] is not None else ""))
         if stop_at is not None:
             if stop_at.reached_epoch:
                 print(f"reached {stop_at.target:.2%} test accuracy in epoch "

@@ -13,7 +13,7 @@ from fastnn import cli, serialize
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 EPOCH_KEYS = {"epoch", "epochs", "loss", "accuracy", "val_loss", "val_accuracy", "epoch_time",
-              "samples_per_s"}
+              "samples_per_s", "rss_mb"}
 
 
 def run_main(argv, capsys):
@@ -58,6 +58,9 @@ def test_train_json_schema(capsys, tmp_path):
     assert s["wall_s_since_process_start"] >= s["train_s"] > 0
     assert len(s["epoch_time"]) == 2
     assert s["engine"] == "fused" and s["why_not_fused"] == ""
+    # memory: the RSS at each epoch's end and the peak, in MB (Linux /proc and getrusage)
+    rss = [o["rss_mb"] for o in objs[:2]]
+    assert all(r > 10 for r in rss) and s["peak_rss_mb"] >= max(rss)
 
 
 def test_train_text_output_and_overrides(capsys):
