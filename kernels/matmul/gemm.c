@@ -454,6 +454,45 @@ static inline double in_d(double x, int bf16) { (void)bf16; return x; }
 #define VHSUM2(a, b, o) hsum2_pd(a, b, o)
 #endif
 #include "gemm_tmpl.h"
+#undef T
+#undef SFX
+#undef PACK_B_COLS
+#undef MR
+#undef NR
+#undef MC_MAX
+#undef KC_MAX
+#undef NC_MAX
+#if FNN_X86
+#undef VT
+#undef VW
+#undef VZERO
+#undef VLOAD
+#undef VLOADU
+#undef VSTOREU
+#undef VBCAST
+#undef VFMA
+#undef VADD
+#undef VMAX
+#undef VAND
+#undef VCMPGT
+#undef VHSUM
+#undef VHSUM2
+#endif
+
+/* ---------------------------------------------------------------- small-M path */
+
+#define T float
+#define SFX s
+#define SM_FLOAT 1
+#include "gemm_small.h"
+#undef T
+#undef SFX
+#undef SM_FLOAT
+#define T double
+#define SFX d
+#define SM_FLOAT 0
+#include "gemm_small.h"
+#undef SM_FLOAT
 
 /* ---------------------------------------------------------------- AVX-512 engine (float) */
 
@@ -513,6 +552,25 @@ static int x_fp32_wanted(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, ptrdiff_t csa, p
     return 1;
 }
 
+/* The small-M path's instruction set at the current level: AVX-512 for float
+ * where the level allows it (and set_fp32_engine does not force AVX2), else AVX2,
+ * else plain C. */
+static int small_isa(int is_float)
+{
+    if (is_float && fnn_use_avx512() && g_fp32_engine != 2)
+        return SM_AVX512;
+    return fnn_use_avx2() ? SM_AVX2 : SM_SCALAR;
+}
+
+static const char *small_path_name(void)
+{
+    switch (small_isa(1)) {
+    case SM_AVX512: return "small-M avx512 (B streamed in place, no packing)";
+    case SM_AVX2: return "small-M avx2+fma (B streamed in place, no packing)";
+    default: return "small-M scalar (B streamed in place, no packing)";
+    }
+}
+
 /* ---------------------------------------------------------------- public API */
 
 void fnn_sgemm(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K,
@@ -521,6 +579,10 @@ void fnn_sgemm(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K,
                float *C, ptrdiff_t rsc, ptrdiff_t csc,
                const fnn_epilogue *ep, int nthreads)
 {
+    if (sm_wanted_s(M, N, K, csb)) {
+        fnn_small_s(M, N, K, A, rsa, csa, B, rsb, C, rsc, csc, ep, nthreads, small_isa(1));
+        return;
+    }
 #if FNN_X86
     const char *why;
     if (x_fp32_wanted(M, N, K, csa, rsb, &why)) {
@@ -563,6 +625,10 @@ const char *fnn_sgemm_path(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, ptrdiff_t csa,
             return "avx2+fma 6x16, bf16 emulated (rounded inputs, fp32 FMA)";
         return "scalar, bf16 emulated";
     }
+    /* B's column stride is not passed: its rows are contiguous unless it is a
+     * transposed view (rsb == 1), which for N == 1 cannot be told apart */
+    if (sm_wanted_s(M, N, K, rsb == 1 && N != 1 ? K : 1))
+        return small_path_name();
 #if FNN_X86
     static __thread char buf[160];
     const char *why;
@@ -584,5 +650,9 @@ void fnn_dgemm(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K,
                double *C, ptrdiff_t rsc, ptrdiff_t csc,
                const fnn_epilogue *ep, int nthreads)
 {
+    if (sm_wanted_d(M, N, K, csb)) {
+        fnn_small_d(M, N, K, A, rsa, csa, B, rsb, C, rsc, csc, ep, nthreads, small_isa(0));
+        return;
+    }
     fnn_gemm_d(M, N, K, A, rsa, csa, B, rsb, csb, C, rsc, csc, ep, nthreads, 0);
 }

@@ -1,0 +1,341 @@
+/* The small-M path of the GEMM engine: C = epilogue(A @ B) for M <= SM_MAX_M rows
+ * and a B whose rows are contiguous (csb == 1: the row-major K x N weights of a
+ * Dense layer).  Included by gemm.c once per element type (T, SFX, SM_FLOAT),
+ * after gemm_tmpl.h.
+ *
+ * Why: with one to a few rows (one image through an MLP) the packed engine
+ * copies all of B into its panels for a product that then reads it once; the
+ * copy costs as much as the product.  Here B is streamed once, in place
+ * (GEMV style): per k, the row B[k, j:j+w] is loaded and the M values A[i, k]
+ * are broadcast into M x w accumulators (gemm_small_kern.h).  No packing, no
+ * buffers, A read with any strides, the epilogue (accumulate, bias, ReLU,
+ * mask) applied from registers.
+ *
+ * Rows come in groups of at most 4 (M = 5..8: two groups, B streamed twice);
+ * columns in strips of a fixed width per (rows, instruction set).  Threads
+ * split N only, at multiples of SM_UNIT (a multiple of every full strip's
+ * width), so every column is computed the same way whatever nthreads: results
+ * are bitwise identical for every thread count, as for the rest of the engine.
+ * A team is started only when B is large (SM_SPLIT_BYTES): below it, one core
+ * streams B faster than two can meet at a barrier.
+ *
+ * Kernels: scalar (plain C), AVX2+FMA (8 float / 4 double lanes), AVX-512
+ * (float, 16 lanes), chosen by the run-time SIMD level like the rest of the engine.
+ */
+
+#define SM_CAT_(a, b) a##b
+#define SM_CAT(a, b) SM_CAT_(a, b)
+#define SMF(name) SM_CAT(name, SFX)
+
+/* The small path takes M <= SM_MAX_M.  Measured against the packed engine on the
+ * MLP shapes (K x N = 784 x 128, 784 x 512, 512 x 512, 128 x 10, 512 x 10), one
+ * and two threads: see gemm.c's dispatch comment for the figures. */
+#ifndef SM_MAX_M
+#define SM_MAX_M 8
+#endif
+/* Split N over threads only when B (times the row groups) is at least this many
+ * bytes. */
+#ifndef SM_SPLIT_BYTES
+#define SM_SPLIT_BYTES (192 * 1024)
+#endif
+
+#ifndef FNN_SM_ISA_DEFINED
+#define FNN_SM_ISA_DEFINED
+enum { SM_SCALAR = 0, SM_AVX2 = 1, SM_AVX512 = 2 };
+#endif
+
+typedef struct {
+    const T *bias;       /* at the strip's first column, or NULL */
+    int beta;            /* add the C already there (accumulate) */
+    int relu;
+    const T *mask;       /* at the strip's (0, 0), or NULL */
+    ptrdiff_t rsm, csm;
+} SMF(sm_ep_);
+#define SM_EP SMF(sm_ep_)
+
+typedef void (*SMF(sm_strip_fn_))(int, ptrdiff_t, const T *, ptrdiff_t, ptrdiff_t, const T *,
+                                  ptrdiff_t, T *, ptrdiff_t, ptrdiff_t, const SM_EP *);
+#define SM_STRIP_FN SMF(sm_strip_fn_)
+
+typedef void (*SMF(sm_rows_fn_))(int, ptrdiff_t, ptrdiff_t, ptrdiff_t, const T *, ptrdiff_t,
+                                 ptrdiff_t, const T *, ptrdiff_t, T *, ptrdiff_t, ptrdiff_t,
+                                 const SM_EP *);
+
+/* Element-wise store of an m x n block held in acc (leading dimension ld), with
+ * the arithmetic of the vector store (add, add, max(0, x) keeping NaN, and-mask). */
+static void SMF(sm_store_)(int m, ptrdiff_t n, const T *acc, int ld, T *C, ptrdiff_t rsc,
+                           ptrdiff_t csc, const SM_EP *ep)
+{
+    for (int i = 0; i < m; i++) {
+        for (ptrdiff_t j = 0; j < n; j++) {
+            T v = acc[i * ld + j];
+            T *c = &C[i * rsc + j * csc];
+            if (ep->beta)
+                v = v + *c;
+            if (ep->bias)
+                v = v + ep->bias[j];
+            if (ep->relu)
+                v = v < (T)0 ? (T)0 : v;
+            if (ep->mask && !(ep->mask[i * ep->rsm + j * ep->csm] > (T)0))
+                v = (T)0;
+            *c = v;
+        }
+    }
+}
+
+/* ---------------------------------------------------------------- scalar kernels */
+
+#define SMK SM_CAT(SFX, _sm_scalar)
+#define SMK_TARGET
+#define VT T
+#define VW 1
+#define VMASK int
+#define VZERO() ((T)0)
+#define VSET1(x) (x)
+#define VLOADU(p) (*(p))
+#define VSTOREU(p, x) (*(p) = (x))
+#define VFMA(a, b, c) ((a) * (b) + (c))
+#define VADD(a, b) ((a) + (b))
+#define VMAX(a, b) ((b) < (a) ? (a) : (b))
+#define VMASK_FIRST(r) (r)
+#define VLOADM(p, m) (*(p))
+#define VSTOREM(p, m, x) (*(p) = (x))
+#define SMK_NV1 8
+#define SMK_NV2 4
+#define SMK_NV3 2
+#define SMK_NV4 2
+#include "gemm_small_kern.h"
+#undef SMK
+#undef SMK_TARGET
+#undef VT
+#undef VW
+#undef VMASK
+#undef VZERO
+#undef VSET1
+#undef VLOADU
+#undef VSTOREU
+#undef VFMA
+#undef VADD
+#undef VMAX
+#undef VMASK_FIRST
+#undef VLOADM
+#undef VSTOREM
+#undef SMK_NV1
+#undef SMK_NV2
+#undef SMK_NV3
+#undef SMK_NV4
+
+#if FNN_X86
+/* ---------------------------------------------------------------- AVX2 kernels */
+
+#define SMK SM_CAT(SFX, _sm_avx2)
+#define SMK_TARGET FNN_TARGET_AVX2
+#define VMASK __m256i
+#if SM_FLOAT
+#define VT __m256
+#define VW 8
+#define VZERO() _mm256_setzero_ps()
+#define VSET1(x) _mm256_set1_ps(x)
+#define VLOADU(p) _mm256_loadu_ps(p)
+#define VSTOREU(p, x) _mm256_storeu_ps(p, x)
+#define VFMA(a, b, c) _mm256_fmadd_ps(a, b, c)
+#define VADD(a, b) _mm256_add_ps(a, b)
+#define VMAX(a, b) _mm256_max_ps(a, b)
+#define VMASK_FIRST(r) \
+    _mm256_cmpgt_epi32(_mm256_set1_epi32(r), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7))
+#define VLOADM(p, m) _mm256_maskload_ps(p, m)
+#define VSTOREM(p, m, x) _mm256_maskstore_ps(p, m, x)
+#define SMK_NV1 8         /* 64 columns; SM_UNIT 64 */
+#define SMK_NV2 4
+#define SMK_NV3 2
+#define SMK_NV4 2
+#else
+#define VT __m256d
+#define VW 4
+#define VZERO() _mm256_setzero_pd()
+#define VSET1(x) _mm256_set1_pd(x)
+#define VLOADU(p) _mm256_loadu_pd(p)
+#define VSTOREU(p, x) _mm256_storeu_pd(p, x)
+#define VFMA(a, b, c) _mm256_fmadd_pd(a, b, c)
+#define VADD(a, b) _mm256_add_pd(a, b)
+#define VMAX(a, b) _mm256_max_pd(a, b)
+#define VMASK_FIRST(r) \
+    _mm256_cmpgt_epi64(_mm256_set1_epi64x(r), _mm256_setr_epi64x(0, 1, 2, 3))
+#define VLOADM(p, m) _mm256_maskload_pd(p, m)
+#define VSTOREM(p, m, x) _mm256_maskstore_pd(p, m, x)
+#define SMK_NV1 8         /* 32 columns; SM_UNIT 32 */
+#define SMK_NV2 4
+#define SMK_NV3 2
+#define SMK_NV4 2
+#endif
+#include "gemm_small_kern.h"
+#undef SMK
+#undef SMK_TARGET
+#undef VT
+#undef VW
+#undef VMASK
+#undef VZERO
+#undef VSET1
+#undef VLOADU
+#undef VSTOREU
+#undef VFMA
+#undef VADD
+#undef VMAX
+#undef VMASK_FIRST
+#undef VLOADM
+#undef VSTOREM
+#undef SMK_NV1
+#undef SMK_NV2
+#undef SMK_NV3
+#undef SMK_NV4
+
+#if SM_FLOAT
+/* ---------------------------------------------------------------- AVX-512 kernels (float) */
+
+#define SMK SM_CAT(SFX, _sm_x512)
+#define SMK_TARGET FNN_TARGET_AVX512
+#define VMASK __mmask16
+#define VT __m512
+#define VW 16
+#define VZERO() _mm512_setzero_ps()
+#define VSET1(x) _mm512_set1_ps(x)
+#define VLOADU(p) _mm512_loadu_ps(p)
+#define VSTOREU(p, x) _mm512_storeu_ps(p, x)
+#define VFMA(a, b, c) _mm512_fmadd_ps(a, b, c)
+#define VADD(a, b) _mm512_add_ps(a, b)
+#define VMAX(a, b) _mm512_max_ps(a, b)
+#define VMASK_FIRST(r) ((__mmask16)((r) >= 16 ? 0xffff : (1u << (r)) - 1))
+#define VLOADM(p, m) _mm512_maskz_loadu_ps(m, p)
+#define VSTOREM(p, m, x) _mm512_mask_storeu_ps(p, m, x)
+#define SMK_NV1 8         /* 128 columns; SM_UNIT 128 */
+#define SMK_NV2 4
+#define SMK_NV3 4
+#define SMK_NV4 4
+#include "gemm_small_kern.h"
+#undef SMK
+#undef SMK_TARGET
+#undef VT
+#undef VW
+#undef VMASK
+#undef VZERO
+#undef VSET1
+#undef VLOADU
+#undef VSTOREU
+#undef VFMA
+#undef VADD
+#undef VMAX
+#undef VMASK_FIRST
+#undef VLOADM
+#undef VSTOREM
+#undef SMK_NV1
+#undef SMK_NV2
+#undef SMK_NV3
+#undef SMK_NV4
+#endif
+#endif
+
+/* ---------------------------------------------------------------- driver */
+
+/* Whether the small path takes this product (bf16 never: its inputs are rounded
+ * in the packed panels). */
+static inline int SMF(sm_wanted_)(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, ptrdiff_t csb)
+{
+    return M >= 1 && M <= SM_MAX_M && N >= 1 && K >= 1 && csb == 1;
+}
+
+typedef struct {
+    ptrdiff_t M, N, K;
+    const T *A; ptrdiff_t rsa, csa;
+    const T *B; ptrdiff_t rsb;
+    T *C; ptrdiff_t rsc, csc;
+    const T *bias; int relu, accumulate;
+    const T *mask; ptrdiff_t rsm, csm;
+    SMF(sm_rows_fn_) rows;
+} SMF(sm_prob_);
+
+/* All rows, columns [j0, j1): row groups of at most 4, near-equal (M = 5 -> 3 + 2). */
+static void SMF(sm_block_)(const SMF(sm_prob_) *p, ptrdiff_t j0, ptrdiff_t j1)
+{
+    if (j1 <= j0)
+        return;
+    SM_EP ep;
+    ep.beta = p->accumulate;
+    ep.relu = p->relu;
+    ep.bias = p->bias;
+    ep.rsm = p->rsm;
+    ep.csm = p->csm;
+    ptrdiff_t groups = (p->M + 3) / 4, i = 0;
+    for (ptrdiff_t g = 0; g < groups; g++) {
+        int mt = (int)((p->M - i + (groups - g) - 1) / (groups - g));
+        ep.mask = p->mask ? p->mask + i * p->rsm : NULL;
+        p->rows(mt, j0, j1, p->K, p->A + i * p->rsa, p->rsa, p->csa, p->B, p->rsb,
+                p->C + i * p->rsc, p->rsc, p->csc, &ep);
+        i += mt;
+    }
+}
+
+/* The small-M product at instruction set `isa` (SM_SCALAR, SM_AVX2, SM_AVX512; the
+ * caller checked SMF(sm_wanted_) and that the CPU runs `isa`). */
+static void SMF(fnn_small_)(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K,
+                            const T *A, ptrdiff_t rsa, ptrdiff_t csa,
+                            const T *B, ptrdiff_t rsb,
+                            T *C, ptrdiff_t rsc, ptrdiff_t csc,
+                            const fnn_epilogue *ep, int nthreads, int isa)
+{
+    SMF(sm_prob_) p;
+    p.M = M; p.N = N; p.K = K;
+    p.A = A; p.rsa = rsa; p.csa = csa;
+    p.B = B; p.rsb = rsb;
+    p.C = C; p.rsc = rsc; p.csc = csc;
+    p.bias = ep ? (const T *)ep->bias : NULL;
+    p.relu = ep ? ep->relu != 0 : 0;
+    p.accumulate = ep ? ep->accumulate != 0 : 0;
+    p.mask = ep ? (const T *)ep->mask : NULL;
+    p.rsm = ep ? ep->rs_mask : 0;
+    p.csm = ep ? ep->cs_mask : 0;
+    ptrdiff_t unit = 8;
+    p.rows = SM_CAT(SMF(sm_rows_), _sm_scalar);
+#if FNN_X86
+    if (isa == SM_AVX2) {
+        p.rows = SM_CAT(SMF(sm_rows_), _sm_avx2);
+        unit = SM_FLOAT ? 64 : 32;
+    }
+#if SM_FLOAT
+    if (isa == SM_AVX512) {
+        p.rows = SM_CAT(SMF(sm_rows_), _sm_x512);
+        unit = 128;
+    }
+#endif
+#else
+    (void)isa;
+#endif
+    ptrdiff_t units = (N + unit - 1) / unit;
+    int nt = 1;
+#ifdef FASTNN_HAVE_OPENMP
+    double bytes = (double)K * (double)N * (double)sizeof(T) * (double)((M + 3) / 4);
+    if (nthreads > 1 && bytes >= SM_SPLIT_BYTES)
+        nt = (int)(units < nthreads ? units : nthreads);
+#else
+    (void)nthreads;
+#endif
+    if (nt <= 1) {
+        SMF(sm_block_)(&p, 0, N);
+        return;
+    }
+#ifdef FASTNN_HAVE_OPENMP
+#pragma omp parallel num_threads(nt)
+    {
+        int team = omp_get_num_threads(), me = omp_get_thread_num();
+        for (int t = me; t < nt; t += team) {
+            ptrdiff_t j0 = units * t / nt * unit, j1 = units * (t + 1) / nt * unit;
+            SMF(sm_block_)(&p, j0, j1 < N ? j1 : N);
+        }
+    }
+#endif
+}
+
+#undef SM_EP
+#undef SM_STRIP_FN
+#undef SMF
+#undef SM_CAT
+#undef SM_CAT_
