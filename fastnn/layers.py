@@ -180,10 +180,16 @@ class Layer:
 
     # -- mode --------------------------------------------------------------------
     def train(self, mode: bool = True) -> Self:
+        """Training mode (``mode=True``) or evaluation mode; returns the layer.
+
+        Only layers that behave differently care: ``Dropout`` drops in training
+        and is the identity in evaluation, ``BatchNorm2D`` normalises with the
+        batch's statistics in training and the running ones in evaluation."""
         self.training = bool(mode)
         return self
 
     def eval(self) -> Self:
+        """Evaluation mode, ``train(False)``; returns the layer."""
         return self.train(False)
 
     # -- shapes, config ----------------------------------------------------------
@@ -192,6 +198,9 @@ class Layer:
         return tuple(input_shape)
 
     def get_config(self) -> Dict[str, Any]:
+        """The constructor's arguments as a JSON-able dict, ``{"class": name, ...}``;
+        ``layer_from_config`` builds a fresh layer from it (the weights travel
+        separately)."""
         return {"class": type(self).__name__}
 
     def __call__(self, x: npt.NDArray[np.floating]) -> npt.NDArray[np.floating]:
@@ -503,6 +512,7 @@ class Softmax(Layer):
 
     def forward(self, x: npt.NDArray[np.floating],
                 out: Optional[npt.NDArray[np.floating]] = None) -> npt.NDArray[np.floating]:
+        """y_ij = exp(x_ij) / sum_k exp(x_ik); x (N, C) float."""
         _check_batch(x, "Softmax")
         y = _out_buffer(out, x.shape, x.dtype)
         kernels.softmax(x, out=y)
@@ -511,6 +521,7 @@ class Softmax(Layer):
 
     def backward(self, dout: npt.NDArray[np.floating],
                  dx: Optional[npt.NDArray[np.floating]] = None) -> npt.NDArray[np.floating]:
+        """dx_ij = y_ij (dy_ij - sum_k dy_ik y_ik) with the last forward's y; dout (N, C)."""
         self._need_forward(self._y, "Softmax")
         y = self._y
         _check_batch(dout, "Softmax.backward", y.dtype, name="dout")
@@ -553,6 +564,8 @@ class Dropout(Layer):
 
     def forward(self, x: npt.NDArray[np.floating],
                 out: Optional[npt.NDArray[np.floating]] = None) -> npt.NDArray[np.floating]:
+        """In training ``y = x * m / (1 - rate)`` with a fresh mask ``m``; in evaluation
+        (or with rate 0) ``x`` itself.  x (N, ...) float32 or float64."""
         if not isinstance(x, np.ndarray):
             raise TypeError(f"Dropout: x must be a numpy array, got {type(x).__name__}")
         if x.dtype not in _FLOATS:
@@ -577,6 +590,8 @@ class Dropout(Layer):
 
     def backward(self, dout: npt.NDArray[np.floating],
                  dx: Optional[npt.NDArray[np.floating]] = None) -> npt.NDArray[np.floating]:
+        """``dx = dout * m / (1 - rate)`` with the last training forward's mask
+        (``dout`` itself after an evaluation forward); dout has the input's shape."""
         if not isinstance(dout, np.ndarray):
             raise TypeError(f"Dropout.backward: dout must be a numpy array, "
                             f"got {type(dout).__name__}")
@@ -613,6 +628,7 @@ class Flatten(Layer):
 
     def forward(self, x: npt.NDArray[np.floating],
                 out: Optional[npt.NDArray[np.floating]] = None) -> npt.NDArray[np.floating]:
+        """x (N, d1, d2, ...) -> a (N, d1*d2*...) view of it."""
         if not isinstance(x, np.ndarray):
             raise TypeError(f"Flatten: x must be a numpy array, got {type(x).__name__}")
         if x.ndim < 1 or x.shape[0] == 0:
@@ -622,6 +638,7 @@ class Flatten(Layer):
 
     def backward(self, dout: npt.NDArray[np.floating],
                  dx: Optional[npt.NDArray[np.floating]] = None) -> npt.NDArray[np.floating]:
+        """dout (N, d1*d2*...) reshaped to the last input's shape (a view)."""
         self._need_forward(self._shape, "Flatten")
         if not isinstance(dout, np.ndarray):
             raise TypeError(f"Flatten.backward: dout must be a numpy array, "
@@ -1009,6 +1026,8 @@ class MaxPool2D(_Pool2D):
 
     def forward(self, x: npt.NDArray[np.floating],
                 out: Optional[npt.NDArray[np.floating]] = None) -> npt.NDArray[np.floating]:
+        """y[n, i, j, c] = max of the window at (i*sh, j*sw); x (N, H, W, C).  The
+        argmax of every window is kept for backward."""
         _check_images(x, "MaxPool2D")
         shape = self.output_shape(x.shape)
         y = _out_buffer(out, shape, x.dtype)
@@ -1052,6 +1071,7 @@ class AvgPool2D(_Pool2D):
 
     def forward(self, x: npt.NDArray[np.floating],
                 out: Optional[npt.NDArray[np.floating]] = None) -> npt.NDArray[np.floating]:
+        """y[n, i, j, c] = mean of the window at (i*sh, j*sw); x (N, H, W, C)."""
         _check_images(x, "AvgPool2D")
         y = _out_buffer(out, self.output_shape(x.shape), x.dtype)
         kernels.avgpool2d_forward(x, self.pool_size, self.stride, out=y)
@@ -1060,6 +1080,7 @@ class AvgPool2D(_Pool2D):
 
     def backward(self, dout: npt.NDArray[np.floating],
                  dx: Optional[npt.NDArray[np.floating]] = None) -> npt.NDArray[np.floating]:
+        """dx: each window element receives dy / (ph * pw); dout (N, OH, OW, C)."""
         x_shape = self._check_dout(dout)
         buf = _out_buffer(dx, x_shape, dout.dtype)
         return kernels.avgpool2d_backward(dout, x_shape, self.pool_size, self.stride, out=buf)
@@ -1084,6 +1105,7 @@ class GlobalAvgPool2D(Layer):
 
     def forward(self, x: npt.NDArray[np.floating],
                 out: Optional[npt.NDArray[np.floating]] = None) -> npt.NDArray[np.floating]:
+        """y[n, c] = mean over (h, w) of x[n, h, w, c]; x (N, H, W, C) -> (N, C)."""
         _check_images(x, "GlobalAvgPool2D")
         y = _out_buffer(out, (x.shape[0], x.shape[3]), x.dtype)
         np.mean(x, axis=(1, 2), out=y)
@@ -1092,6 +1114,7 @@ class GlobalAvgPool2D(Layer):
 
     def backward(self, dout: npt.NDArray[np.floating],
                  dx: Optional[npt.NDArray[np.floating]] = None) -> npt.NDArray[np.floating]:
+        """dx[n, h, w, c] = dy[n, c] / (H W); dout (N, C) -> (N, H, W, C)."""
         self._need_forward(self._x_shape, "GlobalAvgPool2D")
         n, h, w, c = self._x_shape
         _check_batch(dout, "GlobalAvgPool2D.backward", name="dout", features=c)
@@ -1172,6 +1195,9 @@ class BatchNorm2D(Layer):
 
     def forward(self, x: npt.NDArray[np.floating],
                 out: Optional[npt.NDArray[np.floating]] = None) -> npt.NDArray[np.floating]:
+        """y = gamma * (x - mean) / sqrt(var + eps) + beta per channel; x (N, H, W, C).
+        Training uses the batch's mean and biased variance and updates the running
+        statistics; evaluation uses the running ones."""
         _check_images(x, "BatchNorm2D", self.dtype, self.num_features)
         c = self.num_features
         x2 = x.reshape(-1, c)
@@ -1212,6 +1238,9 @@ class BatchNorm2D(Layer):
 
     def backward(self, dout: npt.NDArray[np.floating],
                  dx: Optional[npt.NDArray[np.floating]] = None) -> npt.NDArray[np.floating]:
+        """Accumulate dgamma = sum dy * xhat and dbeta = sum dy; return
+        dx = gamma / sqrt(var + eps) * (dy - mean(dy) - xhat * mean(dy * xhat)) after a
+        training forward (``gamma * dy / sqrt(running_var + eps)`` after an evaluation one)."""
         self._need_forward(self._xhat, "BatchNorm2D")
         _check_images(dout, "BatchNorm2D.backward", self.dtype, name="dout")
         if dout.shape != self._shape:
