@@ -62,17 +62,19 @@ def problem():
     return params, (x, y, idx)
 
 
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
 @pytest.mark.parametrize("nthreads", [1, 2, 5])
-def test_every_failed_allocation_of_a_run_frees_everything(problem, nthreads):
+def test_every_failed_allocation_of_a_run_frees_everything(problem, nthreads, precision):
     """Refuse each allocation of fnn_trainer_run in turn: a buffer the run
     needs gives MemoryError with the caller's arrays untouched, an optional one
     (per-thread copies of a[0] with 2-4 threads, of a^T strips) a run with the
     same bits; nothing stays allocated either way.  Afterwards the same trainer
-    trains bit for bit like a fresh one."""
+    trains bit for bit like a fresh one.  bf16 takes no optional copies (its dW
+    reads the bf16 row pairs, the threads share a[0]'s bf16 copy)."""
     params, data = problem
     start = [a.copy() for group in params for a in group]
-    reference, ref_res = _run(_new(), params, data, nthreads)
-    trainer = _new()
+    reference, ref_res = _run(_new(precision=precision), params, data, nthreads)
+    trainer = _new(precision=precision)
     raised = fell_back = 0
     k = 1
     while True:
@@ -92,25 +94,27 @@ def test_every_failed_allocation_of_a_run_frees_everything(problem, nthreads):
             fell_back += 1
         k += 1
     assert raised == 3              # the scheduler's claim slots, task lists and list offsets
-    assert fell_back == {1: 2, 2: 3, 5: 0}[nthreads]   # a^T strips (+ stamps), a[0] copies
+    # a^T strips (+ stamps), a[0] copies
+    assert fell_back == ({1: 2, 2: 3, 5: 0}[nthreads] if precision == "fp32" else 0)
     arrays, res = _run(trainer, params, data, nthreads)
     assert _same(arrays, reference) and res == ref_res
 
 
-def test_every_failed_allocation_of_new_frees_everything():
+@pytest.mark.parametrize("precision, buffers", [("fp32", 30), ("bf16", 45)])
+def test_every_failed_allocation_of_new_frees_everything(precision, buffers):
     live0, _ = train._alloc_stats()
     k = 1
     while True:
         _, calls0 = train._alloc_stats()
         try:
-            trainer = _new(_fail_alloc_at=k)
+            trainer = _new(precision=precision, _fail_alloc_at=k)
         except MemoryError:
             assert train._alloc_stats()[0] == live0, f"allocation {k} refused: leaked"
             k += 1
             continue
         assert train._alloc_stats()[1] - calls0 < k     # no allocation was refused
         break
-    assert k > 30                    # every buffer of the 3-layer trainer was refused once
+    assert k > buffers               # every buffer of the 3-layer trainer was refused once
     assert train._alloc_stats()[0] > live0
     del trainer
     assert train._alloc_stats()[0] == live0
@@ -164,3 +168,25 @@ def test_the_largest_model_fits_the_fixed_arrays():
     assert res[2] == 1
     with pytest.raises(ValueError):
         train.Trainer((5,) * (L + 2), [1] * L + [0], [1] * (L + 1), 4)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_a_run_allocates_the_same_for_any_number_of_steps(problem, precision):
+    """The run's buffers are allocated once per call, none per step: a call of 6 steps
+    and one of 1 step make the same allocations."""
+    params, (x, y, idx) = problem
+    trainer = _new(precision=precision)
+    counts = []
+    for n in (len(idx), BATCH):
+        _, calls0 = train._alloc_stats()
+        _, res = _run(trainer, params, (x, y[:n], idx[:n]), 2)
+        counts.append(train._alloc_stats()[1] - calls0)
+        assert res[2] == -(-n // BATCH)
+    assert counts[0] == counts[1] > 0
+
+
+def test_precision_is_checked():
+    assert train.PRECISIONS == ("fp32", "bf16")
+    assert _new().precision == "fp32" and _new(precision="bf16").precision == "bf16"
+    with pytest.raises(ValueError, match="precision"):
+        _new(precision="fp16")
