@@ -336,8 +336,11 @@ def generate() -> str:
             continue
         key = id(obj)
         if key in seen:
-            out += [f"- `{qualname}`: the same object as [`{seen[key]}`](#{_anchor(seen[key])}). "
-                    + _summary(obj), ""]
+            if seen[key] == qualname:       # the top-level name, written out in its section
+                out += [f"- [`{qualname}`](#{_anchor(qualname)}): {_summary(obj)}", ""]
+            else:
+                out += [f"- `{qualname}`: the same object as [`{seen[key]}`]"
+                        f"(#{_anchor(seen[key])}). {_summary(obj)}", ""]
             continue
         seen[key] = qualname
         kind = "class" if inspect.isclass(obj) else "def"
