@@ -17,9 +17,23 @@ Reported per preset and thread count: the median epoch wall time over the
 epochs after the first, test accuracy after the last epoch, and the ratio
 (other engine's time / fastnn's: > 1 means fastnn is faster).
 
+``--precision fp32|bf16|both``: bf16 mixed precision as a column per engine
+("fastnn@bf16", "torch@bf16"), next to fp32 with ``both``:
+
+    fastnn@bf16  `fastnn bench train ... --precision bf16` (bf16 GEMM inputs, fp32 sums,
+                 fp32 master weights, optimizer, loss: fit(precision="bf16"))
+    torch@bf16   the same loop with the forward and the loss under
+                 torch.autocast("cpu", dtype=torch.bfloat16) (PyTorch's CPU mixed precision)
+
+TensorFlow and JAX have no bf16 replay here (their cells say so).  Ratios: every
+other column's time over fastnn's of each precision (``X/fastnn@bf16`` > 1: fastnn
+bf16 is faster than X).
+
     python bench/compare.py                       # mlp, mlp-keras, softmax at 1,2 threads
     python bench/compare.py --presets mlp,speedrun --threads 2 --epochs 4 --json results.json
     python bench/compare.py --presets lenet5,convnet --threads 2 --epochs 2 --engines fastnn,torch
+    python bench/compare.py --presets mlp-keras,mlp,softmax --threads 2 --epochs 3 \
+        --engines fastnn,torch --precision both --repeat 3
 
 Convolutional presets (lenet5, convnet, speedrun-cnn) are replayed layer by
 layer in PyTorch (``_torch_net``): NCHW, Conv2d weights converted from fastnn's
@@ -29,6 +43,7 @@ two start from the same function.  Dropout masks come from each engine's own
 generator.  TensorFlow and JAX replay MLPs only.
 """
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -43,6 +58,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 ENGINES = ("fastnn", "torch", "tensorflow", "jax")
+PRECISIONS = ("fp32", "bf16")
+BF16_ENGINES = ("fastnn", "torch")     # the engines with a bf16 mode here
 
 
 # ------------------------------------------------------------------ shared recipe
@@ -131,18 +148,30 @@ def _torch_net(model, input_shape):
     return torch.nn.Sequential(*mods)
 
 
-def _result(engine, p, threads, epochs, times, acc):
+def _result(engine, p, threads, epochs, times, acc, precision="fp32"):
     return {"engine": engine, "model": p.name, "threads": threads, "batch": p.batch_size,
             "epochs": epochs, "epoch_s": statistics.median(times[1:]) if len(times) > 1
-            else times[0], "first_epoch_s": times[0], "test_acc": float(acc)}
+            else times[0], "first_epoch_s": times[0], "test_acc": float(acc),
+            "precision": precision}
+
+
+def _column(engine, precision):
+    """A table column: the engine, with "@bf16" in bf16."""
+    return engine if precision == "fp32" else f"{engine}@{precision}"
 
 
 # ------------------------------------------------------------------ workers
 
-def worker_torch(preset, threads, epochs, seed):
+def worker_torch(preset, threads, epochs, seed, precision="fp32"):
     import torch
     import torch.nn.functional as F
     torch.set_num_threads(threads)
+    # bf16: PyTorch's CPU mixed precision, the forward and the loss under autocast
+    # (Linear/Conv in bf16, cross-entropy in fp32; fp32 parameters and optimizer)
+    def autocast():
+        if precision == "bf16":
+            return torch.autocast("cpu", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
     p, (x, y, xt, yt), model, perms, lrs = _recipe(preset, epochs, seed)
     X = torch.from_numpy(np.multiply(x, np.float32(1 / 255), dtype=np.float32))
     Y = torch.from_numpy(y.astype(np.int64))
@@ -169,21 +198,24 @@ def worker_torch(preset, threads, epochs, seed):
             bi = idx[s:s + b]
             for g in opt.param_groups:
                 g["lr"] = float(lrs[t])
-            out = net(X[bi])
-            loss = F.cross_entropy(out, Y[bi], label_smoothing=p.label_smoothing)
+            with autocast():
+                out = net(X[bi])
+                loss = F.cross_entropy(out, Y[bi], label_smoothing=p.label_smoothing)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             t += 1
         times.append(time.perf_counter() - t0)
     net.eval()
-    with torch.no_grad():
-        acc = (torch.cat([net(Xt[i:i + 1000]) for i in range(0, len(Xt), 1000)])
+    with torch.no_grad(), autocast():
+        acc = (torch.cat([net(Xt[i:i + 1000]).float() for i in range(0, len(Xt), 1000)])
                .argmax(1).numpy() == yt).mean()
-    return _result("torch", p, threads, epochs, times, acc)
+    return _result("torch", p, threads, epochs, times, acc, precision)
 
 
-def worker_jax(preset, threads, epochs, seed):
+def worker_jax(preset, threads, epochs, seed, precision="fp32"):
+    if precision != "fp32":
+        raise NotImplementedError("no bf16 replay for JAX")
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                                f" --xla_cpu_multi_thread_eigen={'true' if threads > 1 else 'false'}"
                                f" intra_op_parallelism_threads={threads}")
@@ -262,7 +294,9 @@ def worker_jax(preset, threads, epochs, seed):
     return _result("jax", p, threads, epochs, times, acc)
 
 
-def worker_tensorflow(preset, threads, epochs, seed):
+def worker_tensorflow(preset, threads, epochs, seed, precision="fp32"):
+    if precision != "fp32":
+        raise NotImplementedError("no bf16 replay for TensorFlow")
     import tensorflow as tf
     tf.config.threading.set_intra_op_parallelism_threads(threads)
     tf.config.threading.set_inter_op_parallelism_threads(1)
@@ -336,30 +370,49 @@ def _run(cmd, timeout):
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def run_engine(engine, preset, threads, epochs, seed, timeout):
+def run_engine(engine, preset, threads, epochs, seed, timeout, precision="fp32"):
     if engine == "fastnn":
         cmd = [sys.executable, "-m", "fastnn.cli", "bench", "train", "--preset", preset,
-               "--epochs", str(epochs), "--threads", str(threads), "--seed", str(seed), "--json"]
+               "--epochs", str(epochs), "--threads", str(threads), "--seed", str(seed),
+               "--precision", precision, "--json"]
     else:
         cmd = [sys.executable, os.path.abspath(__file__), "--worker", engine, "--presets", preset,
-               "--threads", str(threads), "--epochs", str(epochs), "--seed", str(seed)]
-    return _run(cmd, timeout)
+               "--threads", str(threads), "--epochs", str(epochs), "--seed", str(seed),
+               "--precision", precision]
+    res = _run(cmd, timeout)
+    if res.get("precision", "fp32") != precision:
+        raise RuntimeError(f"{engine} ran {res.get('precision')}, not {precision}")
+    return res
+
+
+def _ratio_pairs(columns):
+    """(column, reference) pairs of the ratio columns: every other column over each
+    fastnn column, except fastnn fp32 over fastnn bf16 twice (only fastnn/fastnn@bf16:
+    > 1 means bf16 is faster)."""
+    refs = [c for c in columns if c.split("@")[0] == "fastnn"]
+    pairs = []
+    for r in refs:
+        for c in columns:
+            if c == r or (r == "fastnn" and c.startswith("fastnn")):
+                continue
+            pairs.append((c, r))
+    return pairs
 
 
 def _table(rows, engines):
+    """engines: the table's columns (an engine, "@bf16" for its bf16 runs)."""
+    pairs = _ratio_pairs(engines)
     head = ["preset", "threads"] + [f"{e} s/epoch" for e in engines] + \
-        [f"{e} acc" for e in engines] + [f"{e}/fastnn" for e in engines if e != "fastnn"]
+        [f"{e} acc" for e in engines] + [f"{c}/{r}" for c, r in pairs]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for (preset, threads), res in rows.items():
         cells = [preset, str(threads)]
         cells += [f"{res[e]['epoch_s']:.3f}" if e in res else res.get(e + "_error", "n/a")[:40]
                   for e in engines]
         cells += [f"{res[e]['test_acc']:.4f}" if e in res else "" for e in engines]
-        for e in engines:
-            if e == "fastnn":
-                continue
-            if e in res and "fastnn" in res:
-                cells.append(f"{res[e]['epoch_s'] / res['fastnn']['epoch_s']:.2f}x")
+        for c, r in pairs:
+            if c in res and r in res:
+                cells.append(f"{res[c]['epoch_s'] / res[r]['epoch_s']:.2f}x")
             else:
                 cells.append("")
         lines.append("| " + " | ".join(cells) + " |")
@@ -387,6 +440,9 @@ def main(argv=None):
                     "is reported apart, the median is over the rest)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--engines", default=",".join(ENGINES))
+    ap.add_argument("--precision", default="fp32", choices=PRECISIONS + ("both",),
+                    help="fp32, bf16 (mixed precision: fastnn's precision='bf16', PyTorch's "
+                         "bf16 autocast), or both as columns side by side")
     ap.add_argument("--repeat", type=int, default=1,
                     help="runs per engine, alternating engines; the run with the median epoch "
                          "time is reported (use 3+ on a shared, noisy machine)")
@@ -404,7 +460,10 @@ def main(argv=None):
         ap.error("--repeat must be >= 1")
 
     if args.worker:                            # one engine, one preset, one thread count
-        res = WORKERS[args.worker](presets[0], args.threads[0], args.epochs, args.seed)
+        if args.precision not in PRECISIONS:
+            ap.error("a worker runs one precision")
+        res = WORKERS[args.worker](presets[0], args.threads[0], args.epochs, args.seed,
+                                   args.precision)
         print(json.dumps(res), flush=True)
         return 0
 
@@ -416,6 +475,14 @@ def main(argv=None):
     for e in engines:
         if e not in present:
             print(f"# {e}: not installed, skipped", flush=True)
+    precisions = PRECISIONS if args.precision == "both" else (args.precision,)
+    # (column, engine, precision), fp32 columns first; engines without bf16 skip it
+    columns = [(_column(e, pr), e, pr) for pr in precisions for e in present
+               if pr == "fp32" or e in BF16_ENGINES]
+    for pr in precisions:
+        for e in present:
+            if pr != "fp32" and e not in BF16_ENGINES:
+                print(f"# {e}: no {pr} replay, skipped in {pr}", flush=True)
     import fastnn
     from fastnn import _config
     info = _config.config()
@@ -426,26 +493,28 @@ def main(argv=None):
     for preset in presets:
         for threads in args.threads:
             res = rows.setdefault((preset, threads), {})
-            runs = {e: [] for e in present}
+            runs = {col: [] for col, _, _ in columns}
             for rep in range(args.repeat):
-                for e in present:       # alternate engines so slow phases of the machine hit all
+                # alternate engines and precisions so slow phases of the machine hit all
+                for col, e, pr in columns:
                     t0 = time.perf_counter()
                     try:
-                        r = run_engine(e, preset, threads, args.epochs, args.seed, args.timeout)
+                        r = run_engine(e, preset, threads, args.epochs, args.seed, args.timeout,
+                                       pr)
                     except (RuntimeError, subprocess.TimeoutExpired, ValueError) as exc:
-                        res[e + "_error"] = f"failed: {exc}"
-                        print(f"# {e} {preset} {threads}T failed: {exc}", flush=True)
+                        res[col + "_error"] = f"failed: {exc}"
+                        print(f"# {col} {preset} {threads}T failed: {exc}", flush=True)
                         continue
-                    runs[e].append(r)
+                    runs[col].append(r)
                     flat.append(r)
-                    print(f"# {e:<10} {preset:<9} {threads}T  epoch {r['epoch_s']:.3f}s "
+                    print(f"# {col:<12} {preset:<9} {threads}T  epoch {r['epoch_s']:.3f}s "
                           f"(first {r['first_epoch_s']:.3f}s)  acc {r['test_acc']:.4f}  "
                           f"[{time.perf_counter() - t0:.0f}s]", flush=True)
             for e, rs in runs.items():
                 if rs:
                     res[e] = sorted(rs, key=lambda r: r["epoch_s"])[(len(rs) - 1) // 2]
     print()
-    print(_table(rows, present))
+    print(_table(rows, [col for col, _, _ in columns]))
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"results": flat, "cpu": info["cpu"], "epochs": args.epochs}, fh, indent=1)
