@@ -88,11 +88,12 @@ static void mkb_avx2(ptrdiff_t KP, const uint32_t *A, ptrdiff_t rsa, ptrdiff_t c
 
 /* ------------------------------------------------- AVX512_BF16 (level 3) */
 
-/* ROWS = 6 (one tile, A0) or 12 (two tiles: A0 rows 0-5, A1 rows 6-11). */
+/* ROWS = 6 (one tile, A0) or 12 (two tiles: A0 rows 0-5, A1 rows 6-11); acc: add
+ * to the sums in T (a later K block) instead of starting from zero. */
 #define MKB_X512_BODY(ROWS)                                                          \
     __m512 c[ROWS];                                                                  \
     _Pragma("GCC unroll 12")                                                         \
-    for (int i = 0; i < ROWS; i++) c[i] = _mm512_setzero_ps();                       \
+    for (int i = 0; i < ROWS; i++) c[i] = acc ? _mm512_load_ps(T + NR * i) : _mm512_setzero_ps(); \
     for (ptrdiff_t kp = 0; kp < KP; kp++) {                                          \
         __m512bh b = (__m512bh)_mm512_loadu_si512((const void *)(B + kp * ldb));     \
         const uint32_t *a0 = A0 + kp * csa;                                          \
@@ -111,8 +112,8 @@ static void mkb_avx2(ptrdiff_t KP, const uint32_t *A, ptrdiff_t rsa, ptrdiff_t c
     for (int i = 0; i < ROWS; i++) _mm512_store_ps(T + NR * i, c[i]);
 
 FNN_TARGET_AVX512BF16
-static void mkb_x512_6(ptrdiff_t KP, const uint32_t *A0, ptrdiff_t rsa, ptrdiff_t csa,
-                       const uint32_t *B, ptrdiff_t ldb, float *T)
+static void mkb_x512_6a(ptrdiff_t KP, const uint32_t *A0, ptrdiff_t rsa, ptrdiff_t csa,
+                        const uint32_t *B, ptrdiff_t ldb, float *T, int acc)
 {
     const uint32_t *A1 = A0;
     (void)A1;
@@ -120,8 +121,15 @@ static void mkb_x512_6(ptrdiff_t KP, const uint32_t *A0, ptrdiff_t rsa, ptrdiff_
 }
 
 FNN_TARGET_AVX512BF16
+static void mkb_x512_6(ptrdiff_t KP, const uint32_t *A0, ptrdiff_t rsa, ptrdiff_t csa,
+                       const uint32_t *B, ptrdiff_t ldb, float *T)
+{
+    mkb_x512_6a(KP, A0, rsa, csa, B, ldb, T, 0);
+}
+
+FNN_TARGET_AVX512BF16
 static void mkb_x512_12(ptrdiff_t KP, const uint32_t *A0, const uint32_t *A1, ptrdiff_t rsa,
-                        ptrdiff_t csa, const uint32_t *B, ptrdiff_t ldb, float *T)
+                        ptrdiff_t csa, const uint32_t *B, ptrdiff_t ldb, float *T, int acc)
 {
     MKB_X512_BODY(2 * MR)
 }
@@ -191,7 +199,10 @@ void store_t8(const __m256i *r, int n, uint32_t *dst, ptrdiff_t ld)
 
 /* ROWS (6 or 12: one or two whole row tiles from row i0) x 16 of dW, updated in
  * registers: the same update and bf16 copies as the generic epilogue
- * (vcvtneps2bf16 rounds as bf16_bits32), without the round trip through T. */
+ * (vcvtneps2bf16 rounds as bf16_bits32), without the round trip through T.
+ * A is a[l]'s row pairs: the tile's rows i (features) are consecutive pairs
+ * (rsa = 1, tsa = MR), so the broadcasts take constant offsets (with runtime
+ * strides the 12 row offsets did not fit the general registers). */
 #define DW_X512_BODY(ROWS)                                                            \
     const opt_sc *o = e->o;                                                           \
     __m512 c[ROWS];                                                                   \
@@ -203,8 +214,7 @@ void store_t8(const __m256i *r, int n, uint32_t *dst, ptrdiff_t ld)
         const uint32_t *a = A + kp * csa;                                             \
         _Pragma("GCC unroll 12")                                                      \
         for (int i = 0; i < ROWS; i++)                                                \
-            c[i] = _mm512_dpbf16_ps(c[i], (__m512bh)_mm512_set1_epi32(                \
-                                               (int)a[(i / MR) * tsa + (i % MR) * rsa]), b); \
+            c[i] = _mm512_dpbf16_ps(c[i], (__m512bh)_mm512_set1_epi32((int)a[i]), b);  \
     }                                                                                 \
     _Pragma("GCC unroll 12")                                                          \
     for (int i = 0; i < ROWS; i++) {                                                  \
@@ -226,17 +236,15 @@ void store_t8(const __m256i *r, int n, uint32_t *dst, ptrdiff_t ld)
     }
 
 FNN_TARGET_AVX512BF16
-static void dw_x512_6(ptrdiff_t KP, const uint32_t *A, ptrdiff_t rsa, ptrdiff_t csa,
-                      ptrdiff_t tsa, const uint32_t *B, ptrdiff_t ldb, const tile_ep *e,
-                      ptrdiff_t i0, ptrdiff_t j0)
+static void dw_x512_6(ptrdiff_t KP, const uint32_t *A, ptrdiff_t csa, const uint32_t *B,
+                      ptrdiff_t ldb, const tile_ep *e, ptrdiff_t i0, ptrdiff_t j0)
 {
     DW_X512_BODY(MR)
 }
 
 FNN_TARGET_AVX512BF16
-static void dw_x512_12(ptrdiff_t KP, const uint32_t *A, ptrdiff_t rsa, ptrdiff_t csa,
-                       ptrdiff_t tsa, const uint32_t *B, ptrdiff_t ldb, const tile_ep *e,
-                       ptrdiff_t i0, ptrdiff_t j0)
+static void dw_x512_12(ptrdiff_t KP, const uint32_t *A, ptrdiff_t csa, const uint32_t *B,
+                       ptrdiff_t ldb, const tile_ep *e, ptrdiff_t i0, ptrdiff_t j0)
 {
     DW_X512_BODY(2 * MR)
 }
@@ -272,11 +280,48 @@ void fnn_tr_bf16_tiles_avx2(FNN_TR_BF16_TILES_ARGS)
     for (ptrdiff_t ip = ip_lo; ip < ip_hi; ip++) BF16_ONE_TILE(mkb_avx2);
 }
 
+/* Forward and dX tiles deeper than 1.5 KPC pairs: K in even blocks of at most KPC
+ * pairs, so that a block of the B panel (KPC x 64 bytes) stays in L1 across up to
+ * KB_TILES row tiles (the partial sums go through Tb between blocks: the same
+ * instructions in the same order, so the same bits). */
+#define KPC 128
+#define KB_TILES 16
+
+FNN_TARGET_AVX512BF16 __attribute__((noinline))
+static void tiles_kblock_x512(FNN_TR_BF16_TILES_ARGS)
+{
+    float Tb[KB_TILES][MR * NR] __attribute__((aligned(64)));
+    ptrdiff_t ntm = (M + MR - 1) / MR, j0 = jp * NR;
+    const ptrdiff_t nkb = (KP + KPC - 1) / KPC, kb = (KP + nkb - 1) / nkb;
+    if (ip_hi > ntm) ip_hi = ntm;
+    for (ptrdiff_t g0 = ip_lo; g0 < ip_hi; g0 += KB_TILES) {
+        ptrdiff_t g1 = g0 + KB_TILES < ip_hi ? g0 + KB_TILES : ip_hi;
+        for (ptrdiff_t k0 = 0; k0 < KP; k0 += kb) {
+            ptrdiff_t kc = KP - k0 < kb ? KP - k0 : kb;
+            const uint32_t *Bb = B + k0 * ldb + j0;
+            ptrdiff_t ip = g0;
+            for (; ip + 1 < g1; ip += 2)
+                mkb_x512_12(kc, A + ip * tsa + k0 * csa, A + (ip + 1) * tsa + k0 * csa, rsa, csa,
+                            Bb, ldb, Tb[ip - g0], k0 > 0);
+            if (ip < g1)
+                mkb_x512_6a(kc, A + ip * tsa + k0 * csa, rsa, csa, Bb, ldb, Tb[ip - g0], k0 > 0);
+        }
+        for (ptrdiff_t ip = g0; ip < g1; ip++) {
+            ptrdiff_t i0 = ip * MR;
+            epilogue(e, i0, j0, M - i0 < MR ? (int)(M - i0) : MR, Tb[ip - g0]);
+        }
+    }
+}
+
 FNN_TARGET_AVX512BF16
 void fnn_tr_bf16_tiles_x512(FNN_TR_BF16_TILES_ARGS)
 {
+    if (e->kind != EP_DW && e->kind != EP_DWG && KP > KPC + KPC / 2) {
+        tiles_kblock_x512(M, KP, A, rsa, csa, tsa, B, ldb, e, jp, ip_lo, ip_hi);
+        return;
+    }
     BF16_TILES_HEAD
-    if (e->kind == EP_DW) {
+    if (e->kind == EP_DW && rsa == 1 && tsa == MR) {
         /* whole row tiles (every row a weight row) updated in registers, two at a
          * time; the columns past N are W's zero padding with zero gradients, so
          * their update leaves them zero (no N check needed) */
@@ -284,11 +329,11 @@ void fnn_tr_bf16_tiles_x512(FNN_TR_BF16_TILES_ARGS)
         for (; ip + 1 < ip_mid; ip += 2) {
             prefetch_tile(e, ip * MR, j0, MR);
             prefetch_tile(e, ip * MR + MR, j0, MR);
-            dw_x512_12(KP, A + ip * tsa, rsa, csa, tsa, B + j0, ldb, e, ip * MR, j0);
+            dw_x512_12(KP, A + ip * MR, csa, B + j0, ldb, e, ip * MR, j0);
         }
         if (ip < ip_mid) {
             prefetch_tile(e, ip * MR, j0, MR);
-            dw_x512_6(KP, A + ip * tsa, rsa, csa, tsa, B + j0, ldb, e, ip * MR, j0);
+            dw_x512_6(KP, A + ip * MR, csa, B + j0, ldb, e, ip * MR, j0);
             ip++;
         }
         if (ip_lo < ip) ip_lo = ip;
@@ -300,7 +345,7 @@ void fnn_tr_bf16_tiles_x512(FNN_TR_BF16_TILES_ARGS)
         int mr1 = M - i0 - MR < MR ? (int)(M - i0 - MR) : MR;
         prefetch_tile(e, i0, j0, mr0);
         prefetch_tile(e, i0 + MR, j0, mr1);
-        mkb_x512_12(KP, A + ip * tsa, A + (ip + 1) * tsa, rsa, csa, B + j0, ldb, T);
+        mkb_x512_12(KP, A + ip * tsa, A + (ip + 1) * tsa, rsa, csa, B + j0, ldb, T, 0);
         epilogue(e, i0, j0, mr0, T);
         epilogue(e, i0 + MR, j0, mr1, T + MR * NR);
     }
