@@ -99,6 +99,20 @@ def _check_batch(x: npt.NDArray[Any], who: str, dtype: Optional[np.dtype[Any]] =
     return x
 
 
+def _checked_precision(layer: Any, who: str) -> str:
+    """``layer.precision`` checked against ``layer.PRECISIONS``: bf16 needs a float32 layer."""
+    precision: str = layer.precision
+    if precision == "fp32":
+        return precision
+    if precision not in layer.PRECISIONS:
+        raise ValueError(f"{who}: precision must be one of {layer.PRECISIONS}, "
+                         f"got {precision!r}")
+    if layer.dtype != np.float32:
+        raise DTypeError(f"{who}: precision={precision!r} needs a float32 layer, this one "
+                         f"is {layer.dtype}")
+    return precision
+
+
 def _out_buffer(out: Optional[npt.NDArray[Any]], shape: Tuple[int, ...],
                 dtype: npt.DTypeLike) -> npt.NDArray[Any]:
     """``out`` if it fits (reused workspace), else a fresh array."""
@@ -365,16 +379,7 @@ class Dense(Layer):
 
     def _gemm_precision(self) -> str:
         """``self.precision``, checked: bf16 needs a float32 layer."""
-        precision = self.precision
-        if precision == "fp32":
-            return precision
-        if precision not in self.PRECISIONS:
-            raise ValueError(f"Dense: precision must be one of {self.PRECISIONS}, "
-                             f"got {precision!r}")
-        if self.dtype != np.float32:
-            raise DTypeError(f"Dense: precision={precision!r} needs a float32 layer, this one "
-                             f"is {self.dtype}")
-        return precision
+        return _checked_precision(self, "Dense")
 
     def get_config(self) -> Dict[str, Any]:
         return {"class": "Dense", "in_features": self.in_features,
@@ -764,6 +769,13 @@ class Conv2D(Layer):
     ``Conv2D.weight_from_torch(w)`` / ``layer.weight_to_torch()`` convert to and from
     PyTorch's (Cout, Cin, KH, KW).
 
+    ``precision``: ``"fp32"`` (default) or ``"bf16"`` (float32 layers only): the
+    three convolutions take bf16-rounded inputs (x and W, dz and W, x and dz)
+    with float32 sums (``fastnn.kernels.conv2d_forward(..., precision="bf16")``);
+    W, b, their gradients, the bias add, ReLU and dbias stay float32.  A
+    run-time setting like Dense's: ``fit(..., precision="bf16")`` sets it for
+    the fit and restores it after.
+
     >>> import numpy as np
     >>> c = Conv2D(1, 4, 3, padding="same", activation="relu", init="zeros")
     >>> c.forward(np.ones((2, 28, 28, 1), np.float32)).shape
@@ -773,9 +785,11 @@ class Conv2D(Layer):
     """
 
     ACTIVATIONS: ClassVar[Tuple[Optional[str], ...]] = (None, "relu")
+    PRECISIONS: ClassVar[Tuple[str, ...]] = ("fp32", "bf16")
     ACCEPTS_DX_MASK = True
     INPUT_RANK = 4
     dtype: np.dtype[Any]
+    precision: str = "fp32"     # the convolutions' input precision (see the class docstring)
 
     def __init__(self, in_channels: int, out_channels: int,
                  kernel_size: Union[int, Tuple[int, int]], stride: Union[int, Tuple[int, int]] = 1,
@@ -879,7 +893,8 @@ class Conv2D(Layer):
         kernels.conv2d_forward(x4, self.weight.data,
                                self.bias.data if self.bias is not None else None,
                                stride=self.stride, padding=pads, activation=self.activation,
-                               out=y, workspace=self._ws)
+                               out=y, workspace=self._ws,
+                               precision=_checked_precision(self, "Conv2D"))
         self._x, self._in_shape, self._y, self._pads = x4, x.shape, y, pads
         return y
 
@@ -907,7 +922,8 @@ class Conv2D(Layer):
         kernels.conv2d_backward_weights(x, dz, self.weight.shape, self.stride, self._pads,
                                         dw=self.weight.grad,
                                         dbias=self.bias.grad if self.bias is not None else None,
-                                        accumulate=True, workspace=self._ws)
+                                        accumulate=True, workspace=self._ws,
+                                        precision=_checked_precision(self, "Conv2D"))
         if not input_grad:
             return None
         mask = None
@@ -918,7 +934,8 @@ class Conv2D(Layer):
             mask = dx_mask.reshape(x.shape)
         buf = _out_buffer(dx, self._in_shape, self.dtype)    # (N, H, W) stays 3-D
         kernels.conv2d_backward_data(dz, self.weight.data, x.shape, self.stride, self._pads,
-                                     out=buf.reshape(x.shape), workspace=self._ws, mask=mask)
+                                     out=buf.reshape(x.shape), workspace=self._ws, mask=mask,
+                                     precision=_checked_precision(self, "Conv2D"))
         return buf
 
     def get_config(self) -> Dict[str, Any]:

@@ -55,7 +55,7 @@ import numpy.typing as npt
 from . import _fused, _threads, fusion
 from ._validation import check_finite_rows
 from ._validation import integer as _integer
-from .distributed import Communicator, get_world, split_rows, startup_items
+from .distributed import Communicator, ResidentGradPlan, get_world, split_rows, startup_items
 from .errors import DivergenceError, DTypeError, ShapeError
 
 if TYPE_CHECKING:
@@ -405,7 +405,7 @@ class _DistributedEngine:
 
     def __init__(self, comm: Communicator, model: Any, loss: Loss, optimizer: Optimizer,
                  x: npt.NDArray[Any], y: npt.NDArray[Any], batch_size: int,
-                 schedule: Optional[_Schedule], plan: Optional[_fused.GradPlan]) -> None:
+                 schedule: Optional[_Schedule], plan: Optional[ResidentGradPlan]) -> None:
         self.comm, self.model, self.loss, self.optimizer = comm, model, loss, optimizer
         self.x, self.y, self.batch_size, self.schedule, self.plan = x, y, batch_size, schedule, plan
         self.name = "fused" if plan is not None else "general"
@@ -441,6 +441,8 @@ class _DistributedEngine:
             state: TrainState) -> Dict[str, Any]:
         comm, opt, b = self.comm, self.optimizer, self.batch_size
         loss_sum, correct, count = 0.0, 0, 0
+        if self.plan is not None:        # callbacks may have changed the weights since
+            self.plan.invalidate()
         for step in range(start, stop):
             idx = perm[step * b:(step + 1) * b]
             nb = len(idx)
@@ -449,7 +451,10 @@ class _DistributedEngine:
                 _apply_schedule(self.schedule, opt, state.global_step)
             ls, c = self._local_grad(idx[lo:hi], nb)
             comm.allreduce_(self.model.flat_grads)
-            opt.step()
+            if self.plan is not None:    # the update, the weights kept in the trainer
+                self.plan.apply(self.model.flat_grads)
+            else:
+                opt.step()
             state.global_step += 1
             loss_sum += ls
             correct += c
@@ -484,7 +489,7 @@ def _apply_schedule(schedule: _Schedule, optimizer: Optimizer, global_step: int)
 
 def _precision_layers(model: Any, precision: Any) -> List[Any]:
     """The layers of ``model`` that ``fit(precision=...)`` switches: those with a
-    ``precision`` setting that lists ``precision`` in their ``PRECISIONS`` (Dense).
+    ``precision`` setting that lists ``precision`` in their ``PRECISIONS`` (Dense, Conv2D).
     Raises when ``precision`` is unknown or no layer of the model can run it."""
     if precision not in fusion.PRECISIONS:
         raise ValueError(f"precision must be one of {fusion.PRECISIONS}, got {precision!r}")
@@ -536,7 +541,7 @@ def _make_distributed_engine(comm: Communicator, model: Any, loss: Loss, optimiz
                          "fastnn.Sequential) and an optimizer built on the whole model "
                          "(e.g. SGD(model, lr=0.1)): the gradients are summed as one buffer")
     per_rank = -(-batch_size // comm.size)
-    plan: Optional[_fused.GradPlan] = None
+    plan: Optional[ResidentGradPlan] = None
     if fused is False:
         reason = "fused=False"
     elif x.dtype != np.uint8 and x.dtype != _model_dtype(model, x):
@@ -545,7 +550,7 @@ def _make_distributed_engine(comm: Communicator, model: Any, loss: Loss, optimiz
         verdict = fusion.check(model, loss, optimizer, per_rank, precision)
         reason = verdict.reason
         if verdict.ok:
-            plan = _fused.GradPlan(model, optimizer, verdict.dense, per_rank)
+            plan = ResidentGradPlan(model, optimizer, verdict.dense, per_rank)
     if fused is True and plan is None:
         raise ValueError(f"fused=True but the fused trainer cannot run this model, loss and "
                          f"optimizer: {reason}")
@@ -996,16 +1001,17 @@ def predict(model: Any, x: npt.NDArray[Any], batch_size: int = EVAL_BATCH,
     batch of its dtype then allocates nothing per call.
 
     The lean path: for such an MLP and a C-contiguous float input of the model's dtype,
-    the layers run as bare calls of the C GEMM that ``Dense.forward`` calls (the same
-    arguments, so the same numbers), into buffers kept per model, with the last layer
-    writing straight into the result; anything else runs ``model(x)`` batch by batch."""
+    the whole chain runs as one native call (``matmul_c.LeanMLP``, kept per model) that
+    makes, layer by layer, the C GEMM call ``Dense.forward`` makes (the same arguments,
+    so the same numbers), into buffers kept per model, with the last layer writing
+    straight into the result; anything else runs ``model(x)`` batch by batch."""
+    runner = _lean_runner(model, batch_size)
+    if runner is not None:
+        result = runner.run(x, out, batch_size, _threads.get_num_threads())
+        if result is not None:
+            return result            # type: ignore[no-any-return]
     if out is not None:
         out = _check_out(model, x, out)
-    plan = _lean_plan(model, x, batch_size)
-    if plan is not None:
-        result = _lean_predict(model, plan, x, batch_size, out)
-        if result is not None:
-            return result
     result = _predict_general(model, x, batch_size)
     if out is None:
         return result
@@ -1029,19 +1035,36 @@ def _check_out(model: Any, x: Any, out: Any) -> npt.NDArray[Any]:
     return out
 
 
-# model -> its lean-path workspace: a lock and the intermediate outputs, grown as needed
-_LEAN_WS: weakref.WeakKeyDictionary[Any, Tuple[threading.Lock, List[Any]]] = \
-    weakref.WeakKeyDictionary()
+# model -> its lean-path runner (matmul_c.LeanMLP: the Dense chain and its buffers), or
+# False when the model has no lean path; rebuilt when the model's layers, weight
+# arrays or activations change (LeanMLP.matches)
+_LEAN_RUNNERS: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
 _LEAN_MODULE: List[Any] = []          # [fastnn._ext.matmul_c or None], once looked up
 
 
-def _lean_plan(model: Any, x: Any,
-               batch_size: Any) -> Optional[List[Tuple[Any, Any, bool, int]]]:
-    """[(W, b, relu, out_features)] when ``predict`` may take the lean path, else None."""
-    from .layers import Dense, Dropout
-    from .sequential import Sequential
+def _lean_runner(model: Any, batch_size: Any) -> Any:
+    """The model's ``LeanMLP`` when ``predict`` may take the lean path (whatever the
+    input), else None."""
     if type(batch_size) is not int or batch_size < 1:
         return None
+    try:
+        runner = _LEAN_RUNNERS.get(model)
+    except TypeError:                 # not weak-referenceable: no lean path
+        return None
+    if runner is not None:
+        if runner is False:
+            return None
+        layers = getattr(model, "layers", None)
+        if layers is not None and runner.matches(layers):
+            return runner
+    runner = _build_lean_runner(model)
+    _LEAN_RUNNERS[model] = runner if runner is not None else False
+    return runner
+
+
+def _build_lean_runner(model: Any) -> Any:
+    from .layers import Dense, Dropout
+    from .sequential import Sequential
     cls = type(model)
     if not (isinstance(model, Sequential) and cls.__call__ is Sequential.__call__
             and cls.forward is Sequential.forward and cls._forward is Sequential._forward):
@@ -1052,61 +1075,36 @@ def _lean_plan(model: Any, x: Any,
             _LEAN_MODULE.append(matmul_c)
         except ImportError:
             _LEAN_MODULE.append(None)
-    if _LEAN_MODULE[0] is None:
+    if _LEAN_MODULE[0] is None or not hasattr(_LEAN_MODULE[0], "LeanMLP"):
         return None
     dtype = model.dtype
-    if not (isinstance(x, np.ndarray) and x.dtype == dtype and x.ndim == 2 and x.shape[0] > 0
-            and x.flags.c_contiguous and x.flags.aligned):
-        return None
-    plan = []
-    width = x.shape[1]
+    dense = []
+    width = None
     for layer in model.layers:
         if type(layer) is Dropout:
             continue                  # the identity in eval mode
         if type(layer) is not Dense:
             return None
         assert isinstance(layer, Dense)
-        if layer.activation not in (None, "relu") or layer.in_features != width \
-                or layer.dtype != dtype or layer.precision != "fp32":
+        if layer.activation not in (None, "relu") or layer.dtype != dtype \
+                or layer.precision != "fp32" or (width is not None and layer.in_features != width):
             return None
-        plan.append((layer.weight.data, layer.bias.data if layer.bias is not None else None,
-                     layer.activation == "relu", layer.out_features))
+        dense.append((layer, layer.weight.data,
+                      layer.bias.data if layer.bias is not None else None,
+                      layer.activation == "relu"))
         width = layer.out_features
-    return plan or None
+    if not dense:
+        return None
+    return _LEAN_MODULE[0].LeanMLP(dense, model.layers)
 
 
-def _lean_predict(model: Any, plan: List[Tuple[Any, Any, bool, int]], x: npt.NDArray[Any],
-                  batch_size: int, out: Optional[npt.NDArray[Any]]) -> Optional[npt.NDArray[Any]]:
-    """The lean path (see ``predict``); None when another thread is using this model's
-    workspace (the caller then takes the general path)."""
-    n = x.shape[0]
-    if out is not None and np.may_share_memory(x, out):
+def _lean_plan(model: Any, x: Any, batch_size: Any) -> Any:
+    """The model's lean-path runner when ``predict(x, batch_size)`` takes the lean
+    path, else None."""
+    runner = _lean_runner(model, batch_size)
+    if runner is None or not runner.accepts(x):
         return None
-    gemm = _LEAN_MODULE[0].matmul
-    nthreads = _threads.get_num_threads()
-    entry = _LEAN_WS.get(model)
-    if entry is None:
-        entry = _LEAN_WS.setdefault(model, (threading.Lock(), []))
-    lock, bufs = entry
-    if not lock.acquire(blocking=False):
-        return None
-    try:
-        rows = min(batch_size, n)
-        if len(bufs) != len(plan) - 1 or any(
-                b.shape[0] < rows or b.shape[1] != p[3] or b.dtype != x.dtype
-                for b, p in zip(bufs, plan)):
-            bufs[:] = [np.empty((rows, p[3]), x.dtype) for p in plan[:-1]]
-        result = out if out is not None else np.empty((n, plan[-1][3]), x.dtype)
-        for s in range(0, n, batch_size):
-            e = min(n, s + batch_size)
-            h = x[s:e] if (s, e) != (0, n) else x
-            for i, (w, b, relu, _) in enumerate(plan):
-                y = result[s:e] if i == len(plan) - 1 else bufs[i][:e - s]
-                gemm(h, w, y, b, relu, nthreads)
-                h = y
-        return result
-    finally:
-        lock.release()
+    return runner
 
 
 @_leaves_blas_as_found

@@ -53,7 +53,8 @@ INLINE void kw_range(ptrdiff_t iw0, ptrdiff_t KW, ptrdiff_t W, ptrdiff_t *kw0, p
 /* the vector operations of the AVX2 run helpers, per dtype (conv_tmpl.h) */
 #define REAL float
 #define SFX f32
-#define GEMM fnn_sgemm
+/* float32: fnn_sgemm, or fnn_sgemm_bf16 (bf16 inputs, fp32 sums) when the shape asks */
+#define GEMM(s) ((s)->bf16 ? fnn_sgemm_bf16 : fnn_sgemm)
 #define VW 8
 #define VMASK __m256i
 #define VMASK_FOR(n) _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(n)), \
@@ -89,7 +90,7 @@ INLINE void kw_range(ptrdiff_t iw0, ptrdiff_t KW, ptrdiff_t W, ptrdiff_t *kw0, p
 
 #define REAL double
 #define SFX f64
-#define GEMM fnn_dgemm
+#define GEMM(s) fnn_dgemm
 #define VW 4
 #define VMASK_FOR(n) _mm256_cmpgt_epi64(_mm256_set1_epi64x((long long)(n)), \
                                         _mm256_setr_epi64x(0, 1, 2, 3))

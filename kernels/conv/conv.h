@@ -47,6 +47,11 @@ typedef struct {
     ptrdiff_t pt, pb, pl, pr;     /* padding top, bottom, left, right */
     ptrdiff_t OH, OW;             /* output (checked >= 1 by the caller) */
     ptrdiff_t chunk, row_block, max_blocks;   /* the plan */
+    /* float32 only: 1 runs every product on bf16-rounded inputs with fp32 sums
+     * (fnn_sgemm_bf16: vdpbf16ps, or the emulation below AVX512_BF16).  The
+     * direct paths are not GEMMs, so a bf16 call always takes the im2col + GEMM
+     * path; bias, ReLU, masks and dbias stay fp32. */
+    int bf16;
 } fnn_conv_shape;
 
 typedef struct {

@@ -12,6 +12,7 @@ cdef extern from "conv.h" nogil:
     ctypedef struct fnn_conv_shape:
         Py_ssize_t N, H, W, Cin, KH, KW, Cout, sh, sw, pt, pb, pl, pr, OH, OW
         Py_ssize_t chunk, row_block, max_blocks
+        int bf16
     ctypedef struct fnn_pool_shape:
         Py_ssize_t N, H, W, C, ph, pw, sh, sw, OH, OW
     void fnn_conv2d_forward_f32(const fnn_conv_shape *s, const float *x, const float *w,
@@ -52,7 +53,7 @@ cdef void *_ptr(object a):
 
 
 cdef fnn_conv_shape _conv_shape(tuple x_shape, tuple w_shape, tuple y_shape, tuple stride,
-                                tuple padding, tuple plan):
+                                tuple padding, tuple plan, bint bf16=False):
     cdef fnn_conv_shape s
     s.N, s.H, s.W, s.Cin = x_shape
     s.KH, s.KW, _, s.Cout = w_shape
@@ -60,6 +61,7 @@ cdef fnn_conv_shape _conv_shape(tuple x_shape, tuple w_shape, tuple y_shape, tup
     s.sh, s.sw = stride
     s.pt, s.pb, s.pl, s.pr = padding
     s.chunk, s.row_block, s.max_blocks = plan
+    s.bf16 = bf16
     return s
 
 
@@ -73,9 +75,10 @@ cdef fnn_pool_shape _pool_shape(tuple x_shape, tuple y_shape, tuple pool, tuple 
 
 
 def conv2d_forward(cnp.ndarray x, cnp.ndarray w, object bias, tuple stride, tuple padding,
-                   bint relu, cnp.ndarray out, cnp.ndarray workspace, tuple plan, int nthreads=1):
+                   bint relu, cnp.ndarray out, cnp.ndarray workspace, tuple plan, int nthreads=1,
+                   bint bf16=False):
     cdef fnn_conv_shape s = _conv_shape((<object> x).shape, (<object> w).shape, (<object> out).shape, stride, padding,
-                                        plan)
+                                        plan, bf16)
     cdef void *px = _ptr(x)
     cdef void *pw = _ptr(w)
     cdef void *pb = _ptr(bias)
@@ -95,9 +98,9 @@ def conv2d_forward(cnp.ndarray x, cnp.ndarray w, object bias, tuple stride, tupl
 
 def conv2d_backward_data(cnp.ndarray dy, cnp.ndarray w, tuple stride, tuple padding,
                          cnp.ndarray out, object mask, cnp.ndarray workspace, tuple plan,
-                         int nthreads=1):
+                         int nthreads=1, bint bf16=False):
     cdef fnn_conv_shape s = _conv_shape((<object> out).shape, (<object> w).shape, (<object> dy).shape, stride,
-                                        padding, plan)
+                                        padding, plan, bf16)
     cdef void *pdy = _ptr(dy)
     cdef void *pw = _ptr(w)
     cdef void *pm = _ptr(mask)
@@ -118,9 +121,9 @@ def conv2d_backward_data(cnp.ndarray dy, cnp.ndarray w, tuple stride, tuple padd
 
 def conv2d_backward_weights(cnp.ndarray x, cnp.ndarray dy, tuple stride, tuple padding,
                             cnp.ndarray dw, object dbias, bint accumulate, cnp.ndarray workspace,
-                            tuple plan, int nthreads=1):
+                            tuple plan, int nthreads=1, bint bf16=False):
     cdef fnn_conv_shape s = _conv_shape((<object> x).shape, (<object> dw).shape, (<object> dy).shape, stride,
-                                        padding, plan)
+                                        padding, plan, bf16)
     cdef void *px = _ptr(x)
     cdef void *pdy = _ptr(dy)
     cdef void *pdw = _ptr(dw)

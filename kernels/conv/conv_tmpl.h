@@ -1,5 +1,6 @@
 /* The conv and pooling kernels for one dtype: included by conv.c with REAL
- * (float/double), SFX (f32/f64) and GEMM (fnn_sgemm/fnn_dgemm) defined.
+ * (float/double), SFX (f32/f64) and GEMM(s) (the GEMM for shape s: fnn_sgemm, or
+ * fnn_sgemm_bf16 when s->bf16; fnn_dgemm) defined.
  * The decomposition is described in conv.h.
  *
  * Inner loops are compiled twice, plain C and AVX2 (FNN_TARGET_AVX2), and
@@ -549,7 +550,8 @@ void FN(fnn_conv2d_forward)(const fnn_conv_shape *s, const REAL *x, const REAL *
                             const REAL *bias, int relu, REAL *y, REAL *ws, int nthreads)
 {
 #if FNN_X86
-    if (FN(c1_fits)(s) && s->Cout <= VW && s->KH * s->KW * VW <= C1_BUF && fnn_use_avx2()) {
+    if (!s->bf16 && FN(c1_fits)(s) && s->Cout <= VW && s->KH * s->KW * VW <= C1_BUF
+        && fnn_use_avx2()) {
         REAL wp[C1_BUF], bp[VW];
         for (ptrdiff_t t = 0; t < s->KH * s->KW; t++)
             for (ptrdiff_t c = 0; c < VW; c++)
@@ -560,11 +562,11 @@ void FN(fnn_conv2d_forward)(const fnn_conv_shape *s, const REAL *x, const REAL *
         return;
     }
 #endif
-    if (FN(c1_fits)(s)) {
+    if (!s->bf16 && FN(c1_fits)(s)) {
         FN(c1_forward)(s, x, w, bias, relu, y, nthreads < 1 ? 1 : nthreads, PICK(c1_row));
         return;
     }
-    if (FN(c1w_fits)(s)) {
+    if (!s->bf16 && FN(c1w_fits)(s)) {
         FN(c1_forward)(s, x, w, bias, relu, y, nthreads < 1 ? 1 : nthreads, PICK(c1w_row));
         return;
     }
@@ -590,7 +592,7 @@ void FN(fnn_conv2d_forward)(const fnn_conv_shape *s, const REAL *x, const REAL *
                     im2col(s, x + (n0 + i) * HWC, cols + i * P * K);
                 A = cols + i0 * P * K;
             }
-            GEMM((i1 - i0) * P, s->Cout, K, A, K, 1, w, s->Cout, 1,
+            GEMM(s)((i1 - i0) * P, s->Cout, K, A, K, 1, w, s->Cout, 1,
                  y + (n0 + i0) * P * s->Cout, s->Cout, 1, &ep, inner);
         }
     }
@@ -758,7 +760,7 @@ void FN(fnn_conv2d_backward_data)(const fnn_conv_shape *s, const REAL *dy, const
     REAL *cols = FN(cols_of)(s, ws);
     if (nthreads < 1)
         nthreads = 1;
-    if (!direct && FN(bd_fits)(s)) {
+    if (!direct && !s->bf16 && FN(bd_fits)(s)) {
         FN(bd_backward_data)(s, dy, w, mask, dx, nthreads);
         return;
     }
@@ -774,13 +776,13 @@ void FN(fnn_conv2d_backward_data)(const fnn_conv_shape *s, const REAL *dy, const
                 /* 1x1, stride 1, no padding: dx rows = dy @ w^T, the mask in the epilogue */
                 fnn_epilogue ep = {.mask = mask ? mask + (n0 + i0) * HWC : NULL, .rs_mask = K,
                                     .cs_mask = 1};
-                GEMM(rows, K, s->Cout, dyg, s->Cout, 1, w, 1, s->Cout,
+                GEMM(s)(rows, K, s->Cout, dyg, s->Cout, 1, w, 1, s->Cout,
                      dx + (n0 + i0) * HWC, K, 1, &ep, inner);
                 continue;
             }
             fnn_epilogue ep = {.relu = 0};
             REAL *cg = cols + i0 * P * K;
-            GEMM(rows, K, s->Cout, dyg, s->Cout, 1, w, 1, s->Cout, cg, K, 1, &ep, inner);
+            GEMM(s)(rows, K, s->Cout, dyg, s->Cout, 1, w, 1, s->Cout, cg, K, 1, &ep, inner);
             for (ptrdiff_t i = i0; i < i1; i++)
                 col2im(s, cols + i * P * K, mask ? mask + (n0 + i) * HWC : NULL,
                        dx + (n0 + i) * HWC);
@@ -1013,7 +1015,7 @@ void FN(fnn_conv2d_backward_weights)(const fnn_conv_shape *s, const REAL *x, con
     REAL *cols = FN(cols_of)(s, ws);
     if (nthreads < 1)
         nthreads = 1;
-    if (FN(c1_dw_fits)(s)) {
+    if (!s->bf16 && FN(c1_dw_fits)(s)) {
         FN(c1_dw_fn) blk = PICK(c1_dw_block);
 #if FNN_X86
         if (fnn_use_avx2() && s->Cout <= VW)
@@ -1022,7 +1024,7 @@ void FN(fnn_conv2d_backward_weights)(const fnn_conv_shape *s, const REAL *x, con
         FN(c1_backward_weights)(s, x, dy, dw, dbias, accumulate, ws, nthreads, blk);
         return;
     }
-    if (FN(c1w_fits)(s)) {
+    if (!s->bf16 && FN(c1w_fits)(s)) {
         FN(c1_backward_weights)(s, x, dy, dw, dbias, accumulate, ws, nthreads,
                                 PICK(c1w_dw_block));
         return;
@@ -1046,7 +1048,7 @@ void FN(fnn_conv2d_backward_weights)(const fnn_conv_shape *s, const REAL *x, con
         }
         if (nblk == 1) {
             fnn_epilogue ep = {.accumulate = acc};
-            GEMM(K, Cout, rows, A, 1, K, D, Cout, 1, dw, Cout, 1, &ep, nthreads);
+            GEMM(s)(K, Cout, rows, A, 1, K, D, Cout, 1, dw, Cout, 1, &ep, nthreads);
             if (dbias) {
                 FN(dbias_block)(D, 0, rows, Cout, dbpart);
                 for (ptrdiff_t c = 0; c < Cout; c++)
@@ -1065,7 +1067,7 @@ void FN(fnn_conv2d_backward_weights)(const fnn_conv_shape *s, const REAL *x, con
                     const ptrdiff_t p1 = r1 < (i + 1) * P ? r1 - i * P : P;
                     im2col_range(s, x + (n0 + i) * HWC, p0, p1, cols + (i * P + p0) * K);
                 }
-            GEMM(K, Cout, r1 - r0, A + r0 * K, 1, K, D + r0 * Cout, Cout, 1, wpart + b * KC, Cout,
+            GEMM(s)(K, Cout, r1 - r0, A + r0 * K, 1, K, D + r0 * Cout, Cout, 1, wpart + b * KC, Cout,
                  1, &ep, inner);
             if (dbias)
                 FN(dbias_block)(D, r0, r1, Cout, dbpart + b * Cout);

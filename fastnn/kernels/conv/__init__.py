@@ -175,11 +175,23 @@ def conv2d_workspace_size(x_shape: Sequence[int], w_shape: Sequence[int],
 
 # ---------------------------------------------------------------- convolution
 
+PRECISIONS = ("fp32", "bf16")
+
+
+def _bf16(fn: str, precision: Any, a: Array) -> bool:
+    """Whether ``precision`` asks for bf16 products; ValueError/DTypeError otherwise."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"{fn}: precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision == "bf16" and a.dtype != np.float32:
+        raise DTypeError(f"{fn}: precision='bf16' needs float32 arrays, got {a.dtype}")
+    return precision == "bf16"
+
+
 def conv2d_forward(x: npt.ArrayLike, w: npt.ArrayLike, bias: Optional[npt.ArrayLike] = None,
                    stride: Any = (1, 1), padding: Any = (0, 0, 0, 0),
                    activation: Optional[str] = None, out: Optional[Array] = None,
                    workspace: Optional[Array] = None, *,
-                   variant: Optional[str] = None) -> Array:
+                   variant: Optional[str] = None, precision: str = "fp32") -> Array:
     """2-D convolution (cross-correlation, as every framework): NHWC in, NHWC out.
 
         y[n, oh, ow, co] = act(bias[co] + sum_{kh, kw, ci} xp[n, oh*sh + kh, ow*sw + kw, ci]
@@ -188,6 +200,12 @@ def conv2d_forward(x: npt.ArrayLike, w: npt.ArrayLike, bias: Optional[npt.ArrayL
     with xp = x zero-padded by (top, bottom, left, right) and act = identity or
     ReLU (``activation="relu"``).  Shapes: x (N, H, W, Cin), w (KH, KW, Cin,
     Cout), bias (Cout,) or None, out (N, OH, OW, Cout).
+
+    ``precision="bf16"`` (float32 only; all three conv functions): the products
+    take bf16-rounded inputs (round to nearest even) with float32 sums, on the
+    bf16 GEMM (``vdpbf16ps`` where the CPU has AVX512_BF16, the same rounded
+    products with float32 FMAs otherwise); bias, ReLU, masks and dbias stay
+    float32.  See fastnn/kernels/conv/reference.py.
 
     >>> import numpy as np
     >>> from fastnn.kernels import conv2d_forward
@@ -216,8 +234,9 @@ def conv2d_forward(x: npt.ArrayLike, w: npt.ArrayLike, bias: Optional[npt.ArrayL
     plan = _plan(fn, x.shape, w.shape, st, pd)
     ws = _workspace(fn, workspace, plan[3], x.dtype)
     no_overlap(fn, ws, "workspace", {"x": x, "w": w, "bias": bias, "out": out})
+    bf16 = _bf16(fn, precision, x)
     pick("conv", variant).conv2d_forward(x, w, bias, st, pd, activation == "relu", out, ws,
-                                         plan[:3], _threads.get_num_threads())
+                                         plan[:3], _threads.get_num_threads(), bf16)
     return out
 
 
@@ -225,7 +244,7 @@ def conv2d_backward_data(dy: npt.ArrayLike, w: npt.ArrayLike, x_shape: Sequence[
                          stride: Any = (1, 1), padding: Any = (0, 0, 0, 0),
                          out: Optional[Array] = None, workspace: Optional[Array] = None,
                          mask: Optional[npt.ArrayLike] = None, *,
-                         variant: Optional[str] = None) -> Array:
+                         variant: Optional[str] = None, precision: str = "fp32") -> Array:
     """Gradient of conv2d_forward (without activation) with respect to x.
 
         dx = col2im(dy.reshape(M, Cout) @ w.reshape(K, Cout)^T) * (mask > 0)
@@ -263,8 +282,9 @@ def conv2d_backward_data(dy: npt.ArrayLike, w: npt.ArrayLike, x_shape: Sequence[
     plan = _plan(fn, xs, w.shape, st, pd)
     ws = _workspace(fn, workspace, plan[3], dy.dtype)
     no_overlap(fn, ws, "workspace", {"dy": dy, "w": w, "mask": mask, "out": out})
+    bf16 = _bf16(fn, precision, dy)
     pick("conv", variant).conv2d_backward_data(dy, w, st, pd, out, mask, ws, plan[:3],
-                                               _threads.get_num_threads())
+                                               _threads.get_num_threads(), bf16)
     return out
 
 
@@ -272,7 +292,7 @@ def conv2d_backward_weights(x: npt.ArrayLike, dy: npt.ArrayLike, w_shape: Sequen
                             stride: Any, padding: Any, dw: Array,
                             dbias: Optional[Array] = None, accumulate: bool = True,
                             workspace: Optional[Array] = None, *,
-                            variant: Optional[str] = None) -> Array:
+                            variant: Optional[str] = None, precision: str = "fp32") -> Array:
     """Gradient of conv2d_forward (without activation) with respect to w and bias.
 
         dw    (+)= (im2col(x)^T @ dy.reshape(M, Cout)).reshape(KH, KW, Cin, Cout)
@@ -311,8 +331,9 @@ def conv2d_backward_weights(x: npt.ArrayLike, dy: npt.ArrayLike, w_shape: Sequen
     plan = _plan(fn, x.shape, ws_, st, pd)
     ws = _workspace(fn, workspace, plan[3], x.dtype)
     no_overlap(fn, ws, "workspace", {"x": x, "dy": dy, "dw": dw, "dbias": dbias})
+    bf16 = _bf16(fn, precision, x)
     pick("conv", variant).conv2d_backward_weights(x, dy, st, pd, dw, dbias, bool(accumulate),
-                                                  ws, plan[:3], _threads.get_num_threads())
+                                                  ws, plan[:3], _threads.get_num_threads(), bf16)
     return dw
 
 

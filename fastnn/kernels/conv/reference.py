@@ -20,14 +20,19 @@ padding (top, bottom, left, right); stride (sh, sw).
     avgpool2d_forward:       y = mean of the window (no padding: ph*pw terms)
     avgpool2d_backward:      dx[window] += dy / (ph*pw)
 
+bf16 (float32 only, ``bf16=True`` on the three conv functions): every product takes
+bf16-rounded inputs (round to nearest even, ``fastnn.kernels.matmul.reference.bf16_round``):
+x and w in the forward, dy and w in the backward data, x and dy in the backward weights;
+sums, bias, ReLU, the mask and dbias stay in full precision.
+
 Variant interface (arrays arrive validated, C-contiguous, of one dtype; outputs
 are written; ``workspace`` is a 1-D array of at least ``workspace_size`` elements,
 ``plan`` the tuple from ``plan``; ``nthreads`` the thread count):
 
-    conv2d_forward(x, w, bias|None, stride, padding, relu, out, workspace, plan, nthreads)
-    conv2d_backward_data(dy, w, stride, padding, out, mask|None, workspace, plan, nthreads)
+    conv2d_forward(x, w, bias|None, stride, padding, relu, out, workspace, plan, nthreads, bf16)
+    conv2d_backward_data(dy, w, stride, padding, out, mask|None, workspace, plan, nthreads, bf16)
     conv2d_backward_weights(x, dy, stride, padding, dw, dbias|None, accumulate, workspace,
-                            plan, nthreads)
+                            plan, nthreads, bf16)
     maxpool2d_forward(x, pool, stride, out, argmax, nthreads)
     maxpool2d_backward(dy, argmax, out, nthreads)
     avgpool2d_forward(x, pool, stride, out, nthreads)
@@ -45,6 +50,8 @@ from typing import Any, Optional, Sequence, Tuple
 import numpy as np
 import numpy.typing as npt
 from numpy.lib.stride_tricks import sliding_window_view
+
+from ..matmul.reference import bf16_round
 
 Pair = Tuple[int, int]
 Pad = Tuple[int, int, int, int]
@@ -100,12 +107,19 @@ def col2im(cols: npt.NDArray[np.float64], x_shape: Sequence[int], KH: int, KW: i
     return xp[:, top:top + H, left:left + W, :]
 
 
+def _bf16(a: npt.ArrayLike, on: bool) -> npt.NDArray[Any]:
+    """``a`` rounded to bfloat16 (as float32) when ``on``: the inputs of every product of
+    a bf16 convolution; sums, bias, ReLU, masks and dbias stay in full precision."""
+    return bf16_round(np.asarray(a, dtype=np.float32)) if on else np.asarray(a)
+
+
 def conv2d_forward(x: npt.NDArray[Any], w: npt.NDArray[Any], bias: Optional[npt.NDArray[Any]],
                    stride: Pair, padding: Pad, relu: bool, out: npt.NDArray[Any],
-                   workspace: Any = None, plan: Any = None, nthreads: int = 1) -> npt.NDArray[Any]:
+                   workspace: Any = None, plan: Any = None, nthreads: int = 1,
+                   bf16: bool = False) -> npt.NDArray[Any]:
     KH, KW, Cin, Cout = w.shape
-    cols = im2col(x, KH, KW, stride, padding)
-    y = cols @ np.asarray(w, dtype=np.float64).reshape(KH * KW * Cin, Cout)
+    cols = im2col(_bf16(x, bf16), KH, KW, stride, padding)
+    y = cols @ np.asarray(_bf16(w, bf16), dtype=np.float64).reshape(KH * KW * Cin, Cout)
     if bias is not None:
         y += np.asarray(bias, dtype=np.float64)
     if relu:
@@ -117,10 +131,10 @@ def conv2d_forward(x: npt.NDArray[Any], w: npt.NDArray[Any], bias: Optional[npt.
 def conv2d_backward_data(dy: npt.NDArray[Any], w: npt.NDArray[Any], stride: Pair, padding: Pad,
                          out: npt.NDArray[Any], mask: Optional[npt.NDArray[Any]] = None,
                          workspace: Any = None, plan: Any = None,
-                         nthreads: int = 1) -> npt.NDArray[Any]:
+                         nthreads: int = 1, bf16: bool = False) -> npt.NDArray[Any]:
     KH, KW, Cin, Cout = w.shape
-    dcols = np.asarray(dy, dtype=np.float64).reshape(-1, Cout) @ \
-        np.asarray(w, dtype=np.float64).reshape(KH * KW * Cin, Cout).T
+    dcols = np.asarray(_bf16(dy, bf16), dtype=np.float64).reshape(-1, Cout) @ \
+        np.asarray(_bf16(w, bf16), dtype=np.float64).reshape(KH * KW * Cin, Cout).T
     dx = col2im(dcols, out.shape, KH, KW, stride, padding)
     if mask is not None:
         dx = np.where(np.asarray(mask) > 0, dx, 0.0)
@@ -131,11 +145,11 @@ def conv2d_backward_data(dy: npt.NDArray[Any], w: npt.NDArray[Any], stride: Pair
 def conv2d_backward_weights(x: npt.NDArray[Any], dy: npt.NDArray[Any], stride: Pair, padding: Pad,
                             dw: npt.NDArray[Any], dbias: Optional[npt.NDArray[Any]],
                             accumulate: bool, workspace: Any = None, plan: Any = None,
-                            nthreads: int = 1) -> npt.NDArray[Any]:
+                            nthreads: int = 1, bf16: bool = False) -> npt.NDArray[Any]:
     KH, KW, Cin, Cout = dw.shape
-    cols = im2col(x, KH, KW, stride, padding)
+    cols = im2col(_bf16(x, bf16), KH, KW, stride, padding)
     d64 = np.asarray(dy, dtype=np.float64).reshape(-1, Cout)
-    g = (cols.T @ d64).reshape(dw.shape)
+    g = (cols.T @ np.asarray(_bf16(d64, bf16), dtype=np.float64)).reshape(dw.shape)
     dw[...] = (np.asarray(dw, dtype=np.float64) + g) if accumulate else g
     if dbias is not None:
         s = d64.sum(axis=0)
