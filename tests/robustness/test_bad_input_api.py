@@ -27,6 +27,7 @@ if __name__ == "__main__":      # run as a script: import the checkout's fastnn
 import fastnn  # noqa: E402
 from fastnn import callbacks, plot  # noqa: E402
 from fastnn import kernels as K  # noqa: E402
+from fastnn.kernels import elementwise as KE  # noqa: E402
 from fastnn.datasets import load_idx  # noqa: E402
 from fastnn.errors import DTypeError, ShapeError  # noqa: E402
 from fastnn.layers import (AvgPool2D, BatchNorm2D, Conv2D, Dense, Dropout,  # noqa: E402
@@ -374,6 +375,15 @@ CASES = [
       lambda: K.column_sums(arr((2, 3)), out=arr(2)), ShapeError, r"out must have shape \(3,\)"),
     C("kernels.column_sums", "read-only out", lambda: K.column_sums(arr((2, 3)), out=ro(arr(3))),
       ValueError, r"out is read-only"),
+    # ---------------------------------------------------------------- kernels.elementwise dropout
+    C("kernels.elementwise.dropout_forward", "rate 1", lambda: KE.dropout_forward(arr(4), 1.0, 0),
+      ValueError, r"dropout_forward: rate must be in \[0, 1\), got 1.0"),
+    C("kernels.elementwise.dropout_forward", "negative key",
+      lambda: KE.dropout_forward(arr(4), 0.5, -3), ValueError,
+      r"dropout_forward: key must be in \[0, 2\*\*64\), got -3"),
+    C("kernels.elementwise.dropout_backward", "bool mask",
+      lambda: KE.dropout_backward(arr(4), np.ones(4, bool), 0.5), DTypeError,
+      r"dropout_backward: mask must be a uint8 numpy array"),
     # ---------------------------------------------------------------- kernels.conv2d_*, pooling
     C("kernels.conv2d_forward", "x 3-D", lambda: K.conv2d_forward(arr((5, 5, 3)),
                                                                   arr((3, 3, 3, 4))),
@@ -409,6 +419,12 @@ CASES = [
       lambda: K.conv2d_forward(arr((1, 4, 4, 1)), arr((3, 3, 1, 1)),
                                out=arr((1, 2, 2, 2))[..., :1]),
       ValueError, r"out must be C-contiguous"),
+    C("kernels.conv2d_forward", "precision 'fp16'",
+      lambda: K.conv2d_forward(arr((1, 4, 4, 1)), arr((3, 3, 1, 1)), precision="fp16"),
+      ValueError, r"conv2d_forward: precision must be one of \('fp32', 'bf16'\), got 'fp16'"),
+    C("kernels.conv2d_forward", "bf16 with float64 arrays",
+      lambda: K.conv2d_forward(arr((1, 4, 4, 1), F64), arr((3, 3, 1, 1), F64), precision="bf16"),
+      DTypeError, r"conv2d_forward: precision='bf16' needs float32 arrays, got float64"),
     C("kernels.conv2d_forward", "workspace too small",
       lambda: K.conv2d_forward(arr((1, 4, 4, 1)), arr((3, 3, 1, 1)), workspace=arr(2)),
       ShapeError, r"workspace has 2 elements, needs"),

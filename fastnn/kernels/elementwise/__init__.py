@@ -117,10 +117,10 @@ def activation_backward(kind: str, y: npt.ArrayLike, dout: npt.ArrayLike,
     return dx
 
 
-def dropout_threshold(rate: float) -> int:
+def dropout_threshold(rate: float, fn: str = "dropout") -> int:
     """``floor(rate * 2**32)``: element i is dropped when its 32-bit hash is below it."""
     if not (0.0 <= rate < 1.0):
-        raise ValueError(f"dropout: rate must be in [0, 1), got {rate!r}")
+        raise ValueError(f"{fn}: rate must be in [0, 1), got {rate!r}")
     return min(int(rate * 4294967296.0), 4294967295)
 
 
@@ -155,7 +155,7 @@ def dropout_forward(x: npt.ArrayLike, rate: float, key: int,
     """
     fn = "dropout_forward"
     check_variant(fn, variant)
-    thr = dropout_threshold(float(rate))
+    thr = dropout_threshold(float(rate), fn)
     k = _key(key, fn)
     x = float_input(x, fn, "x")
     out = output(out, fn, "out", x.shape, x.dtype)
@@ -182,7 +182,7 @@ def dropout_backward(dy: npt.ArrayLike, mask: npt.NDArray[np.uint8], rate: float
     """
     fn = "dropout_backward"
     check_variant(fn, variant)
-    dropout_threshold(float(rate))
+    dropout_threshold(float(rate), fn)
     dy = float_input(dy, fn, "dy")
     if not isinstance(mask, np.ndarray) or mask.dtype != np.uint8:
         raise DTypeError(f"{fn}: mask must be a uint8 numpy array (dropout_forward's), "
