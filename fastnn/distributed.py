@@ -59,10 +59,11 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 import numpy.typing as npt
 
-from .errors import FastnnError
+from . import _fused, _threads
+from .errors import FastnnError, ShapeError
 
-__all__ = ["Communicator", "DistributedError", "launcher_world", "under_launcher",
-           "split_rows", "get_world", "DEFAULT_TIMEOUT_S", "BUCKET_BYTES"]
+__all__ = ["Communicator", "DistributedError", "ResidentGradPlan", "launcher_world",
+           "under_launcher", "split_rows", "get_world", "DEFAULT_TIMEOUT_S", "BUCKET_BYTES"]
 
 #: seconds a collective may take before the job is aborted (``FASTNN_MPI_TIMEOUT``)
 DEFAULT_TIMEOUT_S = 120.0
@@ -417,3 +418,85 @@ def startup_items(model: Any, optimizer: Any, seed: Optional[int], batch_size: i
     }
     items.update(extra or {})
     return items
+
+
+class ResidentGradPlan(_fused.GradPlan):
+    """The fused gradient-only step of a data-parallel rank, with the weights kept
+    in the native trainer between steps::
+
+        plan.grad_step(x, y, rows, inv_b, grads)   # this rank's share of the gradient
+        comm.allreduce_(grads)                     # summed over the ranks
+        plan.apply(grads)                          # the update, instead of optimizer.step()
+
+    ``apply`` updates the model's weights and the optimizer's state in place with
+    the fused step's own rule (the tile epilogue's ``opt_update``), and writes the
+    trainer's padded copies of W, b and W^T from each row as it is updated, so the
+    next ``grad_step`` reads them where they are instead of copying the weights in
+    (and transposing them) again: for mlp-keras one pass over 2.7 MB instead of
+    ``optimizer.step()``'s pass, a copy and a transpose per step.  The update is the
+    one ``FusedPlan.run`` applies in its tiles, so one rank reproduces the fused
+    trainer's epoch (bitwise for SGD, see tests/test_distributed.py).
+
+    Anything else that writes the weights or the optimizer state (a callback, a
+    resume, a broadcast) must be followed by ``invalidate()``: the next step then
+    copies them in again.  ``fit_distributed`` invalidates at the start of every run
+    of steps (callbacks run between them)."""
+
+    _resident: Any = None           # the native trainer whose copies match the model
+
+    def invalidate(self) -> None:
+        """The model's weights changed outside ``apply``: copy them in at the next step."""
+        self._resident = None
+
+    def grad_step(self, x: npt.NDArray[Any], y: npt.ArrayLike, rows: npt.ArrayLike,
+                  inv_b: float, grads: npt.NDArray[Any]) -> Tuple[float, int]:
+        trainer = self._trainer
+        if self._resident is not trainer:
+            return super().grad_step(x, y, rows, inv_b, grads)
+        x2 = self._check_x(x)
+        rows = np.ascontiguousarray(rows, dtype=np.int64)
+        if rows.ndim != 1 or rows.shape[0] > self.batch_size:
+            raise ShapeError(f"ResidentGradPlan.grad_step: rows must be 1-D with at most "
+                             f"{self.batch_size} entries, got shape {rows.shape}")
+        self._check_grads(grads)
+        if rows.size == 0:
+            grads.fill(0)
+            return 0.0, 0
+        if rows.min() < 0 or rows.max() >= x2.shape[0]:
+            raise ValueError(f"ResidentGradPlan.grad_step: rows outside [0, {x2.shape[0]})")
+        labels = np.ascontiguousarray(np.asarray(y)[rows], dtype=np.int64)
+        if labels.min() < 0 or labels.max() >= self.n_classes:
+            raise ValueError(f"ResidentGradPlan.grad_step: labels outside [0, {self.n_classes})")
+        gW, gb = self._slot_views(grads)
+        with self._lock:
+            loss_sum, correct, _finite = trainer.grad_step(
+                None, None, gW, gb, x2, x2.dtype == np.uint8, x2.shape[1], labels, rows,
+                float(inv_b), nthreads=_threads.get_num_threads())
+        return float(loss_sum), int(correct)
+
+    def _check_grads(self, grads: npt.NDArray[Any]) -> None:
+        if grads.dtype != np.float32 or grads.ndim != 1 or not grads.flags.c_contiguous \
+                or grads.shape != self.model.flat_params.shape:
+            raise TypeError("ResidentGradPlan: grads must be a contiguous float32 buffer "
+                            "shaped like model.flat_params")
+
+    def apply(self, grads: npt.NDArray[Any]) -> None:
+        """One optimizer step from the summed gradients ``grads`` (laid out like
+        ``model.flat_params``): the model's parameters, the optimizer's state and
+        ``step_count`` updated as ``FusedPlan.run`` updates them; reads the
+        optimizer's ``lr`` and hyper-parameters now (schedules apply)."""
+        self._check_grads(grads)
+        opt = self.optimizer
+        W = [spec.weight.data for spec in self.layers]  # type: ignore[union-attr]  # Dense
+        bias = [spec.bias.data if spec.bias is not None else None for spec in self.layers]
+        ospec = opt.fusion_spec()
+        s1W, s1b = self._slot_views(ospec.slots[0])
+        s2W, s2b = self._slot_views(ospec.slots[1])
+        gW, gb = self._slot_views(grads)
+        trainer = self._trainer
+        with self._lock:
+            trainer.grad_apply(W, bias, s1W, s1b, s2W, s2b, gW, gb, ospec.kind, ospec.lr,
+                               step=ospec.step, nthreads=_threads.get_num_threads(),
+                               **ospec.hyper)
+        opt.step_count += 1
+        self._resident = trainer

@@ -31,11 +31,11 @@ import pytest
 
 import fastnn
 from fastnn import _fused
-from fastnn.distributed import launcher_world, split_rows, under_launcher
+from fastnn.distributed import ResidentGradPlan, launcher_world, split_rows, under_launcher
 from fastnn.fusion import check
 from fastnn.losses import SoftmaxCrossEntropy
 from fastnn.models import MLP
-from fastnn.optim import SGD, Adam
+from fastnn.optim import SGD, Adam, AdamW
 
 pytestmark = pytest.mark.slow     # still run in CI (.ci/run runs the whole suite)
 
@@ -202,6 +202,68 @@ def test_grad_step_plus_update_equals_the_fused_step(opt_cls, exact, batch):
         np.testing.assert_array_equal(m1.flat_params, m2.flat_params)
     else:
         np.testing.assert_allclose(m1.flat_params, m2.flat_params, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("opt_cls, kw", [
+    (SGD, {"lr": 0.1, "momentum": 0.9}), (SGD, {"lr": 0.1}),
+    (SGD, {"lr": 0.1, "momentum": 0.9, "nesterov": True, "weight_decay": 1e-3}),
+    (Adam, {"lr": 1e-3}), (AdamW, {"lr": 1e-3, "weight_decay": 0.01})],
+    ids=["sgd-momentum", "sgd", "sgd-nesterov-wd", "adam", "adamw"])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_resident_grad_step_and_apply_are_the_fused_step_bitwise(opt_cls, kw, threads):
+    """ResidentGradPlan: grad_step (weights read from the trainer's own copies after
+    the first step) then apply (the fused epilogue's rule, the trainer's W, b, W^T
+    written as they are updated) gives FusedPlan.run's weights and optimizer state
+    bit for bit, with any thread count; the rows of 40 and 33 exercise the 8 x 8
+    transpose's edges."""
+    rng = np.random.default_rng(0)
+    x = (rng.random((300, 50)) * 255).astype(np.uint8)
+    y = rng.integers(0, 10, 300)
+    perm = rng.permutation(300)
+    layers = lambda: [fastnn.layers.Dense(50, 40, activation="relu"),  # noqa: E731
+                      fastnn.layers.Dense(40, 33, activation="relu"), fastnn.layers.Dense(33, 10)]
+    m1, m2 = fastnn.Sequential(layers(), seed=1), fastnn.Sequential(layers(), seed=1)
+    o1, o2 = opt_cls(m1, **kw), opt_cls(m2, **kw)
+    batch = 37
+    with fastnn.threads(threads):
+        res = _fused.plan(m1, SoftmaxCrossEntropy(), o1, batch).run(x, y, perm)
+        gp = ResidentGradPlan(m2, o2, check(m2, SoftmaxCrossEntropy(), o2, batch).dense, batch)
+        correct = 0
+        for s in range(0, 300, batch):
+            rows = perm[s:s + batch]
+            correct += gp.grad_step(x, y, rows, float(np.float32(1) / np.float32(len(rows))),
+                                    m2.flat_grads)[1]
+            gp.apply(m2.flat_grads)
+    assert correct == res["correct"] and o1.step_count == o2.step_count == 9
+    np.testing.assert_array_equal(m1.flat_params, m2.flat_params)
+    for k, v in o1.state_buffers().items():
+        np.testing.assert_array_equal(v, o2.state_buffers()[k], err_msg=k)
+
+
+def test_resident_weights_are_copied_in_again_after_invalidate():
+    """Weights changed outside apply are ignored until invalidate() (the trainer keeps
+    its copies: that is the point), and read after it."""
+    rng = np.random.default_rng(2)
+    x = rng.random((64, 20), dtype=np.float32)
+    y = rng.integers(0, 5, 64)
+    m = MLP([20, 16, 5], seed=0)
+    opt = SGD(m, lr=0.1)
+    gp = ResidentGradPlan(m, opt, check(m, SoftmaxCrossEntropy(), opt, 64).dense, 64)
+    rows = np.arange(64)
+    g0 = np.empty_like(m.flat_grads)
+    gp.grad_step(x, y, rows, 1 / 64, g0)
+    gp.apply(np.zeros_like(g0))                # lr * 0: the weights stay, now resident
+    g1 = np.empty_like(g0)
+    gp.grad_step(x, y, rows, 1 / 64, g1)
+    np.testing.assert_array_equal(g0, g1)
+    m.flat_params *= 0.5                       # a callback rescales the weights
+    gp.grad_step(x, y, rows, 1 / 64, g1)
+    np.testing.assert_array_equal(g0, g1)      # not seen: the trainer's copies are used
+    gp.invalidate()
+    gp.grad_step(x, y, rows, 1 / 64, g1)
+    assert np.abs(g1 - g0).max() > 1e-4        # seen after invalidate()
+    with pytest.raises(TypeError, match="contiguous float32"):
+        gp.apply(g0.astype(np.float64))
 
 
 def test_grad_step_splits_add_up_to_the_batch_gradient():

@@ -36,10 +36,17 @@ class Trainer:
             profile: Optional[npt.NDArray[np.float64]] = ...) -> Tuple[float, int, int, int]: ...
 
     # returns (loss_sum, correct, the loss is finite)
-    def grad_step(self, W: Sequence[_F32], b: Sequence[Optional[_F32]],
+    def grad_step(self, W: Optional[Sequence[_F32]], b: Optional[Sequence[Optional[_F32]]],
                   gW: Sequence[_F32], gb: Sequence[Optional[_F32]],
                   x: npt.NDArray[Any], x_u8: bool, x_ld: int, y: npt.NDArray[np.int64],
                   idx: npt.NDArray[np.int64], inv_b: float,
                   nthreads: int = ...) -> Tuple[float, int, bool]: ...
+    def grad_apply(self, W: Sequence[_F32], b: Sequence[Optional[_F32]],
+                   s1W: Sequence[Optional[_F32]], s1b: Sequence[Optional[_F32]],
+                   s2W: Sequence[Optional[_F32]], s2b: Sequence[Optional[_F32]],
+                   gW: Sequence[_F32], gb: Sequence[Optional[_F32]], kind: str, lr: float,
+                   weight_decay: float = ..., momentum: float = ..., dampening: float = ...,
+                   nesterov: bool = ..., beta1: float = ..., beta2: float = ...,
+                   eps: float = ..., step: int = ..., nthreads: int = ...) -> None: ...
 
 def __getattr__(name: str) -> Any: ...

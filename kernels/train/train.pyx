@@ -9,6 +9,7 @@
 cimport numpy as cnp
 import numpy as np
 from libc.stdint cimport int64_t, uint8_t
+from libc.string cimport memset
 
 include "simd_api.pxi"
 
@@ -58,6 +59,10 @@ cdef extern from "trainer.h" nogil:
                                   const void *x, int x_u8, Py_ssize_t x_ld,
                                   const int64_t *y, const int64_t *idx, Py_ssize_t n,
                                   float inv_b, int nthreads, double *loss_sum, int64_t *correct)
+    void fnn_trainer_grad_apply(fnn_trainer *tr, float **W, float **b,
+                                float **s1W, float **s1b, float **s2W, float **s2b,
+                                const float **gW, const float **gb,
+                                const fnn_train_opt *opt, int nthreads)
     void fnn_trainer_u8_to_f32(const uint8_t *src, float *dst, Py_ssize_t n)
     void fnn_trainer_alloc_stats(int64_t *live, int64_t *calls)
 
@@ -222,17 +227,19 @@ cdef class Trainer:
                   cnp.ndarray y, cnp.ndarray idx, float inv_b, int nthreads=1):
         """One step's gradients without the update (fnn_trainer_grad_step, trainer.h):
         dW/db of the rows idx (at most ``batch``) into gW[l] / gb[l], with the loss
-        gradient scaled by ``inv_b`` (1/B of the global batch).  W, b are read only.
-        Returns (loss_sum, correct, finite).  Raises MemoryError when the step's
-        buffers cannot be allocated."""
+        gradient scaled by ``inv_b`` (1/B of the global batch).  W, b are read only;
+        ``W=None`` (b then ignored): the trainer's own copies as the last
+        ``grad_apply`` left them (no copy).  Returns (loss_sum, correct, finite).
+        Raises MemoryError when the step's buffers cannot be allocated."""
         cdef float *pW[FNN_TR_MAXL]
         cdef float *pb[FNN_TR_MAXL]
         cdef float *pgW[FNN_TR_MAXL]
         cdef float *pgb[FNN_TR_MAXL]
         cdef int L = self.nlayers
+        cdef bint resident = W is None
         for l in range(L):
-            pW[l] = _fptr(W[l])
-            pb[l] = _fptr(b[l])
+            pW[l] = NULL if resident else _fptr(W[l])
+            pb[l] = NULL if resident else _fptr(b[l])
             pgW[l] = _fptr(gW[l])
             pgb[l] = _fptr(gb[l])
         cdef double loss_sum = 0.0
@@ -244,8 +251,54 @@ cdef class Trainer:
         if n > self.batch:
             raise ValueError(f"grad_step: {n} rows, more than the trainer's batch {self.batch}")
         with nogil:
-            ok = fnn_trainer_grad_step(self.tr, pW, pb, pgW, pgb, px, x_u8, x_ld, py, pidx, n,
-                                       inv_b, nthreads, &loss_sum, &correct)
+            ok = fnn_trainer_grad_step(self.tr, NULL if resident else pW, pb, pgW, pgb, px,
+                                       x_u8, x_ld, py, pidx, n, inv_b, nthreads, &loss_sum,
+                                       &correct)
         if ok < 0:
             raise MemoryError("the fused trainer could not allocate the step's buffers")
         return loss_sum, int(correct), bool(ok > 0 or n == 0)
+
+    def grad_apply(self, W, b, s1W, s1b, s2W, s2b, gW, gb, str kind, float lr,
+                   float weight_decay=0.0, float momentum=0.0, float dampening=0.0,
+                   bint nesterov=False, double beta1=0.9, double beta2=0.999, float eps=1e-8,
+                   int64_t step=0, int nthreads=1):
+        """The update of a data-parallel step (fnn_trainer_grad_apply, trainer.h): W, b
+        and the optimizer state s1*/s2* (per-layer arrays or None, dense) updated in
+        place from the summed gradients gW, gb by the fused step's rule (``step``:
+        updates so far), and the trainer's own copies written from them, for the
+        next ``grad_step(None, ...)``."""
+        cdef float *pW[FNN_TR_MAXL]
+        cdef float *pb[FNN_TR_MAXL]
+        cdef float *ps1W[FNN_TR_MAXL]
+        cdef float *ps1b[FNN_TR_MAXL]
+        cdef float *ps2W[FNN_TR_MAXL]
+        cdef float *ps2b[FNN_TR_MAXL]
+        cdef const float *pgW[FNN_TR_MAXL]
+        cdef const float *pgb[FNN_TR_MAXL]
+        cdef int L = self.nlayers
+        for l in range(L):
+            pW[l] = _fptr(W[l])
+            pb[l] = _fptr(b[l])
+            ps1W[l] = _fptr(s1W[l])
+            ps1b[l] = _fptr(s1b[l])
+            ps2W[l] = _fptr(s2W[l])
+            ps2b[l] = _fptr(s2b[l])
+            pgW[l] = _fptr(gW[l])
+            pgb[l] = _fptr(gb[l])
+        cdef fnn_train_opt opt
+        memset(&opt, 0, sizeof(opt))
+        opt.kind = OPT_KINDS[kind]
+        opt.lr = lr
+        opt.weight_decay = weight_decay
+        opt.momentum = momentum
+        opt.dampening = dampening
+        opt.nesterov = nesterov
+        opt.beta1 = beta1
+        opt.beta2 = beta2
+        opt.eps = eps
+        opt.step = step
+        opt.lrs = NULL
+        opt.solo_after = -1
+        with nogil:
+            fnn_trainer_grad_apply(self.tr, pW, pb, ps1W, ps1b, ps2W, ps2b, pgW, pgb, &opt,
+                                   nthreads)

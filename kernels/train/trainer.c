@@ -8,6 +8,7 @@
  * every error path frees what it took (fnn_trainer_alloc_stats).
  */
 #include "trainer_sched.h"
+#include "trainer_epilogue.h"     /* opt_update: fnn_trainer_grad_apply */
 #include "trainer_gemm_bf16.h"
 
 #include <stdlib.h>
@@ -302,6 +303,7 @@ static int64_t run_steps(fnn_trainer *tr,
 
     for (int l = 0; l < L; l++) {
         int in = tr->dims[l], out = tr->dims[l + 1];
+        if (grad && !W) break;       /* resident weights: fnn_trainer_grad_apply wrote them */
         copy_in(tr->W[l], tr->ld[l + 1], W[l], in, out);
         if (grad) {
             if (tr->has_bias[l]) memcpy(tr->b[l], b[l], (size_t)out * sizeof(float));
@@ -379,4 +381,142 @@ int64_t fnn_trainer_grad_step(fnn_trainer *tr, float *const *W, float *const *b,
     int64_t done = run_steps(tr, W, b, NULL, NULL, NULL, NULL, gW, gb, inv_b, x, x_u8, x_ld,
                              y, idx, n, &opt, nthreads, loss_sum_out, correct_out);
     return done < 0 ? -1 : done;
+}
+
+/* Rows [i0, i1) of a layer's W (dense, `out` columns) and their state updated
+ * from g by opt_update, each copied to the trainer's padded W (ld ldw) while in
+ * cache.  Compiled twice, like the tile epilogues that apply the same rule
+ * (generic and "avx2,fma"), so that the update rounds as the fused step's
+ * does: the compiler contracts the same multiply-adds into the same FMAs. */
+static inline __attribute__((always_inline))
+void apply_rows_body(const opt_sc *o, float *w, float *m1, float *m2, const float *g, int out,
+                     int i0, int i1, float *tw, ptrdiff_t ldw)
+{
+    for (int i = i0; i < i1; i++) {
+        const ptrdiff_t r = (ptrdiff_t)i * out;
+        opt_update(o, w + r, m1 ? m1 + r : NULL, m2 ? m2 + r : NULL, g + r, out);
+        memcpy(tw + i * ldw, w + r, (size_t)out * sizeof(float));
+    }
+}
+
+static void apply_rows(const opt_sc *o, float *w, float *m1, float *m2, const float *g,
+                       int out, int i0, int i1, float *tw, ptrdiff_t ldw)
+{
+    apply_rows_body(o, w, m1, m2, g, out, i0, i1, tw, ldw);
+}
+
+#if FNN_X86
+FNN_TARGET_AVX2
+static void apply_rows_avx2(const opt_sc *o, float *w, float *m1, float *m2, const float *g,
+                            int out, int i0, int i1, float *tw, ptrdiff_t ldw)
+{
+    apply_rows_body(o, w, m1, m2, g, out, i0, i1, tw, ldw);
+}
+#endif
+
+#if FNN_X86
+/* transpose_into for the AVX2 path of fnn_trainer_grad_apply: 8 x 8 blocks in
+ * registers (unpack, shuffle, lane permute), the edges as transpose_into.  A
+ * pure copy: the same W^T bits as transpose_into. */
+FNN_TARGET_AVX2
+static void transpose_into_avx2(float *dst, ptrdiff_t ldd, const float *src, int rows, int cols)
+{
+    int i = 0;
+    for (; i + 8 <= rows; i += 8) {
+        const float *s = src + (ptrdiff_t)i * cols;
+        int j = 0;
+        for (; j + 8 <= cols; j += 8) {
+            __m256 r0 = _mm256_loadu_ps(s + j), r1 = _mm256_loadu_ps(s + cols + j);
+            __m256 r2 = _mm256_loadu_ps(s + 2 * (ptrdiff_t)cols + j);
+            __m256 r3 = _mm256_loadu_ps(s + 3 * (ptrdiff_t)cols + j);
+            __m256 r4 = _mm256_loadu_ps(s + 4 * (ptrdiff_t)cols + j);
+            __m256 r5 = _mm256_loadu_ps(s + 5 * (ptrdiff_t)cols + j);
+            __m256 r6 = _mm256_loadu_ps(s + 6 * (ptrdiff_t)cols + j);
+            __m256 r7 = _mm256_loadu_ps(s + 7 * (ptrdiff_t)cols + j);
+            __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1);
+            __m256 t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3);
+            __m256 t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5);
+            __m256 t6 = _mm256_unpacklo_ps(r6, r7), t7 = _mm256_unpackhi_ps(r6, r7);
+            __m256 u0 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(1, 0, 1, 0));
+            __m256 u1 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(3, 2, 3, 2));
+            __m256 u2 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(1, 0, 1, 0));
+            __m256 u3 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(3, 2, 3, 2));
+            __m256 u4 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(1, 0, 1, 0));
+            __m256 u5 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(3, 2, 3, 2));
+            __m256 u6 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(1, 0, 1, 0));
+            __m256 u7 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(3, 2, 3, 2));
+            float *d = dst + (ptrdiff_t)j * ldd + i;
+            _mm256_storeu_ps(d, _mm256_permute2f128_ps(u0, u4, 0x20));
+            _mm256_storeu_ps(d + ldd, _mm256_permute2f128_ps(u1, u5, 0x20));
+            _mm256_storeu_ps(d + 2 * ldd, _mm256_permute2f128_ps(u2, u6, 0x20));
+            _mm256_storeu_ps(d + 3 * ldd, _mm256_permute2f128_ps(u3, u7, 0x20));
+            _mm256_storeu_ps(d + 4 * ldd, _mm256_permute2f128_ps(u0, u4, 0x31));
+            _mm256_storeu_ps(d + 5 * ldd, _mm256_permute2f128_ps(u1, u5, 0x31));
+            _mm256_storeu_ps(d + 6 * ldd, _mm256_permute2f128_ps(u2, u6, 0x31));
+            _mm256_storeu_ps(d + 7 * ldd, _mm256_permute2f128_ps(u3, u7, 0x31));
+        }
+        for (; j < cols; j++)
+            for (int ii = i; ii < i + 8; ii++)
+                dst[(ptrdiff_t)j * ldd + ii] = src[(ptrdiff_t)ii * cols + j];
+    }
+    if (i < rows)
+        transpose_into(dst + i, ldd, src + (ptrdiff_t)i * cols, rows - i, cols);
+}
+#endif
+
+/* The update of a data-parallel step, once the ranks have summed the gradients
+ * of fnn_trainer_grad_step: the model's W, b and the optimizer state s1/s2
+ * (dense, laid out like W and b; NULL where the rule keeps none) updated from
+ * gW, gb by the fused step's own rule (opt_update; opt->step = updates so far),
+ * and the trainer's padded W, b and W^T written from each updated row while it
+ * is in cache.  The next fnn_trainer_grad_step with W == NULL then reads them as
+ * they are: no copy of the weights per step, one pass over them instead of
+ * optimizer.step()'s pass, the copy and the transpose.  Rows go in blocks of 32
+ * (the transpose's), independent of each other, spread over nthreads: the
+ * result does not depend on the thread count. */
+void fnn_trainer_grad_apply(fnn_trainer *tr, float *const *W, float *const *b,
+                            float *const *s1W, float *const *s1b,
+                            float *const *s2W, float *const *s2b,
+                            const float *const *gW, const float *const *gb,
+                            const fnn_train_opt *opt, int nthreads)
+{
+    opt_sc o;
+    fnn_tr_opt_scalars(opt, 0, &o);
+    const int avx2 = fnn_use_avx2();
+    if (nthreads < 1) nthreads = 1;
+    for (int l = 0; l < tr->L; l++) {
+        const int in = tr->dims[l], out = tr->dims[l + 1];
+        const ptrdiff_t ldw = tr->ld[l + 1];
+        const int nblk = (in + 31) / 32;
+        float *w = W[l], *m1 = s1W[l], *m2 = s2W[l], *tw = tr->W[l];
+        const float *g = gW[l];
+#ifdef FASTNN_HAVE_OPENMP
+#pragma omp parallel for num_threads(nthreads) schedule(static) if (nthreads > 1)
+#endif
+        for (int blk = 0; blk < nblk; blk++) {
+            const int i0 = blk * 32, i1 = i0 + 32 < in ? i0 + 32 : in;
+#if FNN_X86
+            if (avx2) apply_rows_avx2(&o, w, m1, m2, g, out, i0, i1, tw, ldw);
+            else
+#endif
+                apply_rows(&o, w, m1, m2, g, out, i0, i1, tw, ldw);
+            if (l == 0) continue;
+#if FNN_X86
+            if (avx2)
+                transpose_into_avx2(tr->WT[0][l] + i0, tr->ld[l], w + (ptrdiff_t)i0 * out,
+                                    i1 - i0, out);
+            else
+#endif
+                transpose_into(tr->WT[0][l] + i0, tr->ld[l], w + (ptrdiff_t)i0 * out, i1 - i0,
+                               out);
+        }
+        if (tr->has_bias[l]) {
+#if FNN_X86
+            if (avx2) apply_rows_avx2(&o, b[l], s1b[l], s2b[l], gb[l], out, 0, 1, tr->b[l], 0);
+            else
+#endif
+                apply_rows(&o, b[l], s1b[l], s2b[l], gb[l], out, 0, 1, tr->b[l], 0);
+        }
+    }
+    (void)avx2;
 }

@@ -155,6 +155,18 @@ int64_t fnn_trainer_grad_step(fnn_trainer *tr, float *const *W, float *const *b,
                               const int64_t *y, const int64_t *idx, ptrdiff_t n, float inv_b,
                               int nthreads, double *loss_sum, int64_t *correct);
 
+/* W == NULL in fnn_trainer_grad_step: the trainer's own copies of W, b (and W^T),
+ * as the last fnn_trainer_grad_apply left them, are read: no copy per step.  The
+ * apply: W, b, s1*, s2* (the model's and the optimizer's, dense; s* NULL where
+ * the rule keeps none) updated from the summed gradients gW, gb by the fused
+ * step's rule with opt (opt->step: updates so far; opt->lrs, when set, its lr), and the
+ * trainer's copies written from the updated rows. */
+void fnn_trainer_grad_apply(fnn_trainer *tr, float *const *W, float *const *b,
+                            float *const *s1W, float *const *s1b,
+                            float *const *s2W, float *const *s2b,
+                            const float *const *gW, const float *const *gb,
+                            const fnn_train_opt *opt, int nthreads);
+
 /* dst = src * float32(1/255), the scaling of uint8 pixels (exposed for tests). */
 void fnn_trainer_u8_to_f32(const uint8_t *src, float *dst, ptrdiff_t n);
 
