@@ -14,6 +14,14 @@ with the optimizer update applied in the epilogue of the GEMM tile that
 computed each gradient (gradients are never stored).  ``reference_run`` below
 is the float64 numpy spec of exactly these steps.
 
+bf16 mixed precision (``fit(precision="bf16")``, a plan whose model's Dense layers
+are set to "bf16"): the three matmuls of each layer take bf16 copies of both
+inputs (round to nearest even, written once by the epilogue that produced the
+float32 values; the weights' copies by the update epilogue) and sum in float32
+(vdpbf16ps with AVX512_BF16, the same products as float32 FMAs below it); the
+master weights, optimizer state, bias, ReLU mask, softmax and loss stay float32.
+Spec: ``reference_run(..., precision="bf16")``.
+
 Used by ``fastnn.training.fit``::
 
     plan = fastnn._fused.plan(model, loss, optimizer, batch_size)  # None: not supported

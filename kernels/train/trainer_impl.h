@@ -9,6 +9,9 @@
  *                         inline, compiled into the GEMM tiles), the bias-gradient
  *                         update and the per-step optimizer scalars
  *   trainer_gemm.h/.c     the 6x16 microkernels (scalar, AVX2) and the tile loops
+ *   trainer_gemm_bf16.h/.c  bf16 mode: the same tiles on bf16 pairs (vdpbf16ps at
+ *                         level 3, emulated below), its dW-with-update tiles, the
+ *                         bf16 gather and row copies
  *   trainer_step.c        one step as phases of tasks: the plan, what each task computes
  *   trainer_sched.h/.c    the work-stealing scheduler that runs the tasks on the threads
  *   trainer.c             the driver: fnn_trainer_new/free/run, buffers, copies in/out
