@@ -62,11 +62,15 @@ def _interrupt(args, after_line=None, after_file=None):
 
 
 TRAIN = ["--preset", "mlp", "--subset", "12000", "--seed", "4", "--threads", "2"]
+# The runs interrupted after "Epoch 1/8" use the whole training set: the signal must land
+# before the remaining 7 epochs end, and on a busy machine the parent can take a few
+# hundred ms to read the line (12,000 rows left too little margin: the run finished first).
+TRAIN_LONG = ["--preset", "mlp", "--subset", "60000", "--seed", "4", "--threads", "2"]
 
 
 def test_sigint_then_resume_is_bitwise(tmp_path):
     ck, full = str(tmp_path / "ck.npz"), str(tmp_path / "full.npz")
-    code, out, err = _interrupt(TRAIN + ["--epochs", "8", "--save", ck], "Epoch 1/8")
+    code, out, err = _interrupt(TRAIN_LONG + ["--epochs", "8", "--save", ck], "Epoch 1/8")
     assert code == 130, (out, err)
     assert "Interrupted" in err and f"fastnn train --resume {ck}" in err
     assert "Traceback" not in err
@@ -77,7 +81,7 @@ def test_sigint_then_resume_is_bitwise(tmp_path):
 
     proc = fastnn("train", "--resume", ck, "--save", ck, "--threads", "2", "--json")
     assert proc.returncode == 0, proc.stderr
-    proc = fastnn("train", *TRAIN, "--epochs", "8", "--save", full, "--json")
+    proc = fastnn("train", *TRAIN_LONG, "--epochs", "8", "--save", full, "--json")
     assert proc.returncode == 0, proc.stderr
     a, b = serialize.load(ck), serialize.load(full)
     np.testing.assert_array_equal(a.flat_params, b.flat_params)
@@ -96,7 +100,7 @@ def test_sigint_in_first_epoch_leaves_initial_checkpoint(tmp_path):
 
 
 def test_sigint_without_save_says_nothing_saved():
-    code, out, err = _interrupt(TRAIN + ["--epochs", "8"], "Epoch 1/8")
+    code, out, err = _interrupt(TRAIN_LONG + ["--epochs", "8"], "Epoch 1/8")
     assert code == 130 and "Nothing was saved" in err and "Traceback" not in err
 
 
