@@ -163,8 +163,9 @@ exit codes: 0 success; 1 an error the message explains (data missing, diverged,
 """
 
 
-_PRECISION_HELP = ("matmul precision: bf16 rounds the Dense layers' GEMM inputs to bfloat16 "
-                   "and accumulates in float32; weights, optimizer and loss stay float32")
+_PRECISION_HELP = ("matmul precision: bf16 rounds the inputs of the Dense and Conv2D layers' "
+                   "GEMMs to bfloat16 and accumulates in float32; weights, optimizer and loss "
+                   "stay float32")
 
 
 def build_parser():
