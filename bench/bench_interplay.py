@@ -27,7 +27,10 @@ Configurations (``--configs``, comma separated):
   before numpy is imported;
 - ``gomp-passive``: ``OMP_WAIT_POLICY=passive`` (GNU OpenMP workers sleep at once);
 - ``both``: the two together;
-- ``blas1``: numpy's BLAS limited to one thread with threadpoolctl (no worker to spin).
+- ``blas1``: numpy's BLAS limited to one thread with threadpoolctl (no worker to spin);
+- ``blas1-around``: numpy's BLAS set to one thread just before each fastnn call and back
+  to two after it (``openblas_set_num_threads`` through threadpoolctl's controller): does
+  shrinking OpenBLAS's pool stop its spinning workers?
 """
 import argparse
 import json
@@ -45,6 +48,7 @@ CONFIGS = {
     "gomp-passive": {"OMP_WAIT_POLICY": "passive"},
     "both": {"OPENBLAS_THREAD_TIMEOUT": "4", "OMP_WAIT_POLICY": "passive"},
     "blas1": {},
+    "blas1-around": {},
 }
 
 PAUSE = 0.3        # s: longer than either library's spin, so "alone" really is alone
@@ -71,9 +75,18 @@ def child(args):
     out_n = np.empty((m, n), np.float32)
     flop = 2.0 * m * k * n
 
+    blas_ctl = None
+    if args.config == "blas1-around":
+        from threadpoolctl import ThreadpoolController
+        blas_ctl = ThreadpoolController().select(user_api="blas").lib_controllers[0]
+
     def fast():
         t0 = time.perf_counter()
+        if blas_ctl is not None:
+            blas_ctl.set_num_threads(1)
         matmul(a, b, out=out_f, variant="c")
+        if blas_ctl is not None:
+            blas_ctl.set_num_threads(args.threads)
         return time.perf_counter() - t0
 
     def nump():
@@ -107,7 +120,8 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=41)
     ap.add_argument("--shape", default="128x784x512")
-    ap.add_argument("--configs", default="default,openblas-timeout,gomp-passive,both,blas1")
+    ap.add_argument("--configs",
+                    default="default,openblas-timeout,gomp-passive,both,blas1,blas1-around")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--config", default="default", help=argparse.SUPPRESS)
     args = ap.parse_args()
