@@ -370,7 +370,8 @@ def _peak_rss_mb():
     except ImportError:
         return None
     kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss      # KiB on Linux
-    return round(kb / 1024, 1)
+    # the kernel updates its high-water mark lazily: never report less than the RSS now
+    return max(round(kb / 1024, 1), _rss_mb() or 0.0)
 
 
 class _EpochPrinter:
