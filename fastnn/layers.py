@@ -772,8 +772,8 @@ class Conv2D(Layer):
     ``precision``: ``"fp32"`` (default) or ``"bf16"`` (float32 layers only): the
     three convolutions take bf16-rounded inputs (x and W, dz and W, x and dz)
     with float32 sums (``fastnn.kernels.conv2d_forward(..., precision="bf16")``);
-    W, b, their gradients, the bias add, ReLU and dbias stay float32.  A
-    run-time setting like Dense's: ``fit(..., precision="bf16")`` sets it for
+    W, b, their gradients, the bias add, ReLU and dbias stay float32, and so does a
+    layer with one input channel (see ``conv2d_forward``).  A run-time setting like Dense's: ``fit(..., precision="bf16")`` sets it for
     the fit and restores it after.
 
     >>> import numpy as np

@@ -1,6 +1,6 @@
 """bf16 convolutions (issue 12): the three conv kernels with precision="bf16" against the
 numpy reference (bf16-rounded inputs, float64 sums) at every SIMD level, and Conv2D /
-fit(precision="bf16") on a convnet.
+fit(precision="bf16") on a convnet.  Layers with one input channel stay float32.
 
 Bound: the kernel and the reference multiply the same bf16 values exactly (a product of two
 bf16 numbers fits in float32), so they differ only by float32 summation order: within
@@ -85,7 +85,7 @@ def test_bf16_conv_kernels_match_the_reference(shape, level, restore_level):
         np.testing.assert_allclose(db, want_db, rtol=1e-5)      # dbias: fp32 sums of dy
 
 
-@pytest.mark.parametrize("shape", SHAPES[:4])
+@pytest.mark.parametrize("shape", [sh for sh in SHAPES if sh[3] > 1])
 def test_bf16_is_not_fp32(shape):
     """The bound above separates the precisions: fp32 kernels are far from the bf16 spec."""
     x, w, b, st, pd = _case(shape)
@@ -93,6 +93,19 @@ def test_bf16_is_not_fp32(shape):
     got32 = conv2d_forward(x, w, b, st, pd)
     err = float(np.abs(got32 - want).max()) / float(np.abs(want).max())
     assert err > 20 * BOUND, err
+
+
+@pytest.mark.parametrize("shape", [sh for sh in SHAPES if sh[3] == 1])
+def test_one_input_channel_stays_fp32(shape):
+    """A first layer (Cin = 1) runs its float32 direct kernels under precision='bf16'."""
+    x, w, b, st, pd = _case(shape)
+    y32 = conv2d_forward(x, w, b, st, pd)
+    np.testing.assert_array_equal(conv2d_forward(x, w, b, st, pd, precision="bf16"), y32)
+    dy = np.random.default_rng(1).standard_normal(y32.shape).astype(np.float32)
+    dw32, dw16 = np.zeros_like(w), np.zeros_like(w)
+    conv2d_backward_weights(x, dy, w.shape, st, pd, dw32)
+    conv2d_backward_weights(x, dy, w.shape, st, pd, dw16, precision="bf16")
+    np.testing.assert_array_equal(dw16, dw32)
 
 
 def test_bad_precision():

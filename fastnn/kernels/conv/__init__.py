@@ -178,13 +178,14 @@ def conv2d_workspace_size(x_shape: Sequence[int], w_shape: Sequence[int],
 PRECISIONS = ("fp32", "bf16")
 
 
-def _bf16(fn: str, precision: Any, a: Array) -> bool:
-    """Whether ``precision`` asks for bf16 products; ValueError/DTypeError otherwise."""
+def _bf16(fn: str, precision: Any, a: Array, cin: int) -> bool:
+    """Whether the call runs bf16 products: ``precision == "bf16"`` and more than one
+    input channel (see conv2d_forward); ValueError/DTypeError for a bad ``precision``."""
     if precision not in PRECISIONS:
         raise ValueError(f"{fn}: precision must be one of {PRECISIONS}, got {precision!r}")
     if precision == "bf16" and a.dtype != np.float32:
         raise DTypeError(f"{fn}: precision='bf16' needs float32 arrays, got {a.dtype}")
-    return precision == "bf16"
+    return precision == "bf16" and cin > 1
 
 
 def conv2d_forward(x: npt.ArrayLike, w: npt.ArrayLike, bias: Optional[npt.ArrayLike] = None,
@@ -205,7 +206,10 @@ def conv2d_forward(x: npt.ArrayLike, w: npt.ArrayLike, bias: Optional[npt.ArrayL
     take bf16-rounded inputs (round to nearest even) with float32 sums, on the
     bf16 GEMM (``vdpbf16ps`` where the CPU has AVX512_BF16, the same rounded
     products with float32 FMAs otherwise); bias, ReLU, masks and dbias stay
-    float32.  See fastnn/kernels/conv/reference.py.
+    float32.  A layer with one input channel (an image network's first) stays
+    float32: its products are only KH*KW long, too short for the bf16 GEMM to pay
+    off, and its direct kernels (no GEMM) are faster.  See
+    fastnn/kernels/conv/reference.py.
 
     >>> import numpy as np
     >>> from fastnn.kernels import conv2d_forward
@@ -234,7 +238,7 @@ def conv2d_forward(x: npt.ArrayLike, w: npt.ArrayLike, bias: Optional[npt.ArrayL
     plan = _plan(fn, x.shape, w.shape, st, pd)
     ws = _workspace(fn, workspace, plan[3], x.dtype)
     no_overlap(fn, ws, "workspace", {"x": x, "w": w, "bias": bias, "out": out})
-    bf16 = _bf16(fn, precision, x)
+    bf16 = _bf16(fn, precision, x, w.shape[2])
     pick("conv", variant).conv2d_forward(x, w, bias, st, pd, activation == "relu", out, ws,
                                          plan[:3], _threads.get_num_threads(), bf16)
     return out
@@ -282,7 +286,7 @@ def conv2d_backward_data(dy: npt.ArrayLike, w: npt.ArrayLike, x_shape: Sequence[
     plan = _plan(fn, xs, w.shape, st, pd)
     ws = _workspace(fn, workspace, plan[3], dy.dtype)
     no_overlap(fn, ws, "workspace", {"dy": dy, "w": w, "mask": mask, "out": out})
-    bf16 = _bf16(fn, precision, dy)
+    bf16 = _bf16(fn, precision, dy, w.shape[2])
     pick("conv", variant).conv2d_backward_data(dy, w, st, pd, out, mask, ws, plan[:3],
                                                _threads.get_num_threads(), bf16)
     return out
@@ -331,7 +335,7 @@ def conv2d_backward_weights(x: npt.ArrayLike, dy: npt.ArrayLike, w_shape: Sequen
     plan = _plan(fn, x.shape, ws_, st, pd)
     ws = _workspace(fn, workspace, plan[3], x.dtype)
     no_overlap(fn, ws, "workspace", {"x": x, "dy": dy, "dw": dw, "dbias": dbias})
-    bf16 = _bf16(fn, precision, x)
+    bf16 = _bf16(fn, precision, x, ws_[2])
     pick("conv", variant).conv2d_backward_weights(x, dy, st, pd, dw, dbias, bool(accumulate),
                                                   ws, plan[:3], _threads.get_num_threads(), bf16)
     return dw
