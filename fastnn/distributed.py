@@ -261,16 +261,16 @@ class Communicator:
         reduction itself took (the reduction thread's)."""
         t0 = time.perf_counter()
         if pending.event is not None:
+            # Block in Event.wait (the GIL released), never spin: the reduction thread
+            # needs the GIL between buckets, and a spinning waiter keeps it up to the
+            # interpreter's switch interval.  Measured: a 0.4 MB allreduce of 2 ranks
+            # took 1.3 ms with a 1 ms spin first, 0.26 ms without.
             ev = pending.event
             deadline = t0 + self.timeout
-            spin_until = t0 + 1e-3
-            while not ev.is_set():
-                now = time.perf_counter()
-                if now > deadline:
+            while not ev.wait(min(1.0, max(deadline - time.perf_counter(), 1e-3))):
+                if time.perf_counter() > deadline:
                     self._abort(f"{pending.what} did not complete within {self.timeout:g} s "
                                 f"(FASTNN_MPI_TIMEOUT): another rank is lost or stuck")
-                if now > spin_until:
-                    ev.wait(min(0.05, max(deadline - now, 1e-4)))
             if pending.error is not None:
                 raise pending.error
         elif pending.reqs:
