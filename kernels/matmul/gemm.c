@@ -555,6 +555,15 @@ static int x_fp32_wanted(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, ptrdiff_t csa, p
 /* The small-M path's instruction set at the current level: AVX-512 for float
  * where the level allows it (and set_fp32_engine does not force AVX2), else AVX2,
  * else plain C. */
+static int g_small_max_m = SM_MAX_M;
+
+int fnn_gemm_set_small(int max_m)
+{
+    int old = g_small_max_m;
+    g_small_max_m = max_m < 0 ? SM_MAX_M : max_m > 64 ? 64 : max_m;
+    return old;
+}
+
 static int small_isa(int is_float)
 {
     if (is_float && fnn_use_avx512() && g_fp32_engine != 2)
@@ -579,7 +588,7 @@ void fnn_sgemm(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K,
                float *C, ptrdiff_t rsc, ptrdiff_t csc,
                const fnn_epilogue *ep, int nthreads)
 {
-    if (sm_wanted_s(M, N, K, csb)) {
+    if (sm_wanted_s(M, N, K, csb, g_small_max_m)) {
         fnn_small_s(M, N, K, A, rsa, csa, B, rsb, C, rsc, csc, ep, nthreads, small_isa(1));
         return;
     }
@@ -627,7 +636,7 @@ const char *fnn_sgemm_path(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, ptrdiff_t csa,
     }
     /* B's column stride is not passed: its rows are contiguous unless it is a
      * transposed view (rsb == 1), which for N == 1 cannot be told apart */
-    if (sm_wanted_s(M, N, K, rsb == 1 && N != 1 ? K : 1))
+    if (sm_wanted_s(M, N, K, rsb == 1 && N != 1 ? K : 1, g_small_max_m))
         return small_path_name();
 #if FNN_X86
     static __thread char buf[160];
@@ -650,7 +659,7 @@ void fnn_dgemm(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K,
                double *C, ptrdiff_t rsc, ptrdiff_t csc,
                const fnn_epilogue *ep, int nthreads)
 {
-    if (sm_wanted_d(M, N, K, csb)) {
+    if (sm_wanted_d(M, N, K, csb, g_small_max_m)) {
         fnn_small_d(M, N, K, A, rsa, csa, B, rsb, C, rsc, csc, ep, nthreads, small_isa(0));
         return;
     }

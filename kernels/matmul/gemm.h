@@ -79,4 +79,11 @@ const char *fnn_sgemm_path(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, ptrdiff_t csa,
  * the previous setting. */
 int fnn_sgemm_set_fp32_engine(int which);
 
+/* Products with M <= max_m rows and a B with contiguous rows take the small-M
+ * path (gemm_small.h: B streamed in place, no packing); 0 sends every product to
+ * the packed engine (tests and side-by-side benchmarks), a negative value restores
+ * the default (16), at most 64.  Process-wide for this module; returns the
+ * previous setting. */
+int fnn_gemm_set_small(int max_m);
+
 #endif

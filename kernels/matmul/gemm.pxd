@@ -25,3 +25,4 @@ cdef extern from "gemm.h" nogil:
     const char *fnn_sgemm_path(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K,
                                Py_ssize_t csa, Py_ssize_t rsb, int bf16)
     int fnn_sgemm_set_fp32_engine(int which)
+    int fnn_gemm_set_small(int max_m)

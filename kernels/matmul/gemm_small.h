@@ -31,16 +31,22 @@
  * MLP shapes (K x N = 784 x 128, 784 x 512, 512 x 512, 128 x 10, 512 x 10), one
  * and two threads: see gemm.c's dispatch comment for the figures. */
 #ifndef SM_MAX_M
-#define SM_MAX_M 8
+#define SM_MAX_M 16
 #endif
 /* Split N over threads only when B (times the row groups) is at least this many
  * bytes. */
 #ifndef SM_SPLIT_BYTES
-#define SM_SPLIT_BYTES (192 * 1024)
+#define SM_SPLIT_BYTES (512 * 1024)
 #endif
 
 #ifndef FNN_SM_ISA_DEFINED
 #define FNN_SM_ISA_DEFINED
+/* AVX-512, one row: 16 vectors (256 columns, 1 KiB of each row of B) per strip
+ * measured 0.9-1.0x the time of 8 on the mlp-keras chain (784-512-512-10, one
+ * image, 1 and 2 threads; software prefetch of B rows 4-16 ahead: no gain). */
+#ifndef SM_X512_NV1
+#define SM_X512_NV1 16
+#endif
 enum { SM_SCALAR = 0, SM_AVX2 = 1, SM_AVX512 = 2 };
 #endif
 
@@ -104,6 +110,7 @@ static void SMF(sm_store_)(int m, ptrdiff_t n, const T *acc, int ld, T *C, ptrdi
 #define SMK_NV2 4
 #define SMK_NV3 2
 #define SMK_NV4 2
+#define SMK_NVMAX 8
 #include "gemm_small_kern.h"
 #undef SMK
 #undef SMK_TARGET
@@ -124,6 +131,7 @@ static void SMF(sm_store_)(int m, ptrdiff_t n, const T *acc, int ld, T *C, ptrdi
 #undef SMK_NV2
 #undef SMK_NV3
 #undef SMK_NV4
+#undef SMK_NVMAX
 
 #if FNN_X86
 /* ---------------------------------------------------------------- AVX2 kernels */
@@ -146,6 +154,7 @@ static void SMF(sm_store_)(int m, ptrdiff_t n, const T *acc, int ld, T *C, ptrdi
 #define VLOADM(p, m) _mm256_maskload_ps(p, m)
 #define VSTOREM(p, m, x) _mm256_maskstore_ps(p, m, x)
 #define SMK_NV1 8         /* 64 columns; SM_UNIT 64 */
+#define SMK_NVMAX 8
 #define SMK_NV2 4
 #define SMK_NV3 2
 #define SMK_NV4 2
@@ -164,6 +173,7 @@ static void SMF(sm_store_)(int m, ptrdiff_t n, const T *acc, int ld, T *C, ptrdi
 #define VLOADM(p, m) _mm256_maskload_pd(p, m)
 #define VSTOREM(p, m, x) _mm256_maskstore_pd(p, m, x)
 #define SMK_NV1 8         /* 32 columns; SM_UNIT 32 */
+#define SMK_NVMAX 8
 #define SMK_NV2 4
 #define SMK_NV3 2
 #define SMK_NV4 2
@@ -188,6 +198,7 @@ static void SMF(sm_store_)(int m, ptrdiff_t n, const T *acc, int ld, T *C, ptrdi
 #undef SMK_NV2
 #undef SMK_NV3
 #undef SMK_NV4
+#undef SMK_NVMAX
 
 #if SM_FLOAT
 /* ---------------------------------------------------------------- AVX-512 kernels (float) */
@@ -207,7 +218,8 @@ static void SMF(sm_store_)(int m, ptrdiff_t n, const T *acc, int ld, T *C, ptrdi
 #define VMASK_FIRST(r) ((__mmask16)((r) >= 16 ? 0xffff : (1u << (r)) - 1))
 #define VLOADM(p, m) _mm512_maskz_loadu_ps(m, p)
 #define VSTOREM(p, m, x) _mm512_mask_storeu_ps(p, m, x)
-#define SMK_NV1 8         /* 128 columns; SM_UNIT 128 */
+#define SMK_NV1 SM_X512_NV1
+#define SMK_NVMAX SM_X512_NV1
 #define SMK_NV2 4
 #define SMK_NV3 4
 #define SMK_NV4 4
@@ -231,6 +243,7 @@ static void SMF(sm_store_)(int m, ptrdiff_t n, const T *acc, int ld, T *C, ptrdi
 #undef SMK_NV2
 #undef SMK_NV3
 #undef SMK_NV4
+#undef SMK_NVMAX
 #endif
 #endif
 
@@ -238,9 +251,10 @@ static void SMF(sm_store_)(int m, ptrdiff_t n, const T *acc, int ld, T *C, ptrdi
 
 /* Whether the small path takes this product (bf16 never: its inputs are rounded
  * in the packed panels). */
-static inline int SMF(sm_wanted_)(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, ptrdiff_t csb)
+static inline int SMF(sm_wanted_)(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, ptrdiff_t csb,
+                                  int max_m)
 {
-    return M >= 1 && M <= SM_MAX_M && N >= 1 && K >= 1 && csb == 1;
+    return M >= 1 && M <= max_m && N >= 1 && K >= 1 && csb == 1;
 }
 
 typedef struct {
@@ -293,26 +307,31 @@ static void SMF(fnn_small_)(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K,
     p.mask = ep ? (const T *)ep->mask : NULL;
     p.rsm = ep ? ep->rs_mask : 0;
     p.csm = ep ? ep->cs_mask : 0;
-    ptrdiff_t unit = 8;
+    ptrdiff_t (*width)(int) = SM_CAT(SMF(sm_width_), _sm_scalar);
     p.rows = SM_CAT(SMF(sm_rows_), _sm_scalar);
 #if FNN_X86
     if (isa == SM_AVX2) {
         p.rows = SM_CAT(SMF(sm_rows_), _sm_avx2);
-        unit = SM_FLOAT ? 64 : 32;
+        width = SM_CAT(SMF(sm_width_), _sm_avx2);
     }
 #if SM_FLOAT
     if (isa == SM_AVX512) {
         p.rows = SM_CAT(SMF(sm_rows_), _sm_x512);
-        unit = 128;
+        width = SM_CAT(SMF(sm_width_), _sm_x512);
     }
 #endif
 #else
     (void)isa;
 #endif
+    /* threads cut N at multiples of every full strip width the row groups use
+     * (the widths are powers of two times the lanes, so the largest one) */
+    ptrdiff_t groups = (M + 3) / 4;
+    ptrdiff_t w_hi = width((int)((M + groups - 1) / groups)), w_lo = width((int)(M / groups));
+    ptrdiff_t unit = w_hi > w_lo ? w_hi : w_lo;
     ptrdiff_t units = (N + unit - 1) / unit;
     int nt = 1;
 #ifdef FASTNN_HAVE_OPENMP
-    double bytes = (double)K * (double)N * (double)sizeof(T) * (double)((M + 3) / 4);
+    double bytes = (double)K * (double)N * (double)sizeof(T) * (double)groups;
     if (nthreads > 1 && bytes >= SM_SPLIT_BYTES)
         nt = (int)(units < nthreads ? units : nthreads);
 #else

@@ -37,12 +37,12 @@ SMKF(sm_strip_)(const int mt, const int nv, const int masked, int tail, ptrdiff_
     const int ku = SM_KU(mt * nv);
     VMASK m = VMASK_FIRST(masked ? tail : VW);
     (void)m;
-    VT c[4][4][8];
+    VT c[4][4][SMK_NVMAX];
 #pragma GCC unroll 4
     for (int u = 0; u < ku; u++)
 #pragma GCC unroll 4
         for (int i = 0; i < mt; i++)
-#pragma GCC unroll 8
+#pragma GCC unroll 16
             for (int v = 0; v < nv; v++)
                 c[u][i][v] = VZERO();
     const T *a0 = A, *a1 = A + rsa, *a2 = A + 2 * rsa, *a3 = A + 3 * rsa;
@@ -50,26 +50,26 @@ SMKF(sm_strip_)(const int mt, const int nv, const int masked, int tail, ptrdiff_
 #define SMK_STEP(u, kk)                                                                    \
     do {                                                                                   \
         const T *br_ = B + (kk) * rsb;                                                     \
-        VT b_[8];                                                                          \
-        _Pragma("GCC unroll 8") for (int v = 0; v < nv; v++)                               \
+        VT b_[SMK_NVMAX];                                                                          \
+        _Pragma("GCC unroll 16") for (int v = 0; v < nv; v++)                               \
             b_[v] = (masked && v == nv - 1) ? VLOADM(br_ + v * VW, m) : VLOADU(br_ + v * VW); \
         VT x_;                                                                             \
         x_ = VSET1(a0[(kk) * csa]);                                                        \
-        _Pragma("GCC unroll 8") for (int v = 0; v < nv; v++)                               \
+        _Pragma("GCC unroll 16") for (int v = 0; v < nv; v++)                               \
             c[u][0][v] = VFMA(x_, b_[v], c[u][0][v]);                                      \
         if (mt > 1) {                                                                      \
             x_ = VSET1(a1[(kk) * csa]);                                                    \
-            _Pragma("GCC unroll 8") for (int v = 0; v < nv; v++)                           \
+            _Pragma("GCC unroll 16") for (int v = 0; v < nv; v++)                           \
                 c[u][1][v] = VFMA(x_, b_[v], c[u][1][v]);                                  \
         }                                                                                  \
         if (mt > 2) {                                                                      \
             x_ = VSET1(a2[(kk) * csa]);                                                    \
-            _Pragma("GCC unroll 8") for (int v = 0; v < nv; v++)                           \
+            _Pragma("GCC unroll 16") for (int v = 0; v < nv; v++)                           \
                 c[u][2][v] = VFMA(x_, b_[v], c[u][2][v]);                                  \
         }                                                                                  \
         if (mt > 3) {                                                                      \
             x_ = VSET1(a3[(kk) * csa]);                                                    \
-            _Pragma("GCC unroll 8") for (int v = 0; v < nv; v++)                           \
+            _Pragma("GCC unroll 16") for (int v = 0; v < nv; v++)                           \
                 c[u][3][v] = VFMA(x_, b_[v], c[u][3][v]);                                  \
         }                                                                                  \
     } while (0)
@@ -97,7 +97,7 @@ SMKF(sm_strip_)(const int mt, const int nv, const int masked, int tail, ptrdiff_
     for (int u = 1; u < ku; u++)
 #pragma GCC unroll 4
         for (int i = 0; i < mt; i++)
-#pragma GCC unroll 8
+#pragma GCC unroll 16
             for (int v = 0; v < nv; v++)
                 c[0][i][v] = VADD(c[0][i][v], c[u][i][v]);
 
@@ -107,7 +107,7 @@ SMKF(sm_strip_)(const int mt, const int nv, const int masked, int tail, ptrdiff_
 #pragma GCC unroll 4
         for (int i = 0; i < mt; i++) {
             T *cr = C + i * rsc;
-#pragma GCC unroll 8
+#pragma GCC unroll 16
             for (int v = 0; v < nv; v++) {
                 int last = masked && v == nv - 1;
                 VT x = c[0][i][v];
@@ -125,13 +125,13 @@ SMKF(sm_strip_)(const int mt, const int nv, const int masked, int tail, ptrdiff_
         }
     } else {
         /* strided C or a mask: spill, then the element-wise store */
-        T acc[4 * 8 * VW] __attribute__((aligned(64)));
+        T acc[4 * SMK_NVMAX * VW] __attribute__((aligned(64)));
 #pragma GCC unroll 4
         for (int i = 0; i < mt; i++)
-#pragma GCC unroll 8
+#pragma GCC unroll 16
             for (int v = 0; v < nv; v++)
-                VSTOREU(acc + i * 8 * VW + v * VW, c[0][i][v]);
-        SMF(sm_store_)(mt, (nv - masked) * VW + (masked ? tail : 0), acc, 8 * VW, C, rsc, csc,
+                VSTOREU(acc + i * SMK_NVMAX * VW + v * VW, c[0][i][v]);
+        SMF(sm_store_)(mt, (nv - masked) * VW + (masked ? tail : 0), acc, SMK_NVMAX * VW, C, rsc, csc,
                        ep);
     }
 }
@@ -147,6 +147,9 @@ SMKF(sm_strip_)(const int mt, const int nv, const int masked, int tail, ptrdiff_
 #define SMK_W2(mt_, nv_) SMK_W(mt_, nv_, 0) SMK_W(mt_, nv_, 1)
 #define SMK_ROW(mt_) SMK_W2(mt_, 1) SMK_W2(mt_, 2) SMK_W2(mt_, 3) SMK_W2(mt_, 4) \
     SMK_W2(mt_, 5) SMK_W2(mt_, 6) SMK_W2(mt_, 7) SMK_W2(mt_, 8)
+#if SMK_NVMAX > 8
+SMK_W2(1, 9) SMK_W2(1, 10) SMK_W2(1, 11) SMK_W2(1, 12) SMK_W2(1, 13) SMK_W2(1, 14) SMK_W2(1, 15) SMK_W2(1, 16)
+#endif
 SMK_ROW(1)
 SMK_ROW(2)
 SMK_ROW(3)
@@ -155,16 +158,33 @@ SMK_ROW(4)
 #undef SMK_W2
 #undef SMK_W
 
-#define SMK_ENT(mt_, nv_) \
-    {SMK_CAT(SMKF(sm_w_), _##mt_##_##nv_##_0), SMK_CAT(SMKF(sm_w_), _##mt_##_##nv_##_1)}
-#define SMK_ENTROW(mt_) \
-    {SMK_ENT(mt_, 1), SMK_ENT(mt_, 2), SMK_ENT(mt_, 3), SMK_ENT(mt_, 4), \
-     SMK_ENT(mt_, 5), SMK_ENT(mt_, 6), SMK_ENT(mt_, 7), SMK_ENT(mt_, 8)}
-/* [mt - 1][nv - 1][masked] */
-static const SM_STRIP_FN SMKF(sm_tab_)[4][8][2] = {
-    SMK_ENTROW(1), SMK_ENTROW(2), SMK_ENTROW(3), SMK_ENTROW(4)};
-#undef SMK_ENTROW
-#undef SMK_ENT
+/* The wrapper for (mt, nv, masked). */
+static SM_STRIP_FN SMKF(sm_fn_)(int mt, int nv, int masked)
+{
+#define SMK_C(mt_, nv_)                                                                    \
+    case (mt_) * 32 + (nv_):                                                               \
+        return masked ? SMK_CAT(SMKF(sm_w_), _##mt_##_##nv_##_1)                           \
+                      : SMK_CAT(SMKF(sm_w_), _##mt_##_##nv_##_0);
+#define SMK_CROW(mt_) SMK_C(mt_, 1) SMK_C(mt_, 2) SMK_C(mt_, 3) SMK_C(mt_, 4) \
+    SMK_C(mt_, 5) SMK_C(mt_, 6) SMK_C(mt_, 7) SMK_C(mt_, 8)
+    switch (mt * 32 + nv) {
+    SMK_CROW(1) SMK_CROW(2) SMK_CROW(3) SMK_CROW(4)
+#if SMK_NVMAX > 8
+    SMK_C(1, 9) SMK_C(1, 10) SMK_C(1, 11) SMK_C(1, 12)
+    SMK_C(1, 13) SMK_C(1, 14) SMK_C(1, 15) SMK_C(1, 16)
+#endif
+    }
+#undef SMK_CROW
+#undef SMK_C
+    return NULL;      /* not reached: mt <= 4, nv <= the full strip's */
+}
+
+/* Columns per full strip of mt rows. */
+static ptrdiff_t SMKF(sm_width_)(int mt)
+{
+    static const int nvfull[4] = {SMK_NV1, SMK_NV2, SMK_NV3, SMK_NV4};
+    return (ptrdiff_t)nvfull[mt - 1] * VW;
+}
 
 /* Rows [0, mt) x columns [j0, j1) of C: full strips, then one narrower strip
  * (its last vector masked when the width is not a multiple of VW). */
@@ -177,7 +197,7 @@ static SMK_TARGET void SMKF(sm_rows_)(int mt, ptrdiff_t j0, ptrdiff_t j1, ptrdif
     const int nv = nvfull[mt - 1];
     const ptrdiff_t w = (ptrdiff_t)nv * VW;
     SM_EP ep = *ep0;
-    SM_STRIP_FN full = SMKF(sm_tab_)[mt - 1][nv - 1][0];
+    SM_STRIP_FN full = SMKF(sm_fn_)(mt, nv, 0);
     ptrdiff_t j = j0;
     for (; j + w <= j1; j += w) {
         ep.bias = ep0->bias ? ep0->bias + j : NULL;
@@ -189,7 +209,7 @@ static SMK_TARGET void SMKF(sm_rows_)(int mt, ptrdiff_t j0, ptrdiff_t j1, ptrdif
         int nvr = (int)((r + VW - 1) / VW), tail = (int)(r % VW);
         ep.bias = ep0->bias ? ep0->bias + j : NULL;
         ep.mask = ep0->mask ? ep0->mask + j * ep0->csm : NULL;
-        SMKF(sm_tab_)[mt - 1][nvr - 1][tail != 0](tail, K, A, rsa, csa, B + j, rsb,
+        SMKF(sm_fn_)(mt, nvr, tail != 0)(tail, K, A, rsa, csa, B + j, rsb,
                                                   C + j * csc, rsc, csc, &ep);
     }
 }

@@ -13,7 +13,7 @@
 #                                                 so it does not take simd_api.pxi's names)
 cimport numpy as cnp
 from gemm cimport (fnn_epilogue, fnn_sgemm, fnn_dgemm, fnn_sgemm_bf16, fnn_sgemm_path,
-                   fnn_sgemm_set_fp32_engine)
+                   fnn_sgemm_set_fp32_engine, fnn_gemm_set_small)
 from fnn_common cimport fnn_simd_level, fnn_set_simd_level, fnn_simd_name
 
 import numpy as np
@@ -47,6 +47,19 @@ def set_fp32_engine(str which="auto"):
     if which not in _ENGINES:
         raise ValueError(f"fp32 engine must be one of {_ENGINES}, got {which!r}")
     return _ENGINES[fnn_sgemm_set_fp32_engine(_ENGINES.index(which))]
+
+
+def set_small_path(max_m=None):
+    """Products with at most ``max_m`` rows and a B whose rows are contiguous take
+    the small-M path (B streamed in place, no packing); 0 sends every product to
+    the packed engine (tests, side-by-side benchmarks); None restores the default
+    (16).  Returns the previous setting."""
+    if max_m is None:
+        max_m = -1
+    elif type(max_m) is not int or not 0 <= max_m <= 64:
+        raise ValueError(f"set_small_path: max_m must be an int in [0, 64] or None, "
+                         f"got {max_m!r}")
+    return fnn_gemm_set_small(max_m)
 
 
 def simd_name():
@@ -223,3 +236,229 @@ def gemm_raw(cnp.ndarray a, cnp.ndarray b, cnp.ndarray out, int nthreads=1, int 
     ep.accumulate = 0
     _run(a, b, out, &ep, nthreads, repeat, bf16)
     return out
+
+
+# ---------------------------------------------------------------- a whole MLP in one call
+
+from libc.stdlib cimport malloc, free
+
+
+cdef class LeanMLP:
+    """A chain of Dense layers (``relu?(h @ W + b)``) run as one native call: the
+    lean ``predict`` path of an MLP (fastnn/training.py).
+
+    ``LeanMLP(dense, layers)``: ``dense`` is a sequence of ``(layer, W, b, relu)``
+    (``W`` a 2-D float32/float64 array (in, out), ``b`` its bias array or None),
+    in order, their widths chaining; ``layers`` the model's layer list when it was
+    built (``matches`` tells whether the model still has those layers and arrays).
+
+    ``run(x, out, batch, nthreads)`` computes the chain on the C-contiguous batch
+    ``x`` in slices of ``batch`` rows, every layer one engine call with the same
+    arguments as ``matmul(h, W, y, b, relu, nthreads)`` (so the same numbers as
+    ``Dense.forward``), intermediates in buffers this object keeps, the last
+    layer straight into the result: ``out`` when given (nothing else is
+    allocated), else a new array.  It returns None, computing nothing, when
+    ``x`` or ``out`` does not qualify (dtype, shape, layout, ``out`` overlapping
+    ``x``) or when another thread is running this object: the caller then takes
+    its general path, which also raises the errors.
+
+    >>> import numpy as np
+    >>> w = np.ones((3, 2), np.float32); b = np.zeros(2, np.float32)
+    >>> run = LeanMLP([(None, w, b, True)], [])
+    >>> run.run(np.ones((1, 3), np.float32), None, 1000, 1)
+    array([[3., 3.]], dtype=float32)
+    """
+    cdef readonly int nlayers
+    cdef int typenum
+    cdef Py_ssize_t *dims            # dims[0] in, dims[i + 1] layer i's width
+    cdef const void **w
+    cdef Py_ssize_t *rsw
+    cdef Py_ssize_t *csw
+    cdef const void **b
+    cdef int *relu
+    cdef Py_ssize_t maxw             # widest intermediate
+    cdef object arrays               # keeps the weights and biases alive
+    cdef tuple layers
+    cdef tuple dense
+    cdef object work                 # ping-pong buffer for the intermediates
+    cdef char *wp
+    cdef Py_ssize_t work_rows
+    cdef bint busy
+
+    def __cinit__(self):
+        self.dims = NULL
+        self.w = NULL
+        self.rsw = NULL
+        self.csw = NULL
+        self.b = NULL
+        self.relu = NULL
+        self.wp = NULL
+        self.work_rows = 0
+        self.busy = False
+
+    def __init__(self, dense, layers):
+        dense = tuple(dense)
+        if not dense:
+            raise ValueError("LeanMLP: no layers")
+        cdef int n = len(dense), i
+        self.dims = <Py_ssize_t *> malloc((n + 1) * sizeof(Py_ssize_t))
+        self.rsw = <Py_ssize_t *> malloc(n * sizeof(Py_ssize_t))
+        self.csw = <Py_ssize_t *> malloc(n * sizeof(Py_ssize_t))
+        self.w = <const void **> malloc(n * sizeof(void *))
+        self.b = <const void **> malloc(n * sizeof(void *))
+        self.relu = <int *> malloc(n * sizeof(int))
+        if not (self.dims and self.rsw and self.csw and self.w and self.b and self.relu):
+            raise MemoryError()
+        cdef cnp.ndarray wa, ba
+        arrays = []
+        dt = None
+        self.maxw = 0
+        for i, (layer, W, bias, relu) in enumerate(dense):
+            if not isinstance(W, np.ndarray) or W.ndim != 2 or \
+                    W.dtype not in (np.float32, np.float64):
+                raise TypeError("LeanMLP: weights must be 2-D float32/float64 arrays")
+            if dt is None:
+                dt = W.dtype
+                self.dims[0] = W.shape[0]
+            if W.dtype != dt or W.shape[0] != self.dims[i] or not W.flags.aligned or \
+                    any(s % W.itemsize for s in W.strides):
+                raise ValueError(f"LeanMLP: layer {i}'s weights {W.shape} {W.dtype} do not "
+                                 f"chain (expected ({self.dims[i]}, N) {dt}, aligned)")
+            wa = W
+            self.w[i] = cnp.PyArray_DATA(wa)
+            self.rsw[i] = _es(wa, 0)
+            self.csw[i] = _es(wa, 1)
+            self.dims[i + 1] = W.shape[1]
+            if i < n - 1 and W.shape[1] > self.maxw:
+                self.maxw = W.shape[1]
+            self.b[i] = NULL
+            if bias is not None:
+                if not isinstance(bias, np.ndarray) or bias.dtype != dt or \
+                        bias.shape != (W.shape[1],) or not bias.flags.c_contiguous:
+                    raise ValueError(f"LeanMLP: layer {i}'s bias must be a contiguous {dt} "
+                                     f"array of shape ({W.shape[1]},)")
+                ba = bias
+                self.b[i] = cnp.PyArray_DATA(ba)
+            self.relu[i] = 1 if relu else 0
+            arrays.append((W, bias))
+        self.nlayers = n
+        self.typenum = cnp.NPY_FLOAT32 if dt == np.float32 else cnp.NPY_FLOAT64
+        self.arrays = arrays
+        self.dense = dense
+        self.layers = tuple(layers)
+        self.work = None
+
+    def __dealloc__(self):
+        free(self.dims)
+        free(self.rsw)
+        free(self.csw)
+        free(<void *> self.w)
+        free(<void *> self.b)
+        free(self.relu)
+
+    def matches(self, layers):
+        """Whether ``layers`` (a model's layer list) is still the one this was built
+        from, with the same weight and bias arrays, activations and fp32 precision."""
+        cdef Py_ssize_t i, n = len(self.layers)
+        if len(layers) != n:
+            return False
+        for i in range(n):
+            if layers[i] is not self.layers[i]:
+                return False
+        for (layer, W, bias, relu) in self.dense:
+            if layer is None:
+                continue
+            if layer.weight.data is not W:
+                return False
+            lb = layer.bias
+            if (lb is None) != (bias is None) or (lb is not None and lb.data is not bias):
+                return False
+            if (layer.activation == "relu") != relu or layer.activation not in (None, "relu"):
+                return False
+            if layer.precision != "fp32":
+                return False
+        return True
+
+    cdef bint _x_ok(self, x):
+        if type(x) is not np.ndarray:
+            return False
+        cdef cnp.ndarray xa = <cnp.ndarray> x
+        return (cnp.PyArray_NDIM(xa) == 2 and cnp.PyArray_TYPE(xa) == self.typenum
+                and xa.shape[1] == self.dims[0] and xa.shape[0] > 0
+                and cnp.PyArray_IS_C_CONTIGUOUS(xa) and cnp.PyArray_ISALIGNED(xa))
+
+    def accepts(self, x):
+        """Whether ``run`` takes the batch ``x`` (a 2-D C-contiguous aligned array of
+        the weights' dtype and width, at least one row)."""
+        return self._x_ok(x)
+
+    def run(self, x, out, Py_ssize_t batch, int nthreads):
+        """The chain on ``x`` (see the class); None when it does not apply."""
+        if self.busy or batch < 1 or not self._x_ok(x):
+            return None
+        cdef cnp.ndarray xa = <cnp.ndarray> x
+        cdef Py_ssize_t n = xa.shape[0], nout = self.dims[self.nlayers]
+        cdef cnp.ndarray res
+        cdef cnp.npy_intp shp[2]
+        cdef char *xlo
+        cdef char *olo
+        cdef Py_ssize_t isz = 4 if self.typenum == cnp.NPY_FLOAT32 else 8
+        if out is None:
+            shp[0] = n
+            shp[1] = nout
+            res = cnp.PyArray_EMPTY(2, shp, self.typenum, 0)
+        else:
+            if type(out) is not np.ndarray:
+                return None
+            res = <cnp.ndarray> out
+            if not (cnp.PyArray_NDIM(res) == 2 and cnp.PyArray_TYPE(res) == self.typenum
+                    and res.shape[0] == n and res.shape[1] == nout
+                    and cnp.PyArray_IS_C_CONTIGUOUS(res) and cnp.PyArray_ISALIGNED(res)
+                    and cnp.PyArray_ISWRITEABLE(res)):
+                return None
+            xlo = <char *> cnp.PyArray_DATA(xa)
+            olo = <char *> cnp.PyArray_DATA(res)
+            if xlo < olo + n * nout * isz and olo < xlo + n * self.dims[0] * isz:
+                return None                  # out overlaps x
+        cdef Py_ssize_t rows = batch if batch < n else n
+        if self.nlayers > 1 and self.work_rows < rows:
+            self.work = np.empty(2 * rows * self.maxw, np.float32 if isz == 4 else np.float64)
+            self.wp = <char *> cnp.PyArray_DATA(<cnp.ndarray> self.work)
+            self.work_rows = rows
+        self.busy = True
+        cdef fnn_epilogue ep
+        ep.mask = NULL
+        ep.rs_mask = 0
+        ep.cs_mask = 0
+        ep.accumulate = 0
+        cdef char *px = <char *> cnp.PyArray_DATA(xa)
+        cdef char *pr = <char *> cnp.PyArray_DATA(res)
+        cdef char *h
+        cdef char *y
+        cdef Py_ssize_t s, m, K, N, half = rows * self.maxw * isz
+        cdef int i, L = self.nlayers
+        try:
+            with nogil:
+                s = 0
+                while s < n:
+                    m = batch if n - s > batch else n - s
+                    h = px + s * self.dims[0] * isz
+                    for i in range(L):
+                        K = self.dims[i]
+                        N = self.dims[i + 1]
+                        y = pr + s * nout * isz if i == L - 1 else self.wp + (i % 2) * half
+                        ep.bias = self.b[i]
+                        ep.relu = self.relu[i]
+                        if isz == 4:
+                            fnn_sgemm(m, N, K, <const float *> h, K, 1,
+                                      <const float *> self.w[i], self.rsw[i], self.csw[i],
+                                      <float *> y, N, 1, &ep, nthreads)
+                        else:
+                            fnn_dgemm(m, N, K, <const double *> h, K, 1,
+                                      <const double *> self.w[i], self.rsw[i], self.csw[i],
+                                      <double *> y, N, 1, &ep, nthreads)
+                        h = y
+                    s += m
+        finally:
+            self.busy = False
+        return res
