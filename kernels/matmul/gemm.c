@@ -114,6 +114,10 @@ static void *fnn_gemm_buffer(int which, size_t bytes)
     return ws->p[which];
 }
 
+/* ---------------------------------------------------------------- worker pool */
+
+#include "gemm_pool.h"
+
 /* ---------------------------------------------------------------- blocking and split */
 
 /* Cut n into ceil(n / maxb) near-equal blocks, each a multiple of `unit`. */

@@ -16,8 +16,8 @@
  * split N only, at multiples of SM_UNIT (a multiple of every full strip's
  * width), so every column is computed the same way whatever nthreads: results
  * are bitwise identical for every thread count, as for the rest of the engine.
- * A team is started only when B is large (SM_SPLIT_BYTES): below it, one core
- * streams B faster than two can meet at a barrier.
+ * Helpers (the engine's pool, gemm_pool.h) join only when B is large
+ * (SM_SPLIT_BYTES): below it, one core streams B as fast as two.
  *
  * Kernels: scalar (plain C), AVX2+FMA (8 float / 4 double lanes), AVX-512
  * (float, 16 lanes), chosen by the run-time SIMD level like the rest of the engine.
@@ -288,6 +288,18 @@ static void SMF(sm_block_)(const SMF(sm_prob_) *p, ptrdiff_t j0, ptrdiff_t j1)
     }
 }
 
+typedef struct {
+    const SMF(sm_prob_) *p;
+    ptrdiff_t unit;
+} SMF(sm_job_);
+
+static void SMF(sm_chunk_)(void *arg, ptrdiff_t u)
+{
+    const SMF(sm_job_) *j = (const SMF(sm_job_) *)arg;
+    ptrdiff_t j0 = u * j->unit, j1 = j0 + j->unit;
+    SMF(sm_block_)(j->p, j0, j1 < j->p->N ? j1 : j->p->N);
+}
+
 /* The small-M product at instruction set `isa` (SM_SCALAR, SM_AVX2, SM_AVX512; the
  * caller checked SMF(sm_wanted_) and that the CPU runs `isa`). */
 static void SMF(fnn_small_)(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K,
@@ -329,28 +341,14 @@ static void SMF(fnn_small_)(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K,
     ptrdiff_t w_hi = width((int)((M + groups - 1) / groups)), w_lo = width((int)(M / groups));
     ptrdiff_t unit = w_hi > w_lo ? w_hi : w_lo;
     ptrdiff_t units = (N + unit - 1) / unit;
-    int nt = 1;
-#ifdef FASTNN_HAVE_OPENMP
     double bytes = (double)K * (double)N * (double)sizeof(T) * (double)groups;
-    if (nthreads > 1 && bytes >= SM_SPLIT_BYTES)
-        nt = (int)(units < nthreads ? units : nthreads);
-#else
-    (void)nthreads;
-#endif
-    if (nt <= 1) {
+    if (nthreads <= 1 || units <= 1 || bytes < SM_SPLIT_BYTES) {
         SMF(sm_block_)(&p, 0, N);
         return;
     }
-#ifdef FASTNN_HAVE_OPENMP
-#pragma omp parallel num_threads(nt)
-    {
-        int team = omp_get_num_threads(), me = omp_get_thread_num();
-        for (int t = me; t < nt; t += team) {
-            ptrdiff_t j0 = units * t / nt * unit, j1 = units * (t + 1) / nt * unit;
-            SMF(sm_block_)(&p, j0, j1 < N ? j1 : N);
-        }
-    }
-#endif
+    /* one pool chunk per unit of columns (gemm_pool.h: claimed dynamically) */
+    SMF(sm_job_) job = {&p, unit};
+    fnn_pool_run(SMF(sm_chunk_), &job, units, nthreads);
 }
 
 #undef SM_EP

@@ -538,6 +538,28 @@ static void F(dot_block_)(const F(prob_) *p, ptrdiff_t i0, ptrdiff_t i1)
 #endif
 }
 
+/* One block of a thread plan, as a pool chunk. */
+typedef struct {
+    const F(prob_) *p;
+    const fnn_thread_plan *plan;
+} F(job_);
+
+static void F(gemm_chunk_)(void *arg, ptrdiff_t t)
+{
+    const F(job_) *j = (const F(job_) *)arg;
+    ptrdiff_t i0, i1, j0, j1;
+    fnn_plan_block(j->plan, (int)t, &i0, &i1, &j0, &j1);
+    F(gemm_block_)(j->p, i0, i1, j0, j1);
+}
+
+static void F(dot_chunk_)(void *arg, ptrdiff_t t)
+{
+    const F(job_) *j = (const F(job_) *)arg;
+    ptrdiff_t i0, i1, j0, j1;
+    fnn_plan_block(j->plan, (int)t, &i0, &i1, &j0, &j1);
+    F(dot_block_)(j->p, i0, i1);
+}
+
 /* Rows (or columns) of C computed but thrown away by partial tiles. */
 static double F(padded_)(ptrdiff_t M, ptrdiff_t N)
 {
@@ -606,17 +628,8 @@ static void F(fnn_gemm_)(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K,
             F(dot_block_)(&p, 0, p.M);
             return;
         }
-#ifdef FASTNN_HAVE_OPENMP
-#pragma omp parallel num_threads(plan.nt)
-        {
-            int team = omp_get_num_threads(), me = omp_get_thread_num();
-            for (int t = me; t < plan.nt; t += team) {
-                ptrdiff_t i0, i1, j0, j1;
-                fnn_plan_block(&plan, t, &i0, &i1, &j0, &j1);
-                F(dot_block_)(&p, i0, i1);
-            }
-        }
-#endif
+        F(job_) job = {&p, &plan};
+        fnn_pool_run(F(dot_chunk_), &job, plan.nt, plan.nt);
         return;
     }
     p.ukr = F(ukr_scalar_);
@@ -635,25 +648,11 @@ static void F(fnn_gemm_)(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K,
         F(gemm_block_)(&p, 0, p.M, 0, p.N);
         return;
     }
-#ifdef FASTNN_HAVE_OPENMP
-#pragma omp parallel num_threads(plan.nt)
-    {
-        int team = omp_get_num_threads(), me = omp_get_thread_num();
-        /* a smaller team than asked (nested region, OMP limits) still covers
-         * every block: the split itself never depends on the team size */
-        for (int t = me; t < plan.nt; t += team) {
-            ptrdiff_t i0, i1, j0, j1;
-            fnn_plan_block(&plan, t, &i0, &i1, &j0, &j1);
-            F(gemm_block_)(&p, i0, i1, j0, j1);
-        }
-    }
-#else
-    for (int t = 0; t < plan.nt; t++) {
-        ptrdiff_t i0, i1, j0, j1;
-        fnn_plan_block(&plan, t, &i0, &i1, &j0, &j1);
-        F(gemm_block_)(&p, i0, i1, j0, j1);
-    }
-#endif
+    /* the blocks run on the engine's pool (gemm_pool.h): claimed dynamically, so a
+     * helper the OS has not scheduled yet never stalls the call; the split itself
+     * never depends on who runs a block */
+    F(job_) job = {&p, &plan};
+    fnn_pool_run(F(gemm_chunk_), &job, plan.nt, plan.nt);
 }
 
 #undef DOT_MR

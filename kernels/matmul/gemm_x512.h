@@ -348,6 +348,20 @@ static double x_padded(ptrdiff_t M, ptrdiff_t N)
     return (double)((M + XMR - 1) / XMR * XMR) * (double)((N + XNR - 1) / XNR * XNR);
 }
 
+/* One block of a thread plan, as a pool chunk (gemm_pool.h). */
+typedef struct {
+    const xprob *x;
+    const fnn_thread_plan *plan;
+} x_job;
+
+static void x_chunk(void *arg, ptrdiff_t t)
+{
+    const x_job *j = (const x_job *)arg;
+    ptrdiff_t i0, i1, j0, j1;
+    fnn_plan_block(j->plan, (int)t, &i0, &i1, &j0, &j1);
+    x_block(j->x, i0, i1, j0, j1);
+}
+
 /* C = epilogue(A @ B) on the AVX-512 engine, in `mode`.  Orientation: as in
  * gemm_tmpl.h, C^T = B^T A^T when that wastes less of the 12 x 32 tiles ... */
 static void x_gemm(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K,
@@ -401,16 +415,7 @@ static void x_gemm(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K,
         x_block(&x, 0, p->M, 0, p->N);
         return;
     }
-#ifdef FASTNN_HAVE_OPENMP
-#pragma omp parallel num_threads(plan.nt)
-    {
-        int team = omp_get_num_threads(), me = omp_get_thread_num();
-        for (int t = me; t < plan.nt; t += team) {
-            ptrdiff_t i0, i1, j0, j1;
-            fnn_plan_block(&plan, t, &i0, &i1, &j0, &j1);
-            x_block(&x, i0, i1, j0, j1);
-        }
-    }
-#endif
+    x_job job = {&x, &plan};
+    fnn_pool_run(x_chunk, &job, plan.nt, plan.nt);     /* gemm_pool.h: dynamic claims */
 }
 #endif /* FNN_X86 */
