@@ -8,16 +8,20 @@
 Figures, per preset:
 
 * throughput: the 10,000 MNIST test images (pixels / 255, float32, flattened for an
-  MLP) in batches of 1000, best of ``--repeats`` passes, images/s;
-* latency: one image, the median of 1000 calls (after 100 warm-up calls), in µs, Python
-  overhead included; for fastnn both ``predict(x)`` and ``predict(x, out=buf)``;
-* native: the same single-image forward as bare calls of the C GEMM (``matmul_c.matmul``
-  with preallocated outputs, no validation), in µs; ``predict``'s Python overhead is
-  its latency minus this.
+  MLP) in batches of 1000, images/s: ``--repeats`` passes of each engine, the engines
+  alternating pass by pass; the median pass (the best one in ``--json``);
+* latency: one image, the median of 1000 calls (10 rounds of 100 calls, the engines
+  alternating round by round, after warm-up calls), in µs, Python overhead included;
+  for fastnn ``predict(x)``, ``predict(x, out=buf)``, and ``predict(x)`` with the GEMM
+  engine's small-M path switched off (``matmul_c.set_small_path(0)``: the packed
+  engine every product used before it, "packed" in the table);
+* native: the same single-image forward with no Python around it (the model's
+  ``LeanMLP`` chain run 200 times in one native call), in µs; ``predict``'s Python
+  overhead is its latency minus this.
 
 Before timing, the two outputs are compared (max |difference| / max |logit|).  The
-machine and thread counts are printed with the figures; on shared cores, expect noise
-of ±20 %.
+machine, load average and thread counts are printed with the figures; on shared cores,
+expect noise of ±20 % and more.
 """
 import argparse
 import json
@@ -35,54 +39,39 @@ sys.path.insert(0, os.path.dirname(HERE))
 
 import fastnn  # noqa: E402
 from fastnn.datasets import mnist  # noqa: E402
-from fastnn.layers import Dense  # noqa: E402
 from fastnn.presets import build_model, get_preset  # noqa: E402
 
 
-def _median_us(fn, calls=1000, warmup=100):
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(calls):
+def _alternating(fns, rounds, inner, warmup=0):
+    """{name: sorted per-call seconds}: ``rounds`` rounds in which every fn runs
+    ``inner`` times in a row, the fns taking turns (so load changes hit all alike)."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times = {k: [] for k in fns}
+    for _ in range(rounds):
+        for k, fn in fns.items():
+            for _ in range(inner):
+                t0 = time.perf_counter()
+                fn()
+                times[k].append(time.perf_counter() - t0)
+    return {k: sorted(v) for k, v in times.items()}
+
+
+def _native_us(runner, x1, out1, nthreads, repeat=200, rounds=7):
+    """The lean chain's native time per image, no Python around it (median of rounds)."""
+    ts = []
+    for _ in range(rounds):
         t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1e6
-
-
-def _best_pass_s(fn, batches, repeats):
-    fn(batches[0])                                   # warm-up: buffers, autotuner
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        for b in batches:
-            fn(b)
-        best = min(best, time.perf_counter() - t0)
-    return best
-
-
-def _native_chain(model, x1):
-    """A closure running the model's Dense layers as bare C GEMM calls (MLPs only)."""
-    from fastnn._ext import matmul_c
-    layers = [layer for layer in model if isinstance(layer, Dense)]
-    if len(layers) != len(model.layers):
-        return None
-    bufs = [np.empty((x1.shape[0], layer.out_features), np.float32) for layer in layers]
-    n = fastnn.get_num_threads()
-    args = [(layer.weight.data, buf, layer.bias.data if layer.bias is not None else None,
-             layer.activation == "relu") for layer, buf in zip(layers, bufs)]
-
-    def run():
-        x = x1
-        for w, buf, bias, relu in args:
-            matmul_c.matmul(x, w, buf, bias, relu, n)
-            x = buf
-        return x
-    return run
+        runner.run(x1, out1, 1000, nthreads, repeat)
+        ts.append((time.perf_counter() - t0) / repeat)
+    return statistics.median(ts) * 1e6
 
 
 def bench_preset(name, x_all, threads, repeats):
     import onnxruntime as ort
+    from fastnn import training
+    from fastnn._ext import matmul_c
     model = build_model(get_preset(name), seed=0).eval()
     xin = x_all.reshape(x_all.shape[0], -1) if model.input_features() else x_all[..., None]
     path = os.path.join(tempfile.mkdtemp(), name + ".onnx")
@@ -99,26 +88,44 @@ def bench_preset(name, x_all, threads, repeats):
     rel = float(np.abs(want - got).max() / np.abs(want).max())
 
     batches = [np.ascontiguousarray(xin[s:s + 1000]) for s in range(0, xin.shape[0], 1000)]
-    t_fast = _best_pass_s(model.predict, batches, repeats)
-    t_ort = _best_pass_s(ort_run, batches, repeats)
+    outs = [np.empty((len(b), want.shape[1]), np.float32) for b in batches]
+
+    def fast_pass():
+        for b, o in zip(batches, outs):
+            model.predict(b, out=o)
+
+    def ort_pass():
+        for b in batches:
+            ort_run(b)
+
+    thr = _alternating({"fastnn": fast_pass, "ort": ort_pass}, repeats, 1, warmup=1)
     x1 = np.ascontiguousarray(xin[:1])
     out1 = np.empty((1, want.shape[1]), np.float32)
-    lat_fast = _median_us(lambda: model.predict(x1))
-    try:
-        lat_out = _median_us(lambda: model.predict(x1, out=out1))
-    except TypeError:                               # predict has no out= (older fastnn)
-        lat_out = None
-    lat_ort = _median_us(lambda: ort_run(x1))
-    chain = _native_chain(model, x1)
-    native = _median_us(chain) if chain is not None else None
+
+    def packed():
+        old = matmul_c.set_small_path(0)
+        try:
+            return model.predict(x1)
+        finally:
+            matmul_c.set_small_path(old)
+
+    lat = _alternating({"ort": lambda: ort_run(x1), "fastnn": lambda: model.predict(x1),
+                        "out": lambda: model.predict(x1, out=out1), "packed": packed},
+                       10, 100, warmup=100)
+    med = {k: statistics.median(v) * 1e6 for k, v in lat.items()}
+    runner = training._lean_plan(model, x1, 1000)
+    native = _native_us(runner, x1, out1, threads) if runner is not None else None
+    n = xin.shape[0]
     return {"model": name, "arch": get_preset(name).arch_text(), "threads": threads,
-            "max_rel_diff": rel, "ort_img_s": xin.shape[0] / t_ort,
-            "fastnn_img_s": xin.shape[0] / t_fast,
-            "ort_latency_us": lat_ort, "fastnn_latency_us": lat_fast,
-            "fastnn_latency_out_us": lat_out, "native_us": native,
-            "python_overhead_us": None if native is None else lat_fast - native,
-            "python_overhead_out_us": None if native is None or lat_out is None
-            else lat_out - native}
+            "max_rel_diff": rel,
+            "ort_img_s": n / statistics.median(thr["ort"]),
+            "fastnn_img_s": n / statistics.median(thr["fastnn"]),
+            "ort_img_s_best": n / thr["ort"][0], "fastnn_img_s_best": n / thr["fastnn"][0],
+            "ort_latency_us": med["ort"], "fastnn_latency_us": med["fastnn"],
+            "fastnn_latency_out_us": med["out"], "fastnn_packed_latency_us": med["packed"],
+            "native_us": native,
+            "python_overhead_us": None if native is None else med["fastnn"] - native,
+            "python_overhead_out_us": None if native is None else med["out"] - native}
 
 
 def main(argv=None):
@@ -137,19 +144,24 @@ def main(argv=None):
         for r in rows:
             print(json.dumps(r))
         return 0
-    print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs visible; "
-          f"threads {args.threads}; onnxruntime {ort.__version__}; fastnn {fastnn.__version__}")
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs visible, "
+          f"load average {load:.2f}; threads {args.threads}; onnxruntime {ort.__version__}; "
+          f"fastnn {fastnn.__version__}")
     print("| model | onnxruntime img/s | fastnn img/s | ratio | onnxruntime 1 image µs | "
-          "fastnn 1 image µs | fastnn out= µs | native µs | overhead µs | max rel diff |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "fastnn 1 image µs | ratio | fastnn out= µs | packed engine µs | native µs | "
+          "overhead µs | max rel diff |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         def f(v, fmt="{:.1f}"):
             return "-" if v is None else fmt.format(v)
         print(f"| {r['model']} ({r['arch']}) | {r['ort_img_s'] / 1e3:.0f}k | "
               f"{r['fastnn_img_s'] / 1e3:.0f}k | {r['fastnn_img_s'] / r['ort_img_s']:.2f}x | "
               f"{r['ort_latency_us']:.1f} | {r['fastnn_latency_us']:.1f} | "
-              f"{f(r['fastnn_latency_out_us'])} | {f(r['native_us'])} | "
-              f"{f(r['python_overhead_us'])} | {r['max_rel_diff']:.1e} |")
+              f"{r['fastnn_latency_us'] / r['ort_latency_us']:.2f}x | "
+              f"{f(r['fastnn_latency_out_us'])} | {f(r['fastnn_packed_latency_us'])} | "
+              f"{f(r['native_us'])} | {f(r['python_overhead_us'])} | "
+              f"{r['max_rel_diff']:.1e} |")
     return 0
 
 

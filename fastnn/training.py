@@ -1035,9 +1035,8 @@ def _check_out(model: Any, x: Any, out: Any) -> npt.NDArray[Any]:
     return out
 
 
-# model -> its lean-path runner (matmul_c.LeanMLP: the Dense chain and its buffers), or
-# False when the model has no lean path; rebuilt when the model's layers, weight
-# arrays or activations change (LeanMLP.matches)
+# model -> its lean-path runner (matmul_c.LeanMLP: the Dense chain and its buffers),
+# rebuilt when the model's layers, weight arrays or activations change (LeanMLP.matches)
 _LEAN_RUNNERS: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
 _LEAN_MODULE: List[Any] = []          # [fastnn._ext.matmul_c or None], once looked up
 
@@ -1051,14 +1050,13 @@ def _lean_runner(model: Any, batch_size: Any) -> Any:
         runner = _LEAN_RUNNERS.get(model)
     except TypeError:                 # not weak-referenceable: no lean path
         return None
-    if runner is not None:
-        if runner is False:
-            return None
-        layers = getattr(model, "layers", None)
-        if layers is not None and runner.matches(layers):
-            return runner
+    if runner is not None and runner.matches(model.layers):
+        return runner
+    # no negative caching: a model's layers may change into an MLP (the check is
+    # cheap next to the general path's forward)
     runner = _build_lean_runner(model)
-    _LEAN_RUNNERS[model] = runner if runner is not None else False
+    if runner is not None:
+        _LEAN_RUNNERS[model] = runner
     return runner
 
 

@@ -113,3 +113,54 @@ def test_threads_sharing_a_model_get_their_own_results():
         t.join()
     for g, w in zip(got, want):
         np.testing.assert_array_equal(g, w)
+
+
+def test_lean_runner_follows_changes_to_the_model():
+    """The lean path keeps a native runner per model; it must see in-place weight
+    updates, a changed activation, a replaced layer or parameter."""
+    model = build_model(get_preset("mlp"), seed=0)
+    x = batch(3)
+    model.predict(x)
+    model.layers[-1].weight.data = np.random.default_rng(1).random((128, 10), np.float32)
+    np.testing.assert_array_equal(model.predict(x), general(model, x))
+    model.layers[0].activation = None
+    np.testing.assert_array_equal(model.predict(x), general(model, x))
+    model.layers[0].activation = "relu"
+    model.layers[1] = Dense(128, 10)
+    np.testing.assert_array_equal(model.predict(x), general(model, x))
+    sig = fastnn.Sequential([Dense(784, 4), Sigmoid(), Dense(4, 2)], seed=0)
+    assert training._lean_plan(sig, x, 8) is None
+    sig.layers[1] = Dropout(0.5)                 # now an MLP: the lean path takes it
+    assert training._lean_plan(sig, x, 8) is not None
+    np.testing.assert_array_equal(sig.predict(x), general(sig, x))
+
+
+def test_out_overlapping_x_is_still_right():
+    model = build_model(get_preset("mlp"), seed=0)
+    buf = np.random.default_rng(2).random(2 * 784, np.float32)
+    x = buf[:784].reshape(1, 784)
+    want = general(model, x.copy())
+    out = buf[700:710].reshape(1, 10)            # inside x
+    assert model.predict(x, out=out) is out
+    np.testing.assert_array_equal(out, want)
+
+
+def test_lean_chain_checks_its_layers_and_repeats():
+    from fastnn._ext import matmul_c
+    w1 = np.ones((3, 4), np.float32)
+    with pytest.raises(ValueError, match="chain"):
+        matmul_c.LeanMLP([(None, w1, None, True), (None, np.ones((5, 2), np.float32), None,
+                                                    False)], [])
+    with pytest.raises(TypeError, match="2-D"):
+        matmul_c.LeanMLP([(None, np.ones(3, np.float32), None, False)], [])
+    with pytest.raises(ValueError, match="bias"):
+        matmul_c.LeanMLP([(None, w1, np.ones(3, np.float32), False)], [])
+    run = matmul_c.LeanMLP([(None, w1, -np.ones(4, np.float32), True),
+                            (None, np.ones((4, 2), np.float32), None, False)], [])
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    want = np.maximum(x @ w1 - 1, 0) @ np.ones((4, 2), np.float32)
+    np.testing.assert_array_equal(run.run(x, None, 1, 1), want)
+    np.testing.assert_array_equal(run.run(x, None, 1000, 2, 3), want)
+    assert run.run(x.astype(np.float64), None, 8, 1) is None        # not its dtype
+    assert run.run(np.asfortranarray(np.ones((2, 3), np.float32)), None, 8, 1) is None
+    assert run.run(x, np.empty((2, 3), np.float32), 8, 1) is None   # wrong out shape

@@ -392,9 +392,11 @@ cdef class LeanMLP:
         the weights' dtype and width, at least one row)."""
         return self._x_ok(x)
 
-    def run(self, x, out, Py_ssize_t batch, int nthreads):
-        """The chain on ``x`` (see the class); None when it does not apply."""
-        if self.busy or batch < 1 or not self._x_ok(x):
+    def run(self, x, out, Py_ssize_t batch, int nthreads, int repeat=1):
+        """The chain on ``x`` (see the class); None when it does not apply.
+        ``repeat`` > 1 runs the native part that many times (benchmarks: the cost
+        of the GEMMs without the Python call around them)."""
+        if self.busy or batch < 1 or repeat < 1 or not self._x_ok(x):
             return None
         cdef cnp.ndarray xa = <cnp.ndarray> x
         cdef Py_ssize_t n = xa.shape[0], nout = self.dims[self.nlayers]
@@ -436,9 +438,10 @@ cdef class LeanMLP:
         cdef char *h
         cdef char *y
         cdef Py_ssize_t s, m, K, N, half = rows * self.maxw * isz
-        cdef int i, L = self.nlayers
+        cdef int i, r, L = self.nlayers
         try:
             with nogil:
+              for r in range(repeat):
                 s = 0
                 while s < n:
                     m = batch if n - s > batch else n - s
