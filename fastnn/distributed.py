@@ -291,12 +291,26 @@ class Communicator:
             t.start()
         return self._queue
 
+    def _arrive(self) -> None:
+        """Wait, without holding a core, until every rank has arrived at this
+        allreduce: an ``Ibarrier`` polled for 0.2 ms, then every 50 us with the thread
+        asleep.  Open MPI's blocking allreduce spins while it waits for a late rank,
+        and on a shared machine that spin takes the core the late rank needs: with
+        the load average near 10 on 2 cores, mlp-keras' 2-rank epoch took 22 s with
+        the spin against 13 s with polled requests."""
+        req = self.comm.Ibarrier()
+        spin_until = time.perf_counter() + 2e-4
+        while not req.Test():
+            if time.perf_counter() > spin_until:
+                time.sleep(5e-5)
+
     def _reduce_loop(self, jobs: "queue.Queue[Any]") -> None:
         MPI, comm = self.MPI, self.comm
         while True:
             buf, per, pending = jobs.get()
             t0 = time.perf_counter()
             try:
+                self._arrive()
                 for s in range(0, buf.size, per):
                     comm.Allreduce(MPI.IN_PLACE, buf[s:s + per], op=MPI.SUM)
             except BaseException as e:      # handed to the waiting thread
