@@ -16,8 +16,8 @@ Figures, per preset:
   engine's small-M path switched off (``matmul_c.set_small_path(0)``: the packed
   engine every product used before it, "packed" in the table);
 * native: the same single-image forward with no Python around it (the model's
-  ``LeanMLP`` chain run 200 times in one native call), in µs; ``predict``'s Python
-  overhead is its latency minus this.
+  ``LeanMLP`` chain run 10 times in one native call, alternating with the others), in
+  µs; ``predict``'s Python overhead is its latency minus this.
 
 Before timing, the two outputs are compared (max |difference| / max |logit|).  The
 machine, load average and thread counts are printed with the figures; on shared cores,
@@ -58,14 +58,7 @@ def _alternating(fns, rounds, inner, warmup=0):
     return {k: sorted(v) for k, v in times.items()}
 
 
-def _native_us(runner, x1, out1, nthreads, repeat=200, rounds=7):
-    """The lean chain's native time per image, no Python around it (median of rounds)."""
-    ts = []
-    for _ in range(rounds):
-        t0 = time.perf_counter()
-        runner.run(x1, out1, 1000, nthreads, repeat)
-        ts.append((time.perf_counter() - t0) / repeat)
-    return statistics.median(ts) * 1e6
+_NATIVE_REPEAT = 10
 
 
 def bench_preset(name, x_all, threads, repeats):
@@ -109,12 +102,14 @@ def bench_preset(name, x_all, threads, repeats):
         finally:
             matmul_c.set_small_path(old)
 
-    lat = _alternating({"ort": lambda: ort_run(x1), "fastnn": lambda: model.predict(x1),
-                        "out": lambda: model.predict(x1, out=out1), "packed": packed},
-                       10, 100, warmup=100)
-    med = {k: statistics.median(v) * 1e6 for k, v in lat.items()}
+    fns = {"ort": lambda: ort_run(x1), "fastnn": lambda: model.predict(x1),
+           "out": lambda: model.predict(x1, out=out1), "packed": packed}
     runner = training._lean_plan(model, x1, 1000)
-    native = _native_us(runner, x1, out1, threads) if runner is not None else None
+    if runner is not None:         # the chain 10 times per call, no Python in between
+        fns["native"] = lambda: runner.run(x1, out1, 1000, threads, _NATIVE_REPEAT)
+    lat = _alternating(fns, 10, 100, warmup=100)
+    med = {k: statistics.median(v) * 1e6 for k, v in lat.items()}
+    native = med["native"] / _NATIVE_REPEAT if runner is not None else None
     n = xin.shape[0]
     return {"model": name, "arch": get_preset(name).arch_text(), "threads": threads,
             "max_rel_diff": rel,

@@ -132,7 +132,8 @@ static ptrdiff_t fnn_even_block(ptrdiff_t n, ptrdiff_t maxb, ptrdiff_t unit)
 }
 
 typedef struct {
-    int nt, tm, tn;          /* threads, grid rows x columns */
+    int nt, tm, tn;          /* blocks (pool chunks), grid rows x columns */
+    int threads;             /* threads to run them on */
     ptrdiff_t M, N, MR, NR;
 } fnn_thread_plan;
 
@@ -141,6 +142,12 @@ typedef struct {
  * about what the split saves, and on a busy machine (other processes on the
  * cores) a descheduled team member stalls the whole call for a time slice. */
 #define FNN_MIN_FMA_PER_THREAD (512 * 1024)
+/* Blocks per thread handed to the pool.  1, 2 and 4 measured the same within the
+ * noise of a 2-core machine under load ~8 (784-128-10 and 784-512-512-10 on 1000
+ * rows); more blocks pack more, so 1 until a quiet machine says otherwise. */
+#ifndef FNN_CHUNKS_PER_THREAD
+#define FNN_CHUNKS_PER_THREAD 1
+#endif
 
 static ptrdiff_t ceil_div(ptrdiff_t a, ptrdiff_t b) { return (a + b - 1) / b; }
 
@@ -151,7 +158,7 @@ static void fnn_plan_threads(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, int MR, int 
     p->N = N;
     p->MR = MR;
     p->NR = NR;
-    p->nt = p->tm = p->tn = 1;
+    p->nt = p->tm = p->tn = p->threads = 1;
 #ifndef FASTNN_HAVE_OPENMP
     nthreads = 1;
 #endif
@@ -167,6 +174,12 @@ static void fnn_plan_threads(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, int MR, int 
         nt = mt * nt_;
     if (nt <= 1)
         return;
+    p->threads = (int)nt;
+    /* more blocks than threads, so that a helper the OS deschedules mid-job holds
+     * back only a small part of it (the pool hands blocks out dynamically) */
+    nt *= FNN_CHUNKS_PER_THREAD;
+    if (nt > mt * nt_)
+        nt = mt * nt_;
     /* choose tm x tn == nt minimising the slowest thread's time, modelled as
      * its padded multiply-adds plus what it packs (its A rows and B columns,
      * about two multiply-adds' worth per element) */

@@ -629,7 +629,7 @@ static void F(fnn_gemm_)(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K,
             return;
         }
         F(job_) job = {&p, &plan};
-        fnn_pool_run(F(dot_chunk_), &job, plan.nt, plan.nt);
+        fnn_pool_run(F(dot_chunk_), &job, plan.nt, plan.threads);
         return;
     }
     p.ukr = F(ukr_scalar_);
@@ -652,7 +652,7 @@ static void F(fnn_gemm_)(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K,
      * helper the OS has not scheduled yet never stalls the call; the split itself
      * never depends on who runs a block */
     F(job_) job = {&p, &plan};
-    fnn_pool_run(F(gemm_chunk_), &job, plan.nt, plan.nt);
+    fnn_pool_run(F(gemm_chunk_), &job, plan.nt, plan.threads);
 }
 
 #undef DOT_MR

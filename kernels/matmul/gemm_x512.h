@@ -416,6 +416,6 @@ static void x_gemm(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K,
         return;
     }
     x_job job = {&x, &plan};
-    fnn_pool_run(x_chunk, &job, plan.nt, plan.nt);     /* gemm_pool.h: dynamic claims */
+    fnn_pool_run(x_chunk, &job, plan.nt, plan.threads);     /* gemm_pool.h: dynamic claims */
 }
 #endif /* FNN_X86 */
