@@ -42,15 +42,20 @@ from fastnn.datasets import mnist  # noqa: E402
 from fastnn.presets import build_model, get_preset  # noqa: E402
 
 
-def _alternating(fns, rounds, inner, warmup=0):
+def _alternating(fns, rounds, inner, warmup=0, gap_s=0.03):
     """{name: sorted per-call seconds}: ``rounds`` rounds in which every fn runs
-    ``inner`` times in a row, the fns taking turns (so load changes hit all alike)."""
+    ``inner`` times in a row, the fns taking turns (so load changes hit all alike).
+    ``gap_s`` of idle time before each turn: the previous engine's pool threads spin
+    for a while after its last call (onnxruntime's, fastnn's GEMM pool, libgomp's) and
+    would take the cores from the next one."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
     times = {k: [] for k in fns}
     for _ in range(rounds):
         for k, fn in fns.items():
+            time.sleep(gap_s)
+            fn()                                  # wakes this engine's pool (untimed)
             for _ in range(inner):
                 t0 = time.perf_counter()
                 fn()
