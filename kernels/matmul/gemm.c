@@ -1,6 +1,8 @@
 /* fastnn's GEMM engine (see gemm.h for the contract): a Goto/BLIS-style
  * packed GEMM with a register-blocked AVX2+FMA microkernel, a plain C
- * fallback microkernel, a fused epilogue and an OpenMP split over C.
+ * fallback microkernel, a fused epilogue and a split over C run on the engine's
+ * own worker pool (gemm_pool.h).  Products with at most 16 rows and a row-major B
+ * take the small-M path instead (gemm_small.h: B streamed in place, no packing).
  *
  * Which engine runs (SIMD level from cpu.h; `fastnn info` prints it per shape):
  *
@@ -31,8 +33,8 @@
  *
  * Threads: C is cut into a tm x tn grid of blocks aligned to the tile
  * (fnn_plan_threads picks the grid per shape: MLP shapes have small M and
- * large N, so mostly a split over N); every thread runs the serial loop nest
- * on its block with its own packing buffers.  K is never split across
+ * large N, so mostly a split over N); the pool hands the blocks out and each runs
+ * the serial loop nest with its thread's packing buffers.  K is never split across
  * threads, and the path and block sizes depend on the shape only, so every
  * nthreads gives bitwise identical results.
  *

@@ -16,16 +16,17 @@
  *   if mask:       acc  = mask[i,j] > 0 ? acc : 0   (ReLU backward: dX = (dY W^T) * (Y > 0))
  *   C = acc
  *
- * nthreads <= 1 runs on the calling thread; otherwise an OpenMP team of that
- * size (never more than requested; small problems use fewer threads).
+ * nthreads <= 1 runs on the calling thread; otherwise the engine's worker pool
+ * (gemm_pool.h: the caller plus up to nthreads - 1 persistent workers claiming
+ * blocks dynamically; never more than requested, small problems use fewer).
  * Results for a fixed nthreads are bitwise repeatable, and in fact the same
  * for every nthreads (K is never split across threads).  M, N or K may be 0
  * (K == 0 gives C = epilogue(0)).
  *
  * C must not overlap A, B, bias or mask (C is written block by block while
  * they are still being read).  Safe to call from several threads at once:
- * packing buffers are per thread.  Called from inside an OpenMP parallel
- * region, the nested team is normally of size 1, which is still correct.
+ * packing buffers are per thread.  While the pool runs one caller's job, a
+ * concurrent caller (another thread, an OpenMP region) runs on its own thread.
  */
 #ifndef FNN_GEMM_H
 #define FNN_GEMM_H
