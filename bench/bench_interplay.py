@@ -9,11 +9,11 @@ library's workers still spin shares its cores with them.
 For each configuration this script starts a fresh Python process (the spin
 settings are read when the libraries load) that times, side by side:
 
-- ``fastnn alone``: ``fastnn.kernels.matmul.matmul(..., variant="c")`` after a
-  0.3 s pause (every spinning thread has gone to sleep);
-- ``fastnn after numpy``: the same call right after ``np.matmul`` on the same
-  shape (numpy's 2 BLAS threads just finished);
-- ``numpy alone`` and ``numpy after fastnn``: the other way round.
+- ``fastnn alone``: ``fastnn.kernels.matmul.matmul(..., variant="c")`` called 30 times
+  back to back (no numpy call for 0.3 s before), the first 5 not timed (they wake the pool);
+- ``numpy alone``: ``np.matmul`` on the same shape, likewise;
+- ``... after ...``: the two strictly alternating, 30 pairs (the first 5 not timed), each
+  call timed right after the other library's (the issue's protocol).
 
 Both libraries use the same thread count.  GFLOP/s, medians of ``--rounds``
 alternations::
@@ -97,19 +97,28 @@ def child(args):
     for _ in range(5):                     # warm up both (pools started, pages touched)
         fast(); nump()
     np.testing.assert_allclose(out_f, out_n, rtol=1e-3, atol=1e-3)
+    # the protocol: each library alone, back to back (its own pool hot), then the two
+    # strictly alternating with no pause (each call right after the other library's)
     res = {"fastnn alone": [], "fastnn after numpy": [],
            "numpy alone": [], "numpy after fastnn": []}
+    burst, skip = 30, 5            # calls per burst; the first few wake the pools: not timed
     for _ in range(args.rounds):
         time.sleep(PAUSE)
-        res["fastnn alone"].append(fast())
+        for i in range(burst):
+            t = fast()
+            if i >= skip:
+                res["fastnn alone"].append(t)
         time.sleep(PAUSE)
-        nump()
-        res["fastnn after numpy"].append(fast())
+        for i in range(burst):
+            t = nump()
+            if i >= skip:
+                res["numpy alone"].append(t)
         time.sleep(PAUSE)
-        res["numpy alone"].append(nump())
-        time.sleep(PAUSE)
-        fast()
-        res["numpy after fastnn"].append(nump())
+        for i in range(burst):
+            tn, tf = nump(), fast()
+            if i >= skip:
+                res["numpy after fastnn"].append(tn)
+                res["fastnn after numpy"].append(tf)
     if limiter is not None:
         limiter.restore_original_limits()
     print(json.dumps({key: flop / statistics.median(v) / 1e9 for key, v in res.items()}))
