@@ -271,6 +271,17 @@ def test_ctrl_c_during_a_checkpoint_save_is_delivered_after_it(tmp_path, data, m
         return real_save(*args, **kw)
 
     monkeypatch.setattr(serialize, "save", save_with_ctrl_c)
+    # Python's own Ctrl-C handler, as in an interactive run: a run started in the background
+    # by a non-interactive shell inherits SIGINT ignored, and an ignored Ctrl-C is dropped
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        _ctrl_c_during_save(tmp_path, data)
+    finally:
+        signal.signal(signal.SIGINT, old)
+
+
+def _ctrl_c_during_save(tmp_path, data):
+    import signal
     mc = cbs.ModelCheckpoint(tmp_path / "ck.npz", save_initial=True)
     with pytest.raises(KeyboardInterrupt):
         _fit(_model(), data, [mc], epochs=2)

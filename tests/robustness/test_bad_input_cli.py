@@ -38,7 +38,8 @@ def _interrupt(args, after_line=None, after_file=None):
     """Start `fastnn train ...`; send SIGINT once a stdout line starts with
     ``after_line`` or once ``after_file`` exists; return (returncode, stdout, stderr)."""
     proc = subprocess.Popen([sys.executable, "-m", "fastnn.cli", "train", *args], cwd=ROOT,
-                            env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_sigint_default)
     out = []
     try:
         if after_line is not None:
@@ -62,10 +63,17 @@ def _interrupt(args, after_line=None, after_file=None):
 
 
 TRAIN = ["--preset", "mlp", "--subset", "12000", "--seed", "4", "--threads", "2"]
-# The runs interrupted after "Epoch 1/8" use the whole training set: the signal must land
-# before the remaining 7 epochs end, and on a busy machine the parent can take a few
-# hundred ms to read the line (12,000 rows left too little margin: the run finished first).
+# The runs interrupted after "Epoch 1/8" use the whole training set, so the remaining 7
+# epochs leave the signal a wide margin on a busy machine.
 TRAIN_LONG = ["--preset", "mlp", "--subset", "60000", "--seed", "4", "--threads", "2"]
+
+
+def _sigint_default():
+    """In the child before exec: SIGINT back to its default disposition and unblocked.  A
+    test run started in the background by a non-interactive shell (`cmd &`, nohup) inherits
+    SIGINT ignored, and a child that ignores it cannot be interrupted."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
 
 def test_sigint_then_resume_is_bitwise(tmp_path):
