@@ -1009,7 +1009,7 @@ def predict(model: Any, x: npt.NDArray[Any], batch_size: int = EVAL_BATCH,
     if runner is not None:
         result = runner.run(x, out, batch_size, _threads.get_num_threads())
         if result is not None:
-            return result            # type: ignore[no-any-return]
+            return result
     if out is not None:
         out = _check_out(model, x, out)
     result = _predict_general(model, x, batch_size)
