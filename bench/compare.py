@@ -94,6 +94,17 @@ def _dense_params(model):
             [layer.bias.data.copy() for layer in model.layers])
 
 
+def _torch_optimizer(p, params):
+    """The preset's optimizer in PyTorch (SGD with momentum/Nesterov, Adam or AdamW)."""
+    import torch
+    if p.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=p.lr, momentum=p.momentum, nesterov=p.nesterov,
+                               weight_decay=p.weight_decay)
+    if p.optimizer == "adam":
+        return torch.optim.Adam(params, lr=p.lr, weight_decay=p.weight_decay)
+    return torch.optim.AdamW(params, lr=p.lr, weight_decay=p.weight_decay)
+
+
 def _torch_net(model, input_shape):
     """The fastnn Sequential as a torch.nn.Sequential (NCHW), with the same weights."""
     import torch
@@ -182,13 +193,7 @@ def worker_torch(preset, threads, epochs, seed, precision="fp32"):
     else:
         net = _torch_net(model, (1, x.shape[1]))
     net.train()
-    if p.optimizer == "sgd":
-        opt = torch.optim.SGD(net.parameters(), lr=p.lr, momentum=p.momentum,
-                              nesterov=p.nesterov, weight_decay=p.weight_decay)
-    elif p.optimizer == "adam":
-        opt = torch.optim.Adam(net.parameters(), lr=p.lr, weight_decay=p.weight_decay)
-    else:
-        opt = torch.optim.AdamW(net.parameters(), lr=p.lr, weight_decay=p.weight_decay)
+    opt = _torch_optimizer(p, net.parameters())
     b = p.batch_size
     times, t = [], 0
     for perm in perms:

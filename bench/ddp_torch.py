@@ -51,7 +51,7 @@ def main(argv=None):
     import torch.distributed as dist
     import torch.nn.functional as F
     from torch.nn.parallel import DistributedDataParallel as DDP
-    from compare import _recipe, _torch_net
+    from compare import _recipe, _torch_net, _torch_optimizer
 
     torch.set_num_threads(args.threads)
     dist.init_process_group("gloo")
@@ -65,13 +65,7 @@ def main(argv=None):
     Xt = torch.from_numpy(np.multiply(xt, np.float32(1 / 255), dtype=np.float32))
     net = DDP(_torch_net(model, (1, x.shape[1])))        # broadcasts rank 0's weights
     net.train()
-    if p.optimizer == "sgd":
-        opt = torch.optim.SGD(net.parameters(), lr=p.lr, momentum=p.momentum,
-                              nesterov=p.nesterov, weight_decay=p.weight_decay)
-    elif p.optimizer == "adam":
-        opt = torch.optim.Adam(net.parameters(), lr=p.lr, weight_decay=p.weight_decay)
-    else:
-        opt = torch.optim.AdamW(net.parameters(), lr=p.lr, weight_decay=p.weight_decay)
+    opt = _torch_optimizer(p, net.parameters())
 
     b = p.batch_size
     if rank == 0:

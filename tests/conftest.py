@@ -81,3 +81,12 @@ def pytest_sessionstart(session):
     else:
         reason = problem
     pytest.exit(reason, returncode=pytest.ExitCode.TESTS_FAILED)
+
+
+@pytest.fixture
+def restore_level():
+    """Tests that force a SIMD level (``fastnn.kernels.set_simd_level``) get it back after."""
+    import fastnn.kernels as K
+    old = K.simd_level()
+    yield
+    K.set_simd_level(old)

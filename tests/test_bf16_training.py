@@ -34,13 +34,6 @@ TOL_SPEC = 1e-3
 TOP = _registry.cpu_max_simd_level()
 
 
-@pytest.fixture
-def restore_level():
-    old = K.simd_level()
-    yield
-    K.set_simd_level(old)
-
-
 def _data(n=96, d=20, classes=5, dtype=np.uint8, seed=0):
     rng = np.random.default_rng(seed)
     if dtype == np.uint8:

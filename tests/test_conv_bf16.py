@@ -35,13 +35,6 @@ SHAPES = [
 BOUND = 2e-5
 
 
-@pytest.fixture
-def restore_level():
-    old = K.simd_level()
-    yield
-    K.set_simd_level(old)
-
-
 def _case(shape, seed=0):
     N, H, W, Cin, KH, KW, Cout, st, pad = shape
     rng = np.random.default_rng(seed)

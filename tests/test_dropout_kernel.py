@@ -17,13 +17,6 @@ SIZES = [(1,), (7,), (3, 5), (128, 1600), (16385,), (2, 65537), (0, 4)]
 KEYS = [0, 1, 0x9E3779B97F4A7C15, (1 << 64) - 1]
 
 
-@pytest.fixture
-def restore_level():
-    old = K.simd_level()
-    yield
-    K.set_simd_level(old)
-
-
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("shape", SIZES)
 @pytest.mark.parametrize("rate", [0.0, 0.1, 0.5, 0.999])

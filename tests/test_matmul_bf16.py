@@ -26,13 +26,6 @@ def _mc():
     return _registry.native_module("matmul_c")
 
 
-@pytest.fixture
-def restore_level():
-    old = K.simd_level()
-    yield
-    K.set_simd_level(old)
-
-
 def _check(out, expect, k):
     expect = np.asarray(expect, np.float64)
     if not expect.size:

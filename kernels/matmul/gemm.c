@@ -420,31 +420,7 @@ static inline double in_d(double x, int bf16) { (void)bf16; return x; }
 #define VHSUM(x) hsum_ps(x)
 #define VHSUM2(a, b, o) hsum2_ps(a, b, o)
 #endif
-#include "gemm_tmpl.h"
-#undef T
-#undef SFX
-#undef PACK_B_COLS
-#undef MR
-#undef NR
-#undef MC_MAX
-#undef KC_MAX
-#undef NC_MAX
-#if FNN_X86
-#undef VT
-#undef VW
-#undef VZERO
-#undef VLOAD
-#undef VLOADU
-#undef VSTOREU
-#undef VBCAST
-#undef VFMA
-#undef VADD
-#undef VMAX
-#undef VAND
-#undef VCMPGT
-#undef VHSUM
-#undef VHSUM2
-#endif
+#include "gemm_tmpl.h"                 /* undefines its parameters */
 
 /* ---------------------------------------------------------------- double */
 
@@ -472,31 +448,7 @@ static inline double in_d(double x, int bf16) { (void)bf16; return x; }
 #define VHSUM(x) hsum_pd(x)
 #define VHSUM2(a, b, o) hsum2_pd(a, b, o)
 #endif
-#include "gemm_tmpl.h"
-#undef T
-#undef SFX
-#undef PACK_B_COLS
-#undef MR
-#undef NR
-#undef MC_MAX
-#undef KC_MAX
-#undef NC_MAX
-#if FNN_X86
-#undef VT
-#undef VW
-#undef VZERO
-#undef VLOAD
-#undef VLOADU
-#undef VSTOREU
-#undef VBCAST
-#undef VFMA
-#undef VADD
-#undef VMAX
-#undef VAND
-#undef VCMPGT
-#undef VHSUM
-#undef VHSUM2
-#endif
+#include "gemm_tmpl.h"                 /* undefines its parameters */
 
 /* ---------------------------------------------------------------- small-M path */
 

@@ -119,27 +119,7 @@ static void SMF(sm_store_)(int m, ptrdiff_t n, const T *acc, int ld, T *C, ptrdi
 #define SMK_NV3 2
 #define SMK_NV4 2
 #define SMK_NVMAX 8
-#include "gemm_small_kern.h"
-#undef SMK
-#undef SMK_TARGET
-#undef VT
-#undef VW
-#undef VMASK
-#undef VZERO
-#undef VSET1
-#undef VLOADU
-#undef VSTOREU
-#undef VFMA
-#undef VADD
-#undef VMAX
-#undef VMASK_FIRST
-#undef VLOADM
-#undef VSTOREM
-#undef SMK_NV1
-#undef SMK_NV2
-#undef SMK_NV3
-#undef SMK_NV4
-#undef SMK_NVMAX
+#include "gemm_small_kern.h"           /* undefines its parameters */
 
 #if FNN_X86
 /* ---------------------------------------------------------------- AVX2 kernels */
@@ -186,27 +166,7 @@ static void SMF(sm_store_)(int m, ptrdiff_t n, const T *acc, int ld, T *C, ptrdi
 #define SMK_NV3 2
 #define SMK_NV4 2
 #endif
-#include "gemm_small_kern.h"
-#undef SMK
-#undef SMK_TARGET
-#undef VT
-#undef VW
-#undef VMASK
-#undef VZERO
-#undef VSET1
-#undef VLOADU
-#undef VSTOREU
-#undef VFMA
-#undef VADD
-#undef VMAX
-#undef VMASK_FIRST
-#undef VLOADM
-#undef VSTOREM
-#undef SMK_NV1
-#undef SMK_NV2
-#undef SMK_NV3
-#undef SMK_NV4
-#undef SMK_NVMAX
+#include "gemm_small_kern.h"           /* undefines its parameters */
 
 #if SM_FLOAT
 /* ---------------------------------------------------------------- AVX-512 kernels (float) */
@@ -231,27 +191,7 @@ static void SMF(sm_store_)(int m, ptrdiff_t n, const T *acc, int ld, T *C, ptrdi
 #define SMK_NV2 4
 #define SMK_NV3 4
 #define SMK_NV4 4
-#include "gemm_small_kern.h"
-#undef SMK
-#undef SMK_TARGET
-#undef VT
-#undef VW
-#undef VMASK
-#undef VZERO
-#undef VSET1
-#undef VLOADU
-#undef VSTOREU
-#undef VFMA
-#undef VADD
-#undef VMAX
-#undef VMASK_FIRST
-#undef VLOADM
-#undef VSTOREM
-#undef SMK_NV1
-#undef SMK_NV2
-#undef SMK_NV3
-#undef SMK_NV4
-#undef SMK_NVMAX
+#include "gemm_small_kern.h"           /* undefines its parameters */
 #endif
 #endif
 

@@ -217,3 +217,25 @@ static SMK_TARGET void SMKF(sm_rows_)(int mt, ptrdiff_t j0, ptrdiff_t j1, ptrdif
 #undef SMKF
 #undef SMK_CAT
 #undef SMK_CAT_
+
+/* the parameters of this instance: the next one defines its own */
+#undef SMK
+#undef SMK_TARGET
+#undef VT
+#undef VW
+#undef VMASK
+#undef VZERO
+#undef VSET1
+#undef VLOADU
+#undef VSTOREU
+#undef VFMA
+#undef VADD
+#undef VMAX
+#undef VMASK_FIRST
+#undef VLOADM
+#undef VSTOREM
+#undef SMK_NV1
+#undef SMK_NV2
+#undef SMK_NV3
+#undef SMK_NV4
+#undef SMK_NVMAX

@@ -662,3 +662,29 @@ static void F(fnn_gemm_)(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K,
 #undef F
 #undef CAT
 #undef CAT_
+
+/* the parameters of this instance: the next one defines its own */
+#undef T
+#undef SFX
+#undef PACK_B_COLS
+#undef MR
+#undef NR
+#undef MC_MAX
+#undef KC_MAX
+#undef NC_MAX
+#if FNN_X86
+#undef VT
+#undef VW
+#undef VZERO
+#undef VLOAD
+#undef VLOADU
+#undef VSTOREU
+#undef VBCAST
+#undef VFMA
+#undef VADD
+#undef VMAX
+#undef VAND
+#undef VCMPGT
+#undef VHSUM
+#undef VHSUM2
+#endif

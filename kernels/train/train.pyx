@@ -94,6 +94,25 @@ def _alloc_stats():
     return int(live), int(calls)
 
 
+cdef fnn_train_opt _train_opt(str kind, float lr, float weight_decay, float momentum,
+                              float dampening, bint nesterov, double beta1, double beta2,
+                              float eps, int64_t step) except *:
+    """The optimizer fields of fnn_train_opt (trainer.h); every other field zero/NULL."""
+    cdef fnn_train_opt opt
+    memset(&opt, 0, sizeof(opt))
+    opt.kind = OPT_KINDS[kind]
+    opt.lr = lr
+    opt.weight_decay = weight_decay
+    opt.momentum = momentum
+    opt.dampening = dampening
+    opt.nesterov = nesterov
+    opt.beta1 = beta1
+    opt.beta2 = beta2
+    opt.eps = eps
+    opt.step = step
+    return opt
+
+
 cdef class Trainer:
     """Workspace of the fused loop for one (architecture, batch size).
 
@@ -187,17 +206,8 @@ cdef class Trainer:
             ps1b[l] = _fptr(s1b[l])
             ps2W[l] = _fptr(s2W[l])
             ps2b[l] = _fptr(s2b[l])
-        cdef fnn_train_opt opt
-        opt.kind = OPT_KINDS[kind]
-        opt.lr = lr
-        opt.weight_decay = weight_decay
-        opt.momentum = momentum
-        opt.dampening = dampening
-        opt.nesterov = nesterov
-        opt.beta1 = beta1
-        opt.beta2 = beta2
-        opt.eps = eps
-        opt.step = step
+        cdef fnn_train_opt opt = _train_opt(kind, lr, weight_decay, momentum, dampening,
+                                            nesterov, beta1, beta2, eps, step)
         opt.lrs = <const float *> _fptr(lrs)
         opt.profile = NULL
         cdef int solo = 0
@@ -285,19 +295,8 @@ cdef class Trainer:
             ps2b[l] = _fptr(s2b[l])
             pgW[l] = _fptr(gW[l])
             pgb[l] = _fptr(gb[l])
-        cdef fnn_train_opt opt
-        memset(&opt, 0, sizeof(opt))
-        opt.kind = OPT_KINDS[kind]
-        opt.lr = lr
-        opt.weight_decay = weight_decay
-        opt.momentum = momentum
-        opt.dampening = dampening
-        opt.nesterov = nesterov
-        opt.beta1 = beta1
-        opt.beta2 = beta2
-        opt.eps = eps
-        opt.step = step
-        opt.lrs = NULL
+        cdef fnn_train_opt opt = _train_opt(kind, lr, weight_decay, momentum, dampening,
+                                            nesterov, beta1, beta2, eps, step)
         opt.solo_after = -1
         with nogil:
             fnn_trainer_grad_apply(self.tr, pW, pb, ps1W, ps1b, ps2W, ps2b, pgW, pgb, &opt,
