@@ -1216,39 +1216,31 @@ class BatchNorm2D(Layer):
         Training uses the batch's mean and biased variance and updates the running
         statistics; evaluation uses the running ones."""
         _check_images(x, "BatchNorm2D", self.dtype, self.num_features)
+        from .kernels.elementwise import batchnorm_forward
         c = self.num_features
-        x2 = x.reshape(-1, c)
+        x2 = np.ascontiguousarray(x).reshape(-1, c)
         m = x2.shape[0]
+        y = _out_buffer(out if out is None or out.flags.c_contiguous else None, x.shape,
+                        self.dtype)
+        # xhat is kept for backward in a buffer reused across steps
+        self._xhat = _out_buffer(self._xhat, x2.shape, self.dtype)
         if self.training:
             if m < 2:
                 raise ShapeError(f"BatchNorm2D: training needs more than one value per channel "
                                  f"(input shape {x.shape}); call eval() to use the running "
                                  f"statistics")
-            mean = x2.mean(axis=0)
-            # the centred values go straight into the output buffer: x2.var() would
-            # allocate a full-size temporary every step
-            y = _out_buffer(out, x.shape, self.dtype)
-            np.subtract(x2, mean, out=y.reshape(-1, c))
-            c2 = y.reshape(-1, c)
-            var = np.einsum("ij,ij->j", c2, c2) / self.dtype.type(m)
+            _, mean, var, inv = batchnorm_forward(x2, self.gamma.data, self.beta.data, self.eps,
+                                                  out=y.reshape(-1, c), xhat=self._xhat)
             mom = self.dtype.type(self.momentum)
             self.running_mean *= 1 - mom
-            self.running_mean += mom * mean
+            self.running_mean += mom * mean.astype(self.dtype)
             self.running_var *= 1 - mom
-            self.running_var += mom * var * self.dtype.type(m / (m - 1))
+            self.running_var += mom * (var * (m / (m - 1))).astype(self.dtype)
         else:
-            mean, var = self.running_mean, self.running_var
-        inv = (1.0 / np.sqrt(var + self.dtype.type(self.eps))).astype(self.dtype)
-        if not self.training:
-            y = _out_buffer(out, x.shape, self.dtype)
-            np.subtract(x2, mean, out=y.reshape(-1, c))
-        y2 = y.reshape(-1, c)
-        y2 *= inv
-        # xhat is kept for backward in a buffer reused across steps
-        self._xhat = _out_buffer(self._xhat, y2.shape, self.dtype)
-        np.copyto(self._xhat, y2)
-        y2 *= self.gamma.data
-        y2 += self.beta.data
+            _, _, _, inv = batchnorm_forward(x2, self.gamma.data, self.beta.data, self.eps,
+                                             training=False, mean=self.running_mean,
+                                             var=self.running_var, out=y.reshape(-1, c),
+                                             xhat=self._xhat)
         self._inv_std, self._shape = inv, x.shape
         self._batch_stats = self.training
         return y
@@ -1263,24 +1255,15 @@ class BatchNorm2D(Layer):
         if dout.shape != self._shape:
             raise ShapeError(f"BatchNorm2D.backward: dout must have shape {self._shape}, "
                              f"got {dout.shape}")
+        from .kernels.elementwise import batchnorm_backward
         c = self.num_features
-        dy = dout.reshape(-1, c)
-        xhat = self._xhat
-        sum_dy = dy.sum(axis=0)
-        sum_dy_xhat = np.einsum("ij,ij->j", dy, xhat)
-        self.gamma.grad += sum_dy_xhat
-        self.beta.grad += sum_dy
-        buf = _out_buffer(dx, self._shape, self.dtype)
-        g = buf.reshape(-1, c)
-        scale = self.gamma.data * self._inv_std
-        if self._batch_stats:
-            m = dy.shape[0]
-            np.multiply(xhat, -sum_dy_xhat / m, out=g)
-            g += dy
-            g -= sum_dy / m
-            g *= scale
-        else:
-            np.multiply(dy, scale, out=g)
+        buf = _out_buffer(dx if dx is None or dx.flags.c_contiguous else None, self._shape,
+                          self.dtype)
+        _, sum_dy, sum_dy_xhat = batchnorm_backward(
+            np.ascontiguousarray(dout).reshape(-1, c), self._xhat, self.gamma.data,
+            self._inv_std, batch_stats=self._batch_stats, dx=buf.reshape(-1, c))
+        self.gamma.grad += sum_dy_xhat.astype(self.dtype)
+        self.beta.grad += sum_dy.astype(self.dtype)
         return buf
 
     def get_config(self) -> Dict[str, Any]:

@@ -34,4 +34,28 @@ void fnn_dropout_backward_f32(ptrdiff_t n, const float *dy, const uint8_t *mask,
 void fnn_dropout_backward_f64(ptrdiff_t n, const double *dy, const uint8_t *mask, double *dx,
                               double scale, int nthreads);
 
+/* Batch normalisation over the channels of an (M, C) matrix (batchnorm.c; spec:
+ * fastnn/kernels/elementwise/reference.py).  Forward: training computes mean and
+ * biased var (double, C each) from x, eval takes them as given; writes inv_std (C),
+ * y and, when xhat != NULL, xhat.  Backward: sums[0:C] = sum dy, sums[C:2C] =
+ * sum dy * xhat (double); dx = gamma * inv_std * (dy - [sum dy / M - xhat sum dy xhat / M
+ * when batch_stats]).  ws: 2 * ceil(M / 256) * C doubles; scratch: (2 * nthreads + 4) * C
+ * elements.  Deterministic for any nthreads. */
+void fnn_batchnorm_forward_f32(ptrdiff_t M, ptrdiff_t C, const float *x, const float *gamma,
+                               const float *beta, double eps, int training, double *mean,
+                               double *var, float *inv_std, float *y, float *xhat, double *ws,
+                               float *scratch, int nthreads);
+void fnn_batchnorm_forward_f64(ptrdiff_t M, ptrdiff_t C, const double *x, const double *gamma,
+                               const double *beta, double eps, int training, double *mean,
+                               double *var, double *inv_std, double *y, double *xhat,
+                               double *ws, double *scratch, int nthreads);
+void fnn_batchnorm_backward_f32(ptrdiff_t M, ptrdiff_t C, const float *dy, const float *xhat,
+                                const float *gamma, const float *inv_std, int batch_stats,
+                                double *sums, float *dx, double *ws, float *scratch,
+                                int nthreads);
+void fnn_batchnorm_backward_f64(ptrdiff_t M, ptrdiff_t C, const double *dy, const double *xhat,
+                                const double *gamma, const double *inv_std, int batch_stats,
+                                double *sums, double *dx, double *ws, double *scratch,
+                                int nthreads);
+
 #endif

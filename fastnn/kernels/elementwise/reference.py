@@ -123,3 +123,57 @@ def dropout_backward(dy: npt.NDArray[np.floating], mask: npt.NDArray[np.uint8],
                      nthreads: int = 1) -> npt.NDArray[np.floating]:
     dx[...] = np.where(mask != 0, dy * dy.dtype.type(scale), 0)
     return dx
+
+
+# ---------------------------------------------------------------- batch normalisation
+#
+# Over the channels of an (M, C) matrix x (the N*H*W pixels of an NHWC batch), as
+# kernels/elementwise/batchnorm.c computes it:
+#     training:  mean = sum x / M,  var = sum (x - mean)^2 / M   (biased; float64, C each)
+#     eval:      mean, var given (the running statistics)
+#     inv_std = 1 / sqrt(var + eps),  xhat = (x - mean) inv_std,  y = gamma xhat + beta
+#     backward:  sum_dy = sum dy,  sum_dyx = sum dy xhat  (float64, C each)
+#                dx = gamma inv_std (dy - sum_dy / M - xhat sum_dyx / M)   (batch statistics)
+#                dx = gamma inv_std dy                                     (running statistics)
+# Variant interface, on (M, C) C-contiguous arrays of one dtype (mean, var, sums float64):
+#     batchnorm_forward(x, gamma, beta, eps, training, mean, var, inv_std, y, xhat, ws,
+#                       scratch, nthreads)        xhat may be None; ws/scratch: workspace
+#     batchnorm_backward(dy, xhat, gamma, inv_std, batch_stats, sums, dx, ws, scratch,
+#                        nthreads)                sums: (2C,) float64 [sum_dy, sum_dyx]
+
+
+def batchnorm_forward(x: npt.NDArray[np.floating], gamma: npt.NDArray[np.floating],
+                      beta: npt.NDArray[np.floating], eps: float, training: bool,
+                      mean: npt.NDArray[np.float64], var: npt.NDArray[np.float64],
+                      inv_std: npt.NDArray[np.floating], y: npt.NDArray[np.floating],
+                      xhat: "npt.NDArray[np.floating] | None", ws: object = None,
+                      scratch: object = None, nthreads: int = 1) -> npt.NDArray[np.floating]:
+    x64 = x.astype(np.float64)
+    if training:
+        mean[...] = x64.mean(axis=0)
+        var[...] = ((x64 - mean) ** 2).mean(axis=0)
+    inv = 1.0 / np.sqrt(var + eps)
+    inv_std[...] = inv
+    h = (x64 - mean) * inv
+    if xhat is not None:
+        xhat[...] = h
+    y[...] = h * gamma.astype(np.float64) + beta.astype(np.float64)
+    return y
+
+
+def batchnorm_backward(dy: npt.NDArray[np.floating], xhat: npt.NDArray[np.floating],
+                       gamma: npt.NDArray[np.floating], inv_std: npt.NDArray[np.floating],
+                       batch_stats: bool, sums: npt.NDArray[np.float64],
+                       dx: npt.NDArray[np.floating], ws: object = None, scratch: object = None,
+                       nthreads: int = 1) -> npt.NDArray[np.floating]:
+    g = dy.astype(np.float64)
+    h = xhat.astype(np.float64)
+    m, c = g.shape
+    sums[:c] = g.sum(axis=0)
+    sums[c:] = (g * h).sum(axis=0)
+    s = gamma.astype(np.float64) * inv_std.astype(np.float64)
+    if batch_stats:
+        dx[...] = s * (g - sums[:c] / m - h * (sums[c:] / m))
+    else:
+        dx[...] = s * g
+    return dx
