@@ -43,37 +43,63 @@
 #endif
 
 /* ---- the pass bodies: rows [r0, r1) of x (M, C) ---- */
+/* Channels go in tiles of BN_CT held in local arrays: a full tile's loops have a
+ * constant trip count, so gcc keeps the tile's sums in vector registers across the
+ * rows (sums kept behind a pointer were loaded and stored for every row: 2.5x slower). */
+#define BN_CT 16
+/* 32-byte vectors of GCC's vector extension (two SSE registers in the baseline build,
+ * one ymm in the AVX2 one), loadable from any element-aligned address */
+typedef float bn_vf32 __attribute__((vector_size(32), aligned(4), may_alias));
+typedef double bn_vf64 __attribute__((vector_size(32), aligned(8), may_alias));
 #define DEFINE_BN_BODIES(REAL, SFX)                                                            \
-/* out[c] = sum over the rows of (x - shift[c]) (pow 1) or its square (pow 2) */              \
+/* out[c] = sum over the rows of x (square = 0) or of (x - shift[c])^2 (square = 1) */       \
 INLINE void sums_body_##SFX(ptrdiff_t r0, ptrdiff_t r1, ptrdiff_t C, const REAL *x,           \
-                            const double *shift, int square, REAL *acc, double *out)          \
+                            const double *shift, int square, double *out)                     \
 {                                                                                             \
-    for (ptrdiff_t c = 0; c < C; c++)                                                         \
-        acc[c] = 0;                                                                           \
-    if (!square) {                                                                            \
-        for (ptrdiff_t r = r0; r < r1; r++) {                                                 \
-            const REAL *xr = x + r * C;                                                       \
-            for (ptrdiff_t c = 0; c < C; c++)                                                 \
-                acc[c] += xr[c];                                                              \
+    for (ptrdiff_t c0 = 0; c0 < C; c0 += BN_CT) {                                             \
+        ptrdiff_t w = C - c0 < BN_CT ? C - c0 : BN_CT;                                        \
+        REAL a[BN_CT], sh[BN_CT];                                                             \
+        for (int j = 0; j < BN_CT; j++) {                                                     \
+            a[j] = 0;                                                                         \
+            sh[j] = square && j < w ? (REAL)shift[c0 + j] : (REAL)0;                          \
         }                                                                                     \
-    } else {                                                                                  \
-        for (ptrdiff_t c = 0; c < C; c++)                                                     \
-            acc[C + c] = (REAL)shift[c];                                                      \
-        for (ptrdiff_t r = r0; r < r1; r++) {                                                 \
-            const REAL *xr = x + r * C;                                                       \
-            for (ptrdiff_t c = 0; c < C; c++) {                                               \
-                REAL d = xr[c] - acc[C + c];                                                  \
-                acc[c] += d * d;                                                              \
+        const REAL *xc = x + c0;                                                              \
+        if (w == BN_CT) {                                                                     \
+            enum { L = 32 / sizeof(REAL), NV = BN_CT / L };                                   \
+            bn_v##SFX va[NV], vs[NV];                                                         \
+            for (int k = 0; k < NV; k++) {                                                    \
+                va[k] = *(const bn_v##SFX *)(a + k * L);                                      \
+                vs[k] = *(const bn_v##SFX *)(sh + k * L);                                     \
             }                                                                                 \
+            if (!square) {                                                                    \
+                for (ptrdiff_t r = r0; r < r1; r++)                                           \
+                    for (int k = 0; k < NV; k++)                                              \
+                        va[k] += *(const bn_v##SFX *)(xc + r * C + k * L);                    \
+            } else {                                                                          \
+                for (ptrdiff_t r = r0; r < r1; r++)                                           \
+                    for (int k = 0; k < NV; k++) {                                            \
+                        bn_v##SFX d = *(const bn_v##SFX *)(xc + r * C + k * L) - vs[k];       \
+                        va[k] += d * d;                                                       \
+                    }                                                                         \
+            }                                                                                 \
+            for (int k = 0; k < NV; k++)                                                      \
+                *(bn_v##SFX *)(a + k * L) = va[k];                                            \
+        } else {                                                                              \
+            for (ptrdiff_t r = r0; r < r1; r++)                                               \
+                for (ptrdiff_t j = 0; j < w; j++) {                                           \
+                    REAL d = xc[r * C + j] - sh[j];                                           \
+                    a[j] += square ? d * d : d;                                               \
+                }                                                                             \
         }                                                                                     \
+        for (ptrdiff_t j = 0; j < w; j++)                                                     \
+            out[c0 + j] = (double)a[j];                                                       \
     }                                                                                         \
-    for (ptrdiff_t c = 0; c < C; c++)                                                         \
-        out[c] = (double)acc[c];                                                              \
 }                                                                                             \
 /* y = (x - mean) * a + b with a = gamma * inv, b = beta (coef rows: mean, inv, a, b);        \
- * xhat = (x - mean) * inv when xhat != NULL */                                               \
+ * xhat = (x - mean) * inv when xhat != NULL.  y may be x (in place); xhat and coef are       \
+ * never y or x (restrict: without it gcc ran the xhat loop scalar, 3x slower). */            \
 INLINE void norm_body_##SFX(ptrdiff_t r0, ptrdiff_t r1, ptrdiff_t C, const REAL *x,           \
-                            const REAL *coef, REAL *y, REAL *xhat)                            \
+                            const REAL *restrict coef, REAL *y, REAL *restrict xhat)          \
 {                                                                                             \
     const REAL *mean = coef, *inv = coef + C, *a = coef + 2 * C, *b = coef + 3 * C;           \
     for (ptrdiff_t r = r0; r < r1; r++) {                                                     \
@@ -92,26 +118,48 @@ INLINE void norm_body_##SFX(ptrdiff_t r0, ptrdiff_t r1, ptrdiff_t C, const REAL 
         }                                                                                     \
     }                                                                                         \
 }                                                                                             \
-/* out[c] = sum dy, out[C + c] = sum dy * xhat */                                             \
+/* out[c] = sum dy, out[C + c] = sum dy * xhat (channel tiles as in sums_body) */           \
 INLINE void bsums_body_##SFX(ptrdiff_t r0, ptrdiff_t r1, ptrdiff_t C, const REAL *dy,         \
-                             const REAL *xhat, REAL *acc, double *out)                        \
+                             const REAL *xhat, double *out)                                   \
 {                                                                                             \
-    for (ptrdiff_t c = 0; c < 2 * C; c++)                                                     \
-        acc[c] = 0;                                                                           \
-    for (ptrdiff_t r = r0; r < r1; r++) {                                                     \
-        const REAL *gr = dy + r * C, *hr = xhat + r * C;                                      \
-        for (ptrdiff_t c = 0; c < C; c++) {                                                   \
-            acc[c] += gr[c];                                                                  \
-            acc[C + c] += gr[c] * hr[c];                                                      \
+    for (ptrdiff_t c0 = 0; c0 < C; c0 += BN_CT) {                                             \
+        ptrdiff_t w = C - c0 < BN_CT ? C - c0 : BN_CT;                                        \
+        REAL a[BN_CT], p[BN_CT];                                                              \
+        for (int j = 0; j < BN_CT; j++)                                                       \
+            a[j] = p[j] = 0;                                                                  \
+        const REAL *gc = dy + c0, *hc = xhat + c0;                                            \
+        if (w == BN_CT) {                                                                     \
+            enum { L = 32 / sizeof(REAL), NV = BN_CT / L };                                   \
+            bn_v##SFX va[NV], vp[NV];                                                         \
+            for (int k = 0; k < NV; k++)                                                      \
+                va[k] = vp[k] = (bn_v##SFX){0};                                               \
+            for (ptrdiff_t r = r0; r < r1; r++)                                               \
+                for (int k = 0; k < NV; k++) {                                                \
+                    bn_v##SFX g = *(const bn_v##SFX *)(gc + r * C + k * L);                   \
+                    va[k] += g;                                                               \
+                    vp[k] += g * *(const bn_v##SFX *)(hc + r * C + k * L);                    \
+                }                                                                             \
+            for (int k = 0; k < NV; k++) {                                                    \
+                *(bn_v##SFX *)(a + k * L) = va[k];                                            \
+                *(bn_v##SFX *)(p + k * L) = vp[k];                                            \
+            }                                                                                 \
+        } else {                                                                              \
+            for (ptrdiff_t r = r0; r < r1; r++)                                               \
+                for (ptrdiff_t j = 0; j < w; j++) {                                           \
+                    a[j] += gc[r * C + j];                                                    \
+                    p[j] += gc[r * C + j] * hc[r * C + j];                                    \
+                }                                                                             \
+        }                                                                                     \
+        for (ptrdiff_t j = 0; j < w; j++) {                                                   \
+            out[c0 + j] = (double)a[j];                                                       \
+            out[C + c0 + j] = (double)p[j];                                                   \
         }                                                                                     \
     }                                                                                         \
-    for (ptrdiff_t c = 0; c < 2 * C; c++)                                                     \
-        out[c] = (double)acc[c];                                                              \
 }                                                                                             \
 /* dx = (dy - k0) * s - xhat * k1 (coef rows: k0 = sum_dy / M, s = gamma * inv,              \
  * k1 = s * sum_dyx / M) */                                                                   \
 INLINE void dx_body_##SFX(ptrdiff_t r0, ptrdiff_t r1, ptrdiff_t C, const REAL *dy,            \
-                          const REAL *xhat, const REAL *coef, REAL *dx)                       \
+                          const REAL *restrict xhat, const REAL *restrict coef, REAL *dx)     \
 {                                                                                             \
     const REAL *k0 = coef, *s = coef + C, *k1 = coef + 2 * C;                                 \
     for (ptrdiff_t r = r0; r < r1; r++) {                                                     \
@@ -122,55 +170,48 @@ INLINE void dx_body_##SFX(ptrdiff_t r0, ptrdiff_t r1, ptrdiff_t C, const REAL *d
     }                                                                                         \
 }                                                                                             \
 static void sums_base_##SFX(ptrdiff_t r0, ptrdiff_t r1, ptrdiff_t C, const REAL *x,           \
-                            const double *shift, int square, REAL *acc, double *out)          \
-{ sums_body_##SFX(r0, r1, C, x, shift, square, acc, out); }                                   \
+                            const double *shift, int square, double *out)                     \
+{ sums_body_##SFX(r0, r1, C, x, shift, square, out); }                                   \
 static void norm_base_##SFX(ptrdiff_t r0, ptrdiff_t r1, ptrdiff_t C, const REAL *x,           \
                             const REAL *coef, REAL *y, REAL *xhat)                            \
 { norm_body_##SFX(r0, r1, C, x, coef, y, xhat); }                                             \
 static void bsums_base_##SFX(ptrdiff_t r0, ptrdiff_t r1, ptrdiff_t C, const REAL *dy,         \
-                             const REAL *xhat, REAL *acc, double *out)                        \
-{ bsums_body_##SFX(r0, r1, C, dy, xhat, acc, out); }                                          \
+                             const REAL *xhat, double *out)                                   \
+{ bsums_body_##SFX(r0, r1, C, dy, xhat, out); }                                          \
 static void dx_base_##SFX(ptrdiff_t r0, ptrdiff_t r1, ptrdiff_t C, const REAL *dy,            \
                           const REAL *xhat, const REAL *coef, REAL *dx)                       \
 { dx_body_##SFX(r0, r1, C, dy, xhat, coef, dx); }                                             \
 FNN_TARGET_AVX2 static void sums_avx2_##SFX(ptrdiff_t r0, ptrdiff_t r1, ptrdiff_t C,          \
                                             const REAL *x, const double *shift, int square,   \
-                                            REAL *acc, double *out)                           \
-{ sums_body_##SFX(r0, r1, C, x, shift, square, acc, out); }                                   \
+                                            double *out)                                      \
+{ sums_body_##SFX(r0, r1, C, x, shift, square, out); }                                   \
 FNN_TARGET_AVX2 static void norm_avx2_##SFX(ptrdiff_t r0, ptrdiff_t r1, ptrdiff_t C,          \
                                             const REAL *x, const REAL *coef, REAL *y,         \
                                             REAL *xhat)                                       \
 { norm_body_##SFX(r0, r1, C, x, coef, y, xhat); }                                             \
 FNN_TARGET_AVX2 static void bsums_avx2_##SFX(ptrdiff_t r0, ptrdiff_t r1, ptrdiff_t C,         \
-                                             const REAL *dy, const REAL *xhat, REAL *acc,     \
-                                             double *out)                                     \
-{ bsums_body_##SFX(r0, r1, C, dy, xhat, acc, out); }                                          \
+                                             const REAL *dy, const REAL *xhat, double *out)   \
+{ bsums_body_##SFX(r0, r1, C, dy, xhat, out); }                                          \
 FNN_TARGET_AVX2 static void dx_avx2_##SFX(ptrdiff_t r0, ptrdiff_t r1, ptrdiff_t C,            \
                                           const REAL *dy, const REAL *xhat, const REAL *coef, \
                                           REAL *dx)                                           \
 { dx_body_##SFX(r0, r1, C, dy, xhat, coef, dx); }
 
 /* ---- the drivers ---- */
-/* Workspace (doubles): ws_size = 2 * nblocks * C + 4 * C, nblocks = ceil(M / BN_ROWS); the
- * element-typed scratch (acc, 2C per thread, and coef, 4C) lives in `scratch`
- * (REAL, (2 * nthreads + 4) * C).  Both come from the caller: nothing is allocated here. */
+/* Workspace: ws, 2 * nblocks * C doubles (nblocks = ceil(M / BN_ROWS): the block
+ * partials), and scratch, 4 * C elements (the per-channel coefficients of the
+ * elementwise pass).  Both come from the caller: nothing is allocated here. */
 #define DEFINE_BN_DRIVERS(REAL, SFX)                                                           \
 static void block_sums_##SFX(ptrdiff_t M, ptrdiff_t C, const REAL *x, const double *shift,    \
-                             int square, double *part, REAL *acc, int nt)                     \
+                             int square, double *part, int nt)                                \
 {                                                                                             \
-    void (*f)(ptrdiff_t, ptrdiff_t, ptrdiff_t, const REAL *, const double *, int, REAL *,     \
-              double *) = PICK(sums_avx2_##SFX, sums_base_##SFX);                             \
+    void (*f)(ptrdiff_t, ptrdiff_t, ptrdiff_t, const REAL *, const double *, int, double *) = \
+        PICK(sums_avx2_##SFX, sums_base_##SFX);                                               \
     ptrdiff_t nb = (M + BN_ROWS - 1) / BN_ROWS;                                               \
-    _Pragma("omp parallel num_threads(nt) if (nt > 1)")                                       \
-    {                                                                                         \
-        int t = 0;                                                                            \
-        FNN_OMP_THREAD_NUM(t);                                                                \
-        REAL *a = acc + (ptrdiff_t)t * 2 * C;                                                 \
-        _Pragma("omp for schedule(static)")                                                   \
-        for (ptrdiff_t b = 0; b < nb; b++) {                                                  \
-            ptrdiff_t r0 = b * BN_ROWS, r1 = r0 + BN_ROWS < M ? r0 + BN_ROWS : M;             \
-            f(r0, r1, C, x, shift, square, a, part + b * C);                                  \
-        }                                                                                     \
+    _Pragma("omp parallel for num_threads(nt) schedule(static) if (nt > 1)")                  \
+    for (ptrdiff_t b = 0; b < nb; b++) {                                                      \
+        ptrdiff_t r0 = b * BN_ROWS, r1 = r0 + BN_ROWS < M ? r0 + BN_ROWS : M;                 \
+        f(r0, r1, C, x, shift, square, part + b * C);                                         \
     }                                                                                         \
 }                                                                                             \
 static void reduce_blocks_##SFX(ptrdiff_t nb, ptrdiff_t width, const double *part,            \
@@ -189,13 +230,13 @@ void fnn_batchnorm_forward_##SFX(ptrdiff_t M, ptrdiff_t C, const REAL *x, const 
 {                                                                                             \
     int nt = (nthreads > 1 && M * C >= BN_PAR_MIN) ? nthreads : 1;                            \
     ptrdiff_t nb = (M + BN_ROWS - 1) / BN_ROWS;                                               \
-    REAL *acc = scratch, *coef = scratch + (ptrdiff_t)2 * nthreads * C;                       \
+    REAL *coef = scratch;                                                                     \
     if (training) {                                                                           \
-        block_sums_##SFX(M, C, x, NULL, 0, ws, acc, nt);                                      \
+        block_sums_##SFX(M, C, x, NULL, 0, ws, nt);                                           \
         reduce_blocks_##SFX(nb, C, ws, mean);                                                 \
         for (ptrdiff_t c = 0; c < C; c++)                                                     \
             mean[c] /= (double)M;                                                             \
-        block_sums_##SFX(M, C, x, mean, 1, ws, acc, nt);                                      \
+        block_sums_##SFX(M, C, x, mean, 1, ws, nt);                                           \
         reduce_blocks_##SFX(nb, C, ws, var);                                                  \
         for (ptrdiff_t c = 0; c < C; c++)                                                     \
             var[c] /= (double)M;                                                              \
@@ -222,19 +263,13 @@ void fnn_batchnorm_backward_##SFX(ptrdiff_t M, ptrdiff_t C, const REAL *dy, cons
 {                                                                                             \
     int nt = (nthreads > 1 && M * C >= BN_PAR_MIN) ? nthreads : 1;                            \
     ptrdiff_t nb = (M + BN_ROWS - 1) / BN_ROWS;                                               \
-    REAL *acc = scratch, *coef = scratch + (ptrdiff_t)2 * nthreads * C;                       \
-    void (*fs)(ptrdiff_t, ptrdiff_t, ptrdiff_t, const REAL *, const REAL *, REAL *,           \
-               double *) = PICK(bsums_avx2_##SFX, bsums_base_##SFX);                          \
-    _Pragma("omp parallel num_threads(nt) if (nt > 1)")                                       \
-    {                                                                                         \
-        int t = 0;                                                                            \
-        FNN_OMP_THREAD_NUM(t);                                                                \
-        REAL *a = acc + (ptrdiff_t)t * 2 * C;                                                 \
-        _Pragma("omp for schedule(static)")                                                   \
-        for (ptrdiff_t b = 0; b < nb; b++) {                                                  \
-            ptrdiff_t r0 = b * BN_ROWS, r1 = r0 + BN_ROWS < M ? r0 + BN_ROWS : M;             \
-            fs(r0, r1, C, dy, xhat, a, ws + b * 2 * C);                                       \
-        }                                                                                     \
+    REAL *coef = scratch;                                                                     \
+    void (*fs)(ptrdiff_t, ptrdiff_t, ptrdiff_t, const REAL *, const REAL *, double *) =       \
+        PICK(bsums_avx2_##SFX, bsums_base_##SFX);                                             \
+    _Pragma("omp parallel for num_threads(nt) schedule(static) if (nt > 1)")                  \
+    for (ptrdiff_t b = 0; b < nb; b++) {                                                      \
+        ptrdiff_t r0 = b * BN_ROWS, r1 = r0 + BN_ROWS < M ? r0 + BN_ROWS : M;                 \
+        fs(r0, r1, C, dy, xhat, ws + b * 2 * C);                                              \
     }                                                                                         \
     reduce_blocks_##SFX(nb, 2 * C, ws, sums);                                                 \
     for (ptrdiff_t c = 0; c < C; c++) {                                                       \
@@ -251,12 +286,6 @@ void fnn_batchnorm_backward_##SFX(ptrdiff_t M, ptrdiff_t C, const REAL *dy, cons
         f(r0, r1, C, dy, xhat, coef, dx);                                                     \
     }                                                                                         \
 }
-
-#ifdef FASTNN_HAVE_OPENMP
-#define FNN_OMP_THREAD_NUM(t) ((t) = omp_get_thread_num())
-#else
-#define FNN_OMP_THREAD_NUM(t) ((void)(t))
-#endif
 
 DEFINE_BN_BODIES(float, f32)
 DEFINE_BN_BODIES(double, f64)

@@ -39,8 +39,7 @@ void fnn_dropout_backward_f64(ptrdiff_t n, const double *dy, const uint8_t *mask
  * biased var (double, C each) from x, eval takes them as given; writes inv_std (C),
  * y and, when xhat != NULL, xhat.  Backward: sums[0:C] = sum dy, sums[C:2C] =
  * sum dy * xhat (double); dx = gamma * inv_std * (dy - [sum dy / M - xhat sum dy xhat / M
- * when batch_stats]).  ws: 2 * ceil(M / 256) * C doubles; scratch: (2 * nthreads + 4) * C
- * elements.  Deterministic for any nthreads. */
+ * when batch_stats]).  ws: 2 * ceil(M / 256) * C doubles; scratch: 4 * C elements.  Deterministic for any nthreads. */
 void fnn_batchnorm_forward_f32(ptrdiff_t M, ptrdiff_t C, const float *x, const float *gamma,
                                const float *beta, double eps, int training, double *mean,
                                double *var, float *inv_std, float *y, float *xhat, double *ws,

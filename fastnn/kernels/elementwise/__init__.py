@@ -213,7 +213,7 @@ _BN_ROWS = 256      # batchnorm.c's BN_ROWS: rows per partial-sum block
 def _bn_workspace(m: int, c: int, dtype: np.dtype, nthreads: int
                   ) -> Tuple[npt.NDArray[np.float64], npt.NDArray[np.floating]]:
     nb = max(1, -(-m // _BN_ROWS))
-    return np.empty(2 * nb * c, np.float64), np.empty((2 * nthreads + 4) * c, dtype)
+    return np.empty(2 * nb * c, np.float64), np.empty(4 * c, dtype)
 
 
 def _bn_vector(v: npt.ArrayLike, fn: str, name: str, c: int, dtype: npt.DTypeLike
