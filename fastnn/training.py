@@ -41,6 +41,7 @@ from __future__ import annotations
 import functools
 import inspect
 import math
+import os
 import sys
 import threading
 import time
@@ -417,6 +418,16 @@ class _DistributedEngine:
         except (TypeError, ValueError):
             params = {}
         self.backward_kw = {"input_grad": False} if "input_grad" in params else {}
+        # the fused path reduces the gradient layer by layer (ResidentGradPlan.buckets), as
+        # the backward pass writes each layer, overlapped with the earlier layers' backward
+        # when the communicator has a reduction thread; FASTNN_MPI_OVERLAP=0 reduces the
+        # same buckets after the whole gradient (the same bits, for comparisons)
+        self.buckets = plan.buckets() if plan is not None else None
+        self.overlap = plan is not None and os.environ.get("FASTNN_MPI_OVERLAP", "1") != "0"
+        # ranks on one machine: the gradients meet in shared memory (SharedGrads), one
+        # polled barrier a step instead of an MPI allreduce
+        self.shared = comm.shared_slots(model.flat_grads.size) if plan is not None else None
+        self._k = 0                     # steps so far (the shared slots' parity)
 
     def _local_grad(self, rows: npt.NDArray[Any], nb: int) -> Tuple[float, int]:
         """This rank's share of the batch gradient into model.flat_grads; (loss sum, hits)."""
@@ -449,12 +460,30 @@ class _DistributedEngine:
             lo, hi = split_rows(nb, comm.rank, comm.size)
             if self.schedule is not None:
                 _apply_schedule(self.schedule, opt, state.global_step)
-            ls, c = self._local_grad(idx[lo:hi], nb)
-            comm.allreduce_(self.model.flat_grads)
-            if self.plan is not None:    # the update, the weights kept in the trainer
-                self.plan.apply(self.model.flat_grads)
-            else:
+            grads = self.model.flat_grads
+            if self.plan is None:
+                ls, c = self._local_grad(idx[lo:hi], nb)
+                comm.allreduce_(grads)
                 opt.step()
+            else:
+                plan, inv_b = self.plan, float(np.float32(1) / np.float32(nb))
+                sig = plan.signal
+                sig.reset(len(plan.layers))
+                if self.shared is not None:
+                    slot = self.shared.slot(self._k)
+                    ls, c = plan.grad_step(self.x, self.y, idx[lo:hi], inv_b, slot)
+                    comm.arrive()
+                    self.shared.sum_into(self._k, grads)
+                    self._k += 1
+                elif self.overlap:         # the reduction thread waits for each layer
+                    pending = comm.allreduce_start(grads, buckets=self.buckets, ready=sig.wait)
+                    ls, c = plan.grad_step(self.x, self.y, idx[lo:hi], inv_b, grads, signal=sig)
+                else:
+                    ls, c = plan.grad_step(self.x, self.y, idx[lo:hi], inv_b, grads, signal=sig)
+                    pending = comm.allreduce_start(grads, buckets=self.buckets, ready=sig.wait)
+                if self.shared is None:
+                    comm.wait(pending)
+                plan.apply(grads)        # the update, the weights kept in the trainer
             state.global_step += 1
             loss_sum += ls
             correct += c
