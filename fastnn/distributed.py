@@ -484,10 +484,11 @@ class SharedGrads:
         slot = sg.slot(k)                     # this rank's slot of step k (k: steps so far)
         plan.grad_step(..., grads=slot)       # the native step writes its gradient there
         comm.arrive()                         # every rank wrote its slot (a polled barrier)
-        sg.sum_into(k, grads)                 # grads = slot_0 + slot_1 + ... (in rank order)
+        plan.apply_sum(sg.slots[k & 1])       # the update of slot_0 + slot_1 + ... (rank order)
 
     instead of an allreduce: one barrier, and every rank reads the others' slots
-    straight from memory.  Open MPI's blocking ``MPI_Allreduce`` moves a large
+    straight from memory, inside its update (the sum is never written out;
+    ``sum_into`` writes it, for tests).  Open MPI's blocking ``MPI_Allreduce`` moves a large
     buffer in many fragments, each a handshake that spins; when the machine is
     busier than its cores a descheduled partner stalls every fragment for a time
     slice (measured on 2 shared cores at load 4-6: mlp-keras' 2.7 MB took 5-50 ms
@@ -713,6 +714,21 @@ class ResidentGradPlan(_fused.GradPlan):
         ``step_count`` updated as ``FusedPlan.run`` updates them; reads the
         optimizer's ``lr`` and hyper-parameters now (schedules apply)."""
         self._check_grads(grads)
+        self._apply(grads, 1, 0)
+
+    def apply_sum(self, slots: npt.NDArray[Any]) -> None:
+        """``apply(slots.sum(axis=0))``, the rows added in order (slot 0 first) as the
+        update reads them, without writing the sum: ``slots`` a C-contiguous float32
+        array (ranks, flat size), ``SharedGrads.slots[k & 1]``.  The same bits as
+        ``apply`` of the sum added in that order."""
+        if not isinstance(slots, np.ndarray) or slots.dtype != np.float32 or slots.ndim != 2 \
+                or not slots.flags.c_contiguous or slots.shape[0] < 1 \
+                or slots.shape[1] != self.model.flat_params.size:
+            raise TypeError("ResidentGradPlan.apply_sum: slots must be a C-contiguous float32 "
+                            "array (sources, model.flat_params.size)")
+        self._apply(slots[0], int(slots.shape[0]), int(slots.strides[0] // slots.itemsize))
+
+    def _apply(self, grads: npt.NDArray[Any], nsrc: int, stride: int) -> None:
         opt = self.optimizer
         W = [spec.weight.data for spec in self.layers]  # type: ignore[union-attr]  # Dense
         bias = [spec.bias.data if spec.bias is not None else None for spec in self.layers]
@@ -724,6 +740,6 @@ class ResidentGradPlan(_fused.GradPlan):
         with self._lock:
             trainer.grad_apply(W, bias, s1W, s1b, s2W, s2b, gW, gb, ospec.kind, ospec.lr,
                                step=ospec.step, nthreads=_threads.get_num_threads(),
-                               **ospec.hyper)
+                               nsrc=nsrc, src_stride=stride, **ospec.hyper)
         opt.step_count += 1
         self._resident = trainer

@@ -473,7 +473,8 @@ class _DistributedEngine:
                     slot = self.shared.slot(self._k)
                     ls, c = plan.grad_step(self.x, self.y, idx[lo:hi], inv_b, slot)
                     comm.arrive()
-                    self.shared.sum_into(self._k, grads)
+                    # the update reads the ranks' slots and adds them (rank order) itself
+                    plan.apply_sum(self.shared.slots[self._k & 1])
                     self._k += 1
                 elif self.overlap:         # the reduction thread waits for each layer
                     pending = comm.allreduce_start(grads, buckets=self.buckets, ready=sig.wait)
@@ -483,7 +484,7 @@ class _DistributedEngine:
                     pending = comm.allreduce_start(grads, buckets=self.buckets, ready=sig.wait)
                 if self.shared is None:
                     comm.wait(pending)
-                plan.apply(grads)        # the update, the weights kept in the trainer
+                    plan.apply(grads)    # the update, the weights kept in the trainer
             state.global_step += 1
             loss_sum += ls
             correct += c

@@ -244,6 +244,40 @@ def test_resident_grad_step_and_apply_are_the_fused_step_bitwise(opt_cls, kw, th
         np.testing.assert_array_equal(v, o2.state_buffers()[k], err_msg=k)
 
 
+@pytest.mark.parametrize("opt_cls, kw", [
+    (SGD, {"lr": 0.1, "momentum": 0.9}),
+    (SGD, {"lr": 0.1, "momentum": 0.9, "nesterov": True, "weight_decay": 1e-3}),
+    (Adam, {"lr": 1e-3}), (AdamW, {"lr": 1e-3, "weight_decay": 0.01})],
+    ids=["sgd-momentum", "sgd-nesterov-wd", "adam", "adamw"])
+@pytest.mark.parametrize("nsrc", [1, 2, 3])
+def test_apply_sum_is_apply_of_the_slots_added_in_order(opt_cls, kw, nsrc):
+    """apply_sum(slots) (the shared-memory exchange's update: the ranks' slots added in
+    rank order inside the update, in blocks of 512 floats) == apply of the sum added in
+    that order, bit for bit; 600-wide rows cross a block boundary.  Bad slots raise."""
+    rng = np.random.default_rng(nsrc)
+    sizes = [30, 600, 10]
+    m1, m2 = MLP(sizes, seed=2), MLP(sizes, seed=2)
+    o1, o2 = opt_cls(m1, **kw), opt_cls(m2, **kw)
+    loss = SoftmaxCrossEntropy()
+    g1 = ResidentGradPlan(m1, o1, check(m1, loss, o1, 8).dense, 8)
+    g2 = ResidentGradPlan(m2, o2, check(m2, loss, o2, 8).dense, 8)
+    n = m1.flat_params.size
+    for _ in range(3):
+        slots = (rng.standard_normal((nsrc, n)) * 1e-2).astype(np.float32)
+        total = slots[0].copy()
+        for k in range(1, nsrc):
+            total += slots[k]
+        g1.apply(total)
+        g2.apply_sum(slots)
+    np.testing.assert_array_equal(m1.flat_params, m2.flat_params)
+    for k, v in o1.state_buffers().items():
+        np.testing.assert_array_equal(v, o2.state_buffers()[k], err_msg=k)
+    for bad in (np.zeros((2, n), np.float64), np.zeros((2, n + 1), np.float32),
+                np.zeros((2, 2 * n), np.float32)[:, ::2], np.zeros(n, np.float32)):
+        with pytest.raises(TypeError, match="apply_sum"):
+            g2.apply_sum(bad)
+
+
 def test_resident_weights_are_copied_in_again_after_invalidate():
     """Weights changed outside apply are ignored until invalidate() (the trainer keeps
     its copies: that is the point), and read after it."""

@@ -77,6 +77,11 @@ cdef extern from "trainer.h" nogil:
                                       const int64_t *y, const int64_t *idx, Py_ssize_t n,
                                       float inv_b, int nthreads, fnn_grad_signal *sig,
                                       double *loss_sum, int64_t *correct)
+    void fnn_trainer_grad_apply_sum(fnn_trainer *tr, float **W, float **b,
+                                    float **s1W, float **s1b, float **s2W, float **s2b,
+                                    const float **gW, const float **gb,
+                                    int nsrc, Py_ssize_t src_stride,
+                                    const fnn_train_opt *opt, int nthreads)
     void fnn_trainer_u8_to_f32(const uint8_t *src, float *dst, Py_ssize_t n)
     void fnn_trainer_alloc_stats(int64_t *live, int64_t *calls)
 
@@ -354,12 +359,14 @@ cdef class Trainer:
     def grad_apply(self, W, b, s1W, s1b, s2W, s2b, gW, gb, str kind, float lr,
                    float weight_decay=0.0, float momentum=0.0, float dampening=0.0,
                    bint nesterov=False, double beta1=0.9, double beta2=0.999, float eps=1e-8,
-                   int64_t step=0, int nthreads=1):
+                   int64_t step=0, int nthreads=1, int nsrc=1, Py_ssize_t src_stride=0):
         """The update of a data-parallel step (fnn_trainer_grad_apply, trainer.h): W, b
         and the optimizer state s1*/s2* (per-layer arrays or None, dense) updated in
         place from the summed gradients gW, gb by the fused step's rule (``step``:
         updates so far), and the trainer's own copies written from them, for the
-        next ``grad_step(None, ...)``."""
+        next ``grad_step(None, ...)``.  ``nsrc`` > 1: the gradient is the sum, in
+        source order, of nsrc buffers, source k's at gW[l] / gb[l] + k * src_stride
+        floats (fnn_trainer_grad_apply_sum; the caller checks the extent)."""
         cdef float *pW[FNN_TR_MAXL]
         cdef float *pb[FNN_TR_MAXL]
         cdef float *ps1W[FNN_TR_MAXL]
@@ -381,6 +388,8 @@ cdef class Trainer:
         cdef fnn_train_opt opt = _train_opt(kind, lr, weight_decay, momentum, dampening,
                                             nesterov, beta1, beta2, eps, step)
         opt.solo_after = -1
+        if nsrc < 1:
+            raise ValueError(f"grad_apply: nsrc must be >= 1, got {nsrc}")
         with nogil:
-            fnn_trainer_grad_apply(self.tr, pW, pb, ps1W, ps1b, ps2W, ps2b, pgW, pgb, &opt,
-                                   nthreads)
+            fnn_trainer_grad_apply_sum(self.tr, pW, pb, ps1W, ps1b, ps2W, ps2b, pgW, pgb, nsrc,
+                                       src_stride, &opt, nthreads)

@@ -509,32 +509,55 @@ int64_t fnn_trainer_grad_step(fnn_trainer *tr, float *const *W, float *const *b,
 
 /* Rows [i0, i1) of a layer's W (dense, `out` columns) and their state updated
  * from g by opt_update, each copied to the trainer's padded W (ld ldw) while in
- * cache.  Compiled twice, like the tile epilogues that apply the same rule
- * (generic and "avx2,fma"), so that the update rounds as the fused step's
- * does: the compiler contracts the same multiply-adds into the same FMAs. */
+ * cache.  With nsrc > 1 the gradient is the sum of nsrc buffers laid out like g,
+ * src floats apart (the ranks' slots of fastnn.distributed.SharedGrads), added in
+ * source order into a block of SUM_BLOCK floats just before its update: the sum
+ * is never written out.  opt_update is elementwise, so updating a row in blocks
+ * gives the bits of one call per row.  Compiled twice, like the tile epilogues
+ * that apply the same rule (generic and "avx2,fma"), so that the update rounds as
+ * the fused step's does: the compiler contracts the same multiply-adds into the
+ * same FMAs. */
+#define SUM_BLOCK 512
 static inline __attribute__((always_inline))
 void apply_rows_body(const opt_sc *o, float *w, float *m1, float *m2, const float *g, int out,
-                     int i0, int i1, float *tw, ptrdiff_t ldw)
+                     int i0, int i1, float *tw, ptrdiff_t ldw, int nsrc, ptrdiff_t src)
 {
+    float sum[SUM_BLOCK];
     for (int i = i0; i < i1; i++) {
         const ptrdiff_t r = (ptrdiff_t)i * out;
-        opt_update(o, w + r, m1 ? m1 + r : NULL, m2 ? m2 + r : NULL, g + r, out);
+        if (nsrc <= 1) {
+            opt_update(o, w + r, m1 ? m1 + r : NULL, m2 ? m2 + r : NULL, g + r, out);
+        } else {
+            for (int c0 = 0; c0 < out; c0 += SUM_BLOCK) {
+                const int nc = out - c0 < SUM_BLOCK ? out - c0 : SUM_BLOCK;
+                const float *g0 = g + r + c0;
+                for (int j = 0; j < nc; j++) sum[j] = g0[j] + g0[src + j];
+                for (int k = 2; k < nsrc; k++) {
+                    const float *gk = g0 + k * src;
+                    for (int j = 0; j < nc; j++) sum[j] += gk[j];
+                }
+                opt_update(o, w + r + c0, m1 ? m1 + r + c0 : NULL, m2 ? m2 + r + c0 : NULL, sum,
+                           nc);
+            }
+        }
         memcpy(tw + i * ldw, w + r, (size_t)out * sizeof(float));
     }
 }
 
 static void apply_rows(const opt_sc *o, float *w, float *m1, float *m2, const float *g,
-                       int out, int i0, int i1, float *tw, ptrdiff_t ldw)
+                       int out, int i0, int i1, float *tw, ptrdiff_t ldw, int nsrc,
+                       ptrdiff_t src)
 {
-    apply_rows_body(o, w, m1, m2, g, out, i0, i1, tw, ldw);
+    apply_rows_body(o, w, m1, m2, g, out, i0, i1, tw, ldw, nsrc, src);
 }
 
 #if FNN_X86
 FNN_TARGET_AVX2
 static void apply_rows_avx2(const opt_sc *o, float *w, float *m1, float *m2, const float *g,
-                            int out, int i0, int i1, float *tw, ptrdiff_t ldw)
+                            int out, int i0, int i1, float *tw, ptrdiff_t ldw, int nsrc,
+                            ptrdiff_t src)
 {
-    apply_rows_body(o, w, m1, m2, g, out, i0, i1, tw, ldw);
+    apply_rows_body(o, w, m1, m2, g, out, i0, i1, tw, ldw, nsrc, src);
 }
 #endif
 
@@ -604,6 +627,16 @@ void fnn_trainer_grad_apply(fnn_trainer *tr, float *const *W, float *const *b,
                             const float *const *gW, const float *const *gb,
                             const fnn_train_opt *opt, int nthreads)
 {
+    fnn_trainer_grad_apply_sum(tr, W, b, s1W, s1b, s2W, s2b, gW, gb, 1, 0, opt, nthreads);
+}
+
+void fnn_trainer_grad_apply_sum(fnn_trainer *tr, float *const *W, float *const *b,
+                                float *const *s1W, float *const *s1b,
+                                float *const *s2W, float *const *s2b,
+                                const float *const *gW, const float *const *gb,
+                                int nsrc, ptrdiff_t src_stride,
+                                const fnn_train_opt *opt, int nthreads)
+{
     opt_sc o;
     fnn_tr_opt_scalars(opt, 0, &o);
     const int avx2 = fnn_use_avx2();
@@ -620,10 +653,10 @@ void fnn_trainer_grad_apply(fnn_trainer *tr, float *const *W, float *const *b,
         for (int blk = 0; blk < nblk; blk++) {
             const int i0 = blk * 32, i1 = i0 + 32 < in ? i0 + 32 : in;
 #if FNN_X86
-            if (avx2) apply_rows_avx2(&o, w, m1, m2, g, out, i0, i1, tw, ldw);
+            if (avx2) apply_rows_avx2(&o, w, m1, m2, g, out, i0, i1, tw, ldw, nsrc, src_stride);
             else
 #endif
-                apply_rows(&o, w, m1, m2, g, out, i0, i1, tw, ldw);
+                apply_rows(&o, w, m1, m2, g, out, i0, i1, tw, ldw, nsrc, src_stride);
             if (l == 0) continue;
 #if FNN_X86
             if (avx2)
@@ -636,10 +669,13 @@ void fnn_trainer_grad_apply(fnn_trainer *tr, float *const *W, float *const *b,
         }
         if (tr->has_bias[l]) {
 #if FNN_X86
-            if (avx2) apply_rows_avx2(&o, b[l], s1b[l], s2b[l], gb[l], out, 0, 1, tr->b[l], 0);
+            if (avx2)
+                apply_rows_avx2(&o, b[l], s1b[l], s2b[l], gb[l], out, 0, 1, tr->b[l], 0, nsrc,
+                                src_stride);
             else
 #endif
-                apply_rows(&o, b[l], s1b[l], s2b[l], gb[l], out, 0, 1, tr->b[l], 0);
+                apply_rows(&o, b[l], s1b[l], s2b[l], gb[l], out, 0, 1, tr->b[l], 0, nsrc,
+                           src_stride);
         }
     }
     (void)avx2;

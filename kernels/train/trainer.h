@@ -201,6 +201,18 @@ void fnn_trainer_grad_apply(fnn_trainer *tr, float *const *W, float *const *b,
                             const float *const *gW, const float *const *gb,
                             const fnn_train_opt *opt, int nthreads);
 
+/* fnn_trainer_grad_apply from the sum of nsrc gradients: source k's gW[l], gb[l] at
+ * gW[l] + k * src_stride, gb[l] + k * src_stride (floats), added in source order
+ * (((g0 + g1) + g2) ...) row block by row block as the update reads them, never
+ * written out (the ranks' slots of a shared-memory exchange).  nsrc == 1: the
+ * plain apply; bitwise the plain apply of the summed gradient. */
+void fnn_trainer_grad_apply_sum(fnn_trainer *tr, float *const *W, float *const *b,
+                                float *const *s1W, float *const *s1b,
+                                float *const *s2W, float *const *s2b,
+                                const float *const *gW, const float *const *gb,
+                                int nsrc, ptrdiff_t src_stride,
+                                const fnn_train_opt *opt, int nthreads);
+
 /* dst = src * float32(1/255), the scaling of uint8 pixels (exposed for tests). */
 void fnn_trainer_u8_to_f32(const uint8_t *src, float *dst, ptrdiff_t n);
 
