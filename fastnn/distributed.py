@@ -16,8 +16,10 @@ started by a launcher, or with ``--distributed``), and from Python
 in a script started by ``mpirun -n N python train.py``.
 
 This module is the communicator: rank and size from the launcher's
-environment, an in-place bucketed allreduce of one flat float buffer,
-broadcasts, and the checks that keep ranks identical (a start-up check of
+environment, an in-place bucketed allreduce of one flat float buffer (started
+layer by layer as the backward pass writes each layer's gradient, overlapped
+with the rest of it), a shared-memory gradient exchange for ranks on one
+machine (``SharedGrads``), broadcasts, and the checks that keep ranks identical (a start-up check of
 fastnn's version, the architecture, the optimizer and the seeds; an
 end-of-epoch hash of the weights and the optimizer state).  ``mpi4py`` is
 imported only when a communicator is made (``pip install "fastnn[mpi]"``).

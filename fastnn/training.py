@@ -399,10 +399,14 @@ class _FusedEngine:
 class _DistributedEngine:
     """Data-parallel steps (``fit_distributed``, see ``fastnn.distributed``): each
     rank computes the gradient of the SUM of the loss over its slice of the global
-    batch divided by the global batch's size, the ranks sum ``model.flat_grads`` (one
-    allreduce), and every rank applies the same ``optimizer.step()``.  The gradient
-    comes from the fused trainer's gradient-only step (``_fused.GradPlan``) when it
-    covers the model, else from the layer-by-layer path."""
+    batch divided by the global batch's size, the ranks sum their gradients, and every
+    rank applies the same update.  The gradient comes from the fused trainer's
+    gradient-only step (``ResidentGradPlan``) when it covers the model, else from the
+    layer-by-layer path (``model.flat_grads`` allreduced, then ``optimizer.step()``).
+    The fused path exchanges it through shared memory when every rank is on this
+    machine (``SharedGrads``: one barrier, the update adds the slots), else through
+    an MPI allreduce of each layer's buckets started as the backward pass finishes
+    that layer (``GradSignal``), overlapped with the earlier layers' backward."""
 
     def __init__(self, comm: Communicator, model: Any, loss: Loss, optimizer: Optimizer,
                  x: npt.NDArray[Any], y: npt.NDArray[Any], batch_size: int,
@@ -960,7 +964,12 @@ def fit_distributed(model: Any, x: npt.NDArray[Any], y: npt.NDArray[np.integer],
     ``optimizer.step()``.  So N ranks give the weights of one process with batch
     B, to float summation order (the tests allow 2e-5 after an epoch).  The
     gradient comes from the fused trainer's gradient-only step when it covers
-    the model, else from the layer-by-layer path.
+    the model, else from the layer-by-layer path.  Ranks on one machine exchange
+    the fused path's gradients through shared memory (one barrier per step, the
+    update adds the ranks' gradients in rank order); across machines, or with
+    ``FASTNN_MPI_REDUCE=mpi``, each layer's gradient is allreduced as soon as the
+    backward pass has written it, overlapped with the earlier layers' backward
+    (``FASTNN_MPI_OVERLAP=0``: after the whole step, the same bits).
 
     The ranks must agree on fastnn's version, the architecture, the optimizer,
     the seed and the run's settings, else ``DistributedError`` names the ranks
