@@ -367,9 +367,10 @@ class Communicator:
     # ------------------------------------------------------------ shared memory
 
     def shared_slots(self, n: int) -> Optional["SharedGrads"]:
-        """Every rank's gradient slots in one shared-memory window (``SharedGrads``),
+        """Every rank's gradient slots in one shared-memory mapping (``SharedGrads``),
         for a buffer of ``n`` float32; None when the ranks are not all on this
-        machine (or there is one rank, or ``FASTNN_MPI_REDUCE=mpi``): then the
+        machine, or cannot share the memory (or there is one rank, or
+        ``FASTNN_MPI_REDUCE=mpi``): then the
         gradient goes through ``allreduce_start``.  Made once per ``n``; every rank
         must call it (a collective)."""
         if self.size == 1 or self.local_size != self.size:
@@ -381,8 +382,8 @@ class Communicator:
             return None
         cache = self.__dict__.setdefault("_shared", {})
         if n not in cache:
-            cache[n] = SharedGrads(self, n)
-        shared: SharedGrads = cache[n]
+            cache[n] = SharedGrads.create(self, n)
+        shared: Optional[SharedGrads] = cache[n]
         return shared
 
     def arrive(self, what: str = "the gradient exchange") -> float:
@@ -500,34 +501,62 @@ class SharedGrads:
     The sum's order is fixed (rank 0 first), so the result does not depend on
     timing; for 2 ranks it is the bits of MPI's sum (a + b)."""
 
-    def __init__(self, comm: Communicator, n: int) -> None:
+    def __init__(self, comm: Communicator, n: int, mapping: Any) -> None:
+        """Use ``SharedGrads.create``."""
         self.n, self.size, self.rank = int(n), comm.size, comm.rank
-        nbytes = 2 * self.size * self.n * 4
-        # rank 0 makes a file in /dev/shm (memory, not disk) of a name no other job has,
-        # the others map it, then it is unlinked: nothing is left behind, whatever ends
-        # the job.  (Not an MPI window: Open MPI's one-sided components print errors on
-        # machines without UCX, and this needs nothing from them.)
-        base = "/dev/shm" if os.path.isdir("/dev/shm") else None
-        name = ""
-        fd = -1
-        if comm.rank == 0:
-            import tempfile
-            fd, name = tempfile.mkstemp(prefix="fastnn-grads-", dir=base)
-            os.ftruncate(fd, nbytes)
-        names = comm.allgather(name, "the shared gradient buffer's name")
-        path = names[0]
-        if comm.rank != 0:
-            fd = os.open(path, os.O_RDWR)
-        import mmap
-        try:
-            self._map = mmap.mmap(fd, nbytes)
-        finally:
-            os.close(fd)
-        comm.barrier()
-        if comm.rank == 0:
-            os.unlink(path)
-        self.slots = np.frombuffer(self._map, dtype=np.float32,
+        self._map = mapping
+        self.slots = np.frombuffer(mapping, dtype=np.float32,
                                    count=2 * self.size * self.n).reshape(2, self.size, self.n)
+
+    @classmethod
+    def create(cls, comm: Communicator, n: int) -> Optional["SharedGrads"]:
+        """The slots of ``n`` float32 gradients, or None on every rank when any rank
+        cannot have them (no room in /dev/shm, a file system the ranks do not
+        share): the caller then uses the MPI allreduce.  A collective.
+
+        Rank 0 makes a file in /dev/shm (memory, not disk) of a name no other job
+        has and reserves its pages (``posix_fallocate``: a full /dev/shm, such as a
+        container's default 64 MB, fails here instead of killing the job with
+        SIGBUS at the first step), the others map it, then it is unlinked: nothing
+        is left behind, whatever ends the job.  (Not an MPI shared window: Open
+        MPI's one-sided components print errors on machines without UCX.)"""
+        import mmap
+        import tempfile
+        nbytes = 2 * comm.size * int(n) * 4
+        name, fd = "", -1
+        if comm.rank == 0:
+            try:
+                fd, name = tempfile.mkstemp(prefix="fastnn-grads-",
+                                            dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
+                if hasattr(os, "posix_fallocate"):
+                    os.posix_fallocate(fd, 0, nbytes)
+                else:
+                    os.ftruncate(fd, nbytes)
+            except OSError:
+                if fd >= 0:
+                    os.close(fd)
+                    os.unlink(name)
+                name, fd = "", -1
+        path = comm.allgather(name, "the shared gradient buffer's name")[0]
+        mapping = None
+        if path:
+            try:
+                if comm.rank != 0:
+                    fd = os.open(path, os.O_RDWR)
+                mapping = mmap.mmap(fd, nbytes)
+            except OSError:
+                mapping = None
+            finally:
+                if fd >= 0:
+                    os.close(fd)
+        failed = comm.any(mapping is None)       # every rank has mapped (or failed) here
+        if comm.rank == 0 and path:
+            os.unlink(path)
+        if failed:
+            if mapping is not None:
+                mapping.close()
+            return None
+        return cls(comm, n, mapping)
 
     def slot(self, k: int) -> npt.NDArray[np.float32]:
         """This rank's slot for step number ``k`` (contiguous, ``n`` float32)."""

@@ -157,6 +157,37 @@ def test_mpi4py_and_mpirun_are_installed():
     assert _mpirun() is not None, "mpirun not found: pip install -e \".[test]\""
 
 
+def test_shared_slots_fall_back_to_mpi_when_the_memory_cannot_be_had(monkeypatch):
+    """SharedGrads.create on a one-rank communicator: slots of 2 parities, rank order,
+    nothing left in /dev/shm; when /dev/shm has no room (posix_fallocate fails, as in a
+    container's 64 MB default) it returns None, leaving no file, and the caller
+    uses the MPI allreduce instead of crashing with SIGBUS at the first step."""
+    from fastnn.distributed import Communicator, SharedGrads
+
+    def leftovers():
+        return [f for f in os.listdir("/dev/shm") if f.startswith("fastnn-grads-")]
+
+    comm = Communicator()
+    before = leftovers()
+    sg = SharedGrads.create(comm, 10)
+    assert sg is not None and sg.slots.shape == (2, 1, 10)
+    sg.slot(0)[:] = 1.0
+    sg.slot(1)[:] = 2.0
+    assert sg.slots[0, 0, 0] == 1.0 and sg.slot(3)[0] == 2.0
+    assert leftovers() == before
+
+    def no_room(fd, offset, length):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", no_room)
+    assert SharedGrads.create(comm, 10) is None
+    assert leftovers() == before
+    monkeypatch.setenv("FASTNN_MPI_REDUCE", "bogus")
+    comm.size, comm.local_size = 2, 2          # as if on 2 ranks: the mode is read first
+    with pytest.raises(ValueError, match="FASTNN_MPI_REDUCE"):
+        comm.shared_slots(10)
+
+
 def test_launcher_environment():
     assert launcher_world({}) == (0, 1, 1) and not under_launcher({})
     env = {"OMPI_COMM_WORLD_RANK": "1", "OMPI_COMM_WORLD_SIZE": "4",
