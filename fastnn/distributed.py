@@ -191,6 +191,12 @@ class Communicator:
     def __repr__(self) -> str:
         return f"Communicator(rank={self.rank}, size={self.size}, local_size={self.local_size})"
 
+    @property
+    def overlaps(self) -> bool:
+        """Whether ``allreduce_start(..., ready=...)`` may be called before the gradient is
+        computed (a reduction thread waits for each part); else call it after."""
+        return self._threaded
+
     # ------------------------------------------------------------ waiting
 
     def _wait(self, reqs: Sequence[Any], what: str) -> None:
@@ -254,8 +260,10 @@ class Communicator:
         layers' backward (the caller may write the parts not yet marked ready);
         before a part's first bucket the ranks meet in a polled barrier, so that no
         rank spins in ``MPI_Allreduce`` for a partner still computing.  Without a
-        thread, ``ready`` is waited for first (no overlap).  The buckets, hence the
-        sums' bits, are the same either way."""
+        thread (``overlaps`` False) ``ready`` is waited for here, so the call must
+        come after the gradient is written (no overlap); with one rank there is
+        nothing to sum and ``ready`` is not called.  The buckets, hence the sums'
+        bits, are the same either way."""
         if buf.ndim != 1 or not buf.flags.c_contiguous:
             raise ValueError("allreduce_: buf must be a contiguous 1-D array")
         if buf.dtype not in (np.float32, np.float64):
@@ -284,9 +292,6 @@ class Communicator:
                             raise DistributedError(f"{what}: the gradient step failed")
                 pending.reqs = [self.comm.Iallreduce(MPI.IN_PLACE, buf[a:b], op=MPI.SUM)
                                 for a, b, _ in spans]
-        elif ready is not None:
-            for part in dict.fromkeys(c for _, _, c in spans):
-                ready(part, self.timeout)
         return pending
 
     def wait(self, pending: "_Pending") -> npt.NDArray[Any]:

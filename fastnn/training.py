@@ -427,7 +427,8 @@ class _DistributedEngine:
         # when the communicator has a reduction thread; FASTNN_MPI_OVERLAP=0 reduces the
         # same buckets after the whole gradient (the same bits, for comparisons)
         self.buckets = plan.buckets() if plan is not None else None
-        self.overlap = plan is not None and os.environ.get("FASTNN_MPI_OVERLAP", "1") != "0"
+        self.overlap = (plan is not None and comm.overlaps
+                        and os.environ.get("FASTNN_MPI_OVERLAP", "1") != "0")
         # ranks on one machine: the gradients meet in shared memory (SharedGrads), one
         # polled barrier a step instead of an MPI allreduce
         self.shared = comm.shared_slots(model.flat_grads.size) if plan is not None else None

@@ -157,6 +157,22 @@ def test_mpi4py_and_mpirun_are_installed():
     assert _mpirun() is not None, "mpirun not found: pip install -e \".[test]\""
 
 
+def test_fit_distributed_on_one_rank_is_fit():
+    """Without a launcher fit_distributed runs on one rank (no shared slots, nothing to
+    reduce, the gradient's buckets never waited for): the fused path's weights are
+    one process's fused fit's."""
+    from fastnn.datasets import mnist
+    from fastnn.training import fit_distributed
+    (x, y), _ = mnist.load_data(MNIST)
+    x, y = x[:N_TRAIN].reshape(N_TRAIN, -1), y[:N_TRAIN]
+    model = MLP([784, 32, 10], seed=0)
+    opt = SGD(model, lr=0.1, momentum=0.9)
+    h = fit_distributed(model, x, y, epochs=1, batch_size=BATCH, loss=SoftmaxCrossEntropy(),
+                        optimizer=opt, seed=1, verbose=0)
+    assert h.params["engine"] == "fused" and h.params["ranks"] == 1
+    np.testing.assert_allclose(model.flat_params, _reference(), rtol=0, atol=2e-5)
+
+
 def test_shared_slots_fall_back_to_mpi_when_the_memory_cannot_be_had(monkeypatch):
     """SharedGrads.create on a one-rank communicator: slots of 2 parities, rank order,
     nothing left in /dev/shm; when /dev/shm has no room (posix_fallocate fails, as in a
@@ -384,9 +400,13 @@ def test_overlapped_allreduce_gives_the_bits_of_the_allreduce_after_the_step(tmp
     float32 summation order."""
     for n in (2, 3):
         got = {}
-        for mode, env in (("overlap", {"FASTNN_MPI_REDUCE": "mpi"}),
-                          ("after", {"FASTNN_MPI_REDUCE": "mpi", "FASTNN_MPI_OVERLAP": "0"}),
-                          ("shm", {})):
+        modes = [("overlap", {"FASTNN_MPI_REDUCE": "mpi"}),
+                 ("after", {"FASTNN_MPI_REDUCE": "mpi", "FASTNN_MPI_OVERLAP": "0"}),
+                 ("shm", {})]
+        if n == 2:      # no reduction thread: Iallreduce requests after the step
+            modes.append(("requests", {"FASTNN_MPI_REDUCE": "mpi",
+                                       "FASTNN_MPI_REDUCER": "requests"}))
+        for mode, env in modes:
             out = tmp_path / f"n{n}-{mode}"
             out.mkdir()
             res, _ = _launch(out, n, {"engines": ["fused"], "out": str(out)}, env=env)
@@ -400,6 +420,7 @@ def test_overlapped_allreduce_gives_the_bits_of_the_allreduce_after_the_step(tmp
         assert np.array_equal(got["overlap"], got["after"]), f"{n} ranks"
         if n == 2:
             assert np.array_equal(got["shm"], got["overlap"])
+            assert np.array_equal(got["requests"], got["overlap"])
         else:
             np.testing.assert_allclose(got["shm"], got["overlap"], rtol=0, atol=2e-5)
     assert not [f for f in os.listdir("/dev/shm") if f.startswith("fastnn-grads-")]
