@@ -9,6 +9,10 @@ alternating, medians of the epochs after the first:
 backward pass; "mpi-after": the same buckets reduced after the whole step
 (FASTNN_MPI_OVERLAP=0).  ("before" runs a checkout in /tmp/before, for A/B measurements.)
 
+    python bench/mpi_compare.py --phases PRESET
+
+the CPU time of each part of a 2-rank step in one process (see ``phases``).
+
     python bench/mpi_compare.py --overlap PRESET ROUNDS EPOCHS
 
 the overlap achieved by the MPI allreduce path: 2 ranks x 1 thread, overlapped and not,
@@ -51,6 +55,71 @@ def overlap_worker(preset_name, epochs):
                           "acc": h.history["val_accuracy"][-1]}), flush=True)
 
 
+def phases(preset_name, rounds=7, k=60):
+    """One process, 1 thread: the CPU time (thread_time, whatever the machine's load) of the
+    parts of a 2-rank step of the preset (per-rank batch = half the preset's), alternating,
+    medians over rounds: the fused single-process step for reference (k steps per call),
+    the gradient-only step, the update from the 2 ranks' shared slots (apply_sum) and from
+    a summed buffer (apply), the sharded evaluation per step, the Python around the native
+    calls (a 4-8-8-3 net, where the native work is negligible)."""
+    import numpy as np
+    from fastnn import _fused, _threads, presets, training
+    from fastnn.datasets import mnist
+    from fastnn.distributed import ResidentGradPlan
+    from fastnn.fusion import check
+    _threads.set_num_threads(1)
+    preset = presets.get_preset(preset_name)
+    (x, y), (xt, yt) = mnist.load_data(path=os.environ.get("FASTNN_DATA"))
+    x, xt = x.reshape(len(x), -1), xt.reshape(len(xt), -1)
+    b = -(-preset.batch_size // 2)
+    steps = -(-len(x) // preset.batch_size)
+
+    def make(sizes=None):
+        m = presets.build_model(preset, seed=0) if sizes is None else \
+            __import__("fastnn.models", fromlist=["MLP"]).MLP(sizes, seed=0)
+        o = presets.build_optimizer(preset, m)
+        return m, o, check(m, presets.build_loss(preset), o, b).dense
+    m1, o1, d1 = make()
+    fused = _fused.FusedPlan(m1, o1, d1, b)
+    m2, o2, d2 = make()
+    gp = ResidentGradPlan(m2, o2, d2, b)
+    m3, o3, d3 = make([4, 8, 8, 3])
+    tiny = ResidentGradPlan(m3, o3, d3, 2)
+    slots = np.zeros((2, m2.flat_params.size), np.float32)
+    tslots = np.zeros((2, m3.flat_params.size), np.float32)
+    xs = np.zeros((8, 4), np.uint8)
+    perm = np.random.default_rng(0).permutation(len(x))
+    T = time.thread_time
+    res = {k_: [] for k_ in ("fused step", "grad_step", "apply_sum (2 slots)", "apply (summed)",
+                             "evaluation per step", "Python per step")}
+    for r in range(rounds):
+        t = T(); fused.run(x, y, perm, 0, k); res["fused step"].append((T() - t) / k)
+        tg = ta = tb = 0.0
+        for s in range(k):
+            rows = perm[s * b:(s + 1) * b]
+            t0 = T(); gp.grad_step(x, y, rows, 1 / (2 * b), slots[s & 1]); t1 = T(); tg += t1 - t0
+            if s & 1:
+                gp.apply(slots[0]); ta += T() - t1
+            else:
+                gp.apply_sum(slots); tb += T() - t1
+        res["grad_step"].append(tg / k)
+        res["apply (summed)"].append(ta / (k // 2))
+        res["apply_sum (2 slots)"].append(tb / (k - k // 2))
+        half = len(xt) // 2
+        t = T(); training.evaluate(m2, xt[:half], yt[:half])
+        res["evaluation per step"].append((T() - t) / steps)
+        t = T()
+        for s in range(200):
+            tiny.grad_step(xs, np.zeros(8, np.int64), np.array([1, 2]), 0.5, tslots[s & 1])
+            tiny.apply_sum(tslots)
+        res["Python per step"].append((T() - t) / 200)
+    print(f"{preset_name}: 2 ranks x {b} rows, CPU ms per step (medians of {rounds}, load "
+          f"{open('/proc/loadavg').read().split()[0]}); {steps} steps per epoch")
+    for name, v in res.items():
+        ms = statistics.median(v) * 1e3
+        print(f"  {name:22s} {ms:7.3f} ms   x {steps} steps = {ms * steps / 1e3:.3f} s/epoch")
+
+
 def run_overlap(preset, rounds, epochs, env):
     res = {m: [] for m in ("mpi", "mpi-after", "after")}
     for r in range(rounds):
@@ -84,6 +153,9 @@ def main():
                OMP_NUM_THREADS="1")
     if sys.argv[1] == "--worker":
         return overlap_worker(sys.argv[2], int(sys.argv[3]))
+    if sys.argv[1] == "--phases":
+        os.environ.setdefault("FASTNN_DATA", env["FASTNN_DATA"])
+        return phases(sys.argv[2])
     if sys.argv[1] == "--overlap":
         return run_overlap(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), env)
     preset, rounds, epochs = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
