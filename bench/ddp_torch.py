@@ -75,11 +75,11 @@ def main(argv=None):
         print(json.dumps(head) if args.json else
               f"torch DDP: {size} ranks x {args.threads} threads, gloo, preset {p.name}, "
               f"global batch {b}, per-rank batch {-(-b // size)}", flush=True)
-    times, t = [], 0
+    times, cpu, t = [], [], 0
     for e, perm in enumerate(perms):
         idx = torch.from_numpy(perm)
         dist.barrier()
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         for s in range(0, len(perm), b):
             bi = idx[s:s + b]
             nb = len(bi)
@@ -92,6 +92,7 @@ def main(argv=None):
             loss.backward()
             opt.step()
             t += 1
+        cpu.append(time.process_time() - c0)   # this rank's CPU seconds (all threads)
         dist.barrier()
         times.append(time.perf_counter() - t0)
         if rank == 0:
@@ -102,10 +103,13 @@ def main(argv=None):
     with torch.no_grad():
         acc = float((torch.cat([net.module(Xt[i:i + 1000]) for i in range(0, len(Xt), 1000)])
                      .argmax(1).numpy() == yt).mean())
+    every_cpu = [None] * size
+    dist.all_gather_object(every_cpu, cpu)
     if rank == 0:
         med = statistics.median(times[1:]) if len(times) > 1 else times[0]
         summary = {"summary": True, "preset": p.name, "ranks": size, "threads": args.threads,
-                   "epoch_time": times, "median_epoch_s": med, "test_accuracy": acc}
+                   "epoch_time": times, "median_epoch_s": med, "test_accuracy": acc,
+                   "cpu_per_epoch": every_cpu}
         print(json.dumps(summary) if args.json else
               f"median epoch (after the first) {med:.3f} s, test accuracy {acc:.4f}", flush=True)
     dist.destroy_process_group()

@@ -16,8 +16,10 @@ started by a launcher, or with ``--distributed``), and from Python
 in a script started by ``mpirun -n N python train.py``.
 
 This module is the communicator: rank and size from the launcher's
-environment, an in-place bucketed allreduce of one flat float buffer,
-broadcasts, and the checks that keep ranks identical (a start-up check of
+environment, an in-place bucketed allreduce of one flat float buffer (started
+layer by layer as the backward pass writes each layer's gradient, overlapped
+with the rest of it), a shared-memory gradient exchange for ranks on one
+machine (``SharedGrads``), broadcasts, and the checks that keep ranks identical (a start-up check of
 fastnn's version, the architecture, the optimizer and the seeds; an
 end-of-epoch hash of the weights and the optimizer state).  ``mpi4py`` is
 imported only when a communicator is made (``pip install "fastnn[mpi]"``).
@@ -54,7 +56,7 @@ import queue
 import sys
 import threading
 import time
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import numpy.typing as npt
@@ -62,7 +64,7 @@ import numpy.typing as npt
 from . import _fused, _threads
 from .errors import FastnnError, ShapeError
 
-__all__ = ["Communicator", "DistributedError", "ResidentGradPlan", "launcher_world",
+__all__ = ["Communicator", "DistributedError", "ResidentGradPlan", "SharedGrads", "launcher_world",
            "under_launcher", "split_rows", "get_world", "DEFAULT_TIMEOUT_S", "BUCKET_BYTES"]
 
 #: seconds a collective may take before the job is aborted (``FASTNN_MPI_TIMEOUT``)
@@ -158,7 +160,9 @@ class Communicator:
     ``bcast_array_``, ``allgather``) are waited for against ``timeout`` seconds;
     past it the job is aborted with a message.  ``allreduce_seconds`` adds up the
     time spent waiting for gradient allreduces, ``allreduce_busy_seconds`` the time
-    they took (the difference was hidden behind computation; benchmarks)."""
+    they took (from the moment each bucket's gradient was written), and
+    ``allreduce_hidden_seconds`` the part of that which passed while the caller
+    computed: hidden / busy is the overlap achieved (benchmarks)."""
 
     def __init__(self, comm: Any = None, timeout: Optional[float] = None) -> None:
         try:
@@ -177,6 +181,7 @@ class Communicator:
         self.timeout = _timeout_from_env() if timeout is None else float(timeout)
         self.allreduce_seconds = 0.0
         self.allreduce_busy_seconds = 0.0
+        self.allreduce_hidden_seconds = 0.0
         self.allreduce_bytes = 0
         self._queue: Optional["queue.Queue[Any]"] = None
         # a reduction thread needs MPI_THREAD_MULTIPLE (mpi4py's default request)
@@ -185,6 +190,12 @@ class Communicator:
 
     def __repr__(self) -> str:
         return f"Communicator(rank={self.rank}, size={self.size}, local_size={self.local_size})"
+
+    @property
+    def overlaps(self) -> bool:
+        """Whether ``allreduce_start(..., ready=...)`` may be called before the gradient is
+        computed (a reduction thread waits for each part); else call it after."""
+        return self._threaded
 
     # ------------------------------------------------------------ waiting
 
@@ -220,7 +231,9 @@ class Communicator:
         return self.wait(self.allreduce_start(buf, bucket_bytes, what))
 
     def allreduce_start(self, buf: npt.NDArray[Any], bucket_bytes: int = BUCKET_BYTES,
-                        what: str = "the gradient allreduce") -> "_Pending":
+                        what: str = "the gradient allreduce",
+                        buckets: Optional[Sequence[Tuple[int, int, int]]] = None,
+                        ready: Optional[Callable[[int, float], bool]] = None) -> "_Pending":
         """Start ``buf = sum over ranks of buf`` (in place, in buckets) and return at
         once; ``wait(handle)`` ends it.  Until then the caller must neither touch
         ``buf`` nor start another collective (allreduces started in turn run in that
@@ -235,23 +248,50 @@ class Communicator:
         ``Iallreduce`` requests (libnbc progresses only inside MPI calls, and its
         rounds for large messages are slow), and 0.06 ms against 0.5 ms for 0.4 MB.
         Without thread support the buckets are ``Iallreduce`` requests posted at
-        once and polled by ``wait``."""
+        once and polled by ``wait``.
+
+        ``buckets``: the buckets ``(start, stop, part)`` in the order to reduce them
+        (``ResidentGradPlan.buckets``) instead of ``bucket_bytes`` pieces in buffer
+        order; ``ready(part, timeout)``: blocks until the part of ``buf`` that the
+        buckets marked ``part`` need is written (``GradSignal.wait``), False when it
+        never will be.  With a reduction thread the call may then come BEFORE the
+        gradient is computed: the thread reduces each layer's buckets as soon as
+        the backward pass has written that layer, overlapped with the earlier
+        layers' backward (the caller may write the parts not yet marked ready);
+        before a part's first bucket the ranks meet in a polled barrier, so that no
+        rank spins in ``MPI_Allreduce`` for a partner still computing.  Without a
+        thread (``overlaps`` False) ``ready`` is waited for here, so the call must
+        come after the gradient is written (no overlap); with one rank there is
+        nothing to sum and ``ready`` is not called.  The buckets, hence the sums'
+        bits, are the same either way."""
         if buf.ndim != 1 or not buf.flags.c_contiguous:
             raise ValueError("allreduce_: buf must be a contiguous 1-D array")
         if buf.dtype not in (np.float32, np.float64):
             raise TypeError(f"allreduce_: buf must be float32 or float64, got {buf.dtype}")
         if bucket_bytes < 1:
             raise ValueError(f"allreduce_: bucket_bytes must be >= 1, got {bucket_bytes}")
+        if buckets is None:
+            per = max(1, bucket_bytes // buf.itemsize)
+            spans = [(s, min(buf.size, s + per), -1) for s in range(0, buf.size, per)]
+            ready = None
+        else:
+            spans = [(int(a), int(b), int(c)) for a, b, c in buckets]
+            if any(not 0 <= a < b <= buf.size for a, b, _ in spans):
+                raise ValueError(f"allreduce_start: buckets must be (start, stop, part) with "
+                                 f"0 <= start < stop <= {buf.size}")
         pending = _Pending(buf, what, time.perf_counter())
         if self.size > 1 and buf.size:
-            per = max(1, bucket_bytes // buf.itemsize)
             if self._threaded:
                 pending.event = threading.Event()
-                self._reducer().put((buf, per, pending))
+                self._reducer().put((buf, spans, ready, pending))
             else:
                 MPI = self.MPI
-                pending.reqs = [self.comm.Iallreduce(MPI.IN_PLACE, buf[s:s + per], op=MPI.SUM)
-                                for s in range(0, buf.size, per)]
+                if ready is not None:
+                    for part in dict.fromkeys(c for _, _, c in spans):
+                        if not ready(part, self.timeout):
+                            raise DistributedError(f"{what}: the gradient step failed")
+                pending.reqs = [self.comm.Iallreduce(MPI.IN_PLACE, buf[a:b], op=MPI.SUM)
+                                for a, b, _ in spans]
         return pending
 
     def wait(self, pending: "_Pending") -> npt.NDArray[Any]:
@@ -277,8 +317,10 @@ class Communicator:
             self._wait(pending.reqs, pending.what)
         t1 = time.perf_counter()
         self.allreduce_seconds += t1 - t0
-        self.allreduce_busy_seconds += (pending.busy if pending.event is not None
-                                        else t1 - pending.t0)
+        busy = pending.busy if pending.event is not None else t1 - pending.t0
+        self.allreduce_busy_seconds += busy
+        # the reduction's time that passed while the caller computed (overlap)
+        self.allreduce_hidden_seconds += max(0.0, busy - (t1 - t0))
         self.allreduce_bytes += pending.buf.nbytes
         return pending.buf
 
@@ -307,16 +349,67 @@ class Communicator:
     def _reduce_loop(self, jobs: "queue.Queue[Any]") -> None:
         MPI, comm = self.MPI, self.comm
         while True:
-            buf, per, pending = jobs.get()
-            t0 = time.perf_counter()
+            buf, spans, ready, pending = jobs.get()
+            busy = 0.0
+            part: Optional[int] = None
             try:
-                self._arrive()
-                for s in range(0, buf.size, per):
-                    comm.Allreduce(MPI.IN_PLACE, buf[s:s + per], op=MPI.SUM)
+                for i, (a, b, c) in enumerate(spans):
+                    if ready is not None and (i == 0 or c != part):
+                        # this part's gradient: wait (asleep) until the backward pass wrote it
+                        if not ready(c, self.timeout):
+                            raise DistributedError(f"{pending.what}: the gradient step failed")
+                    t0 = time.perf_counter()
+                    if i == 0 or (ready is not None and c != part):
+                        self._arrive()
+                    part = c
+                    comm.Allreduce(MPI.IN_PLACE, buf[a:b], op=MPI.SUM)
+                    busy += time.perf_counter() - t0
             except BaseException as e:      # handed to the waiting thread
                 pending.error = e
-            pending.busy = time.perf_counter() - t0
+            pending.busy = busy
             pending.event.set()
+
+    # ------------------------------------------------------------ shared memory
+
+    def shared_slots(self, n: int) -> Optional["SharedGrads"]:
+        """Every rank's gradient slots in one shared-memory mapping (``SharedGrads``),
+        for a buffer of ``n`` float32; None when the ranks are not all on this
+        machine, or cannot share the memory (or there is one rank, or
+        ``FASTNN_MPI_REDUCE=mpi``): then the
+        gradient goes through ``allreduce_start``.  Made once per ``n``; every rank
+        must call it (a collective)."""
+        if self.size == 1 or self.local_size != self.size:
+            return None
+        mode = os.environ.get("FASTNN_MPI_REDUCE", "shm").strip().lower()
+        if mode not in ("shm", "mpi"):
+            raise ValueError(f"FASTNN_MPI_REDUCE must be 'shm' or 'mpi', got {mode!r}")
+        if mode == "mpi":
+            return None
+        cache = self.__dict__.setdefault("_shared", {})
+        if n not in cache:
+            cache[n] = SharedGrads.create(self, n)
+        shared: Optional[SharedGrads] = cache[n]
+        return shared
+
+    def arrive(self, what: str = "the gradient exchange") -> float:
+        """Every rank reached this point (a polled barrier, see ``_arrive``, against the
+        deadline); returns the seconds waited, which add to ``allreduce_seconds``."""
+        t0 = time.perf_counter()
+        if self.size > 1:
+            req = self.comm.Ibarrier()
+            deadline = t0 + self.timeout
+            spin_until = t0 + 2e-4
+            while not req.Test():
+                now = time.perf_counter()
+                if now > deadline:
+                    self._abort(f"{what} did not complete within {self.timeout:g} s "
+                                f"(FASTNN_MPI_TIMEOUT): another rank is lost or stuck")
+                if now > spin_until:
+                    time.sleep(5e-5)
+        dt = time.perf_counter() - t0
+        self.allreduce_seconds += dt
+        self.allreduce_busy_seconds += dt
+        return dt
 
     def allreduce_values(self, values: Sequence[float], op: str = "sum",
                          what: str = "the metrics allreduce") -> npt.NDArray[np.float64]:
@@ -391,6 +484,99 @@ class Communicator:
         return bool(self.allreduce_values([1.0 if flag else 0.0], op="max")[0] > 0)
 
 
+class SharedGrads:
+    """The gradient exchange of ranks that share a machine: one shared-memory
+    mapping holding, for each parity of the step, one gradient slot per rank.
+    A step::
+
+        slot = sg.slot(k)                     # this rank's slot of step k (k: steps so far)
+        plan.grad_step(..., grads=slot)       # the native step writes its gradient there
+        comm.arrive()                         # every rank wrote its slot (a polled barrier)
+        plan.apply_sum(sg.slots[k & 1])       # the update of slot_0 + slot_1 + ... (rank order)
+
+    instead of an allreduce: one barrier, and every rank reads the others' slots
+    straight from memory, inside its update (the sum is never written out;
+    ``sum_into`` writes it, for tests).  Open MPI's blocking ``MPI_Allreduce`` moves a large
+    buffer in many fragments, each a handshake that spins; when the machine is
+    busier than its cores a descheduled partner stalls every fragment for a time
+    slice (measured on 2 shared cores at load 4-6: mlp-keras' 2.7 MB took 5-50 ms
+    per step, against 0.4 ms quiet).  Two parities: rank r writes step k+1's slot
+    while a slower rank may still read step k's, and step k+2 reuses k's only
+    after the barrier of k+1, which every rank reaches after its sum of step k.
+    The sum's order is fixed (rank 0 first), so the result does not depend on
+    timing; for 2 ranks it is the bits of MPI's sum (a + b)."""
+
+    def __init__(self, comm: Communicator, n: int, mapping: Any) -> None:
+        """Use ``SharedGrads.create``."""
+        self.n, self.size, self.rank = int(n), comm.size, comm.rank
+        self._map = mapping
+        self.slots = np.frombuffer(mapping, dtype=np.float32,
+                                   count=2 * self.size * self.n).reshape(2, self.size, self.n)
+
+    @classmethod
+    def create(cls, comm: Communicator, n: int) -> Optional["SharedGrads"]:
+        """The slots of ``n`` float32 gradients, or None on every rank when any rank
+        cannot have them (no room in /dev/shm, a file system the ranks do not
+        share): the caller then uses the MPI allreduce.  A collective.
+
+        Rank 0 makes a file in /dev/shm (memory, not disk) of a name no other job
+        has and reserves its pages (``posix_fallocate``: a full /dev/shm, such as a
+        container's default 64 MB, fails here instead of killing the job with
+        SIGBUS at the first step), the others map it, then it is unlinked: nothing
+        is left behind, whatever ends the job.  (Not an MPI shared window: Open
+        MPI's one-sided components print errors on machines without UCX.)"""
+        import mmap
+        import tempfile
+        nbytes = 2 * comm.size * int(n) * 4
+        name, fd = "", -1
+        if comm.rank == 0:
+            try:
+                fd, name = tempfile.mkstemp(prefix="fastnn-grads-",
+                                            dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
+                if hasattr(os, "posix_fallocate"):
+                    os.posix_fallocate(fd, 0, nbytes)
+                else:
+                    os.ftruncate(fd, nbytes)
+            except OSError:
+                if fd >= 0:
+                    os.close(fd)
+                    os.unlink(name)
+                name, fd = "", -1
+        path = comm.allgather(name, "the shared gradient buffer's name")[0]
+        mapping = None
+        if path:
+            try:
+                if comm.rank != 0:
+                    fd = os.open(path, os.O_RDWR)
+                mapping = mmap.mmap(fd, nbytes)
+            except OSError:
+                mapping = None
+            finally:
+                if fd >= 0:
+                    os.close(fd)
+        failed = comm.any(mapping is None)       # every rank has mapped (or failed) here
+        if comm.rank == 0 and path:
+            os.unlink(path)
+        if failed:
+            if mapping is not None:
+                mapping.close()
+            return None
+        return cls(comm, n, mapping)
+
+    def slot(self, k: int) -> npt.NDArray[np.float32]:
+        """This rank's slot for step number ``k`` (contiguous, ``n`` float32)."""
+        out: npt.NDArray[np.float32] = self.slots[k & 1, self.rank]
+        return out
+
+    def sum_into(self, k: int, out: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        """``out = sum over ranks of their slots of step k``, added in rank order."""
+        s = self.slots[k & 1]
+        np.add(s[0], s[1], out=out)
+        for r in range(2, self.size):
+            np.add(out, s[r], out=out)
+        return out
+
+
 class _Pending:
     """An allreduce in flight (``Communicator.allreduce_start``)."""
 
@@ -463,10 +649,22 @@ class ResidentGradPlan(_fused.GradPlan):
         self._resident = None
 
     def grad_step(self, x: npt.NDArray[Any], y: npt.ArrayLike, rows: npt.ArrayLike,
-                  inv_b: float, grads: npt.NDArray[Any]) -> Tuple[float, int]:
+                  inv_b: float, grads: npt.NDArray[Any],
+                  signal: Any = None) -> Tuple[float, int]:
+        """``GradPlan.grad_step``, reading the resident weights when ``apply`` wrote them.
+        ``signal``: a ``GradSignal`` (``self.signal``, reset for this step) told as each
+        layer's gradient is written, and finished when the step ends, also when it
+        raises (``buckets`` says which part of ``grads`` each layer is)."""
+        try:
+            return self._grad_step(x, y, rows, inv_b, grads, signal)
+        except BaseException:
+            if signal is not None:
+                signal.finish(False)
+            raise
+
+    def _grad_step(self, x: npt.NDArray[Any], y: npt.ArrayLike, rows: npt.ArrayLike,
+                   inv_b: float, grads: npt.NDArray[Any], signal: Any) -> Tuple[float, int]:
         trainer = self._trainer
-        if self._resident is not trainer:
-            return super().grad_step(x, y, rows, inv_b, grads)
         x2 = self._check_x(x)
         rows = np.ascontiguousarray(rows, dtype=np.int64)
         if rows.ndim != 1 or rows.shape[0] > self.batch_size:
@@ -475,18 +673,70 @@ class ResidentGradPlan(_fused.GradPlan):
         self._check_grads(grads)
         if rows.size == 0:
             grads.fill(0)
+            if signal is not None:
+                signal.finish(True)
             return 0.0, 0
         if rows.min() < 0 or rows.max() >= x2.shape[0]:
             raise ValueError(f"ResidentGradPlan.grad_step: rows outside [0, {x2.shape[0]})")
         labels = np.ascontiguousarray(np.asarray(y)[rows], dtype=np.int64)
         if labels.min() < 0 or labels.max() >= self.n_classes:
             raise ValueError(f"ResidentGradPlan.grad_step: labels outside [0, {self.n_classes})")
+        if self._resident is trainer:
+            W: Optional[List[Any]] = None
+            bias: Optional[List[Any]] = None
+        else:
+            W = [spec.weight.data for spec in self.layers]  # type: ignore[union-attr]  # Dense
+            bias = [spec.bias.data if spec.bias is not None else None for spec in self.layers]
         gW, gb = self._slot_views(grads)
         with self._lock:
             loss_sum, correct, _finite = trainer.grad_step(
-                None, None, gW, gb, x2, x2.dtype == np.uint8, x2.shape[1], labels, rows,
-                float(inv_b), nthreads=_threads.get_num_threads())
+                W, bias, gW, gb, x2, x2.dtype == np.uint8, x2.shape[1], labels, rows,
+                float(inv_b), nthreads=_threads.get_num_threads(), signal=signal)
         return float(loss_sum), int(correct)
+
+    @property
+    def signal(self) -> Any:
+        """This plan's ``GradSignal`` (made on first use)."""
+        sig = self.__dict__.get("_signal")
+        if sig is None:
+            sig = self._native.GradSignal()
+            self.__dict__["_signal"] = sig
+        return sig
+
+    def buckets(self, bucket_bytes: int = BUCKET_BYTES) -> List[Tuple[int, int, int]]:
+        """The gradient allreduce's buckets ``(start, stop, layer)`` over the flat buffer,
+        in the order they are reduced: layer by layer from the last (the backward pass
+        writes its gradient first), each layer's contiguous part of ``flat_params``
+        (W and b) cut into pieces of at most ``bucket_bytes``; ``layer``: the layer
+        whose gradient the bucket needs (``GradSignal.wait(layer)``).  The same list
+        overlapped or not, so the sums are the same bits either way."""
+        if bucket_bytes < 1:
+            raise ValueError(f"buckets: bucket_bytes must be >= 1, got {bucket_bytes}")
+        per = max(1, bucket_bytes // 4)
+        spans: List[Tuple[int, int, int]] = []
+        for l, spec in enumerate(self.layers):
+            for p in (spec.weight, spec.bias):
+                if p is None:
+                    continue
+                lo, hi = int(p.offset), int(p.offset) + int(p.size)  # type: ignore[arg-type]
+                if spans and spans[-1][2] == l and spans[-1][1] == lo:
+                    spans[-1] = (spans[-1][0], hi, l)
+                else:
+                    spans.append((lo, hi, l))
+        covered = sorted((lo, hi) for lo, hi, _ in spans)
+        total, at = int(self.model.flat_params.size), 0
+        for lo, hi in covered:
+            if lo != at:
+                raise ValueError("ResidentGradPlan.buckets: the layers' parameters do not "
+                                 "tile model.flat_params")
+            at = hi
+        if at != total:
+            raise ValueError("ResidentGradPlan.buckets: the layers' parameters do not tile "
+                             "model.flat_params")
+        out: List[Tuple[int, int, int]] = []
+        for lo, hi, l in sorted(spans, key=lambda t: (-t[2], t[0])):
+            out.extend((s, min(hi, s + per), l) for s in range(lo, hi, per))
+        return out
 
     def _check_grads(self, grads: npt.NDArray[Any]) -> None:
         if grads.dtype != np.float32 or grads.ndim != 1 or not grads.flags.c_contiguous \
@@ -500,6 +750,21 @@ class ResidentGradPlan(_fused.GradPlan):
         ``step_count`` updated as ``FusedPlan.run`` updates them; reads the
         optimizer's ``lr`` and hyper-parameters now (schedules apply)."""
         self._check_grads(grads)
+        self._apply(grads, 1, 0)
+
+    def apply_sum(self, slots: npt.NDArray[Any]) -> None:
+        """``apply(slots.sum(axis=0))``, the rows added in order (slot 0 first) as the
+        update reads them, without writing the sum: ``slots`` a C-contiguous float32
+        array (ranks, flat size), ``SharedGrads.slots[k & 1]``.  The same bits as
+        ``apply`` of the sum added in that order."""
+        if not isinstance(slots, np.ndarray) or slots.dtype != np.float32 or slots.ndim != 2 \
+                or not slots.flags.c_contiguous or slots.shape[0] < 1 \
+                or slots.shape[1] != self.model.flat_params.size:
+            raise TypeError("ResidentGradPlan.apply_sum: slots must be a C-contiguous float32 "
+                            "array (sources, model.flat_params.size)")
+        self._apply(slots[0], int(slots.shape[0]), int(slots.strides[0] // slots.itemsize))
+
+    def _apply(self, grads: npt.NDArray[Any], nsrc: int, stride: int) -> None:
         opt = self.optimizer
         W = [spec.weight.data for spec in self.layers]  # type: ignore[union-attr]  # Dense
         bias = [spec.bias.data if spec.bias is not None else None for spec in self.layers]
@@ -511,6 +776,6 @@ class ResidentGradPlan(_fused.GradPlan):
         with self._lock:
             trainer.grad_apply(W, bias, s1W, s1b, s2W, s2b, gW, gb, ospec.kind, ospec.lr,
                                step=ospec.step, nthreads=_threads.get_num_threads(),
-                               **ospec.hyper)
+                               nsrc=nsrc, src_stride=stride, **ospec.hyper)
         opt.step_count += 1
         self._resident = trainer

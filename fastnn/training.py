@@ -41,6 +41,7 @@ from __future__ import annotations
 import functools
 import inspect
 import math
+import os
 import sys
 import threading
 import time
@@ -398,10 +399,14 @@ class _FusedEngine:
 class _DistributedEngine:
     """Data-parallel steps (``fit_distributed``, see ``fastnn.distributed``): each
     rank computes the gradient of the SUM of the loss over its slice of the global
-    batch divided by the global batch's size, the ranks sum ``model.flat_grads`` (one
-    allreduce), and every rank applies the same ``optimizer.step()``.  The gradient
-    comes from the fused trainer's gradient-only step (``_fused.GradPlan``) when it
-    covers the model, else from the layer-by-layer path."""
+    batch divided by the global batch's size, the ranks sum their gradients, and every
+    rank applies the same update.  The gradient comes from the fused trainer's
+    gradient-only step (``ResidentGradPlan``) when it covers the model, else from the
+    layer-by-layer path (``model.flat_grads`` allreduced, then ``optimizer.step()``).
+    The fused path exchanges it through shared memory when every rank is on this
+    machine (``SharedGrads``: one barrier, the update adds the slots), else through
+    an MPI allreduce of each layer's buckets started as the backward pass finishes
+    that layer (``GradSignal``), overlapped with the earlier layers' backward."""
 
     def __init__(self, comm: Communicator, model: Any, loss: Loss, optimizer: Optimizer,
                  x: npt.NDArray[Any], y: npt.NDArray[Any], batch_size: int,
@@ -417,6 +422,17 @@ class _DistributedEngine:
         except (TypeError, ValueError):
             params = {}
         self.backward_kw = {"input_grad": False} if "input_grad" in params else {}
+        # the fused path reduces the gradient layer by layer (ResidentGradPlan.buckets), as
+        # the backward pass writes each layer, overlapped with the earlier layers' backward
+        # when the communicator has a reduction thread; FASTNN_MPI_OVERLAP=0 reduces the
+        # same buckets after the whole gradient (the same bits, for comparisons)
+        self.buckets = plan.buckets() if plan is not None else None
+        self.overlap = (plan is not None and comm.overlaps
+                        and os.environ.get("FASTNN_MPI_OVERLAP", "1") != "0")
+        # ranks on one machine: the gradients meet in shared memory (SharedGrads), one
+        # polled barrier a step instead of an MPI allreduce
+        self.shared = comm.shared_slots(model.flat_grads.size) if plan is not None else None
+        self._k = 0                     # steps so far (the shared slots' parity)
 
     def _local_grad(self, rows: npt.NDArray[Any], nb: int) -> Tuple[float, int]:
         """This rank's share of the batch gradient into model.flat_grads; (loss sum, hits)."""
@@ -449,12 +465,31 @@ class _DistributedEngine:
             lo, hi = split_rows(nb, comm.rank, comm.size)
             if self.schedule is not None:
                 _apply_schedule(self.schedule, opt, state.global_step)
-            ls, c = self._local_grad(idx[lo:hi], nb)
-            comm.allreduce_(self.model.flat_grads)
-            if self.plan is not None:    # the update, the weights kept in the trainer
-                self.plan.apply(self.model.flat_grads)
-            else:
+            grads = self.model.flat_grads
+            if self.plan is None:
+                ls, c = self._local_grad(idx[lo:hi], nb)
+                comm.allreduce_(grads)
                 opt.step()
+            else:
+                plan, inv_b = self.plan, float(np.float32(1) / np.float32(nb))
+                sig = plan.signal
+                sig.reset(len(plan.layers))
+                if self.shared is not None:
+                    slot = self.shared.slot(self._k)
+                    ls, c = plan.grad_step(self.x, self.y, idx[lo:hi], inv_b, slot)
+                    comm.arrive()
+                    # the update reads the ranks' slots and adds them (rank order) itself
+                    plan.apply_sum(self.shared.slots[self._k & 1])
+                    self._k += 1
+                elif self.overlap:         # the reduction thread waits for each layer
+                    pending = comm.allreduce_start(grads, buckets=self.buckets, ready=sig.wait)
+                    ls, c = plan.grad_step(self.x, self.y, idx[lo:hi], inv_b, grads, signal=sig)
+                else:
+                    ls, c = plan.grad_step(self.x, self.y, idx[lo:hi], inv_b, grads, signal=sig)
+                    pending = comm.allreduce_start(grads, buckets=self.buckets, ready=sig.wait)
+                if self.shared is None:
+                    comm.wait(pending)
+                    plan.apply(grads)    # the update, the weights kept in the trainer
             state.global_step += 1
             loss_sum += ls
             correct += c
@@ -930,7 +965,12 @@ def fit_distributed(model: Any, x: npt.NDArray[Any], y: npt.NDArray[np.integer],
     ``optimizer.step()``.  So N ranks give the weights of one process with batch
     B, to float summation order (the tests allow 2e-5 after an epoch).  The
     gradient comes from the fused trainer's gradient-only step when it covers
-    the model, else from the layer-by-layer path.
+    the model, else from the layer-by-layer path.  Ranks on one machine exchange
+    the fused path's gradients through shared memory (one barrier per step, the
+    update adds the ranks' gradients in rank order); across machines, or with
+    ``FASTNN_MPI_REDUCE=mpi``, each layer's gradient is allreduced as soon as the
+    backward pass has written it, overlapped with the earlier layers' backward
+    (``FASTNN_MPI_OVERLAP=0``: after the whole step, the same bits).
 
     The ranks must agree on fastnn's version, the architecture, the optimizer,
     the seed and the run's settings, else ``DistributedError`` names the ranks

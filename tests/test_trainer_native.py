@@ -190,3 +190,88 @@ def test_precision_is_checked():
     assert _new().precision == "fp32" and _new(precision="bf16").precision == "bf16"
     with pytest.raises(ValueError, match="precision"):
         _new(precision="fp16")
+
+
+# ------------------------------------------- per-layer completion of a grad step
+
+def _grad_problem():
+    W, b, x, y, idx = _problem(3)
+    rows = idx[:BATCH]
+    gW = [np.empty_like(w) for w in W]
+    gb = [np.empty_like(v) for v in b]
+    return W, b, x, y[:BATCH], rows, gW, gb
+
+
+@pytest.mark.parametrize("nthreads", [1, 2])
+def test_grad_signal_publishes_each_layer_last_first_when_it_is_final(nthreads):
+    """GradSignal: the reduction thread's view.  A watcher thread waits for each layer
+    from the last and copies its gradient at once, while the step goes on with the
+    earlier layers: every copy equals the step's final gradient (the layer was done
+    when published), the layers come last first, and the gradients are bitwise those
+    of a step without a signal."""
+    import threading
+    W, b, x, y, rows, gW, gb = _grad_problem()
+    L = len(W)
+    tr = _new()
+    ref = tr.grad_step(W, b, gW, gb, x, True, SIZES[0], y, rows, 1 / BATCH, nthreads=nthreads)
+    want = [a.copy() for a in gW + gb]
+    sig = train.GradSignal()
+    for _ in range(5):
+        for a in gW + gb:
+            a.fill(np.nan)
+        sig.reset(L)
+        seen, errors = {}, []
+
+        def watch():
+            try:
+                for l in range(L - 1, -1, -1):
+                    assert sig.wait(l, timeout=30.0)
+                    seen[l] = (gW[l].copy(), gb[l].copy())
+            except BaseException as e:          # reported by the main thread
+                errors.append(e)
+
+        t = threading.Thread(target=watch)
+        t.start()
+        got = tr.grad_step(W, b, gW, gb, x, True, SIZES[0], y, rows, 1 / BATCH,
+                           nthreads=nthreads, signal=sig)
+        t.join(30)
+        assert not errors and not t.is_alive()
+        assert got == ref
+        assert sig.order() == list(range(L - 1, -1, -1))
+        assert _same(gW + gb, want)
+        for l in range(L):
+            assert np.array_equal(seen[l][0], want[l]) and np.array_equal(seen[l][1], want[L + l])
+
+
+def test_grad_signal_refuses_bad_use_and_never_leaves_a_waiter_hanging():
+    W, b, x, y, rows, gW, gb = _grad_problem()
+    L = len(W)
+    tr = _new()
+    sig = train.GradSignal()
+    with pytest.raises(RuntimeError, match="before reset"):
+        sig.wait(0)
+    with pytest.raises(ValueError, match="nlayers"):
+        sig.reset(0)
+    sig.reset(L)
+    with pytest.raises(ValueError, match="layer must be"):
+        sig.wait(L)
+    with pytest.raises(ValueError, match="timeout"):
+        sig.wait(0, timeout=-1.0)
+    with pytest.raises(TimeoutError, match="layer 0"):
+        sig.wait(0, timeout=0.01)
+    sig.finish(False)                       # a step that failed: waiters return False
+    assert sig.wait(0, timeout=1.0) is False
+    # a signal reset for another depth, or too many rows: refused, and finished (failed)
+    sig.reset(L + 1)
+    with pytest.raises(ValueError, match="reset for"):
+        tr.grad_step(W, b, gW, gb, x, True, SIZES[0], y, rows, 1 / BATCH, signal=sig)
+    assert sig.wait(0, timeout=1.0) is False
+    sig.reset(L)
+    many = np.zeros(BATCH + 1, np.int64)
+    with pytest.raises(ValueError, match="more than"):
+        tr.grad_step(W, b, gW, gb, x, True, SIZES[0], many, many, 1 / BATCH, signal=sig)
+    assert sig.wait(L - 1, timeout=1.0) is False
+    # a finished, successful step: every wait returns True at once
+    sig.reset(L)
+    tr.grad_step(W, b, gW, gb, x, True, SIZES[0], y, rows, 1 / BATCH, signal=sig)
+    assert all(sig.wait(l, timeout=1.0) for l in range(L))

@@ -63,6 +63,25 @@ cdef extern from "trainer.h" nogil:
                                 float **s1W, float **s1b, float **s2W, float **s2b,
                                 const float **gW, const float **gb,
                                 const fnn_train_opt *opt, int nthreads)
+    ctypedef struct fnn_grad_signal:
+        pass
+    fnn_grad_signal *fnn_grad_signal_new()
+    void fnn_grad_signal_free(fnn_grad_signal *sig)
+    void fnn_grad_signal_reset(fnn_grad_signal *sig, int nlayers)
+    void fnn_grad_signal_finish(fnn_grad_signal *sig, int ok)
+    int fnn_grad_signal_wait(fnn_grad_signal *sig, int layer, double timeout_s)
+    int fnn_grad_signal_order(fnn_grad_signal *sig, int *order)
+    int64_t fnn_trainer_grad_step_sig(fnn_trainer *tr, float **W, float **b,
+                                      float **gW, float **gb,
+                                      const void *x, int x_u8, Py_ssize_t x_ld,
+                                      const int64_t *y, const int64_t *idx, Py_ssize_t n,
+                                      float inv_b, int nthreads, fnn_grad_signal *sig,
+                                      double *loss_sum, int64_t *correct)
+    void fnn_trainer_grad_apply_sum(fnn_trainer *tr, float **W, float **b,
+                                    float **s1W, float **s1b, float **s2W, float **s2b,
+                                    const float **gW, const float **gb,
+                                    int nsrc, Py_ssize_t src_stride,
+                                    const fnn_train_opt *opt, int nthreads)
     void fnn_trainer_u8_to_f32(const uint8_t *src, float *dst, Py_ssize_t n)
     void fnn_trainer_alloc_stats(int64_t *live, int64_t *calls)
 
@@ -111,6 +130,63 @@ cdef fnn_train_opt _train_opt(str kind, float lr, float weight_decay, float mome
     opt.eps = eps
     opt.step = step
     return opt
+
+
+cdef class GradSignal:
+    """Per-layer completion of a ``Trainer.grad_step(..., signal=sig)`` (fnn_grad_signal,
+    trainer.h): the backward pass finishes layer L-1's gradient first, layer 0's last;
+    ``wait(l)`` blocks (without the GIL, asleep) until the gradients of layers l..L-1
+    are written, so that another thread can start reducing them while the step
+    computes the earlier layers'.
+
+    ``reset(L)`` before each step (no step with this signal may be running);
+    ``wait(layer, timeout=0)``: True when layers ``layer..L-1`` are done, False when
+    the step ended in failure first; raises TimeoutError past ``timeout`` seconds
+    (> 0; 0 waits for ever).  ``finish(ok)``: end the step by hand (a step that
+    never reached the native code); ``order()``: the layers published since the
+    reset, in order (tests)."""
+    cdef fnn_grad_signal *sig
+    cdef readonly int nlayers
+
+    def __cinit__(self):
+        self.sig = fnn_grad_signal_new()
+        if self.sig == NULL:
+            raise MemoryError("could not allocate a GradSignal")
+        self.nlayers = 0
+
+    def __dealloc__(self):
+        fnn_grad_signal_free(self.sig)
+
+    def reset(self, int nlayers):
+        if nlayers < 1 or nlayers > FNN_TR_MAXL:
+            raise ValueError(f"GradSignal.reset: nlayers must be in 1..{FNN_TR_MAXL}, "
+                             f"got {nlayers}")
+        self.nlayers = nlayers
+        fnn_grad_signal_reset(self.sig, nlayers)
+
+    def finish(self, bint ok=True):
+        fnn_grad_signal_finish(self.sig, 1 if ok else 0)
+
+    def wait(self, int layer, double timeout=0.0):
+        if self.nlayers == 0:
+            raise RuntimeError("GradSignal.wait before reset()")
+        if layer < 0 or layer >= self.nlayers:
+            raise ValueError(f"GradSignal.wait: layer must be in 0..{self.nlayers - 1}, "
+                             f"got {layer}")
+        if not timeout >= 0:
+            raise ValueError(f"GradSignal.wait: timeout must be >= 0, got {timeout}")
+        cdef int r
+        with nogil:
+            r = fnn_grad_signal_wait(self.sig, layer, timeout)
+        if r < 0:
+            raise TimeoutError(f"GradSignal.wait: layer {layer}'s gradient not done within "
+                               f"{timeout:g} s")
+        return r == 1
+
+    def order(self):
+        cdef int order[FNN_TR_MAXL]
+        cdef int n = fnn_grad_signal_order(self.sig, order)
+        return [int(order[i]) for i in range(n)]
 
 
 cdef class Trainer:
@@ -234,12 +310,15 @@ cdef class Trainer:
         return loss_sum, int(correct), int(steps), int(solo)
 
     def grad_step(self, W, b, gW, gb, cnp.ndarray x, bint x_u8, Py_ssize_t x_ld,
-                  cnp.ndarray y, cnp.ndarray idx, float inv_b, int nthreads=1):
+                  cnp.ndarray y, cnp.ndarray idx, float inv_b, int nthreads=1,
+                  GradSignal signal=None):
         """One step's gradients without the update (fnn_trainer_grad_step, trainer.h):
         dW/db of the rows idx (at most ``batch``) into gW[l] / gb[l], with the loss
         gradient scaled by ``inv_b`` (1/B of the global batch).  W, b are read only;
         ``W=None`` (b then ignored): the trainer's own copies as the last
-        ``grad_apply`` left them (no copy).  Returns (loss_sum, correct, finite).
+        ``grad_apply`` left them (no copy).  ``signal``: a ``GradSignal`` told as each
+        layer's gradient is done and finished when the step returns (also on an
+        error); reset it first.  Returns (loss_sum, correct, finite).
         Raises MemoryError when the step's buffers cannot be allocated."""
         cdef float *pW[FNN_TR_MAXL]
         cdef float *pb[FNN_TR_MAXL]
@@ -258,12 +337,21 @@ cdef class Trainer:
         cdef const int64_t *py = <const int64_t *> cnp.PyArray_DATA(y)
         cdef const int64_t *pidx = <const int64_t *> cnp.PyArray_DATA(idx)
         cdef Py_ssize_t n = idx.shape[0]
+        cdef fnn_grad_signal *psig = NULL
+        if signal is not None:
+            if signal.nlayers != L:
+                signal.finish(False)
+                raise ValueError(f"grad_step: the signal was reset for {signal.nlayers} "
+                                 f"layers, the trainer has {L}")
+            psig = signal.sig
         if n > self.batch:
+            if signal is not None:
+                signal.finish(False)
             raise ValueError(f"grad_step: {n} rows, more than the trainer's batch {self.batch}")
         with nogil:
-            ok = fnn_trainer_grad_step(self.tr, NULL if resident else pW, pb, pgW, pgb, px,
-                                       x_u8, x_ld, py, pidx, n, inv_b, nthreads, &loss_sum,
-                                       &correct)
+            ok = fnn_trainer_grad_step_sig(self.tr, NULL if resident else pW, pb, pgW, pgb, px,
+                                           x_u8, x_ld, py, pidx, n, inv_b, nthreads, psig,
+                                           &loss_sum, &correct)
         if ok < 0:
             raise MemoryError("the fused trainer could not allocate the step's buffers")
         return loss_sum, int(correct), bool(ok > 0 or n == 0)
@@ -271,12 +359,14 @@ cdef class Trainer:
     def grad_apply(self, W, b, s1W, s1b, s2W, s2b, gW, gb, str kind, float lr,
                    float weight_decay=0.0, float momentum=0.0, float dampening=0.0,
                    bint nesterov=False, double beta1=0.9, double beta2=0.999, float eps=1e-8,
-                   int64_t step=0, int nthreads=1):
+                   int64_t step=0, int nthreads=1, int nsrc=1, Py_ssize_t src_stride=0):
         """The update of a data-parallel step (fnn_trainer_grad_apply, trainer.h): W, b
         and the optimizer state s1*/s2* (per-layer arrays or None, dense) updated in
         place from the summed gradients gW, gb by the fused step's rule (``step``:
         updates so far), and the trainer's own copies written from them, for the
-        next ``grad_step(None, ...)``."""
+        next ``grad_step(None, ...)``.  ``nsrc`` > 1: the gradient is the sum, in
+        source order, of nsrc buffers, source k's at gW[l] / gb[l] + k * src_stride
+        floats (fnn_trainer_grad_apply_sum; the caller checks the extent)."""
         cdef float *pW[FNN_TR_MAXL]
         cdef float *pb[FNN_TR_MAXL]
         cdef float *ps1W[FNN_TR_MAXL]
@@ -298,6 +388,8 @@ cdef class Trainer:
         cdef fnn_train_opt opt = _train_opt(kind, lr, weight_decay, momentum, dampening,
                                             nesterov, beta1, beta2, eps, step)
         opt.solo_after = -1
+        if nsrc < 1:
+            raise ValueError(f"grad_apply: nsrc must be >= 1, got {nsrc}")
         with nogil:
-            fnn_trainer_grad_apply(self.tr, pW, pb, ps1W, ps1b, ps2W, ps2b, pgW, pgb, &opt,
-                                   nthreads)
+            fnn_trainer_grad_apply_sum(self.tr, pW, pb, ps1W, ps1b, ps2W, ps2b, pgW, pgb, nsrc,
+                                       src_stride, &opt, nthreads)

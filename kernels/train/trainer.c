@@ -11,8 +11,11 @@
 #include "trainer_epilogue.h"     /* opt_update: fnn_trainer_grad_apply */
 #include "trainer_gemm_bf16.h"
 
+#include <errno.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 /* With 2-4 threads every thread gathers the whole batch into its own copy of
  * a[0] (the gather phase has one run of tasks per copy).  A shared a[0] is
@@ -233,6 +236,111 @@ static void transpose_into(float *dst, ptrdiff_t ldd, const float *src, int rows
 }
 
 
+
+/* ------------------------------------------------- per-layer completion */
+
+/* fnn_grad_signal (trainer.h): a count of finished layers under a mutex, and a
+ * condition variable the waiters sleep on (the reduction thread must not spin:
+ * on a shared machine it would take the core the backward pass needs). */
+struct fnn_grad_signal {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int nlayers;                 /* L of the step (reset) */
+    int ndone;                   /* layers done, from the top: layers [L - ndone, L) */
+    int ended, ok;               /* the step returned; whether it succeeded */
+    int npub, order[FNN_TR_MAXL];  /* tests: the layers in the order published */
+};
+
+fnn_grad_signal *fnn_grad_signal_new(void)
+{
+    fnn_grad_signal *sig = calloc(1, sizeof(*sig));
+    if (!sig) return NULL;
+    if (pthread_mutex_init(&sig->mu, NULL) != 0) { free(sig); return NULL; }
+    if (pthread_cond_init(&sig->cv, NULL) != 0) {
+        pthread_mutex_destroy(&sig->mu);
+        free(sig);
+        return NULL;
+    }
+    return sig;
+}
+
+void fnn_grad_signal_free(fnn_grad_signal *sig)
+{
+    if (!sig) return;
+    pthread_cond_destroy(&sig->cv);
+    pthread_mutex_destroy(&sig->mu);
+    free(sig);
+}
+
+void fnn_grad_signal_reset(fnn_grad_signal *sig, int nlayers)
+{
+    pthread_mutex_lock(&sig->mu);
+    sig->nlayers = nlayers;
+    sig->ndone = 0;
+    sig->ended = 0;
+    sig->ok = 0;
+    sig->npub = 0;
+    pthread_mutex_unlock(&sig->mu);
+}
+
+/* From the worker whose task finished layer `layer`'s backward phase.  The
+ * phases finish in order L-1, ..., 0, so the count from the top is enough. */
+void fnn_tr_signal_layer(fnn_grad_signal *sig, int layer)
+{
+    pthread_mutex_lock(&sig->mu);
+    if (sig->npub < FNN_TR_MAXL) sig->order[sig->npub++] = layer;
+    if (sig->nlayers - layer > sig->ndone) sig->ndone = sig->nlayers - layer;
+    pthread_cond_broadcast(&sig->cv);
+    pthread_mutex_unlock(&sig->mu);
+}
+
+void fnn_grad_signal_finish(fnn_grad_signal *sig, int ok)
+{
+    pthread_mutex_lock(&sig->mu);
+    sig->ended = 1;
+    sig->ok = ok != 0;
+    if (ok) sig->ndone = sig->nlayers;
+    pthread_cond_broadcast(&sig->cv);
+    pthread_mutex_unlock(&sig->mu);
+}
+
+int fnn_grad_signal_order(fnn_grad_signal *sig, int *order)
+{
+    pthread_mutex_lock(&sig->mu);
+    const int n = sig->npub;
+    memcpy(order, sig->order, (size_t)n * sizeof(int));
+    pthread_mutex_unlock(&sig->mu);
+    return n;
+}
+
+int fnn_grad_signal_wait(fnn_grad_signal *sig, int layer, double timeout_s)
+{
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    if (timeout_s > 0) {
+        double whole = (double)(time_t)timeout_s;
+        until.tv_sec += (time_t)timeout_s;
+        until.tv_nsec += (long)((timeout_s - whole) * 1e9);
+        if (until.tv_nsec >= 1000000000L) { until.tv_sec++; until.tv_nsec -= 1000000000L; }
+    }
+    int ret;
+    pthread_mutex_lock(&sig->mu);
+    for (;;) {
+        if (sig->nlayers - sig->ndone <= layer) { ret = 1; break; }
+        if (sig->ended) { ret = sig->ok; break; }
+        if (timeout_s > 0) {
+            if (pthread_cond_timedwait(&sig->cv, &sig->mu, &until) == ETIMEDOUT) {
+                ret = sig->nlayers - sig->ndone <= layer ? 1 : sig->ended ? sig->ok : -1;
+                break;
+            }
+        } else {
+            pthread_cond_wait(&sig->cv, &sig->mu);
+        }
+    }
+    pthread_mutex_unlock(&sig->mu);
+    return ret;
+}
+
 /* ------------------------------------------------------------------- run */
 
 /* fnn_trainer_run, or with gW != NULL the gradient-only step of
@@ -242,7 +350,7 @@ static int64_t run_steps(fnn_trainer *tr,
                          float *const *s1W, float *const *s1b,
                          float *const *s2W, float *const *s2b,
                          float *const *gW, float *const *gb, float grad_inv_b,
-                         const void *x, int x_u8, ptrdiff_t x_ld,
+                         fnn_grad_signal *sig, const void *x, int x_u8, ptrdiff_t x_ld,
                          const int64_t *y, const int64_t *idx, ptrdiff_t n,
                          const fnn_train_opt *opt, int nthreads,
                          double *loss_sum_out, int64_t *correct_out)
@@ -256,6 +364,7 @@ static int64_t run_steps(fnn_trainer *tr,
     R.tr = tr; R.x = x; R.x_u8 = x_u8; R.x_ld = x_ld; R.y = y; R.idx = idx; R.n = n;
     R.opt = opt;
     R.grad = grad; R.grad_inv_b = grad_inv_b; R.gW = gW; R.gb = gb;
+    R.sig = grad ? sig : NULL;
     R.avx2 = fnn_use_avx2();
     R.simd = FNN_X86 ? fnn_simd_level() : FNN_SIMD_SCALAR;
     if (nthreads < 1) nthreads = 1;
@@ -363,8 +472,29 @@ int64_t fnn_trainer_run(fnn_trainer *tr,
                         const fnn_train_opt *opt, int nthreads,
                         double *loss_sum_out, int64_t *correct_out)
 {
-    return run_steps(tr, W, b, s1W, s1b, s2W, s2b, NULL, NULL, 0.0f, x, x_u8, x_ld, y, idx, n,
-                     opt, nthreads, loss_sum_out, correct_out);
+    return run_steps(tr, W, b, s1W, s1b, s2W, s2b, NULL, NULL, 0.0f, NULL, x, x_u8, x_ld, y,
+                     idx, n, opt, nthreads, loss_sum_out, correct_out);
+}
+
+int64_t fnn_trainer_grad_step_sig(fnn_trainer *tr, float *const *W, float *const *b,
+                                  float *const *gW, float *const *gb,
+                                  const void *x, int x_u8, ptrdiff_t x_ld,
+                                  const int64_t *y, const int64_t *idx, ptrdiff_t n,
+                                  float inv_b, int nthreads, fnn_grad_signal *sig,
+                                  double *loss_sum_out, int64_t *correct_out)
+{
+    fnn_train_opt opt;
+    memset(&opt, 0, sizeof(opt));
+    opt.kind = FNN_OPT_SGD;          /* unused: the step stores gradients */
+    opt.solo_after = -1;
+    int64_t done = -1;
+    if (n >= 0 && n <= tr->batch)
+        done = run_steps(tr, W, b, NULL, NULL, NULL, NULL, gW, gb, inv_b, sig, x, x_u8, x_ld,
+                         y, idx, n, &opt, nthreads, loss_sum_out, correct_out);
+    if (done < 0) done = -1;
+    /* n == 0 runs no task and writes no gradient: the caller fills them */
+    if (sig) fnn_grad_signal_finish(sig, done >= 0);
+    return done;
 }
 
 int64_t fnn_trainer_grad_step(fnn_trainer *tr, float *const *W, float *const *b,
@@ -373,44 +503,61 @@ int64_t fnn_trainer_grad_step(fnn_trainer *tr, float *const *W, float *const *b,
                               const int64_t *y, const int64_t *idx, ptrdiff_t n, float inv_b,
                               int nthreads, double *loss_sum_out, int64_t *correct_out)
 {
-    fnn_train_opt opt;
-    memset(&opt, 0, sizeof(opt));
-    opt.kind = FNN_OPT_SGD;          /* unused: the step stores gradients */
-    opt.solo_after = -1;
-    if (n < 0 || n > tr->batch) return -1;
-    int64_t done = run_steps(tr, W, b, NULL, NULL, NULL, NULL, gW, gb, inv_b, x, x_u8, x_ld,
-                             y, idx, n, &opt, nthreads, loss_sum_out, correct_out);
-    return done < 0 ? -1 : done;
+    return fnn_trainer_grad_step_sig(tr, W, b, gW, gb, x, x_u8, x_ld, y, idx, n, inv_b,
+                                     nthreads, NULL, loss_sum_out, correct_out);
 }
 
 /* Rows [i0, i1) of a layer's W (dense, `out` columns) and their state updated
  * from g by opt_update, each copied to the trainer's padded W (ld ldw) while in
- * cache.  Compiled twice, like the tile epilogues that apply the same rule
- * (generic and "avx2,fma"), so that the update rounds as the fused step's
- * does: the compiler contracts the same multiply-adds into the same FMAs. */
+ * cache.  With nsrc > 1 the gradient is the sum of nsrc buffers laid out like g,
+ * src floats apart (the ranks' slots of fastnn.distributed.SharedGrads), added in
+ * source order into a block of SUM_BLOCK floats just before its update: the sum
+ * is never written out.  opt_update is elementwise, so updating a row in blocks
+ * gives the bits of one call per row.  Compiled twice, like the tile epilogues
+ * that apply the same rule (generic and "avx2,fma"), so that the update rounds as
+ * the fused step's does: the compiler contracts the same multiply-adds into the
+ * same FMAs. */
+#define SUM_BLOCK 512
 static inline __attribute__((always_inline))
 void apply_rows_body(const opt_sc *o, float *w, float *m1, float *m2, const float *g, int out,
-                     int i0, int i1, float *tw, ptrdiff_t ldw)
+                     int i0, int i1, float *tw, ptrdiff_t ldw, int nsrc, ptrdiff_t src)
 {
+    float sum[SUM_BLOCK];
     for (int i = i0; i < i1; i++) {
         const ptrdiff_t r = (ptrdiff_t)i * out;
-        opt_update(o, w + r, m1 ? m1 + r : NULL, m2 ? m2 + r : NULL, g + r, out);
+        if (nsrc <= 1) {
+            opt_update(o, w + r, m1 ? m1 + r : NULL, m2 ? m2 + r : NULL, g + r, out);
+        } else {
+            for (int c0 = 0; c0 < out; c0 += SUM_BLOCK) {
+                const int nc = out - c0 < SUM_BLOCK ? out - c0 : SUM_BLOCK;
+                const float *g0 = g + r + c0;
+                for (int j = 0; j < nc; j++) sum[j] = g0[j] + g0[src + j];
+                for (int k = 2; k < nsrc; k++) {
+                    const float *gk = g0 + k * src;
+                    for (int j = 0; j < nc; j++) sum[j] += gk[j];
+                }
+                opt_update(o, w + r + c0, m1 ? m1 + r + c0 : NULL, m2 ? m2 + r + c0 : NULL, sum,
+                           nc);
+            }
+        }
         memcpy(tw + i * ldw, w + r, (size_t)out * sizeof(float));
     }
 }
 
 static void apply_rows(const opt_sc *o, float *w, float *m1, float *m2, const float *g,
-                       int out, int i0, int i1, float *tw, ptrdiff_t ldw)
+                       int out, int i0, int i1, float *tw, ptrdiff_t ldw, int nsrc,
+                       ptrdiff_t src)
 {
-    apply_rows_body(o, w, m1, m2, g, out, i0, i1, tw, ldw);
+    apply_rows_body(o, w, m1, m2, g, out, i0, i1, tw, ldw, nsrc, src);
 }
 
 #if FNN_X86
 FNN_TARGET_AVX2
 static void apply_rows_avx2(const opt_sc *o, float *w, float *m1, float *m2, const float *g,
-                            int out, int i0, int i1, float *tw, ptrdiff_t ldw)
+                            int out, int i0, int i1, float *tw, ptrdiff_t ldw, int nsrc,
+                            ptrdiff_t src)
 {
-    apply_rows_body(o, w, m1, m2, g, out, i0, i1, tw, ldw);
+    apply_rows_body(o, w, m1, m2, g, out, i0, i1, tw, ldw, nsrc, src);
 }
 #endif
 
@@ -480,6 +627,16 @@ void fnn_trainer_grad_apply(fnn_trainer *tr, float *const *W, float *const *b,
                             const float *const *gW, const float *const *gb,
                             const fnn_train_opt *opt, int nthreads)
 {
+    fnn_trainer_grad_apply_sum(tr, W, b, s1W, s1b, s2W, s2b, gW, gb, 1, 0, opt, nthreads);
+}
+
+void fnn_trainer_grad_apply_sum(fnn_trainer *tr, float *const *W, float *const *b,
+                                float *const *s1W, float *const *s1b,
+                                float *const *s2W, float *const *s2b,
+                                const float *const *gW, const float *const *gb,
+                                int nsrc, ptrdiff_t src_stride,
+                                const fnn_train_opt *opt, int nthreads)
+{
     opt_sc o;
     fnn_tr_opt_scalars(opt, 0, &o);
     const int avx2 = fnn_use_avx2();
@@ -496,10 +653,10 @@ void fnn_trainer_grad_apply(fnn_trainer *tr, float *const *W, float *const *b,
         for (int blk = 0; blk < nblk; blk++) {
             const int i0 = blk * 32, i1 = i0 + 32 < in ? i0 + 32 : in;
 #if FNN_X86
-            if (avx2) apply_rows_avx2(&o, w, m1, m2, g, out, i0, i1, tw, ldw);
+            if (avx2) apply_rows_avx2(&o, w, m1, m2, g, out, i0, i1, tw, ldw, nsrc, src_stride);
             else
 #endif
-                apply_rows(&o, w, m1, m2, g, out, i0, i1, tw, ldw);
+                apply_rows(&o, w, m1, m2, g, out, i0, i1, tw, ldw, nsrc, src_stride);
             if (l == 0) continue;
 #if FNN_X86
             if (avx2)
@@ -512,10 +669,13 @@ void fnn_trainer_grad_apply(fnn_trainer *tr, float *const *W, float *const *b,
         }
         if (tr->has_bias[l]) {
 #if FNN_X86
-            if (avx2) apply_rows_avx2(&o, b[l], s1b[l], s2b[l], gb[l], out, 0, 1, tr->b[l], 0);
+            if (avx2)
+                apply_rows_avx2(&o, b[l], s1b[l], s2b[l], gb[l], out, 0, 1, tr->b[l], 0, nsrc,
+                                src_stride);
             else
 #endif
-                apply_rows(&o, b[l], s1b[l], s2b[l], gb[l], out, 0, 1, tr->b[l], 0);
+                apply_rows(&o, b[l], s1b[l], s2b[l], gb[l], out, 0, 1, tr->b[l], 0, nsrc,
+                           src_stride);
         }
     }
     (void)avx2;

@@ -155,6 +155,40 @@ int64_t fnn_trainer_grad_step(fnn_trainer *tr, float *const *W, float *const *b,
                               const int64_t *y, const int64_t *idx, ptrdiff_t n, float inv_b,
                               int nthreads, double *loss_sum, int64_t *correct);
 
+/* Per-layer completion of a gradient step, for overlapping the gradient
+ * allreduce with the rest of the backward pass (fastnn/distributed.py): the
+ * backward runs last layer first, and layer l's gW[l] / gb[l] are final as soon
+ * as its backward phase's last task is done, while the earlier layers' phases
+ * still run.  fnn_trainer_grad_step_sig publishes that moment: the thread whose
+ * task completes layer l's phase raises sig's count of finished layers (from the
+ * top: L - l) under its mutex and wakes the waiters; another thread (the
+ * reduction thread) blocks in fnn_grad_signal_wait until the layers it needs are
+ * done, then reads them.  Nothing about the step's results changes.
+ *   reset   before a step: no layer done (not while a step with sig runs)
+ *   finish  after the step (fnn_trainer_grad_step_sig calls it; callers that skip
+ *           the native step, e.g. for an empty slice, call it themselves): every
+ *           waiter returns, with ok == 0 as a failure
+ *   wait    until layers [layer, L) are done: 1; the step ended failed: 0;
+ *           timeout_s (> 0) passed first: -1 */
+typedef struct fnn_grad_signal fnn_grad_signal;
+fnn_grad_signal *fnn_grad_signal_new(void);
+void fnn_grad_signal_free(fnn_grad_signal *sig);
+void fnn_grad_signal_reset(fnn_grad_signal *sig, int nlayers);
+void fnn_grad_signal_finish(fnn_grad_signal *sig, int ok);
+int fnn_grad_signal_wait(fnn_grad_signal *sig, int layer, double timeout_s);
+/* tests: the order in which the layers were published since the last reset
+ * (layer indices into order[0:FNN_TR_MAXL]); returns their count. */
+int fnn_grad_signal_order(fnn_grad_signal *sig, int *order);
+
+/* fnn_trainer_grad_step, publishing each layer's completion to sig (or none when
+ * NULL) and calling fnn_grad_signal_finish(sig, ok) at the end. */
+int64_t fnn_trainer_grad_step_sig(fnn_trainer *tr, float *const *W, float *const *b,
+                                  float *const *gW, float *const *gb,
+                                  const void *x, int x_u8, ptrdiff_t x_ld,
+                                  const int64_t *y, const int64_t *idx, ptrdiff_t n,
+                                  float inv_b, int nthreads, fnn_grad_signal *sig,
+                                  double *loss_sum, int64_t *correct);
+
 /* W == NULL in fnn_trainer_grad_step: the trainer's own copies of W, b (and W^T),
  * as the last fnn_trainer_grad_apply left them, are read: no copy per step.  The
  * apply: W, b, s1*, s2* (the model's and the optimizer's, dense; s* NULL where
@@ -166,6 +200,18 @@ void fnn_trainer_grad_apply(fnn_trainer *tr, float *const *W, float *const *b,
                             float *const *s2W, float *const *s2b,
                             const float *const *gW, const float *const *gb,
                             const fnn_train_opt *opt, int nthreads);
+
+/* fnn_trainer_grad_apply from the sum of nsrc gradients: source k's gW[l], gb[l] at
+ * gW[l] + k * src_stride, gb[l] + k * src_stride (floats), added in source order
+ * (((g0 + g1) + g2) ...) row block by row block as the update reads them, never
+ * written out (the ranks' slots of a shared-memory exchange).  nsrc == 1: the
+ * plain apply; bitwise the plain apply of the summed gradient. */
+void fnn_trainer_grad_apply_sum(fnn_trainer *tr, float *const *W, float *const *b,
+                                float *const *s1W, float *const *s1b,
+                                float *const *s2W, float *const *s2b,
+                                const float *const *gW, const float *const *gb,
+                                int nsrc, ptrdiff_t src_stride,
+                                const fnn_train_opt *opt, int nthreads);
 
 /* dst = src * float32(1/255), the scaling of uint8 pixels (exposed for tests). */
 void fnn_trainer_u8_to_f32(const uint8_t *src, float *dst, ptrdiff_t n);

@@ -130,7 +130,11 @@ typedef struct {
      * by grad_inv_b instead of 1 / rows */
     int grad; float grad_inv_b;
     float *const *gW, *const *gb;
+    fnn_grad_signal *sig;           /* NULL, or told when each layer's gradient is done */
 } run_t;
+
+/* trainer.c: layer l's gradient of the grad step is done (fnn_grad_signal) */
+FNN_TR_HIDDEN void fnn_tr_signal_layer(fnn_grad_signal *sig, int layer);
 
 typedef struct {                /* what a thread knows about the step it is in */
     int64_t s; int bs; ptrdiff_t off; float inv_b; opt_sc o;

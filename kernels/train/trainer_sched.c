@@ -311,7 +311,19 @@ static void worker(run_t *R, const sched_t *sc, int tid, double *prof)
         prof_switch(&pf, p);
         if (fnn_tr_run_task(R, &c, s, &R->ph[p], loc - R->ph[p].first))
             __atomic_store_n(sc->stop_step, s, __ATOMIC_RELEASE);   /* before its done count */
-        __atomic_fetch_add(sc->done, 1, __ATOMIC_RELEASE);
+        if (!R->sig) {
+            __atomic_fetch_add(sc->done, 1, __ATOMIC_RELEASE);
+        } else {
+            /* the grad step's one step: the task that brings the count to the end of a
+             * backward phase finished that layer's gradient (the later phases' tasks
+             * wait for the count, so none of them ran); acquire: the other threads'
+             * writes of that phase, counted before ours, are visible to the signal's
+             * readers through its mutex */
+            const int64_t nd = __atomic_add_fetch(sc->done, 1, __ATOMIC_ACQ_REL);
+            const phase_t *ph = &R->ph[phase_of(R, nd - 1)];
+            if (ph->kind == FNN_PHASE_BACKWARD && nd == ph->first + ph->ntasks)
+                fnn_tr_signal_layer(R->sig, ph->layer);
+        }
     }
     if (prof) {
         prof_switch(&pf, -2);
