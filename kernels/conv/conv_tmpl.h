@@ -5,10 +5,10 @@
  *
  * Inner loops are compiled twice, plain C and AVX2 (FNN_TARGET_AVX2), and
  * fnn_use_avx2() picks one per call: im2col/col2im (conv_cols.h) move and add
- * short runs with explicit AVX2 helpers (masked tails); the pooling bodies are
- * always-inline loops that the compiler vectorises 8 floats / 4 doubles wide
- * in the AVX2 clone.  They only move, add and compare, so both paths give the
- * same bits.
+ * short runs with explicit AVX2 helpers (masked tails); the average pooling
+ * bodies are always-inline loops that the compiler vectorises 8 floats / 4
+ * doubles wide in the AVX2 clone; max pooling is in conv_pool.h.  They only
+ * move, add and compare, so every path gives the same bits.
  */
 #define CAT_(a, b) a##_##b
 #define CAT(a, b) CAT_(a, b)
@@ -86,39 +86,6 @@ FNN_TARGET_AVX2 INLINE void FN(add_avx2)(REAL *restrict d, const REAL *restrict 
 
 /* ---- pooling bodies ------------------------------------------------------------------------ */
 
-/* one output row (n, oh) of max pooling */
-INLINE void FN(maxpool_row_body)(const fnn_pool_shape *s, const REAL *restrict xn,
-                                 ptrdiff_t oh, REAL *restrict yr, int *restrict ar)
-{
-    const ptrdiff_t W = s->W, C = s->C;
-    for (ptrdiff_t ow = 0; ow < s->OW; ow++) {
-        REAL *yo = yr + ow * C;
-        int *ao = ar + ow * C;
-        const ptrdiff_t ih0 = oh * s->sh, iw0 = ow * s->sw;
-        const REAL *x0 = xn + (ih0 * W + iw0) * C;
-        const int first = (int)(ih0 * W + iw0);
-        for (ptrdiff_t c = 0; c < C; c++) {
-            yo[c] = x0[c];
-            ao[c] = first;
-        }
-        for (ptrdiff_t i = 0; i < s->ph; i++) {
-            for (ptrdiff_t j = 0; j < s->pw; j++) {
-                if (i == 0 && j == 0)
-                    continue;
-                const REAL *xr = xn + ((ih0 + i) * W + iw0 + j) * C;
-                const int cand = (int)((ih0 + i) * W + iw0 + j);
-                for (ptrdiff_t c = 0; c < C; c++) {
-                    REAL v = xr[c], b = yo[c];
-                    /* strictly greater: ties keep the first; a NaN wins over a number */
-                    int upd = (v > b) | ((v != v) & (b == b));
-                    yo[c] = upd ? v : b;
-                    ao[c] = upd ? cand : ao[c];
-                }
-            }
-        }
-    }
-}
-
 INLINE void FN(avgpool_row_body)(const fnn_pool_shape *s, const REAL *restrict xn,
                                  ptrdiff_t oh, REAL *restrict yr)
 {
@@ -172,8 +139,6 @@ INLINE void FN(avgpool_back_body)(const fnn_pool_shape *s, const REAL *restrict 
 #define PICK(name) FN(name##_scalar)
 #endif
 
-CLONES(maxpool_row, (const fnn_pool_shape *s, const REAL *xn, ptrdiff_t oh, REAL *yr, int *ar),
-       (s, xn, oh, yr, ar))
 CLONES(avgpool_row, (const fnn_pool_shape *s, const REAL *xn, ptrdiff_t oh, REAL *yr),
        (s, xn, oh, yr))
 CLONES(avgpool_back, (const fnn_pool_shape *s, const REAL *dyn, REAL *dxn), (s, dyn, dxn))
@@ -1078,59 +1043,8 @@ void FN(fnn_conv2d_backward_weights)(const fnn_conv_shape *s, const REAL *x, con
 
 /* ---- pooling ---------------------------------------------------------------------------------- */
 
-#if FNN_X86 && defined(CONV_F32)
-/* float32 max pooling with the channels in (masked) vectors: for a few channels
- * (lenet5's 6) the scalar body's channel loop does not vectorise and ran at 2 GB/s.
- * The same comparisons as maxpool_row_body (strictly greater, a NaN wins over a
- * number, the first of ties), so the same values and argmax. */
-FNN_TARGET_AVX2 static void FN(maxpool_rowv_avx2)(const fnn_pool_shape *s, const REAL *xn,
-                                                  ptrdiff_t oh, REAL *yr, int *ar)
-{
-    const ptrdiff_t W = s->W, C = s->C;
-    for (ptrdiff_t ow = 0; ow < s->OW; ow++) {
-        const ptrdiff_t ih0 = oh * s->sh, iw0 = ow * s->sw;
-        for (ptrdiff_t c0 = 0; c0 < C; c0 += 8) {
-            const __m256i m = VMASK_FOR(C - c0 < 8 ? C - c0 : 8);
-            __m256 b = _mm256_maskload_ps(xn + (ih0 * W + iw0) * C + c0, m);
-            __m256 bi = _mm256_castsi256_ps(_mm256_set1_epi32((int)(ih0 * W + iw0)));
-            for (ptrdiff_t i = 0; i < s->ph; i++)
-                for (ptrdiff_t j = 0; j < s->pw; j++) {
-                    if (i == 0 && j == 0)
-                        continue;
-                    const ptrdiff_t pos = (ih0 + i) * W + iw0 + j;
-                    const __m256 v = _mm256_maskload_ps(xn + pos * C + c0, m);
-                    const __m256 upd = _mm256_or_ps(
-                        _mm256_cmp_ps(v, b, _CMP_GT_OQ),
-                        _mm256_and_ps(_mm256_cmp_ps(v, v, _CMP_UNORD_Q),
-                                      _mm256_cmp_ps(b, b, _CMP_ORD_Q)));
-                    b = _mm256_blendv_ps(b, v, upd);
-                    bi = _mm256_blendv_ps(bi, _mm256_castsi256_ps(_mm256_set1_epi32((int)pos)),
-                                          upd);
-                }
-            _mm256_maskstore_ps(yr + ow * C + c0, m, b);
-            _mm256_maskstore_epi32(ar + ow * C + c0, m, _mm256_castps_si256(bi));
-        }
-    }
-}
-#endif
-
-void FN(fnn_maxpool2d_forward)(const fnn_pool_shape *s, const REAL *x, REAL *y, int *argmax,
-                               int nthreads)
-{
-    void (*row)(const fnn_pool_shape *, const REAL *, ptrdiff_t, REAL *, int *) = PICK(maxpool_row);
-#if FNN_X86 && defined(CONV_F32)
-    if (fnn_use_avx2() && s->C % 8 != 0)   /* whole vectors: the compiled body is as fast */
-        row = FN(maxpool_rowv_avx2);
-#endif
-    const ptrdiff_t rowsz = s->OW * s->C, items = s->N * s->OH;
-    const int par = nthreads > 1 && items > 1 && items * rowsz * s->ph * s->pw >= POOL_PAR_MIN;
-    (void)par;
-    _Pragma("omp parallel for num_threads(nthreads) schedule(static) if (par)")
-    for (ptrdiff_t it = 0; it < items; it++) {
-        ptrdiff_t n = it / s->OH, oh = it % s->OH;
-        row(s, x + n * s->H * s->W * s->C, oh, y + it * rowsz, argmax + it * rowsz);
-    }
-}
+/* max pooling: conv_pool.h */
+#include "conv_pool.h"
 
 void FN(fnn_avgpool2d_forward)(const fnn_pool_shape *s, const REAL *x, REAL *y, int nthreads)
 {
@@ -1143,41 +1057,6 @@ void FN(fnn_avgpool2d_forward)(const fnn_pool_shape *s, const REAL *x, REAL *y, 
         ptrdiff_t n = it / s->OH, oh = it % s->OH;
         row(s, x + n * s->H * s->W * s->C, oh, y + it * rowsz);
     }
-}
-
-ptrdiff_t FN(fnn_maxpool2d_backward)(const fnn_pool_shape *s, const REAL *dy, const int *argmax,
-                                     const REAL *mask, REAL *dx, int nthreads)
-{
-    /* a scatter: one image per thread, outputs visited in order (overlaps add in order).
-     * mask (dy's shape, the pooled output of a ReLU layer): dy where mask > 0, else 0 --
-     * the ReLU backward of the layer before the pool, fused here (the pool's output is
-     * the ReLU output at the argmax, so its sign decides).  Entries of argmax outside
-     * [0, H*W) are skipped and counted: the caller raises (no separate min/max pass). */
-    const ptrdiff_t C = s->C, HW = s->H * s->W, HWC = HW * C, O = s->OH * s->OW * C;
-    const int par = nthreads > 1 && s->N > 1 && s->N * (HWC + O) >= POOL_PAR_MIN;
-    ptrdiff_t bad = 0;
-    (void)par;
-    _Pragma("omp parallel for num_threads(nthreads) schedule(static) reduction(+:bad) if (par)")
-    for (ptrdiff_t n = 0; n < s->N; n++) {
-        REAL *dxn = dx + n * HWC;
-        const REAL *g = dy + n * O;
-        const REAL *m = mask ? mask + n * O : NULL;
-        const int *a = argmax + n * O;
-        for (ptrdiff_t i = 0; i < HWC; i++)
-            dxn[i] = 0;
-        for (ptrdiff_t o = 0; o < O; o += C)
-            for (ptrdiff_t c = 0; c < C; c++) {
-                const ptrdiff_t at = a[o + c];
-                if (at < 0 || at >= HW) {
-                    bad++;
-                    continue;
-                }
-                if (m && !(m[o + c] > 0))
-                    continue;
-                dxn[at * C + c] += g[o + c];
-            }
-    }
-    return bad;
 }
 
 void FN(fnn_avgpool2d_backward)(const fnn_pool_shape *s, const REAL *dy, REAL *dx, int nthreads)
