@@ -36,10 +36,12 @@ SHAPES = [
     (2, 7, 7, 3, 3, 3, 48, (1, 1), (1, 1, 1, 1)),      # Cout % 32 == 16 again, padded
     (2, 5, 6, 2, 2, 3, 5, (1, 1), (3, 0, 1, 4)),       # padding wider than the kernel
     (2, 6, 19, 8, 3, 2, 3, (1, 1), (0, 2, 1, 0)),      # 8 channels: the direct dx's widest
+    (2, 5, 32, 1, 2, 2, 16, (1, 1), (0, 0, 0, 1)),     # one channel, 16: 4-pixel tiles + 2 + 1
+    (2, 9, 11, 1, 3, 3, 24, (1, 1), (1, 1, 1, 1)),     # one channel, 3 channel vectors
 ]
 IDS = ["3x3", "s2-pad", "asym", "1x1", "1x1-s2-pad", "7x7-c1-b1", "1px", "all-pad", "5x5-odd",
        "c1-direct", "c1-direct-8", "c1-wide-32", "c1-wide-s2", "c1-wide-40", "c1-wide-12",
-       "lenet5-conv2", "cout48", "wide-pad", "cin8"]
+       "lenet5-conv2", "cout48", "wide-pad", "cin8", "c1-wide-16-tiles", "c1-wide-24"]
 
 
 def _data(shape, dtype, seed=0):
@@ -337,7 +339,7 @@ def test_bad_inputs_raise_clear_errors():
 
 # ---------------------------------------------------------------- every SIMD level (AVX-512 too)
 
-LEVEL_SHAPES = [SHAPES[i] for i in (0, 8, 11, 12, 13, 15, 16)] + [
+LEVEL_SHAPES = [SHAPES[i] for i in (0, 8, 11, 12, 13, 15, 16, 19, 20)] + [
     (3, 13, 13, 32, 3, 3, 64, (1, 1), (0, 0, 0, 0)),   # convnet's conv2
     (2, 28, 28, 1, 5, 5, 6, (1, 1), (2, 2, 2, 2)),     # lenet5's conv1
 ]
