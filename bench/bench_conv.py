@@ -3,7 +3,8 @@
     python bench/bench_conv.py                 # 1 and 2 threads, markdown table
     python bench/bench_conv.py --threads 1 4 --repeat 7 --dtype float32
 
-For every layer of the presets (lenet5, Keras' MNIST convnet) at batch 128:
+For every layer of the presets (lenet5, Keras' MNIST convnet, the speedrun convnet's
+first layer) at batch 128:
 GFLOP/s of the forward (im2col + GEMM, bias in the epilogue), backward-data
 and backward-weights kernels of fastnn's fastest variant, with caller-owned
 outputs and workspace (what a training step runs), and the same three ops in
@@ -12,7 +13,9 @@ its default layout), when torch is installed.  FLOPs = 2 * N*OH*OW * KH*KW*Cin
 * Cout per op.  Each figure is the median (``--stat min``: the fastest, steadier on a
 shared machine) of ``--repeat`` timings of a block of
 calls lasting about 0.1 s, after a warm-up call; the header names the CPU
-features, the variant and its SIMD path.
+features, the variant and its SIMD path.  A second table times the presets' 2x2
+max pools (forward, and backward with the fused ReLU mask) in ms and GB/s of the
+arrays they read and write (``--no-pool`` skips it).
 """
 from __future__ import annotations
 
@@ -34,9 +37,18 @@ SHAPES: List[Tuple[str, Tuple[int, int, int, int], Tuple[int, int, int, int], Tu
     ("lenet5 conv1 28x28x1 5x5x6 pad2", (128, 28, 28, 1), (5, 5, 1, 6), (1, 1), (2, 2, 2, 2)),
     ("lenet5 conv2 14x14x6 5x5x16", (128, 14, 14, 6), (5, 5, 6, 16), (1, 1), (0, 0, 0, 0)),
     ("convnet conv1 28x28x1 3x3x32", (128, 28, 28, 1), (3, 3, 1, 32), (1, 1), (0, 0, 0, 0)),
+    ("speedrun conv1 28x28x1 3x3x16", (128, 28, 28, 1), (3, 3, 1, 16), (1, 1), (0, 0, 0, 0)),
     ("convnet conv2 13x13x32 3x3x64", (128, 13, 13, 32), (3, 3, 32, 64), (1, 1), (0, 0, 0, 0)),
 ]
 
+
+# the 2x2 stride-2 max pools of the presets: (name, x shape NHWC)
+POOLS: List[Tuple[str, Tuple[int, int, int, int]]] = [
+    ("lenet5 pool1 28x28x6", (128, 28, 28, 6)),
+    ("lenet5 pool2 10x10x16", (128, 10, 10, 16)),
+    ("speedrun pool1 26x26x16", (128, 26, 26, 16)),
+    ("speedrun pool2 11x11x32", (128, 11, 11, 32)),
+]
 
 STAT = statistics.median
 
@@ -114,6 +126,7 @@ def main(argv: Optional[List[str]] = None) -> None:
                     help="how the --repeat timings combine (min: steadier on a shared machine)")
     ap.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     ap.add_argument("--variant", default=None, help="fastnn conv variant (default: fastest)")
+    ap.add_argument("--no-pool", action="store_true", help="skip the max-pool table")
     a = ap.parse_args(argv)
     global STAT
     STAT = min if a.stat == "min" else statistics.median
@@ -146,6 +159,31 @@ def main(argv: Optional[List[str]] = None) -> None:
                 else:
                     tt, ratio = "-", "-"
                 print(f"| {name} | {op} | {nt} | {g:.1f} | {tt} | {ratio} |", flush=True)
+
+    if a.no_pool:
+        return
+    # max pooling: memory-bound, so GB/s of the arrays each call reads and writes
+    # (forward: x, y, argmax; backward with the fused ReLU mask: dy, argmax, mask, dx)
+    print()
+    print("| pool | op | threads | ms | GB/s |")
+    print("|---|---|---:|---:|---:|")
+    rng = np.random.default_rng(0)
+    for name, xs in POOLS:
+        x = np.maximum(rng.standard_normal(xs), 0).astype(dtype)   # ReLU outputs
+        y, am = K.maxpool2d_forward(x, (2, 2), variant=var)
+        dy = rng.standard_normal(y.shape).astype(dtype)
+        dx = np.empty_like(x)
+        ops = {"forward": (lambda: K.maxpool2d_forward(x, (2, 2), out=y, argmax=am, variant=var),
+                           x.nbytes + y.nbytes + am.nbytes),
+               "backward (mask)": (lambda: K.maxpool2d_backward(dy, am, xs, out=dx, mask=y,
+                                                                variant=var),
+                                   dy.nbytes + am.nbytes + y.nbytes + dx.nbytes)}
+        for nt in a.threads:
+            for op, (fn, nbytes) in ops.items():
+                with fastnn.threads(nt):
+                    t = _time(fn, a.repeat)
+                print(f"| {name} | {op} | {nt} | {t * 1e3:.3f} | {nbytes / t / 1e9:.1f} |",
+                      flush=True)
 
 
 if __name__ == "__main__":

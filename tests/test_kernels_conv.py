@@ -36,10 +36,12 @@ SHAPES = [
     (2, 7, 7, 3, 3, 3, 48, (1, 1), (1, 1, 1, 1)),      # Cout % 32 == 16 again, padded
     (2, 5, 6, 2, 2, 3, 5, (1, 1), (3, 0, 1, 4)),       # padding wider than the kernel
     (2, 6, 19, 8, 3, 2, 3, (1, 1), (0, 2, 1, 0)),      # 8 channels: the direct dx's widest
+    (2, 5, 32, 1, 2, 2, 16, (1, 1), (0, 0, 0, 1)),     # one channel, 16: 4-pixel tiles + 2 + 1
+    (2, 9, 11, 1, 3, 3, 24, (1, 1), (1, 1, 1, 1)),     # one channel, 3 channel vectors
 ]
 IDS = ["3x3", "s2-pad", "asym", "1x1", "1x1-s2-pad", "7x7-c1-b1", "1px", "all-pad", "5x5-odd",
        "c1-direct", "c1-direct-8", "c1-wide-32", "c1-wide-s2", "c1-wide-40", "c1-wide-12",
-       "lenet5-conv2", "cout48", "wide-pad", "cin8"]
+       "lenet5-conv2", "cout48", "wide-pad", "cin8", "c1-wide-16-tiles", "c1-wide-24"]
 
 
 def _data(shape, dtype, seed=0):
@@ -337,7 +339,7 @@ def test_bad_inputs_raise_clear_errors():
 
 # ---------------------------------------------------------------- every SIMD level (AVX-512 too)
 
-LEVEL_SHAPES = [SHAPES[i] for i in (0, 8, 11, 12, 13, 15, 16)] + [
+LEVEL_SHAPES = [SHAPES[i] for i in (0, 8, 11, 12, 13, 15, 16, 19, 20)] + [
     (3, 13, 13, 32, 3, 3, 64, (1, 1), (0, 0, 0, 0)),   # convnet's conv2
     (2, 28, 28, 1, 5, 5, 6, (1, 1), (2, 2, 2, 2)),     # lenet5's conv1
 ]
@@ -381,3 +383,122 @@ def test_maxpool_backward_relu_mask(variant, dtype):
                                                         variant="reference"), want, **TOL[dtype])
     with pytest.raises(ShapeError, match="mask must have dy's shape"):
         K.maxpool2d_backward(dy, a, x.shape, mask=x, variant=variant)
+
+
+# ---------------------------------------------------------------- max pooling: every path
+
+# (N, H, W, C, pool, stride): the 2x2 direct paths (C below, at and above a vector, odd
+# H/W with a gap row/column, batch 1) and shapes whose OH = H // 2, OW = W // 2 although
+# the pool is not 2x2 stride 2 (the backward tries the 2x2 path and falls back)
+POOL_SHAPES = [
+    (3, 8, 8, 1, (2, 2), (2, 2)), (2, 7, 9, 3, (2, 2), (2, 2)), (2, 6, 6, 4, (2, 2), (2, 2)),
+    (2, 9, 7, 6, (2, 2), (2, 2)), (1, 10, 10, 8, (2, 2), (2, 2)), (2, 5, 6, 13, (2, 2), (2, 2)),
+    (2, 6, 5, 16, (2, 2), (2, 2)), (2, 7, 7, 17, (2, 2), (2, 2)), (1, 4, 6, 40, (2, 2), (2, 2)),
+    (2, 9, 9, 6, (3, 3), (2, 2)), (2, 8, 8, 5, (1, 1), (2, 2)), (2, 9, 8, 7, (2, 2), (3, 3)),
+    (2, 8, 9, 6, (2, 2), (1, 1)), (2, 8, 6, 9, (3, 2), (2, 2)), (1, 2, 2, 6, (2, 2), (2, 2)),
+]
+
+
+def _pool_case(shape, dtype, seed=5, relu=False):
+    N, H, W, C, pool, stride = shape
+    rng = np.random.default_rng(seed + N + H * 3 + W * 7 + C)
+    x = rng.standard_normal((N, H, W, C))
+    if relu:
+        x = np.maximum(x, 0)
+    x = x.astype(dtype)
+    x[0, 0, :2, 0] = 1.5                    # a tie inside a window: the first wins
+    y, _ = K.maxpool2d_forward(x, pool, stride, variant="reference")
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    dy[..., -1] = -0.0                      # lands as +0.0 (0 + dy), as the scatter
+    return x, dy
+
+
+@pytest.mark.parametrize("level", ["scalar", "avx2", "avx512"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_maxpool_every_simd_level_matches_reference(level, dtype):
+    """Forward values and argmax bit-equal to the reference, backward (plain and with
+    the ReLU mask) bit-equal too where windows do not overlap (one addition per
+    element), at 1 and 2 threads."""
+    K.set_simd_level(level)
+    try:
+        for shape in POOL_SHAPES:
+            pool, stride = shape[4], shape[5]
+            x, dy = _pool_case(shape, dtype, relu=True)
+            y, a = K.maxpool2d_forward(x, pool, stride, variant="reference")
+            want = K.maxpool2d_backward(dy, a, x.shape, variant="reference")
+            want_m = K.maxpool2d_backward(dy, a, x.shape, mask=y, variant="reference")
+            for nt in (1, 2):
+                with fastnn.threads(nt):
+                    gy, ga = K.maxpool2d_forward(x, pool, stride, variant="c")
+                    got = K.maxpool2d_backward(dy, ga, x.shape, variant="c")
+                    got_m = K.maxpool2d_backward(dy, ga, x.shape, mask=gy, variant="c")
+                msg = f"{level} {shape} {nt} threads"
+                np.testing.assert_array_equal(gy, y, err_msg=msg)
+                np.testing.assert_array_equal(ga, a, err_msg=msg)
+                if stride[0] >= pool[0] and stride[1] >= pool[1]:   # no sums: exact
+                    np.testing.assert_array_equal(got, want.astype(dtype), err_msg=msg)
+                    np.testing.assert_array_equal(got_m, want_m.astype(dtype), err_msg=msg)
+                np.testing.assert_allclose(got, want, **TOL[dtype], err_msg=msg)
+                np.testing.assert_allclose(got_m, want_m, **TOL[dtype], err_msg=msg)
+                assert not np.signbit(got[dy.shape[0] - 1, ..., -1]).any(), msg
+    finally:
+        K.set_simd_level(1)
+
+
+@pytest.mark.parametrize("level", ["scalar", "avx2", "avx512"])
+def test_maxpool_nan_at_every_simd_level(level):
+    K.set_simd_level(level)
+    try:
+        for C in (6, 16, 17):
+            x = np.zeros((1, 4, 4, C), np.float32)
+            x[0, 0, 0, :] = 1.0
+            x[0, 0, 1, :] = np.nan              # beats the number before it
+            x[0, 1, 0, :] = np.nan              # a later NaN does not replace the first
+            x[0, 3, 3, :] = np.inf
+            y, a = K.maxpool2d_forward(x, (2, 2), (2, 2), variant="c")
+            ry, ra = K.maxpool2d_forward(x, (2, 2), (2, 2), variant="reference")
+            np.testing.assert_array_equal(a, ra)
+            np.testing.assert_array_equal(y, ry)
+            assert a[0, 0, 0, 0] == 1 and a[0, 1, 1, 0] == 15
+    finally:
+        K.set_simd_level(1)
+
+
+@pytest.mark.parametrize("level", ["scalar", "avx2", "avx512"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_maxpool_backward_foreign_argmax(level, dtype):
+    """argmax entries that are not in their 2x2 window (a hand-made argmax, or another
+    pool's) still scatter where they point; out-of-range entries still raise."""
+    K.set_simd_level(level)
+    try:
+        rng = np.random.default_rng(2)
+        for C in (1, 6, 16, 19):
+            dy = rng.standard_normal((3, 3, 4, C)).astype(dtype)
+            a = rng.integers(0, 6 * 8, dy.shape).astype(np.int32)
+            a[0] = K.maxpool2d_forward(rng.standard_normal((1, 6, 8, C)).astype(dtype))[1][0]
+            want = K.maxpool2d_backward(dy, a, (3, 6, 8, C), variant="reference")
+            outs = []
+            for nt in (1, 2):
+                with fastnn.threads(nt):
+                    outs.append(K.maxpool2d_backward(dy, a, (3, 6, 8, C), variant="c"))
+                np.testing.assert_allclose(outs[-1], want, **TOL[dtype])   # entries may share
+            np.testing.assert_array_equal(outs[0], outs[1])
+            a[2, 1, 1, 0] = 6 * 8
+            with pytest.raises(ValueError, match=r"argmax entries must be in \[0, H\*W\)"):
+                K.maxpool2d_backward(dy, a, (3, 6, 8, C), variant="c")
+    finally:
+        K.set_simd_level(1)
+
+
+def test_maxpool_non_contiguous_input(variant):
+    rng = np.random.default_rng(4)
+    big = rng.standard_normal((2, 10, 12, 14)).astype(np.float32)
+    x = big[:, ::2, 1::2, 3:9]                      # (2, 5, 6, 6), strided
+    y, a = K.maxpool2d_forward(x, (2, 2), variant=variant)
+    ry, ra = K.maxpool2d_forward(np.ascontiguousarray(x), (2, 2), variant="reference")
+    np.testing.assert_array_equal(y, ry)
+    np.testing.assert_array_equal(a, ra)
+    dy = rng.standard_normal((4, 2, 3, 6)).astype(np.float32)[::2]
+    np.testing.assert_array_equal(K.maxpool2d_backward(dy, a, x.shape, mask=y, variant=variant),
+                                  K.maxpool2d_backward(np.ascontiguousarray(dy), ra, x.shape,
+                                                       mask=ry, variant="reference"))

@@ -3,6 +3,7 @@
  * decomposition, conv_tmpl.h for the code (compiled once per dtype).
  */
 #include <stddef.h>
+#include <string.h>
 
 #include "conv.h"
 #include "cpu.h"

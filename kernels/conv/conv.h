@@ -9,10 +9,12 @@
  * the (M, Cin) matrix.  Direct paths (no columns, no GEMM) where im2col would
  * copy runs of a few elements and the GEMM would be narrow or have a tiny K:
  *   - one input channel (first layers), read from zero-padded input rows built
- *     once per image: Cout <= the vector width with each pixel's channels in
- *     one vector (forward: 8 pixels per step; weight gradient: 13 taps of
- *     accumulators), Cout a multiple of it with the channels in vectors (any
- *     stride), else 8 output pixels per vector (stride 1 along W);
+ *     once per image: Cout <= 8 (stride 1 along W): forward with 2 vectors of
+ *     output pixels x every channel (16 taps or more, or Cout above the vector
+ *     width), else each pixel's channels in one vector (8 pixels per step);
+ *     weight gradient with the channels in one vector (13 taps of
+ *     accumulators); Cout a multiple of the vector width with the channels in
+ *     vectors (any stride);
  *   - backward data with stride 1 and at most 8 input channels: the flipped
  *     kernel applied to a channel-planar copy of dy, input pixels in vectors.
  * The MaxPool2D backward takes the pooled output as a mask (the ReLU backward

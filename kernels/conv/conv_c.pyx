@@ -4,7 +4,28 @@
 # the workspace sized by the plan (fastnn/kernels/conv/__init__.py).
 cimport numpy as cnp
 
-include "simd_api.pxi"
+from fnn_common cimport fnn_simd_level, fnn_set_simd_level, fnn_simd_name
+
+
+# the SIMD level functions of simd_api.pxi, with a simd_name that says what this
+# module runs at the AVX-512 levels (its GEMM and float32 max pooling have AVX-512 paths)
+def simd_level():
+    """Current SIMD level of this module: 0 scalar, 1 AVX2+FMA, 2 AVX-512, 3 AVX-512+BF16."""
+    return fnn_simd_level()
+
+
+def set_simd_level(int level):
+    """Set this module's SIMD level (clamped to what the CPU supports); returns it."""
+    return fnn_set_simd_level(level)
+
+
+def simd_name():
+    """The code paths of this module at the current level."""
+    cdef int level = fnn_simd_level()
+    if level < 2:
+        return fnn_simd_name(level).decode()
+    return (fnn_simd_name(level).decode() + ": the GEMM (as matmul) and float32 max pooling; "
+            "the direct conv paths, im2col and float64 pooling avx2+fma")
 
 cnp.import_array()
 

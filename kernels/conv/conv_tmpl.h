@@ -5,10 +5,10 @@
  *
  * Inner loops are compiled twice, plain C and AVX2 (FNN_TARGET_AVX2), and
  * fnn_use_avx2() picks one per call: im2col/col2im (conv_cols.h) move and add
- * short runs with explicit AVX2 helpers (masked tails); the pooling bodies are
- * always-inline loops that the compiler vectorises 8 floats / 4 doubles wide
- * in the AVX2 clone.  They only move, add and compare, so both paths give the
- * same bits.
+ * short runs with explicit AVX2 helpers (masked tails); the average pooling
+ * bodies are always-inline loops that the compiler vectorises 8 floats / 4
+ * doubles wide in the AVX2 clone; max pooling is in conv_pool.h.  They only
+ * move, add and compare, so every path gives the same bits.
  */
 #define CAT_(a, b) a##_##b
 #define CAT(a, b) CAT_(a, b)
@@ -86,39 +86,6 @@ FNN_TARGET_AVX2 INLINE void FN(add_avx2)(REAL *restrict d, const REAL *restrict 
 
 /* ---- pooling bodies ------------------------------------------------------------------------ */
 
-/* one output row (n, oh) of max pooling */
-INLINE void FN(maxpool_row_body)(const fnn_pool_shape *s, const REAL *restrict xn,
-                                 ptrdiff_t oh, REAL *restrict yr, int *restrict ar)
-{
-    const ptrdiff_t W = s->W, C = s->C;
-    for (ptrdiff_t ow = 0; ow < s->OW; ow++) {
-        REAL *yo = yr + ow * C;
-        int *ao = ar + ow * C;
-        const ptrdiff_t ih0 = oh * s->sh, iw0 = ow * s->sw;
-        const REAL *x0 = xn + (ih0 * W + iw0) * C;
-        const int first = (int)(ih0 * W + iw0);
-        for (ptrdiff_t c = 0; c < C; c++) {
-            yo[c] = x0[c];
-            ao[c] = first;
-        }
-        for (ptrdiff_t i = 0; i < s->ph; i++) {
-            for (ptrdiff_t j = 0; j < s->pw; j++) {
-                if (i == 0 && j == 0)
-                    continue;
-                const REAL *xr = xn + ((ih0 + i) * W + iw0 + j) * C;
-                const int cand = (int)((ih0 + i) * W + iw0 + j);
-                for (ptrdiff_t c = 0; c < C; c++) {
-                    REAL v = xr[c], b = yo[c];
-                    /* strictly greater: ties keep the first; a NaN wins over a number */
-                    int upd = (v > b) | ((v != v) & (b == b));
-                    yo[c] = upd ? v : b;
-                    ao[c] = upd ? cand : ao[c];
-                }
-            }
-        }
-    }
-}
-
 INLINE void FN(avgpool_row_body)(const fnn_pool_shape *s, const REAL *restrict xn,
                                  ptrdiff_t oh, REAL *restrict yr)
 {
@@ -172,8 +139,6 @@ INLINE void FN(avgpool_back_body)(const fnn_pool_shape *s, const REAL *restrict 
 #define PICK(name) FN(name##_scalar)
 #endif
 
-CLONES(maxpool_row, (const fnn_pool_shape *s, const REAL *xn, ptrdiff_t oh, REAL *yr, int *ar),
-       (s, xn, oh, yr, ar))
 CLONES(avgpool_row, (const fnn_pool_shape *s, const REAL *xn, ptrdiff_t oh, REAL *yr),
        (s, xn, oh, yr))
 CLONES(avgpool_back, (const fnn_pool_shape *s, const REAL *dyn, REAL *dxn), (s, dyn, dxn))
@@ -223,37 +188,6 @@ static void FN(c1_row_scalar)(const fnn_conv_shape *s, const REAL *rows, ptrdiff
         }
 }
 
-#if FNN_X86
-FNN_TARGET_AVX2 static void FN(c1_row_avx2)(const fnn_conv_shape *s, const REAL *rows,
-                                            ptrdiff_t Wbuf, const REAL *w, const REAL *bias,
-                                            int relu, REAL *yr)
-{
-    const ptrdiff_t Cout = s->Cout, KH = s->KH, KW = s->KW;
-    REAL tmp[4][VW];
-    for (ptrdiff_t ow0 = 0; ow0 < s->OW; ow0 += VW) {
-        const ptrdiff_t nv = s->OW - ow0 < VW ? s->OW - ow0 : VW;
-        for (ptrdiff_t c0 = 0; c0 < Cout; c0 += 4) {
-            const ptrdiff_t nc = Cout - c0 < 4 ? Cout - c0 : 4;
-            VTYPE acc[4];
-            for (ptrdiff_t j = 0; j < 4; j++)
-                acc[j] = VSET1(bias && j < nc ? bias[c0 + j] : 0);
-            for (ptrdiff_t kh = 0; kh < KH; kh++)
-                for (ptrdiff_t kw = 0; kw < KW; kw++) {
-                    const VTYPE xv = VLOADU(rows + kh * Wbuf + ow0 + kw);
-                    const REAL *wt = w + (kh * KW + kw) * Cout + c0;
-                    for (ptrdiff_t j = 0; j < nc; j++)     /* nc == 4 but at the end */
-                        acc[j] = VFMA(xv, VSET1(wt[j]), acc[j]);
-                }
-            for (ptrdiff_t j = 0; j < nc; j++) {
-                /* max(acc, 0) with the 0 first: a NaN stays NaN, as the GEMM's ReLU */
-                VSTOREU(tmp[j], relu ? VMAX(VZERO(), acc[j]) : acc[j]);
-                for (ptrdiff_t i = 0; i < nv; i++)
-                    yr[(ow0 + i) * Cout + c0 + j] = tmp[j][i];
-            }
-        }
-    }
-}
-#endif
 
 #define C1_BUF 4096     /* elements of the padded rows kept on the stack */
 
@@ -318,7 +252,14 @@ static int FN(c1w_fits)(const fnn_conv_shape *s)
 }
 
 #define C1W_NV 4    /* channel vectors per tile */
-#define C1W_NT 3    /* taps per weight-gradient tile */
+/* pixels per forward tile and taps per weight-gradient tile for NV channel vectors:
+ * about 8-12 accumulators, enough independent FMA chains to cover the FMA latency
+ * (2 pixels x 2 vectors for Cout = 16 was 4 chains: 50 GFLOP/s forward, 37 weight
+ * gradient at 2 threads) while the operands still fit in 16 registers */
+#define C1W_NPIX(NV) ((NV) == 1 ? 8 : (NV) == 2 ? 4 : (NV) == 3 ? 3 : 2)
+#define C1W_NT(NV) ((NV) == 1 ? 12 : (NV) == 2 ? 6 : (NV) == 3 ? 4 : 3)
+#define C1W_NPMAX 8
+#define C1W_NTMAX 12
 
 static void FN(c1w_row_scalar)(const fnn_conv_shape *s, const REAL *rows, ptrdiff_t Wbuf,
                                const REAL *w, const REAL *bias, int relu, REAL *yr)
@@ -362,7 +303,7 @@ FNN_TARGET_AVX2 INLINE ptrdiff_t FN(c1w_fwd_tile)(const fnn_conv_shape *s, const
     const ptrdiff_t Cout = s->Cout, KH = s->KH, KW = s->KW, sw = s->sw, OW = s->OW;
     ptrdiff_t ow = ow0;
     for (; ow + NPIX <= OW; ow += NPIX) {
-        VTYPE a[2][C1W_NV];
+        VTYPE a[C1W_NPMAX][C1W_NV];
         for (int p = 0; p < NPIX; p++)
             for (int j = 0; j < NV; j++)
                 a[p][j] = bias ? VLOADU(bias + c0 + j * VW) : VZERO();
@@ -370,7 +311,7 @@ FNN_TARGET_AVX2 INLINE ptrdiff_t FN(c1w_fwd_tile)(const fnn_conv_shape *s, const
             const REAL *r = rows + kh * Wbuf + ow * sw;
             const REAL *wt = w + kh * KW * Cout + c0;
             for (ptrdiff_t kw = 0; kw < KW; kw++) {
-                VTYPE xv[2];
+                VTYPE xv[C1W_NPMAX];
                 for (int p = 0; p < NPIX; p++)
                     xv[p] = VSET1(r[p * sw + kw]);
                 for (int j = 0; j < NV; j++) {
@@ -391,7 +332,9 @@ FNN_TARGET_AVX2 INLINE void FN(c1w_fwd_chunk)(const fnn_conv_shape *s, const REA
                                               ptrdiff_t Wbuf, const REAL *w, const REAL *bias,
                                               int relu, REAL *yr, ptrdiff_t c0, const int NV)
 {
-    ptrdiff_t ow = FN(c1w_fwd_tile)(s, rows, Wbuf, w, bias, relu, yr, c0, 0, NV, 2);
+    ptrdiff_t ow = FN(c1w_fwd_tile)(s, rows, Wbuf, w, bias, relu, yr, c0, 0, NV, C1W_NPIX(NV));
+    if (C1W_NPIX(NV) > 2)
+        ow = FN(c1w_fwd_tile)(s, rows, Wbuf, w, bias, relu, yr, c0, ow, NV, 2);
     FN(c1w_fwd_tile)(s, rows, Wbuf, w, bias, relu, yr, c0, ow, NV, 1);
 }
 
@@ -416,8 +359,8 @@ FNN_TARGET_AVX2 INLINE void FN(c1w_dw_tile)(const fnn_conv_shape *s, const REAL 
                                             ptrdiff_t c0, REAL *part, const int NT, const int NV)
 {
     const ptrdiff_t Cout = s->Cout, KW = s->KW, OW = s->OW, sw = s->sw;
-    ptrdiff_t off[C1W_NT];
-    VTYPE a[C1W_NT][C1W_NV];
+    ptrdiff_t off[C1W_NTMAX];
+    VTYPE a[C1W_NTMAX][C1W_NV];
     for (int t = 0; t < NT; t++) {
         off[t] = ((t0 + t) / KW) * Wbuf + (t0 + t) % KW;
         for (int j = 0; j < NV; j++)
@@ -442,12 +385,20 @@ FNN_TARGET_AVX2 INLINE void FN(c1w_dw_taps)(const fnn_conv_shape *s, const REAL 
                                             ptrdiff_t Wbuf, const REAL *dyr, ptrdiff_t c0,
                                             REAL *part, const int NV)
 {
-    const ptrdiff_t taps = s->KH * s->KW;
-    ptrdiff_t t0 = 0;
-    for (; t0 + C1W_NT <= taps; t0 += C1W_NT)
-        FN(c1w_dw_tile)(s, rows, Wbuf, dyr, t0, c0, part, C1W_NT, NV);
-    for (; t0 < taps; t0++)
-        FN(c1w_dw_tile)(s, rows, Wbuf, dyr, t0, c0, part, 1, NV);
+    /* tiles of nearly equal size (9 taps, 6 at most: 5 + 4), each (tap, channel)
+     * summed over the pixels in order whatever the tiling */
+    const ptrdiff_t taps = s->KH * s->KW, ntiles = (taps + C1W_NT(NV) - 1) / C1W_NT(NV);
+    for (ptrdiff_t k = 0, t0 = 0; k < ntiles; k++) {
+        const ptrdiff_t nt = (taps - t0) / (ntiles - k) + ((taps - t0) % (ntiles - k) != 0);
+        switch (nt) {
+#define C1W_CASE(n) case n: FN(c1w_dw_tile)(s, rows, Wbuf, dyr, t0, c0, part, n, NV); break;
+        C1W_CASE(1) C1W_CASE(2) C1W_CASE(3) C1W_CASE(4) C1W_CASE(5) C1W_CASE(6) C1W_CASE(7)
+        C1W_CASE(8) C1W_CASE(9) C1W_CASE(10) C1W_CASE(11)
+        default: FN(c1w_dw_tile)(s, rows, Wbuf, dyr, t0, c0, part, C1W_NTMAX, NV); break;
+#undef C1W_CASE
+        }
+        t0 += nt;
+    }
 }
 
 FNN_TARGET_AVX2 static void FN(c1w_dw_block_avx2)(const fnn_conv_shape *s, const REAL *x,
@@ -546,10 +497,88 @@ FNN_TARGET_AVX2 static void FN(c1n_row_avx2)(const fnn_conv_shape *s, const REAL
 #undef C1N_NPIX
 #endif
 
+#if FNN_X86
+/* Cout <= C1_MAX_COUT, stride 1 along W: NPV vectors of neighbouring output pixels x
+ * every channel of accumulators (12 for lenet5's 6 channels), each tap one load per
+ * pixel vector and one weight broadcast per channel shared by them, all lanes useful
+ * (the channels-in-a-vector tile above broadcasts one input per pixel and tap, 6 of
+ * 8 lanes useful).  Each output is bias + the taps in (kh, kw) order, as there: the
+ * same bits.  Stores go through a small transpose buffer into NHWC. */
+FNN_TARGET_AVX2 INLINE void FN(c1p_block)(const fnn_conv_shape *s, const REAL *rows,
+                                          ptrdiff_t Wbuf, const REAL *w, const REAL *bias,
+                                          int relu, REAL *yr, ptrdiff_t ow0, const int NC,
+                                          const int NPV)
+{
+    const ptrdiff_t KH = s->KH, KW = s->KW, Cout = NC;
+    VTYPE a[C1_MAX_COUT][2];
+    REAL tmp[C1_MAX_COUT][2 * VW];
+    for (int c = 0; c < NC; c++)
+        for (int p = 0; p < NPV; p++)
+            a[c][p] = VSET1(bias ? bias[c] : 0);
+    for (ptrdiff_t kh = 0; kh < KH; kh++)
+        for (ptrdiff_t kw = 0; kw < KW; kw++) {
+            const REAL *r = rows + kh * Wbuf + ow0 + kw;
+            const REAL *wt = w + (kh * KW + kw) * Cout;
+            VTYPE xv[2];
+            for (int p = 0; p < NPV; p++)
+                xv[p] = VLOADU(r + p * VW);
+            for (int c = 0; c < NC; c++) {
+                const VTYPE wv = VSET1(wt[c]);
+                for (int p = 0; p < NPV; p++)
+                    a[c][p] = VFMA(xv[p], wv, a[c][p]);
+            }
+        }
+    for (int c = 0; c < NC; c++)     /* max(0, a): a NaN stays NaN, as the GEMM's ReLU */
+        for (int p = 0; p < NPV; p++)
+            VSTOREU(tmp[c] + p * VW, relu ? VMAX(VZERO(), a[c][p]) : a[c][p]);
+    const ptrdiff_t n = s->OW - ow0 < NPV * VW ? s->OW - ow0 : NPV * VW;
+    for (ptrdiff_t i = 0; i < n; i++)
+        for (int c = 0; c < NC; c++)
+            yr[(ow0 + i) * Cout + c] = tmp[c][i];
+}
+
+FNN_TARGET_AVX2 INLINE void FN(c1p_row)(const fnn_conv_shape *s, const REAL *rows,
+                                        ptrdiff_t Wbuf, const REAL *w, const REAL *bias,
+                                        int relu, REAL *yr, const int NC)
+{
+    ptrdiff_t ow0 = 0;
+    /* two vectors while more than one is left: the reads stay inside the padded row
+     * (Wbuf = W + pl + pr + VW) */
+    for (; ow0 + VW < s->OW; ow0 += 2 * VW)
+        FN(c1p_block)(s, rows, Wbuf, w, bias, relu, yr, ow0, NC, 2);
+    if (ow0 < s->OW)
+        FN(c1p_block)(s, rows, Wbuf, w, bias, relu, yr, ow0, NC, 1);
+}
+
+FNN_TARGET_AVX2 static void FN(c1p_row_avx2)(const fnn_conv_shape *s, const REAL *rows,
+                                             ptrdiff_t Wbuf, const REAL *w, const REAL *bias,
+                                             int relu, REAL *yr)
+{
+    switch (s->Cout) {
+    case 1: FN(c1p_row)(s, rows, Wbuf, w, bias, relu, yr, 1); break;
+    case 2: FN(c1p_row)(s, rows, Wbuf, w, bias, relu, yr, 2); break;
+    case 3: FN(c1p_row)(s, rows, Wbuf, w, bias, relu, yr, 3); break;
+    case 4: FN(c1p_row)(s, rows, Wbuf, w, bias, relu, yr, 4); break;
+    case 5: FN(c1p_row)(s, rows, Wbuf, w, bias, relu, yr, 5); break;
+    case 6: FN(c1p_row)(s, rows, Wbuf, w, bias, relu, yr, 6); break;
+    case 7: FN(c1p_row)(s, rows, Wbuf, w, bias, relu, yr, 7); break;
+    default: FN(c1p_row)(s, rows, Wbuf, w, bias, relu, yr, 8); break;
+    }
+}
+#endif
+
 void FN(fnn_conv2d_forward)(const fnn_conv_shape *s, const REAL *x, const REAL *w,
                             const REAL *bias, int relu, REAL *y, REAL *ws, int nthreads)
 {
 #if FNN_X86
+    /* pixels in vectors with 16 taps or more (5x5, lenet5: 0.65 -> 0.54 ms at one
+     * thread), or channels that do not fit one vector; with fewer taps the transposed
+     * stores cost more than the broadcasts they save (3x3, 8 channels: 0.17 vs 0.20) */
+    if (!s->bf16 && FN(c1_fits)(s) && fnn_use_avx2()
+        && (s->KH * s->KW >= 16 || s->Cout > VW || s->KH * s->KW * VW > C1_BUF)) {
+        FN(c1_forward)(s, x, w, bias, relu, y, nthreads < 1 ? 1 : nthreads, FN(c1p_row_avx2));
+        return;
+    }
     if (!s->bf16 && FN(c1_fits)(s) && s->Cout <= VW && s->KH * s->KW * VW <= C1_BUF
         && fnn_use_avx2()) {
         REAL wp[C1_BUF], bp[VW];
@@ -562,8 +591,8 @@ void FN(fnn_conv2d_forward)(const fnn_conv_shape *s, const REAL *x, const REAL *
         return;
     }
 #endif
-    if (!s->bf16 && FN(c1_fits)(s)) {
-        FN(c1_forward)(s, x, w, bias, relu, y, nthreads < 1 ? 1 : nthreads, PICK(c1_row));
+    if (!s->bf16 && FN(c1_fits)(s)) {     /* the scalar level (AVX2 took it above) */
+        FN(c1_forward)(s, x, w, bias, relu, y, nthreads < 1 ? 1 : nthreads, FN(c1_row_scalar));
         return;
     }
     if (!s->bf16 && FN(c1w_fits)(s)) {
@@ -791,13 +820,84 @@ void FN(fnn_conv2d_backward_data)(const fnn_conv_shape *s, const REAL *dy, const
 }
 
 /* part[c] = sum over rows r0..r1-1 of d[r, c], in row order, in double */
-static void FN(dbias_block)(const REAL *d, ptrdiff_t r0, ptrdiff_t r1, ptrdiff_t C, double *part)
+static void FN(dbias_block_scalar)(const REAL *d, ptrdiff_t r0, ptrdiff_t r1, ptrdiff_t C,
+                                   double *part)
 {
     for (ptrdiff_t c = 0; c < C; c++)
         part[c] = 0;
     for (ptrdiff_t r = r0; r < r1; r++)
         for (ptrdiff_t c = 0; c < C; c++)
             part[c] += (double)d[r * C + c];
+}
+
+#if FNN_X86
+/* The same sums (each channel's in row order, in double: the same bits) with the
+ * channels in registers, 4 doubles a vector, the last channels a masked load.  The
+ * plain loop kept part[] in memory, a store-to-load chain per row: the dbias of the
+ * one-channel weight gradient cost as much as its FMAs. */
+#ifdef CONV_F32
+#define DB_LOAD(p) _mm256_cvtps_pd(_mm_loadu_ps(p))
+#define DB_MLOAD(p, m) _mm256_cvtps_pd(_mm_maskload_ps((p), _mm256_castsi256_si128(m)))
+#define DB_MASK(n) _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(n)), \
+                                      _mm256_setr_epi32(0, 1, 2, 3, 0, 0, 0, 0))
+#else
+#define DB_LOAD(p) _mm256_loadu_pd(p)
+#define DB_MLOAD(p, m) _mm256_maskload_pd((p), (m))
+#define DB_MASK(n) _mm256_cmpgt_epi64(_mm256_set1_epi64x((long long)(n)), \
+                                      _mm256_setr_epi64x(0, 1, 2, 3))
+#endif
+FNN_TARGET_AVX2 INLINE void FN(dbias_cols)(const REAL *d, ptrdiff_t r0, ptrdiff_t r1,
+                                           ptrdiff_t C, ptrdiff_t c0, double *part,
+                                           const int NV, ptrdiff_t tail)
+{
+    __m256d a[4];
+    const __m256i m = DB_MASK(tail);
+    for (int j = 0; j < NV; j++)
+        a[j] = _mm256_setzero_pd();
+    for (ptrdiff_t r = r0; r < r1; r++) {
+        const REAL *p = d + r * C + c0;
+        for (int j = 0; j < NV; j++)
+            a[j] = _mm256_add_pd(a[j], tail && j == NV - 1 ? DB_MLOAD(p + 4 * j, m)
+                                                           : DB_LOAD(p + 4 * j));
+    }
+    for (int j = 0; j < NV; j++) {
+        double t[4];
+        _mm256_storeu_pd(t, a[j]);
+        for (int l = 0; l < 4 && c0 + 4 * j + l < C; l++)
+            part[c0 + 4 * j + l] = t[l];
+    }
+}
+
+FNN_TARGET_AVX2 static void FN(dbias_block_avx2)(const REAL *d, ptrdiff_t r0, ptrdiff_t r1,
+                                                 ptrdiff_t C, double *part)
+{
+    ptrdiff_t c0 = 0;
+    for (; c0 + 16 <= C; c0 += 16)
+        FN(dbias_cols)(d, r0, r1, C, c0, part, 4, 0);
+    if (c0 < C) {
+        const ptrdiff_t left = C - c0, nv = (left + 3) / 4, tail = left % 4;
+        switch (nv) {
+        case 1: FN(dbias_cols)(d, r0, r1, C, c0, part, 1, tail); break;
+        case 2: FN(dbias_cols)(d, r0, r1, C, c0, part, 2, tail); break;
+        case 3: FN(dbias_cols)(d, r0, r1, C, c0, part, 3, tail); break;
+        default: FN(dbias_cols)(d, r0, r1, C, c0, part, 4, tail); break;
+        }
+    }
+}
+#undef DB_LOAD
+#undef DB_MLOAD
+#undef DB_MASK
+#endif
+
+static void FN(dbias_block)(const REAL *d, ptrdiff_t r0, ptrdiff_t r1, ptrdiff_t C, double *part)
+{
+#if FNN_X86
+    if (fnn_use_avx2()) {
+        FN(dbias_block_avx2)(d, r0, r1, C, part);
+        return;
+    }
+#endif
+    FN(dbias_block_scalar)(d, r0, r1, C, part);
 }
 
 /* dw (+)= the nblk partials of wpart added in block order; dbias likewise from dbpart */
@@ -1078,59 +1178,8 @@ void FN(fnn_conv2d_backward_weights)(const fnn_conv_shape *s, const REAL *x, con
 
 /* ---- pooling ---------------------------------------------------------------------------------- */
 
-#if FNN_X86 && defined(CONV_F32)
-/* float32 max pooling with the channels in (masked) vectors: for a few channels
- * (lenet5's 6) the scalar body's channel loop does not vectorise and ran at 2 GB/s.
- * The same comparisons as maxpool_row_body (strictly greater, a NaN wins over a
- * number, the first of ties), so the same values and argmax. */
-FNN_TARGET_AVX2 static void FN(maxpool_rowv_avx2)(const fnn_pool_shape *s, const REAL *xn,
-                                                  ptrdiff_t oh, REAL *yr, int *ar)
-{
-    const ptrdiff_t W = s->W, C = s->C;
-    for (ptrdiff_t ow = 0; ow < s->OW; ow++) {
-        const ptrdiff_t ih0 = oh * s->sh, iw0 = ow * s->sw;
-        for (ptrdiff_t c0 = 0; c0 < C; c0 += 8) {
-            const __m256i m = VMASK_FOR(C - c0 < 8 ? C - c0 : 8);
-            __m256 b = _mm256_maskload_ps(xn + (ih0 * W + iw0) * C + c0, m);
-            __m256 bi = _mm256_castsi256_ps(_mm256_set1_epi32((int)(ih0 * W + iw0)));
-            for (ptrdiff_t i = 0; i < s->ph; i++)
-                for (ptrdiff_t j = 0; j < s->pw; j++) {
-                    if (i == 0 && j == 0)
-                        continue;
-                    const ptrdiff_t pos = (ih0 + i) * W + iw0 + j;
-                    const __m256 v = _mm256_maskload_ps(xn + pos * C + c0, m);
-                    const __m256 upd = _mm256_or_ps(
-                        _mm256_cmp_ps(v, b, _CMP_GT_OQ),
-                        _mm256_and_ps(_mm256_cmp_ps(v, v, _CMP_UNORD_Q),
-                                      _mm256_cmp_ps(b, b, _CMP_ORD_Q)));
-                    b = _mm256_blendv_ps(b, v, upd);
-                    bi = _mm256_blendv_ps(bi, _mm256_castsi256_ps(_mm256_set1_epi32((int)pos)),
-                                          upd);
-                }
-            _mm256_maskstore_ps(yr + ow * C + c0, m, b);
-            _mm256_maskstore_epi32(ar + ow * C + c0, m, _mm256_castps_si256(bi));
-        }
-    }
-}
-#endif
-
-void FN(fnn_maxpool2d_forward)(const fnn_pool_shape *s, const REAL *x, REAL *y, int *argmax,
-                               int nthreads)
-{
-    void (*row)(const fnn_pool_shape *, const REAL *, ptrdiff_t, REAL *, int *) = PICK(maxpool_row);
-#if FNN_X86 && defined(CONV_F32)
-    if (fnn_use_avx2() && s->C % 8 != 0)   /* whole vectors: the compiled body is as fast */
-        row = FN(maxpool_rowv_avx2);
-#endif
-    const ptrdiff_t rowsz = s->OW * s->C, items = s->N * s->OH;
-    const int par = nthreads > 1 && items > 1 && items * rowsz * s->ph * s->pw >= POOL_PAR_MIN;
-    (void)par;
-    _Pragma("omp parallel for num_threads(nthreads) schedule(static) if (par)")
-    for (ptrdiff_t it = 0; it < items; it++) {
-        ptrdiff_t n = it / s->OH, oh = it % s->OH;
-        row(s, x + n * s->H * s->W * s->C, oh, y + it * rowsz, argmax + it * rowsz);
-    }
-}
+/* max pooling: conv_pool.h */
+#include "conv_pool.h"
 
 void FN(fnn_avgpool2d_forward)(const fnn_pool_shape *s, const REAL *x, REAL *y, int nthreads)
 {
@@ -1143,41 +1192,6 @@ void FN(fnn_avgpool2d_forward)(const fnn_pool_shape *s, const REAL *x, REAL *y, 
         ptrdiff_t n = it / s->OH, oh = it % s->OH;
         row(s, x + n * s->H * s->W * s->C, oh, y + it * rowsz);
     }
-}
-
-ptrdiff_t FN(fnn_maxpool2d_backward)(const fnn_pool_shape *s, const REAL *dy, const int *argmax,
-                                     const REAL *mask, REAL *dx, int nthreads)
-{
-    /* a scatter: one image per thread, outputs visited in order (overlaps add in order).
-     * mask (dy's shape, the pooled output of a ReLU layer): dy where mask > 0, else 0 --
-     * the ReLU backward of the layer before the pool, fused here (the pool's output is
-     * the ReLU output at the argmax, so its sign decides).  Entries of argmax outside
-     * [0, H*W) are skipped and counted: the caller raises (no separate min/max pass). */
-    const ptrdiff_t C = s->C, HW = s->H * s->W, HWC = HW * C, O = s->OH * s->OW * C;
-    const int par = nthreads > 1 && s->N > 1 && s->N * (HWC + O) >= POOL_PAR_MIN;
-    ptrdiff_t bad = 0;
-    (void)par;
-    _Pragma("omp parallel for num_threads(nthreads) schedule(static) reduction(+:bad) if (par)")
-    for (ptrdiff_t n = 0; n < s->N; n++) {
-        REAL *dxn = dx + n * HWC;
-        const REAL *g = dy + n * O;
-        const REAL *m = mask ? mask + n * O : NULL;
-        const int *a = argmax + n * O;
-        for (ptrdiff_t i = 0; i < HWC; i++)
-            dxn[i] = 0;
-        for (ptrdiff_t o = 0; o < O; o += C)
-            for (ptrdiff_t c = 0; c < C; c++) {
-                const ptrdiff_t at = a[o + c];
-                if (at < 0 || at >= HW) {
-                    bad++;
-                    continue;
-                }
-                if (m && !(m[o + c] > 0))
-                    continue;
-                dxn[at * C + c] += g[o + c];
-            }
-    }
-    return bad;
 }
 
 void FN(fnn_avgpool2d_backward)(const fnn_pool_shape *s, const REAL *dy, REAL *dx, int nthreads)
@@ -1197,6 +1211,9 @@ void FN(fnn_avgpool2d_backward)(const fnn_pool_shape *s, const REAL *dy, REAL *d
 #undef BD_BUF
 #undef C1W_NV
 #undef C1W_NT
+#undef C1W_NPIX
+#undef C1W_NPMAX
+#undef C1W_NTMAX
 #undef AVX2_FN
 #undef PICK
 #undef FN
