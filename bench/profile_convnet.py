@@ -107,13 +107,14 @@ def uninstrument() -> None:
         setattr(K, k, f)
 
 
-def run(preset_name: str, steps: int, warmup: int, timers: bool, prof: int) -> None:
+def run(preset_name: str, steps: int, warmup: int, timers: bool, prof: int,
+        batch: int = 0) -> None:
     (x, y), _ = mnist.load_data()
     p = presets.get_preset(preset_name)
     model = presets.build_model(p, seed=0)
     opt = presets.build_optimizer(p, model)
     loss = presets.build_loss(p)
-    b = p.batch_size
+    b = batch or p.batch_size
     from fastnn.training import _BatchFeeder
     feed = _BatchFeeder(x, b, model.dtype)
     rng = np.random.default_rng(0)
@@ -193,10 +194,11 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--no-timers", action="store_true")
     ap.add_argument("--cprofile", type=int, default=0, metavar="K")
+    ap.add_argument("--batch-size", type=int, default=0, help="default: the preset's")
     a = ap.parse_args()
     fastnn.set_num_threads(a.threads)
     for name in a.preset.split(","):
-        run(name, a.steps, a.warmup, not a.no_timers, a.cprofile)
+        run(name, a.steps, a.warmup, not a.no_timers, a.cprofile, a.batch_size)
 
 
 if __name__ == "__main__":

@@ -87,7 +87,7 @@ def test_same_bits_for_any_thread_count(level, restore_level):
     """Block partials are reduced in block order: the thread count never changes the
     bits, at any SIMD level.  Across levels the AVX2 body contracts multiply-adds
     into FMAs, so the levels agree to rounding, not bitwise."""
-    x, g, b, dy = _data((128 * 26 * 26 // 4 + 3, 16), np.float32, 5)   # > the 1-thread bound
+    x, g, b, dy = _data(((1 << 21) // 16 + 3, 16), np.float32, 5)   # > BN_PAR_MIN elements
     def run():
         xhat = np.empty_like(x)
         y, mean, var, inv = batchnorm_forward(x, g, b, xhat=xhat, variant="c")

@@ -30,9 +30,13 @@
 #include "elementwise.h"
 
 #define BN_ROWS 256               /* rows per block: the partial sums' granularity */
-/* Below this many elements, one thread: a pass is ~0.1 ns per element, and a
- * partner thread descheduled on a shared machine costs milliseconds. */
-#define BN_PAR_MIN (1 << 18)
+/* Below this many elements, one thread.  A pass is memory-bound, ~0.1-0.2 ns per
+ * element on one core (0.29 ms for the three forward passes over 64x26x26x16), so a
+ * second thread saves little, while each OpenMP region waits at its closing barrier
+ * for a partner that a busy machine has descheduled: with one compiler job beside a
+ * 2-thread run, a speedrun-cnn step measured 133 ms instead of ~8, its BatchNorm
+ * forward 23 ms (three regions of a 128x13x13x16 batch). */
+#define BN_PAR_MIN (1 << 21)
 
 #define INLINE static inline __attribute__((always_inline))
 
