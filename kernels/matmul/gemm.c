@@ -31,7 +31,7 @@
  * A read in place.  Otherwise, if C^T = B^T A^T wastes less of the tiles,
  * the transposed problem is computed (strides swapped, bias per row).
  *
- * Threads: products whose packed A fits in FNN_SHARED_A_MAX cut N into chunks of
+ * Threads: products whose packed A fits in L2 (FNN_SHARED_A_MAX) cut N into chunks of
  * a few tiles that share one packed A (fnn_plan_shared, the MLP shapes); others cut
  * C into a tm x tn grid of blocks aligned to the tile (fnn_plan_threads picks the
  * grid per shape); the pool hands the chunks or blocks out and each runs the
@@ -242,18 +242,14 @@ static void fnn_plan_block(const fnn_thread_plan *p, int t, ptrdiff_t *i0, ptrdi
  * a chunk first packs the A blocks nobody has claimed yet.
  *
  * The chunks depend on the shape only (columns per chunk: at least
- * FNN_SHARED_CHUNK_FMA multiply-adds, or FNN_SHARED_WIDE_TILES tiles when the packed
- * A outgrows L2 and each chunk streams it from L3); the thread count only decides
- * who runs them.  g_shared: 1 auto, 0 never (set_shared_split: before / after
- * measurements in one process). */
+ * g_shared_chunk_fma multiply-adds, at least one tile); the thread count only
+ * decides who runs them.  Only while the packed A fits in a core's L2 (1 MiB on
+ * Zen 4): every chunk streams all of it, and from L3 that costs more than packing
+ * it twice -- 1024^3 (4.5 MB packed) measured 194 GFLOP/s shared against 203-205
+ * per-block (two threads, calls interleaved).  g_shared: 1 auto, 0 never
+ * (set_shared_split: before / after measurements in one process). */
 #ifndef FNN_SHARED_A_MAX
-#define FNN_SHARED_A_MAX (8u << 20)          /* bytes of packed A at most */
-#endif
-#ifndef FNN_SHARED_L2
-#define FNN_SHARED_L2 (512u << 10)           /* packed A up to this: chunks of 1 tile ok */
-#endif
-#ifndef FNN_SHARED_WIDE_TILES
-#define FNN_SHARED_WIDE_TILES 8
+#define FNN_SHARED_A_MAX (1u << 20)          /* bytes of packed A at most */
 #endif
 static int g_shared = 1;
 static double g_shared_chunk_fma = 1024.0 * 1024.0;
@@ -297,8 +293,6 @@ static int fnn_plan_shared(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, int MR, int NR
     if (bytes > FNN_SHARED_A_MAX)
         return 0;
     ptrdiff_t ct = (ptrdiff_t)(g_shared_chunk_fma / ((double)M * (double)K * NR)) + 1;
-    if (bytes > FNN_SHARED_L2 && ct < FNN_SHARED_WIDE_TILES)
-        ct = FNN_SHARED_WIDE_TILES;
     if (ct > ncmax / NR)
         ct = ncmax / NR;
     if (ct < 1)
