@@ -21,11 +21,19 @@ vectors than the probe's AVX2 FMA), its cell is marked ``!`` and the output
 says the percentages are unreliable (``peak_exceeded`` in the JSON).
 
 Two pools spinning on two cores: OpenBLAS's idle workers spin for ~0.1 s
-after a call and OpenMP's for a few ms; timing one right after the other
-would measure that contention, not the kernels.  At more than one thread the
-BLAS blocks (blas, and reference: its float64 product is BLAS dgemm) therefore
-run last in each round, each followed by a pause, and every block is preceded
-by a short pause.
+after a call, OpenMP's (the FMA probe) for a few ms, the GEMM engine's for
+~60 us; timing one right after the other would measure that contention, not
+the kernels.  At more than one thread every block (the probe's and each
+variant's) therefore starts after a pause of ``_QUIET_S`` (0.15 s), so no
+other pool is spinning when it runs.  A block is then:
+
+- one call, timed on its own: the *cold* figure (``cold_gflops``, the first
+  call after a pause: the engine's workers are asleep and must be woken);
+- ``calls`` back-to-back calls (at least 3, about 10 ms): the *steady* figure,
+  ``gflops``, the one the table and the ratios report.
+
+Both are medians over the rounds, the variants alternating within each round.
+At one thread there is nothing to wake, no pause and no cold figure.
 
 >>> from fastnn.bench import bench_kernels
 >>> res = bench_kernels(threads=1, repeat=3, variants=["c", "blas"])   # doctest: +SKIP
@@ -66,8 +74,10 @@ MATMUL_SHAPES = [
 
 # variants that may be skipped on 1024^3 when one call takes longer than this
 _SLOW_SKIP_S = 0.25
-_BLAS_QUIET_S = 0.15       # OpenBLAS workers spin ~0.1 s after a call
-_OMP_QUIET_S = 0.005       # libgomp's default spin is a few ms
+_QUIET_S = 0.15            # pause before each block at > 1 thread: OpenBLAS's workers
+                           # spin ~0.1 s after a call, libgomp's a few ms
+_BLOCK_S = 0.010           # a steady-state block: about this long, at least _MIN_CALLS
+_MIN_CALLS = 3
 
 
 _PROBE_S = 0.004           # the per-round peak probe: as long as a kernel's timed block
@@ -220,8 +230,9 @@ def bench_kernels(threads=None, as_json=False, repeat=9, variants=None, file=Non
     names = variants or _registry.variants("matmul") + _default_simd_variants()
     names = [v for v in names if v in _registry.variants("matmul") or v in SIMD_VARIANTS]
     simd_side = any(v in SIMD_VARIANTS for v in names)
-    # BLAS users last in each round (its pool spins after each call): `blas`, and
-    # `reference`, whose float64 product is numpy's BLAS dgemm too
+    # BLAS users last in each round (`blas`, and `reference`, whose float64 product is
+    # numpy's BLAS dgemm too): with the pauses the order no longer matters at > 1
+    # thread, but it keeps the tables' columns as they were
     uses_blas = [v for v in ("reference", "blas") if v in names]
     names = [v for v in names if v not in uses_blas] + uses_blas
     shapes = shapes or MATMUL_SHAPES
@@ -273,14 +284,14 @@ def bench_kernels(threads=None, as_json=False, repeat=9, variants=None, file=Non
                         continue
                     t1 = min(t1, _time_block(fn, args, 1))
                     fns[name] = (fn, args)
-                    calls[name] = max(1, int(0.004 / max(t1, 1e-7)))  # ~4 ms blocks
+                    calls[name] = max(_MIN_CALLS if t1 < 5 * _BLOCK_S else 1,
+                                      int(_BLOCK_S / max(t1, 1e-7)))
                     active.append(name)
-                if nt > 1:
-                    time.sleep(_BLAS_QUIET_S)       # the warm-up ended with BLAS calls
                 times = {name: [] for name in active}
+                cold = {name: [] for name in active}
                 for _ in range(repeat):
                     if nt > 1:
-                        time.sleep(_OMP_QUIET_S)
+                        time.sleep(_QUIET_S)        # the last block's pool is idle again
                     # the peak, probed in every round: what slows these rounds slows it too
                     peaks[nt] = max(peaks[nt], _fma_probe(nt, probe_iters[nt], tclock)[0])
                     probes[nt] += 1
@@ -288,13 +299,13 @@ def bench_kernels(threads=None, as_json=False, repeat=9, variants=None, file=Non
                         bf16_peaks[nt] = max(bf16_peaks[nt], _bf16_peak(
                             nt, tclock, max(1000, probe_iters[nt] // 2), tries=1))
                     for name in active:
-                        if nt > 1:
-                            time.sleep(_OMP_QUIET_S)
                         fn, args = fns[name]
+                        if nt > 1:
+                            time.sleep(_QUIET_S)    # the probe's or the last variant's pool
+                            cold[name].append(_time_block(fn, args, 1, tclock))
                         times[name].append(_time_block(fn, args, calls[name], tclock))
-                        if nt > 1 and name in uses_blas:
-                            time.sleep(_BLAS_QUIET_S)
                 med = {name: statistics.median(ts) for name, ts in times.items()}
+                cmed = {name: statistics.median(ts) for name, ts in cold.items() if ts}
                 for name in active:
                     g = flops / med[name]
                     results.append({
@@ -302,6 +313,10 @@ def bench_kernels(threads=None, as_json=False, repeat=9, variants=None, file=Non
                         "threads": nt, "median_s": med[name], "gflops": g / 1e9,
                         "frac_peak": None,                 # once the peak is final
                         "vs_blas": (med["blas"] / med[name]) if "blas" in med else None,
+                        "calls": calls[name],
+                        "cold_gflops": flops / cmed[name] / 1e9 if name in cmed else None,
+                        "cold_vs_blas": (cmed["blas"] / cmed[name])
+                        if name in cmed and "blas" in cmed else None,
                         "simd": simd.get(name),
                     })
     if simd_side:
@@ -319,14 +334,16 @@ def bench_kernels(threads=None, as_json=False, repeat=9, variants=None, file=Non
     info["results"] = results
     info["skipped"] = [{"variant": s[0], "M": s[1], "K": s[2], "N": s[3], "threads": s[4],
                         "one_call_s": s[5]} for s in skipped]
-    info["geomean_vs_blas"] = {}
-    for nt in nts:
-        for name in names:
-            r = [x["vs_blas"] for x in results if x["threads"] == nt and x["variant"] == name
-                 and x["vs_blas"]]
-            if r:
-                info["geomean_vs_blas"].setdefault(str(nt), {})[name] = \
-                    math.exp(sum(math.log(v) for v in r) / len(r))
+    info["quiet_s"] = _QUIET_S
+    for key, field in (("geomean_vs_blas", "vs_blas"), ("geomean_cold_vs_blas", "cold_vs_blas")):
+        info[key] = {}
+        for nt in nts:
+            for name in names:
+                r = [x[field] for x in results if x["threads"] == nt and x["variant"] == name
+                     and x[field]]
+                if r:
+                    info[key].setdefault(str(nt), {})[name] = \
+                        math.exp(sum(math.log(v) for v in r) / len(r))
     if as_json:
         print(json.dumps(info, indent=2), file=file)
     else:
@@ -389,7 +406,11 @@ def _print_table(info, names, nts, shapes, file):
     if info["numba_first_call_s"] is not None:
         p(f"numba    : first call {info['numba_first_call_s']:.2f} s "
           "(compile, or load from the cache), excluded from the timings")
-    p("cell     : GFLOP/s  % of FMA peak  ratio vs blas (numpy a @ b, same rounds)")
+    p("cell     : GFLOP/s  % of FMA peak  ratio vs blas (numpy a @ b, same rounds); "
+      "steady state: back-to-back calls")
+    if len(nts) > 1:
+        p(f"pauses   : at > 1 thread each block starts after {info['quiet_s']:.2f} s idle (no "
+          "other pool spinning); its first call is timed alone (cold, listed after the table)")
     w = 22
     simd_levels = _registry.SIMD_LEVELS
     level = _registry.simd_level()
@@ -416,6 +437,23 @@ def _print_table(info, names, nts, shapes, file):
         if g:
             p("geomean vs blas".ljust(22) + "".join(
                 (f"{g[v]:.2f}x" if v in g else "").rjust(w) for v in names))
+        if nt > 1:
+            p("")
+            p(f"cold, threads={nt}".ljust(22) + "".join(v.rjust(w) for v in names))
+            for (m, k, n, layout) in shapes:
+                row = f"{m}x{k}x{n} {layout}".ljust(22)
+                for v in names:
+                    r = next((x for x in info["results"] if x["threads"] == nt
+                              and x["variant"] == v and x["cold_gflops"]
+                              and (x["M"], x["K"], x["N"], x["layout"]) == (m, k, n, layout)),
+                             None)
+                    ratio = f" {r['cold_vs_blas']:.2f}x" if r and r["cold_vs_blas"] else ""
+                    row += (f"{r['cold_gflops']:.1f}{ratio}" if r else "skipped").rjust(w)
+                p(row)
+            g = info["geomean_cold_vs_blas"].get(str(nt), {})
+            if g:
+                p("geomean vs blas".ljust(22) + "".join(
+                    (f"{g[v]:.2f}x" if v in g else "").rjust(w) for v in names))
     p("")
     p("call overhead, 1 thread, microseconds per call:")
     for shape, row in info["call_overhead_us"].items():

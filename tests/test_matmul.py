@@ -372,3 +372,43 @@ def test_bench_kernels_smoke():
     assert json.loads(buf.getvalue())["clock"] == "cpu"
     with pytest.raises(ValueError, match="clock must be"):
         bench_kernels(clock="sundial")
+
+
+@pytest.mark.parametrize("level", [1, None])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_shared_split_bitwise_identical(dtype, level):
+    """The shared-A split (N in chunks that share one packed A, the multithreaded MLP
+    shapes) gives the per-block split's and the one-thread bits, with the whole
+    epilogue, strided operands, tails and emulated bf16 (AVX2 level), at 2 and 3
+    threads and for several chunk sizes."""
+    from fastnn.kernels._registry import native_module
+    mc = native_module("matmul_c")
+    old_level = mc.simd_level()
+    if level is not None:
+        mc.set_simd_level(level)
+    rng = np.random.default_rng(11)
+    try:
+        for m, k, n in ((128, 784, 512), (100, 700, 333), (37, 1000, 97), (250, 650, 257)):
+            a = rng.standard_normal((k, m)).astype(dtype).T if m == 37 else \
+                rng.standard_normal((m, k)).astype(dtype)
+            b = rng.standard_normal((k, n)).astype(dtype)
+            bias = rng.standard_normal(n).astype(dtype)
+            mask = (rng.standard_normal((m, n)) > 0).astype(dtype)
+            start = rng.standard_normal((m, n)).astype(dtype)
+            bf16s = (False, True) if dtype == np.float32 else (False,)
+            for bf16 in bf16s:
+                outs = []
+                for shared, chunk, nt in ((False, 0, 1), (True, 0, 2), (False, 0, 2),
+                                          (True, 3e6, 2), (True, 1, 3)):
+                    mc.set_shared_split(shared, chunk)
+                    out = start.copy()
+                    mc.gemm_ex(a, b, out, bias, True, mask, True, nt, bf16)
+                    outs.append(out)
+                for o in outs[1:]:
+                    assert np.array_equal(outs[0], o), (m, k, n, bf16)
+                if not bf16:
+                    want = np.maximum(a.astype(np.float64) @ b + start + bias, 0) * (mask > 0)
+                    _check(outs[0], want, dtype, k)
+    finally:
+        mc.set_shared_split(True, 1024.0 * 1024.0)
+        mc.set_simd_level(old_level)

@@ -31,10 +31,11 @@
  * A read in place.  Otherwise, if C^T = B^T A^T wastes less of the tiles,
  * the transposed problem is computed (strides swapped, bias per row).
  *
- * Threads: C is cut into a tm x tn grid of blocks aligned to the tile
- * (fnn_plan_threads picks the grid per shape: MLP shapes have small M and
- * large N, so mostly a split over N); the pool hands the blocks out and each runs
- * the serial loop nest with its thread's packing buffers.  K is never split across
+ * Threads: products whose packed A fits in L2 (FNN_SHARED_A_MAX) cut N into chunks of
+ * a few tiles that share one packed A (fnn_plan_shared, the MLP shapes); others cut
+ * C into a tm x tn grid of blocks aligned to the tile (fnn_plan_threads picks the
+ * grid per shape); the pool hands the chunks or blocks out and each runs the
+ * serial loop nest with its thread's packing buffers.  K is never split across
  * threads, and the path and block sizes depend on the shape only, so every
  * nthreads gives bitwise identical results.
  *
@@ -226,6 +227,84 @@ static void fnn_plan_block(const fnn_thread_plan *p, int t, ptrdiff_t *i0, ptrdi
     *i1 = b * p->MR < p->M ? b * p->MR : p->M;
     *j0 = c * p->NR;
     *j1 = d * p->NR < p->N ? d * p->NR : p->N;
+}
+
+/* ---------------------------------------------------------------- shared-A split */
+
+/* The split over N with A packed once and shared by the threads (gemm_tmpl.h,
+ * F(gemm_shared_)), for products whose packed A is small enough to keep (the MLP
+ * shapes: M = 128 rows of a batch, N = 512-784 features).  The per-block split above
+ * (fnn_plan_threads) hands each thread a whole block of C, so with the usual split
+ * over N every thread packs all of A, and one block per thread leaves the caller
+ * waiting for a helper the OS wakes late.  Here the columns are cut into chunks of
+ * a few tiles, claimed dynamically (the caller from the left, helpers from the
+ * right: gemm_pool.h), so a late helper costs at most a chunk, and whoever starts
+ * a chunk first packs the A blocks nobody has claimed yet.
+ *
+ * The chunks depend on the shape only (columns per chunk: at least
+ * g_shared_chunk_fma multiply-adds, at least one tile); the thread count only
+ * decides who runs them.  Only while the packed A fits in a core's L2 (1 MiB on
+ * Zen 4): every chunk streams all of it, and from L3 that costs more than packing
+ * it twice -- 1024^3 (4.5 MB packed) measured 194 GFLOP/s shared against 203-205
+ * per-block (two threads, calls interleaved).  g_shared: 1 auto, 0 never
+ * (set_shared_split: before / after measurements in one process). */
+#ifndef FNN_SHARED_A_MAX
+#define FNN_SHARED_A_MAX (1u << 20)          /* bytes of packed A at most */
+#endif
+static int g_shared = 1;
+static double g_shared_chunk_fma = 1024.0 * 1024.0;
+
+int fnn_gemm_set_shared(int on, double chunk_fma)
+{
+    int old = g_shared;
+    g_shared = on != 0;
+    if (chunk_fma > 0)
+        g_shared_chunk_fma = chunk_fma;
+    return old;
+}
+
+typedef struct {
+    ptrdiff_t nkb, nmb, slot;      /* K blocks, M blocks, elements per packed A block */
+    ptrdiff_t npack, ncols, cw;    /* packing chunks, column chunks, columns per chunk */
+    int threads;
+} fnn_shared_plan;
+
+static int fnn_plan_shared(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, int MR, int NR,
+                           ptrdiff_t mcb, ptrdiff_t kcb, ptrdiff_t ncmax, size_t elsize,
+                           int nthreads, fnn_shared_plan *sp)
+{
+#ifndef FASTNN_HAVE_OPENMP
+    nthreads = 1;
+#endif
+    if (!g_shared || nthreads <= 1 || K <= 0)
+        return 0;
+    double work = (double)M * (double)N * (double)K;
+    ptrdiff_t by_work = (ptrdiff_t)(work / FNN_MIN_FMA_PER_THREAD);
+    ptrdiff_t threads = nthreads < by_work ? nthreads : by_work;
+    ptrdiff_t tiles = ceil_div(N, NR);
+    if (threads <= 1 || tiles < 2 * threads)
+        return 0;                  /* too little work, or too narrow: the per-block split */
+    sp->nkb = ceil_div(K, kcb);
+    sp->nmb = ceil_div(M, mcb);
+    /* a block's panels: F(panel_h_) may add one (the 4 + 4 tail) */
+    sp->slot = (ceil_div(mcb, MR) + 1) * MR * (kcb < K ? kcb : K);
+    sp->npack = sp->nkb * sp->nmb;
+    double bytes = (double)sp->npack * (double)sp->slot * (double)elsize;
+    if (bytes > FNN_SHARED_A_MAX)
+        return 0;
+    ptrdiff_t ct = (ptrdiff_t)(g_shared_chunk_fma / ((double)M * (double)K * NR)) + 1;
+    if (ct > ncmax / NR)
+        ct = ncmax / NR;
+    if (ct < 1)
+        ct = 1;
+    if (ct < ceil_div(tiles, 4096))
+        ct = ceil_div(tiles, 4096);               /* chunks at most 4096 (the pool: 65535) */
+    sp->ncols = ceil_div(tiles, ct);
+    ct = ceil_div(tiles, sp->ncols);              /* even chunks */
+    sp->ncols = ceil_div(tiles, ct);
+    sp->cw = ct * NR;
+    sp->threads = (int)threads;
+    return 1;
 }
 
 /* ---------------------------------------------------------------- A packing, C-ordered rows */

@@ -87,4 +87,11 @@ int fnn_sgemm_set_fp32_engine(int which);
  * previous setting. */
 int fnn_gemm_set_small(int max_m);
 
+/* Multithreaded products whose packed A is small (the MLP shapes) split N into
+ * chunks of a few tiles that share one packed A (gemm.c, fnn_plan_shared); 0 sends
+ * them to the per-block split instead (side-by-side benchmarks).  chunk_fma > 0 sets
+ * the multiply-adds per chunk at least (tuning; 0 keeps it).  Process-wide for this
+ * module; returns the previous on/off setting. */
+int fnn_gemm_set_shared(int on, double chunk_fma);
+
 #endif

@@ -26,3 +26,4 @@ cdef extern from "gemm.h" nogil:
                                Py_ssize_t csa, Py_ssize_t rsb, int bf16)
     int fnn_sgemm_set_fp32_engine(int which)
     int fnn_gemm_set_small(int max_m)
+    int fnn_gemm_set_shared(int on, double chunk_fma)

@@ -16,6 +16,14 @@
  * computed the same way whoever runs it, so results never depend on which
  * thread ran what (the engine's bitwise contract holds).
  *
+ * The caller claims chunks from the front (0, 1, ...), the workers from the back
+ * (n-1, n-2, ...), until the two ends meet.  A late worker still only takes what
+ * the caller has not reached, and back-to-back calls of one shape give each thread
+ * nearly the same chunks every time, so the C columns (and B panels) a thread
+ * wrote stay in its own core's L2: in one run (784x128x512, two threads, calls
+ * interleaved, load average ~4.5) 32 chunks all claimed from the front ran at 116
+ * GFLOP/s against 179 for a fixed half per thread; from both ends, 184 vs 181.
+ *
  * Workers spin briefly after each job (the next GEMM of a forward pass follows
  * within microseconds), then sleep on a condition variable.  One job at a time
  * per process: a second concurrent caller (another Python thread, a caller
@@ -48,7 +56,7 @@ typedef struct {
     void *arg;
     ptrdiff_t nchunks;
     int helpers;                         /* workers with index < helpers take part */
-    _Atomic uint64_t ticket;             /* (generation << 32) | next chunk */
+    _Atomic uint64_t ticket;             /* (generation << 32) | (end << 16) | next */
     _Atomic int64_t done;                /* chunks finished in this generation */
     _Atomic uint32_t gen;
     /* sleeping workers */
@@ -68,22 +76,27 @@ static inline void fnn_pool_pause(void)
 #endif
 }
 
-/* Claim and run chunks of generation g until none is left. */
-static void fnn_pool_work(uint32_t g)
+#define FNN_POOL_MAX_CHUNKS 0xFFFF      /* the ticket's two 16-bit ends */
+
+/* Claim and run chunks of generation g until none is left: the front one
+ * (the caller) or the back one (workers). */
+static void fnn_pool_work(uint32_t g, int back)
 {
     for (;;) {
         uint64_t t = atomic_load_explicit(&g_pool.ticket, memory_order_acquire);
         if ((uint32_t)(t >> 32) != g)
             return;
-        ptrdiff_t c = (ptrdiff_t)(uint32_t)t;
-        /* nchunks is stable while generation g has an unfinished chunk (ours, once
+        ptrdiff_t lo = (ptrdiff_t)(t & 0xFFFF), hi = (ptrdiff_t)((t >> 16) & 0xFFFF);
+        if (lo >= hi)
+            return;
+        ptrdiff_t c = back ? hi - 1 : lo;
+        uint64_t next = back ? t - ((uint64_t)1 << 16) : t + 1;
+        /* fn and arg are stable while generation g has an unfinished chunk (ours, once
          * the CAS succeeds); read after claiming */
-        if (!atomic_compare_exchange_weak_explicit(&g_pool.ticket, &t, t + 1,
+        if (!atomic_compare_exchange_weak_explicit(&g_pool.ticket, &t, next,
                                                    memory_order_acq_rel,
                                                    memory_order_acquire))
             continue;
-        if (c >= g_pool.nchunks)
-            return;
         g_pool.fn(g_pool.arg, c);
         atomic_fetch_add_explicit(&g_pool.done, 1, memory_order_release);
     }
@@ -113,7 +126,7 @@ static void *fnn_pool_main(void *p)
         /* helpers is published before gen; a stale read only makes us skip or
          * try a job whose ticket already moved on (fnn_pool_work checks) */
         if (me < g_pool.helpers)
-            fnn_pool_work(g);
+            fnn_pool_work(g, 1);
     }
     return NULL;
 }
@@ -144,7 +157,8 @@ static void fnn_pool_run(fnn_chunk_fn fn, void *arg, ptrdiff_t nchunks, int nthr
     if (nthreads > nchunks)
         nthreads = (int)nchunks;
     pthread_once(&g_pool_once, fnn_pool_init);
-    if (nthreads <= 1 || pthread_mutex_trylock(&g_pool.job_lock) != 0) {
+    if (nthreads <= 1 || nchunks > FNN_POOL_MAX_CHUNKS ||
+        pthread_mutex_trylock(&g_pool.job_lock) != 0) {
         for (ptrdiff_t c = 0; c < nchunks; c++)
             fn(arg, c);
         return;
@@ -169,14 +183,14 @@ static void fnn_pool_run(fnn_chunk_fn fn, void *arg, ptrdiff_t nchunks, int nthr
     g_pool.nchunks = nchunks;
     g_pool.helpers = helpers;
     atomic_store(&g_pool.done, 0);
-    atomic_store(&g_pool.ticket, (uint64_t)g << 32);
+    atomic_store(&g_pool.ticket, ((uint64_t)g << 32) | ((uint64_t)nchunks << 16));
     atomic_store(&g_pool.gen, g);                       /* seq_cst: see the sleepers */
     if (helpers > 0 && atomic_load(&g_pool.sleepers) > 0) {
         pthread_mutex_lock(&g_pool.mu);
         pthread_cond_broadcast(&g_pool.cv);
         pthread_mutex_unlock(&g_pool.mu);
     }
-    fnn_pool_work(g);
+    fnn_pool_work(g, 0);
     /* chunks claimed by workers are running: wait for them */
     while (atomic_load_explicit(&g_pool.done, memory_order_acquire) < nchunks)
         fnn_pool_pause();

@@ -560,6 +560,128 @@ static void F(dot_chunk_)(void *arg, ptrdiff_t t)
     F(dot_block_)(j->p, i0, i1);
 }
 
+/* ---------------------------------------------------------------- shared packed A */
+
+/* The split over N with A packed once and shared (fnn_plan_shared decides when).
+ * The pool's chunk c is columns [c * cw, c * cw + cw) of C.  A thread that starts a
+ * chunk first helps pack A: it claims blocks (kb, mb) of A (K block kb, M block mb)
+ * from a counter of the job and packs each into its slot of one buffer (the
+ * caller's), exactly as F(gemm_block_) would; when none is left to claim it waits
+ * until the blocks others claimed are packed (they are running), then runs the
+ * serial loop nest for its columns with its own B panels.
+ *
+ * A helper that the OS wakes late misses only the chunks already claimed (the
+ * caller keeps claiming), and nobody packs A twice (the per-block split packs all
+ * of A once per block of columns).  The arithmetic of every element is the serial
+ * path's: same K blocks, microkernel and panels. */
+typedef struct {
+    const F(prob_) *p;
+    T *Ap;                          /* the packed A: slot (kb * nmb + mb) */
+    ptrdiff_t nkb, nmb, slot;       /* K blocks, M blocks, elements per slot */
+    ptrdiff_t npack, cw;            /* A blocks; columns per chunk */
+    _Atomic ptrdiff_t next_pack;    /* A blocks claimed */
+    _Atomic ptrdiff_t packed;       /* A blocks packed */
+} F(shjob_);
+
+static void F(shared_pack_)(F(shjob_) *j, ptrdiff_t c)
+{
+    const F(prob_) *p = j->p;
+    ptrdiff_t kb = c / j->nmb, mb = c % j->nmb;
+    ptrdiff_t pc = kb * p->kcb, ic = mb * p->mcb;
+    ptrdiff_t kc = p->K - pc < p->kcb ? p->K - pc : p->kcb;
+    ptrdiff_t mc = p->M - ic < p->mcb ? p->M - ic : p->mcb;
+    T *d = j->Ap + c * j->slot;
+    F(pack_a_)(mc, kc, p->A + ic * p->rsa + pc * p->csa, p->rsa, p->csa, d, p->vec);
+    if (p->bf16)
+        F(round_packed_)(d, (size_t)((mc + MR - 1) / MR * MR + MR) * (size_t)kc);
+    atomic_fetch_add_explicit(&j->packed, 1, memory_order_release);
+}
+
+static void F(shared_cols_)(F(shjob_) *j, ptrdiff_t c)
+{
+    const F(prob_) *p = j->p;
+    ptrdiff_t j0 = c * j->cw, j1 = j0 + j->cw < p->N ? j0 + j->cw : p->N;
+    ptrdiff_t K = p->K, kcb = p->kcb, mcb = p->mcb;
+    ptrdiff_t ncap = (j1 - j0 + NR - 1) / NR * NR, kcap = kcb < K ? kcb : K;
+    T *Bbuf = (T *)fnn_gemm_buffer(1, (size_t)ncap * (size_t)kcap * sizeof(T));
+    /* the packed A first: pack what nobody has claimed, then wait for the rest
+     * (claimed by threads that are packing it now) */
+    for (;;) {
+        ptrdiff_t b = atomic_fetch_add_explicit(&j->next_pack, 1, memory_order_relaxed);
+        if (b >= j->npack)
+            break;
+        F(shared_pack_)(j, b);
+    }
+    while (atomic_load_explicit(&j->packed, memory_order_acquire) < j->npack)
+        fnn_pool_pause();
+    if (!Bbuf) {
+        F(naive_)(p, 0, p->M, j0, j1);
+        return;
+    }
+    TILE_EP t;
+    t.relu = p->relu;
+    t.bias_row = p->bias_row;
+    t.rsm = p->rsm;
+    t.csm = p->csm;
+    ptrdiff_t nc = j1 - j0;
+    for (ptrdiff_t kb = 0; kb < j->nkb; kb++) {
+        ptrdiff_t pc = kb * kcb, kc = K - pc < kcb ? K - pc : kcb;
+        F(pack_b_)(kc, nc, p->B + pc * p->rsb + j0 * p->csb, p->rsb, p->csb, Bbuf, p->vec);
+        if (p->bf16)
+            F(round_packed_)(Bbuf, (size_t)ncap * (size_t)kc);
+        t.beta = p->accumulate || pc > 0;
+        t.last = pc + kc >= K;
+        for (ptrdiff_t mb = 0; mb < j->nmb; mb++) {
+            ptrdiff_t ic = mb * mcb, mc = p->M - ic < mcb ? p->M - ic : mcb;
+            const T *Ablk = j->Ap + (kb * j->nmb + mb) * j->slot;
+            for (ptrdiff_t jr = 0; jr < nc; jr += NR) {
+                int nr = (int)(nc - jr < NR ? nc - jr : NR);
+                ptrdiff_t jj = j0 + jr;
+                const T *ap = Ablk;
+                int mr;
+                for (ptrdiff_t ir = 0; ir < mc; ir += mr, ap += MR * kc) {
+                    mr = F(panel_h_)(mc - ir);
+                    ptrdiff_t i = ic + ir;
+                    t.bias = p->bias ? p->bias + (p->bias_row ? i : jj) : NULL;
+                    t.mask = p->mask ? p->mask + i * p->rsm + jj * p->csm : NULL;
+                    p->ukr(kc, ap, Bbuf + jr * kc, p->C + i * p->rsc + jj * p->csc,
+                           p->rsc, p->csc, mr, nr, &t);
+                }
+            }
+        }
+    }
+}
+
+static void F(shared_chunk_)(void *arg, ptrdiff_t c)
+{
+    F(shared_cols_)((F(shjob_) *)arg, c);
+}
+
+/* Runs the problem on the shared-A split when fnn_plan_shared allows it (returns 1),
+ * else returns 0 without doing anything. */
+static int F(gemm_shared_)(const F(prob_) *p, int nthreads)
+{
+    fnn_shared_plan sp;
+    if (!fnn_plan_shared(p->M, p->N, p->K, MR, NR, p->mcb, p->kcb, NC_MAX, sizeof(T),
+                         nthreads, &sp))
+        return 0;
+    T *Ap = (T *)fnn_gemm_buffer(0, (size_t)sp.npack * (size_t)sp.slot * sizeof(T));
+    if (!Ap)
+        return 0;
+    F(shjob_) job;
+    job.p = p;
+    job.Ap = Ap;
+    job.nkb = sp.nkb;
+    job.nmb = sp.nmb;
+    job.slot = sp.slot;
+    job.npack = sp.npack;
+    job.cw = sp.cw;
+    atomic_init(&job.next_pack, 0);
+    atomic_init(&job.packed, 0);
+    fnn_pool_run(F(shared_chunk_), &job, sp.ncols, sp.threads);
+    return 1;
+}
+
 /* Rows (or columns) of C computed but thrown away by partial tiles. */
 static double F(padded_)(ptrdiff_t M, ptrdiff_t N)
 {
@@ -643,6 +765,8 @@ static void F(fnn_gemm_)(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K,
     p.mcb = fnn_even_block(p.M, MC_MAX, MR);
     p.ncb = NC_MAX;
 
+    if (F(gemm_shared_)(&p, nthreads))
+        return;
     fnn_plan_threads(p.M, p.N, K, MR, NR, nthreads, &plan);
     if (plan.nt <= 1) {
         F(gemm_block_)(&p, 0, p.M, 0, p.N);

@@ -13,7 +13,8 @@
 #                                                 so it does not take simd_api.pxi's names)
 cimport numpy as cnp
 from gemm cimport (fnn_epilogue, fnn_sgemm, fnn_dgemm, fnn_sgemm_bf16, fnn_sgemm_path,
-                   fnn_sgemm_set_fp32_engine, fnn_gemm_set_small)
+                   fnn_sgemm_set_fp32_engine, fnn_gemm_set_small,
+                   fnn_gemm_set_shared)
 from fnn_common cimport fnn_simd_level, fnn_set_simd_level, fnn_simd_name
 
 import numpy as np
@@ -60,6 +61,15 @@ def set_small_path(max_m=None):
         raise ValueError(f"set_small_path: max_m must be an int in [0, 64] or None, "
                          f"got {max_m!r}")
     return fnn_gemm_set_small(max_m)
+
+
+def set_shared_split(bint on=True, double chunk_fma=0):
+    """Multithreaded products with a small packed A split N into chunks that share
+    one packed A (the default); False sends them to the per-block split instead
+    (side-by-side benchmarks).  ``chunk_fma`` > 0 sets the multiply-adds per chunk at
+    least (tuning).  Results are bitwise the same either way.  Returns the previous
+    on/off setting."""
+    return bool(fnn_gemm_set_shared(on, chunk_fma))
 
 
 def simd_name():
