@@ -6,6 +6,8 @@ Fortran and negative strides; float32 and float64 with tolerances that scale
 with K.  The C engine's full epilogue (mask, accumulate) is exercised through
 ``fastnn._ext.matmul_c.gemm_ex``.
 """
+import os
+
 import numpy as np
 import pytest
 
@@ -412,3 +414,30 @@ def test_shared_split_bitwise_identical(dtype, level):
     finally:
         mc.set_shared_split(True, 1024.0 * 1024.0)
         mc.set_simd_level(old_level)
+
+
+@pytest.mark.parametrize("migrate", ["0", "1"])
+def test_pool_wakeups_give_the_same_bits(migrate):
+    """The pool's workers sleep between calls separated by a pause; a woken worker that
+    finds itself on the caller's CPU steps off it (gemm_pool.h, FASTNN_POOL_MIGRATE).
+    Whatever thread ends up running a chunk, the product is bitwise the one-thread one."""
+    import subprocess
+    import sys
+    code = (
+        "import time, numpy as np, fastnn\n"
+        "from fastnn.kernels.matmul import matmul\n"
+        "rng = np.random.default_rng(0)\n"
+        "a = rng.standard_normal((128, 784)).astype(np.float32)\n"
+        "b = rng.standard_normal((784, 512)).astype(np.float32)\n"
+        "with fastnn.threads(1):\n"
+        "    want = matmul(a, b, variant='c')\n"
+        "with fastnn.threads(2):\n"
+        "    for _ in range(4):\n"
+        "        time.sleep(0.02)            # the workers go to sleep\n"
+        "        for _ in range(3):\n"
+        "            assert np.array_equal(matmul(a, b, variant='c'), want)\n"
+        "print('ok')\n")
+    env = dict(os.environ, FASTNN_POOL_MIGRATE=migrate)
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         timeout=120)
+    assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr

@@ -44,6 +44,9 @@
  * several Python threads at once never share a buffer and steady-state
  * calls allocate nothing.
  */
+#if defined(__linux__) && !defined(_GNU_SOURCE)
+#define _GNU_SOURCE                 /* sched_getcpu, pthread_*affinity_np: gemm_pool.h */
+#endif
 #include "gemm.h"
 #include "cpu.h"
 

@@ -34,6 +34,13 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdint.h>
+#include <stdlib.h>
+#if defined(__linux__) && defined(_GNU_SOURCE)
+#include <sched.h>
+#define FNN_POOL_CAN_MIGRATE 1
+#else
+#define FNN_POOL_CAN_MIGRATE 0
+#endif
 
 #ifndef FNN_POOL_MAX
 #define FNN_POOL_MAX 64             /* workers at most (nthreads - 1) */
@@ -63,10 +70,12 @@ typedef struct {
     pthread_mutex_t mu;
     pthread_cond_t cv;
     _Atomic int sleepers;
+    _Atomic int caller_cpu;              /* the CPU the caller woke the sleepers from, or -1 */
+    int migrate;                         /* FASTNN_POOL_MIGRATE (default 1): see below */
 } fnn_pool_t;
 
 static fnn_pool_t g_pool = {PTHREAD_MUTEX_INITIALIZER, 0, NULL, NULL, 0, 0, 0, 0, 0,
-                            PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0};
+                            PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, -1, 1};
 static pthread_once_t g_pool_once = PTHREAD_ONCE_INIT;
 
 static inline void fnn_pool_pause(void)
@@ -102,6 +111,34 @@ static void fnn_pool_work(uint32_t g, int back)
     }
 }
 
+/* A worker woken from its condition variable is placed by Linux on the CPU of the
+ * thread that woke it (the caller, which goes on computing), and the load balancer
+ * moves it to the idle core only milliseconds later: measured (issue 12), after a
+ * 0.15 s pause a 2-thread 64x784x128 GEMM ran at one core's speed (57-88 GFLOP/s)
+ * for its first 20-30 calls, and at 124-134 from the second call on with the two
+ * threads pinned apart.  So a woken worker that finds itself on the caller's CPU
+ * steps off it: its affinity mask without that CPU for one call (the kernel moves it
+ * at once), then the mask it had.  Nothing is pinned, and a worker that woke
+ * elsewhere, or spun, makes no system call.  FASTNN_POOL_MIGRATE=0 turns it off. */
+static void fnn_pool_step_off_caller_cpu(void)
+{
+#if FNN_POOL_CAN_MIGRATE
+    int caller = atomic_load_explicit(&g_pool.caller_cpu, memory_order_relaxed);
+    if (!g_pool.migrate || caller < 0 || caller >= CPU_SETSIZE || sched_getcpu() != caller)
+        return;
+    cpu_set_t mask, off;
+    pthread_t self = pthread_self();
+    if (pthread_getaffinity_np(self, sizeof mask, &mask) != 0 || !CPU_ISSET(caller, &mask))
+        return;
+    off = mask;
+    CPU_CLR(caller, &off);
+    if (CPU_COUNT(&off) == 0)
+        return;
+    if (pthread_setaffinity_np(self, sizeof off, &off) == 0)
+        pthread_setaffinity_np(self, sizeof mask, &mask);
+#endif
+}
+
 static void *fnn_pool_main(void *p)
 {
     int me = (int)(intptr_t)p;
@@ -120,6 +157,7 @@ static void *fnn_pool_main(void *p)
                 pthread_cond_wait(&g_pool.cv, &g_pool.mu);
             atomic_fetch_sub(&g_pool.sleepers, 1);
             pthread_mutex_unlock(&g_pool.mu);
+            fnn_pool_step_off_caller_cpu();
             spins = 0;
         }
         seen = g;
@@ -143,6 +181,8 @@ static void fnn_pool_atfork_child(void)
 
 static void fnn_pool_init(void)
 {
+    const char *m = getenv("FASTNN_POOL_MIGRATE");
+    g_pool.migrate = !(m && m[0] == '0' && m[1] == '\0');
     pthread_atfork(NULL, NULL, fnn_pool_atfork_child);
 }
 
@@ -186,6 +226,10 @@ static void fnn_pool_run(fnn_chunk_fn fn, void *arg, ptrdiff_t nchunks, int nthr
     atomic_store(&g_pool.ticket, ((uint64_t)g << 32) | ((uint64_t)nchunks << 16));
     atomic_store(&g_pool.gen, g);                       /* seq_cst: see the sleepers */
     if (helpers > 0 && atomic_load(&g_pool.sleepers) > 0) {
+#if FNN_POOL_CAN_MIGRATE
+        atomic_store_explicit(&g_pool.caller_cpu, g_pool.migrate ? sched_getcpu() : -1,
+                              memory_order_relaxed);
+#endif
         pthread_mutex_lock(&g_pool.mu);
         pthread_cond_broadcast(&g_pool.cv);
         pthread_mutex_unlock(&g_pool.mu);
