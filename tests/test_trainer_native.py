@@ -207,8 +207,8 @@ def test_grad_signal_publishes_each_layer_last_first_when_it_is_final(nthreads):
     """GradSignal: the reduction thread's view.  A watcher thread waits for each layer
     from the last and copies its gradient at once, while the step goes on with the
     earlier layers: every copy equals the step's final gradient (the layer was done
-    when published), the layers come last first, and the gradients are bitwise those
-    of a step without a signal."""
+    when published), each layer is published once (last first on one thread), and the
+    gradients are bitwise those of a step without a signal."""
     import threading
     W, b, x, y, rows, gW, gb = _grad_problem()
     L = len(W)
@@ -237,7 +237,13 @@ def test_grad_signal_publishes_each_layer_last_first_when_it_is_final(nthreads):
         t.join(30)
         assert not errors and not t.is_alive()
         assert got == ref
-        assert sig.order() == list(range(L - 1, -1, -1))
+        # one thread finishes the layers last first; with two, the scheduler may finish
+        # an earlier layer's gradient before a later one's (a scheduling fact, not a result:
+        # asserted only as "each layer once")
+        if nthreads == 1:
+            assert sig.order() == list(range(L - 1, -1, -1))
+        else:
+            assert sorted(sig.order()) == list(range(L))
         assert _same(gW + gb, want)
         for l in range(L):
             assert np.array_equal(seen[l][0], want[l]) and np.array_equal(seen[l][1], want[L + l])
