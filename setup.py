@@ -16,6 +16,7 @@ Environment switches:
   FASTNN_SANITIZE=1    build with AddressSanitizer + UBSan (tests/robustness)
   FASTNN_ONLY=a,b      build only these extension modules (developer speed-up)
 """
+import copy
 import glob
 import os
 import re
@@ -143,6 +144,17 @@ class BuildExt(build_ext):
             ext.extra_compile_args = cflags + list(ext.extra_compile_args or [])
             ext.extra_link_args = lflags + list(ext.extra_link_args or [])
         super().build_extensions()
+
+    def build_extension(self, ext):
+        """Build ``ext`` with its own object directory.  The kernels/common sources (and
+        kernels/matmul/gemm.c, which conv_c compiles too) go into several extensions; with
+        ``[build_ext] parallel`` two threads compiled the same .o path at once and one
+        linked a half-written file (the sanitizer build in CI: matmul_c "undefined
+        symbol: fnn_dgemm").  The threads share this command object, so each builds
+        through a shallow copy whose ``build_temp`` is its own."""
+        cmd = copy.copy(self)
+        cmd.build_temp = os.path.join(self.build_temp, ext.name.replace(".", "_"))
+        return build_ext.build_extension(cmd, ext)
 
 
 setup(
