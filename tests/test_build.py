@@ -97,3 +97,34 @@ def test_import_does_not_load_numba():
     code = "import sys, fastnn; import fastnn.kernels; print('numba' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_setup_builds_each_extension_in_its_own_object_directory(monkeypatch):
+    """kernels/common/*.c and kernels/matmul/gemm.c are compiled into several extensions;
+    a parallel build (`[build_ext] parallel`) must not have two threads write one .o (the
+    CI sanitizer build once linked a half-written gemm.o).  setup.py's BuildExt hands each
+    extension a build_temp of its own, and leaves the shared command object alone."""
+    import os
+    import runpy
+
+    import setuptools
+    from setuptools.command.build_ext import build_ext as base
+    from setuptools.dist import Distribution
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    captured = {}
+    monkeypatch.setattr(setuptools, "setup", lambda **kw: captured.update(kw))
+    monkeypatch.chdir(root)
+    monkeypatch.setattr("Cython.Build.cythonize", lambda exts, **kw: exts)
+    runpy.run_path(os.path.join(root, "setup.py"), run_name="not_main")
+    cmd = captured["cmdclass"]["build_ext"](Distribution())
+    cmd.build_temp = os.path.join("build", "temp")
+    seen = []
+    monkeypatch.setattr(base, "build_extension", lambda self, ext: seen.append(self.build_temp))
+    exts = captured["ext_modules"]
+    assert len(exts) >= 13
+    for ext in exts:
+        cmd.build_extension(ext)
+    assert len(set(seen)) == len(exts)
+    assert all(d.startswith(os.path.join("build", "temp") + os.sep) for d in seen)
+    assert cmd.build_temp == os.path.join("build", "temp")
