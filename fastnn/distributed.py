@@ -199,14 +199,15 @@ class Communicator:
 
     # ------------------------------------------------------------ waiting
 
-    def _wait(self, reqs: Sequence[Any], what: str) -> None:
+    def _wait(self, reqs: Sequence[Any], what: str, spin_s: float = 1e-3) -> None:
         """Wait for every request, polling; abort the job past the deadline.  Spins
-        for the first millisecond (a step's allreduce takes about that), then sleeps
-        50 us between polls so that a waiting rank leaves its core to the others."""
+        for the first ``spin_s`` seconds (a step's allreduce takes about a millisecond),
+        then sleeps 50 us between polls so that a waiting rank leaves its core to the
+        others."""
         MPI = self.MPI
         t0 = time.perf_counter()
         deadline = t0 + self.timeout
-        spin_until = t0 + 1e-3
+        spin_until = t0 + spin_s
         while not MPI.Request.Testall(list(reqs)):
             now = time.perf_counter()
             if now > deadline:
@@ -396,16 +397,7 @@ class Communicator:
         deadline); returns the seconds waited, which add to ``allreduce_seconds``."""
         t0 = time.perf_counter()
         if self.size > 1:
-            req = self.comm.Ibarrier()
-            deadline = t0 + self.timeout
-            spin_until = t0 + 2e-4
-            while not req.Test():
-                now = time.perf_counter()
-                if now > deadline:
-                    self._abort(f"{what} did not complete within {self.timeout:g} s "
-                                f"(FASTNN_MPI_TIMEOUT): another rank is lost or stuck")
-                if now > spin_until:
-                    time.sleep(5e-5)
+            self._wait([self.comm.Ibarrier()], what, spin_s=2e-4)
         dt = time.perf_counter() - t0
         self.allreduce_seconds += dt
         self.allreduce_busy_seconds += dt

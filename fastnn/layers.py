@@ -1216,7 +1216,6 @@ class BatchNorm2D(Layer):
         Training uses the batch's mean and biased variance and updates the running
         statistics; evaluation uses the running ones."""
         _check_images(x, "BatchNorm2D", self.dtype, self.num_features)
-        from .kernels.elementwise import batchnorm_forward
         c = self.num_features
         x2 = np.ascontiguousarray(x).reshape(-1, c)
         m = x2.shape[0]
@@ -1224,23 +1223,20 @@ class BatchNorm2D(Layer):
                         self.dtype)
         # xhat is kept for backward in a buffer reused across steps
         self._xhat = _out_buffer(self._xhat, x2.shape, self.dtype)
+        if self.training and m < 2:
+            raise ShapeError(f"BatchNorm2D: training needs more than one value per channel "
+                             f"(input shape {x.shape}); call eval() to use the running "
+                             f"statistics")
+        # training: the batch's statistics (the running ones are ignored, then updated)
+        _, mean, var, inv = kernels.elementwise.batchnorm_forward(
+            x2, self.gamma.data, self.beta.data, self.eps, training=self.training,
+            mean=self.running_mean, var=self.running_var, out=y.reshape(-1, c), xhat=self._xhat)
         if self.training:
-            if m < 2:
-                raise ShapeError(f"BatchNorm2D: training needs more than one value per channel "
-                                 f"(input shape {x.shape}); call eval() to use the running "
-                                 f"statistics")
-            _, mean, var, inv = batchnorm_forward(x2, self.gamma.data, self.beta.data, self.eps,
-                                                  out=y.reshape(-1, c), xhat=self._xhat)
             mom = self.dtype.type(self.momentum)
             self.running_mean *= 1 - mom
             self.running_mean += mom * mean.astype(self.dtype)
             self.running_var *= 1 - mom
             self.running_var += mom * (var * (m / (m - 1))).astype(self.dtype)
-        else:
-            _, _, _, inv = batchnorm_forward(x2, self.gamma.data, self.beta.data, self.eps,
-                                             training=False, mean=self.running_mean,
-                                             var=self.running_var, out=y.reshape(-1, c),
-                                             xhat=self._xhat)
         self._inv_std, self._shape = inv, x.shape
         self._batch_stats = self.training
         return y
@@ -1255,11 +1251,10 @@ class BatchNorm2D(Layer):
         if dout.shape != self._shape:
             raise ShapeError(f"BatchNorm2D.backward: dout must have shape {self._shape}, "
                              f"got {dout.shape}")
-        from .kernels.elementwise import batchnorm_backward
         c = self.num_features
         buf = _out_buffer(dx if dx is None or dx.flags.c_contiguous else None, self._shape,
                           self.dtype)
-        _, sum_dy, sum_dy_xhat = batchnorm_backward(
+        _, sum_dy, sum_dy_xhat = kernels.elementwise.batchnorm_backward(
             np.ascontiguousarray(dout).reshape(-1, c), self._xhat, self.gamma.data,
             self._inv_std, batch_stats=self._batch_stats, dx=buf.reshape(-1, c))
         self.gamma.grad += sum_dy_xhat.astype(self.dtype)

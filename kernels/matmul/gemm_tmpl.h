@@ -374,6 +374,29 @@ static void F(naive_)(const F(prob_) *p, ptrdiff_t i0, ptrdiff_t i1, ptrdiff_t j
 }
 
 /* Rows [i0, i1) x columns [j0, j1) of C, on the calling thread. */
+/* One packed mc x kc block of A times one packed kc x nc panel of B, into C at
+ * (ic, jc): the micro-tiles, each with its epilogue's bias and mask placed (the
+ * per-thread blocks and the shared-A split both run their blocks through this). */
+static inline void F(macro_)(const F(prob_) *p, TILE_EP *t, const T *Ap, const T *Bp,
+                             ptrdiff_t ic, ptrdiff_t mc, ptrdiff_t jc, ptrdiff_t nc,
+                             ptrdiff_t kc)
+{
+    for (ptrdiff_t jr = 0; jr < nc; jr += NR) {
+        int nr = (int)(nc - jr < NR ? nc - jr : NR);
+        ptrdiff_t j = jc + jr;
+        const T *ap = Ap;
+        int mr;
+        for (ptrdiff_t ir = 0; ir < mc; ir += mr, ap += MR * kc) {
+            mr = F(panel_h_)(mc - ir);
+            ptrdiff_t i = ic + ir;
+            t->bias = p->bias ? p->bias + (p->bias_row ? i : j) : NULL;
+            t->mask = p->mask ? p->mask + i * p->rsm + j * p->csm : NULL;
+            p->ukr(kc, ap, Bp + jr * kc, p->C + i * p->rsc + j * p->csc, p->rsc, p->csc, mr,
+                   nr, t);
+        }
+    }
+}
+
 static void F(gemm_block_)(const F(prob_) *p, ptrdiff_t i0, ptrdiff_t i1, ptrdiff_t j0,
                            ptrdiff_t j1)
 {
@@ -391,7 +414,6 @@ static void F(gemm_block_)(const F(prob_) *p, ptrdiff_t i0, ptrdiff_t i1, ptrdif
         return;
     }
     const ptrdiff_t rsa = p->rsa, csa = p->csa, rsb = p->rsb, csb = p->csb;
-    const ptrdiff_t rsc = p->rsc, csc = p->csc;
     TILE_EP t;
     t.relu = p->relu;
     t.bias_row = p->bias_row;
@@ -411,20 +433,7 @@ static void F(gemm_block_)(const F(prob_) *p, ptrdiff_t i0, ptrdiff_t i1, ptrdif
                 F(pack_a_)(mc, kc, p->A + ic * rsa + pc * csa, rsa, csa, Abuf, p->vec);
                 if (p->bf16)     /* every panel written (the 4 + 4 tail adds one) */
                     F(round_packed_)(Abuf, (size_t)((mc + MR - 1) / MR * MR + MR) * (size_t)kc);
-                for (ptrdiff_t jr = 0; jr < nc; jr += NR) {
-                    int nr = (int)(nc - jr < NR ? nc - jr : NR);
-                    ptrdiff_t j = jc + jr;
-                    const T *ap = Abuf;
-                    int mr;
-                    for (ptrdiff_t ir = 0; ir < mc; ir += mr, ap += MR * kc) {
-                        mr = F(panel_h_)(mc - ir);
-                        ptrdiff_t i = ic + ir;
-                        t.bias = p->bias ? p->bias + (p->bias_row ? i : j) : NULL;
-                        t.mask = p->mask ? p->mask + i * p->rsm + j * p->csm : NULL;
-                        p->ukr(kc, ap, Bbuf + jr * kc, p->C + i * rsc + j * csc,
-                               rsc, csc, mr, nr, &t);
-                    }
-                }
+                F(macro_)(p, &t, Abuf, Bbuf, ic, mc, jc, nc, kc);
             }
         }
     }
@@ -634,20 +643,7 @@ static void F(shared_cols_)(F(shjob_) *j, ptrdiff_t c)
         for (ptrdiff_t mb = 0; mb < j->nmb; mb++) {
             ptrdiff_t ic = mb * mcb, mc = p->M - ic < mcb ? p->M - ic : mcb;
             const T *Ablk = j->Ap + (kb * j->nmb + mb) * j->slot;
-            for (ptrdiff_t jr = 0; jr < nc; jr += NR) {
-                int nr = (int)(nc - jr < NR ? nc - jr : NR);
-                ptrdiff_t jj = j0 + jr;
-                const T *ap = Ablk;
-                int mr;
-                for (ptrdiff_t ir = 0; ir < mc; ir += mr, ap += MR * kc) {
-                    mr = F(panel_h_)(mc - ir);
-                    ptrdiff_t i = ic + ir;
-                    t.bias = p->bias ? p->bias + (p->bias_row ? i : jj) : NULL;
-                    t.mask = p->mask ? p->mask + i * p->rsm + jj * p->csm : NULL;
-                    p->ukr(kc, ap, Bbuf + jr * kc, p->C + i * p->rsc + jj * p->csc,
-                           p->rsc, p->csc, mr, nr, &t);
-                }
-            }
+            F(macro_)(p, &t, Ablk, Bbuf, ic, mc, j0, nc, kc);
         }
     }
 }
